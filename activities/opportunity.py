@@ -1,0 +1,216 @@
+"""Activities that record an opportunity's lifecycle in the system of record.
+
+Each write is keyed so that a retry finds its rows already there: the opportunity by
+id, a checkpoint by (opportunity, seq), a consent by its deterministic id, an envelope
+by (opportunity, request number), an outbox message by its id.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from temporalio import activity
+
+from domain import records
+from domain.opportunity import CheckpointView
+from esign.documents import DocumentContext, render_document, sha256_hex
+from esign.provider import ESignatureProvider
+from store.models import (
+    Checkpoint,
+    Consent,
+    Customer,
+    Employee,
+    Need,
+    Notification,
+    Opportunity,
+    ProcessedEvent,
+    SignatureRequest,
+)
+
+
+async def _add_checkpoint(session: AsyncSession, opportunity_id: str, cp: CheckpointView) -> None:
+    exists = await session.scalar(
+        select(Checkpoint.id).where(Checkpoint.opportunity_id == opportunity_id, Checkpoint.seq == cp.seq)
+    )
+    if exists is None:
+        session.add(
+            Checkpoint(
+                opportunity_id=opportunity_id,
+                seq=cp.seq,
+                stage=cp.stage,
+                entered_at=cp.entered_at,
+                trigger=cp.trigger.value,
+                actor=cp.actor,
+                evidence=cp.evidence,
+            )
+        )
+
+
+class OpportunityActivities:
+    def __init__(self, sessions: async_sessionmaker[AsyncSession], esign: ESignatureProvider):
+        self.sessions = sessions
+        self.esign = esign
+
+    @activity.defn(name=records.OPEN_OPPORTUNITY)
+    async def open_opportunity(self, rec: records.OpenOpportunity) -> None:
+        async with self.sessions.begin() as session:
+            if await session.get(Opportunity, rec.opportunity_id) is None:
+                session.add(
+                    Opportunity(
+                        id=rec.opportunity_id,
+                        customer_id=rec.customer_id,
+                        product=rec.product.value,
+                        process_version=rec.process_version,
+                        owner_id=rec.owner_id,
+                        need_id=rec.need_id,
+                        amount=rec.amount,
+                        referral_id=rec.referral_id,
+                        campaign_id=rec.campaign_id,
+                        stage=rec.first_checkpoint.stage,
+                        probability=rec.probability,
+                        status="open",
+                        last_seq=rec.first_checkpoint.seq,
+                        workflow_id=rec.workflow_id,
+                        opened_at=rec.first_checkpoint.entered_at,
+                    )
+                )
+                await session.flush()
+            await _add_checkpoint(session, rec.opportunity_id, rec.first_checkpoint)
+
+    @activity.defn(name=records.RECORD_STAGE_CHANGE)
+    async def record_stage_change(self, change: records.StageChange) -> None:
+        async with self.sessions.begin() as session:
+            opp = await session.get(Opportunity, change.opportunity_id, with_for_update=True)
+            if opp is None:
+                raise RuntimeError(f"opportunity {change.opportunity_id} is not recorded yet")
+            cp = change.checkpoint
+            await _add_checkpoint(session, opp.id, cp)
+            if cp.seq > opp.last_seq:
+                opp.last_seq = cp.seq
+                opp.stage = cp.stage
+                opp.probability = change.probability
+                opp.status = change.status
+                opp.lost_reason = change.lost_reason
+                if change.status != "open":
+                    opp.closed_at = cp.entered_at
+            if change.consent and await session.get(Consent, change.consent.consent_id) is None:
+                c = change.consent
+                session.add(
+                    Consent(
+                        id=c.consent_id,
+                        customer_id=c.customer_id,
+                        opportunity_id=opp.id,
+                        product=c.product.value,
+                        channel=c.channel.value,
+                        evidence=c.evidence,
+                        granted_at=c.granted_at,
+                    )
+                )
+            if change.processed_event and await session.get(ProcessedEvent, change.processed_event.event_id) is None:
+                e = change.processed_event
+                session.add(
+                    ProcessedEvent(id=e.event_id, type=e.type, subject_id=opp.id, body_sha256=e.body_sha256)
+                )
+            if change.signature_completion:
+                done = change.signature_completion
+                sig = await session.get(SignatureRequest, done.envelope_id)
+                if sig is not None and sig.status != "completed":
+                    sig.status = "completed"
+                    sig.signer_name = done.signer_name
+                    sig.client_address = done.client_address
+                    sig.completed_at = done.completed_at
+
+    @activity.defn(name=records.REQUEST_SIGNATURE)
+    async def request_signature(self, req: records.SignatureRequestInput) -> records.SignatureSent:
+        async with self.sessions.begin() as session:
+            existing = await session.scalar(
+                select(SignatureRequest).where(
+                    SignatureRequest.opportunity_id == req.opportunity_id,
+                    SignatureRequest.request_no == req.request_no,
+                )
+            )
+            if existing is not None:  # a retry after the envelope was recorded
+                return records.SignatureSent(
+                    provider=existing.provider,
+                    envelope_id=existing.envelope_id,
+                    signing_url=existing.signing_url,
+                    document_sha256=existing.document_sha256,
+                )
+            opp = await session.get(Opportunity, req.opportunity_id)
+            if opp is None:
+                raise RuntimeError(f"opportunity {req.opportunity_id} is not recorded yet")
+            customer = await session.get(Customer, opp.customer_id)
+            owner = await session.get(Employee, opp.owner_id)
+            need = await session.get(Need, opp.need_id)
+            assert customer is not None and owner is not None and need is not None
+            document = render_document(
+                req.template,
+                DocumentContext(
+                    opportunity_id=opp.id,
+                    product=opp.product,
+                    customer_name=customer.name,
+                    customer_city=customer.city,
+                    customer_state=customer.state,
+                    amount=opp.amount,
+                    owner_name=owner.name,
+                    need_description=need.description,
+                    issued_at=datetime.now(UTC),
+                ),
+            )
+            envelope = await self.esign.send(
+                opportunity_id=opp.id,
+                request_no=req.request_no,
+                subject=req.subject,
+                document_html=document,
+                signer_name=customer.name,
+                signer_email=customer.email,
+            )
+            digest = sha256_hex(document)
+            session.add(
+                SignatureRequest(
+                    envelope_id=envelope.envelope_id,
+                    opportunity_id=opp.id,
+                    request_no=req.request_no,
+                    provider=envelope.provider,
+                    status="sent",
+                    subject=req.subject,
+                    document_html=document,
+                    document_sha256=digest,
+                    token_sha256=envelope.token_sha256,
+                    signing_url=envelope.signing_url,
+                )
+            )
+        return records.SignatureSent(
+            provider=envelope.provider,
+            envelope_id=envelope.envelope_id,
+            signing_url=envelope.signing_url,
+            document_sha256=digest,
+        )
+
+    @activity.defn(name=records.RECORD_SIGNATURE_FAILURE)
+    async def record_signature_failure(self, rec: records.SignatureFailureRecord) -> None:
+        async with self.sessions.begin() as session:
+            sig = await session.get(SignatureRequest, rec.envelope_id)
+            if sig is not None and sig.status == "sent":
+                sig.status = rec.status
+            message_id = f"signature-{rec.status}-{rec.envelope_id}"
+            if await session.get(Notification, message_id) is None:
+                owner = await session.get(Employee, rec.owner_id)
+                session.add(
+                    Notification(
+                        id=message_id,
+                        to_employee_id=rec.owner_id,
+                        to_address=owner.email if owner else "",
+                        subject=f"Signature {rec.status} on opportunity {rec.opportunity_id}",
+                        body=(
+                            f"The customer's signature request {rec.envelope_id} was {rec.status}"
+                            + (f": {rec.reason}" if rec.reason else ".")
+                            + " The opportunity stays where it is: resend the documents or close it lost."
+                        ),
+                    )
+                )
+
+    def all(self) -> list:
+        return [self.open_opportunity, self.record_stage_change, self.request_signature, self.record_signature_failure]

@@ -1,0 +1,58 @@
+"""The FastAPI application: `uvicorn --factory api.app:create_app`.
+
+Tests pass their own settings, Temporal client and task queue; the dev stack relies on
+the environment. A malformed process file stops the app at start.
+"""
+
+from __future__ import annotations
+
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+from temporalio.client import Client
+from temporalio.contrib.pydantic import pydantic_data_converter
+
+from api import errors
+from api.deps import Services
+from api.routers import customers, employees, events, opportunities, signing
+from config import Settings, get_settings
+from domain.process import load_catalog
+from store.db import make_async_engine, make_session_factory
+from workflows import TASK_QUEUE
+
+
+def create_app(settings: Settings | None = None, *, client: Client | None = None, task_queue: str = TASK_QUEUE) -> FastAPI:
+    settings = settings or get_settings()
+    catalog = load_catalog(settings.processes_dir)  # fails loudly, naming file, stage and field
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        engine = make_async_engine(settings.resolved_database_url)
+        temporal = client or await Client.connect(
+            settings.resolved_temporal_address, namespace=settings.namespace, data_converter=pydantic_data_converter
+        )
+        app.state.services = Services(
+            settings=settings,
+            sessions=make_session_factory(engine),
+            client=temporal,
+            catalog=catalog,
+            task_queue=task_queue,
+        )
+        yield
+        await engine.dispose()
+
+    app = FastAPI(
+        title="needflow API",
+        version="1.0.0",
+        summary="Needs-based selling for banks: referrals, opportunities, consents, events.",
+        lifespan=lifespan,
+    )
+    errors.install(app)
+    for router in (customers.router, employees.router, opportunities.router, events.router, signing.router):
+        app.include_router(router)
+
+    @app.get("/healthz", tags=["ops"])
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    return app

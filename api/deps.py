@@ -1,0 +1,68 @@
+"""FastAPI dependencies: the app's services, the caller's API key and its scopes."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Annotated
+
+from fastapi import Depends, Header, Request
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from temporalio.client import Client
+
+from api.errors import ApiError
+from config import Settings
+from domain.process import ProcessCatalog
+from store.keys import hash_key
+from store.models import ApiKey
+
+
+@dataclass
+class Services:
+    settings: Settings
+    sessions: async_sessionmaker[AsyncSession]
+    client: Client
+    catalog: ProcessCatalog
+    task_queue: str
+
+
+@dataclass(frozen=True)
+class Principal:
+    """The API key a request came with."""
+
+    id: str
+    name: str
+    scopes: frozenset[str]
+
+
+def get_services(request: Request) -> Services:
+    return request.app.state.services
+
+
+ServicesDep = Annotated[Services, Depends(get_services)]
+
+
+def require(scope: str):
+    async def dependency(
+        svc: ServicesDep, authorization: Annotated[str | None, Header()] = None
+    ) -> Principal:
+        if not authorization or not authorization.lower().startswith("bearer "):
+            raise ApiError(401, "unauthenticated", "send an API key as 'Authorization: Bearer <key>'")
+        key = authorization[7:].strip()
+        async with svc.sessions() as session:
+            row = await session.scalar(
+                select(ApiKey).where(ApiKey.key_sha256 == hash_key(key), ApiKey.revoked_at.is_(None))
+            )
+        if row is None:
+            raise ApiError(401, "unauthenticated", "unknown or revoked API key")
+        if scope not in row.scopes:
+            raise ApiError(403, "forbidden", f"this API key lacks the scope {scope!r}", {"required_scope": scope})
+        return Principal(id=row.id, name=row.name, scopes=frozenset(row.scopes))
+
+    return dependency
+
+
+CrmWriter = Annotated[Principal, Depends(require("crm:write"))]
+EventWriter = Annotated[Principal, Depends(require("events:write"))]
+ReportReader = Annotated[Principal, Depends(require("reports:read"))]
+IdempotencyKey = Annotated[str | None, Header(alias="Idempotency-Key", max_length=200)]

@@ -1,0 +1,94 @@
+"""POST /v1/events: backend systems tell needflow what happened.
+
+An opportunity's event is applied by its workflow as an Update whose id is the event
+id, so Temporal itself de-duplicates a repeat; the store's processed_events answer a
+later repeat as `duplicate` without asking the workflow. Customer events (NPS, account
+activity, payments) are scorecard inputs and are recorded as they come.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+from fastapi import APIRouter
+from fastapi.responses import JSONResponse
+from fastapi.encoders import jsonable_encoder
+from pydantic import ValidationError
+from sqlalchemy.exc import IntegrityError
+
+from api.deps import EventWriter, ServicesDep
+from api.errors import ApiError, invalid, not_found
+from api.routers.opportunities import read_opportunity
+from api.schemas import EVENT_DATA, EventIn, EventOut
+from api.workflows import update_opportunity
+from domain.opportunity import EventCommand, EventResult
+from store.models import Customer, CustomerSignal, Opportunity, ProcessedEvent
+from workflows.opportunity import OpportunityWorkflow
+
+router = APIRouter(prefix="/v1/events", tags=["events"])
+
+
+def _accepted(out: EventOut) -> JSONResponse:
+    return JSONResponse(jsonable_encoder(out), status_code=202)
+
+
+@router.post("", status_code=202, response_model=EventOut)
+async def receive_event(body: EventIn, svc: ServicesDep, who: EventWriter):
+    data_model, subject_field = EVENT_DATA[body.type]
+    subject = getattr(body, subject_field)
+    if not subject:
+        raise invalid(f"a {body.type.value!r} event needs {subject_field}", field=subject_field)
+    try:
+        data = data_model.model_validate(body.data).model_dump(mode="json", exclude_none=True)
+    except ValidationError as exc:
+        problems = [{"field": "data." + ".".join(map(str, e["loc"])), "message": e["msg"]} for e in exc.errors()]
+        raise ApiError(
+            422, "validation_error", f"{problems[0]['field']}: {problems[0]['message']}", {"errors": problems}
+        ) from None
+
+    async with svc.sessions() as session:
+        seen = await session.get(ProcessedEvent, body.id)
+    if seen is not None:
+        return _accepted(await _duplicate(svc, body, seen))
+
+    if subject_field == "customer_id":
+        return _accepted(await _customer_event(svc, body, subject, data))
+
+    async with svc.sessions() as session:
+        if await session.get(Opportunity, subject) is None:
+            raise not_found("opportunity", subject)
+    cmd = EventCommand(event_id=body.id, type=body.type, occurred_at=body.occurred_at, data=data, source=who.name)
+    result: EventResult = await update_opportunity(
+        svc, subject, OpportunityWorkflow.apply_event, cmd, update_id=f"event:{body.id}", result_type=EventResult
+    )
+    return _accepted(EventOut(id=body.id, result=result.result, opportunity=await read_opportunity(svc, subject)))
+
+
+async def _duplicate(svc, body: EventIn, seen: ProcessedEvent) -> EventOut:
+    if seen.type != body.type.value:
+        raise ApiError(
+            409, "conflict", f"event id {body.id!r} was already used for a {seen.type!r} event", {"id": body.id}
+        )
+    if seen.type in {t.value for t, (_, f) in EVENT_DATA.items() if f == "customer_id"}:
+        return EventOut(id=body.id, result="duplicate", customer_id=seen.subject_id)
+    return EventOut(id=body.id, result="duplicate", opportunity=await read_opportunity(svc, seen.subject_id))
+
+
+async def _customer_event(svc, body: EventIn, customer_id: str, data: dict) -> EventOut:
+    digest = hashlib.sha256(json.dumps({"type": body.type.value, "data": data}, sort_keys=True).encode()).hexdigest()
+    try:
+        async with svc.sessions.begin() as session:
+            if await session.get(Customer, customer_id) is None:
+                raise not_found("customer", customer_id)
+            session.add(ProcessedEvent(id=body.id, type=body.type.value, subject_id=customer_id, body_sha256=digest))
+            await session.flush()
+            session.add(
+                CustomerSignal(
+                    event_id=body.id, customer_id=customer_id, type=body.type.value, data=data,
+                    occurred_at=body.occurred_at,
+                )
+            )
+    except IntegrityError:
+        return EventOut(id=body.id, result="duplicate", customer_id=customer_id)
+    return EventOut(id=body.id, result="applied", customer_id=customer_id)

@@ -1,0 +1,181 @@
+"""Opportunities: open one (starting its workflow), read it, and command it.
+
+Every command is an Update on the opportunity's workflow; its validator is the only
+place the process's rules are checked. The answer is read back from the store, which
+the workflow's activity wrote before the update returned.
+"""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request
+from sqlalchemy.ext.asyncio import AsyncSession
+from temporalio.client import WithStartWorkflowOperation
+from temporalio.common import SearchAttributePair, TypedSearchAttributes, WorkflowIDConflictPolicy
+from temporalio.exceptions import WorkflowAlreadyStartedError
+
+from api.deps import CrmWriter, IdempotencyKey, Services, ServicesDep
+from api.errors import invalid, not_found
+from api.idempotency import idempotent, update_id
+from api.ids import new_id
+from api.schemas import ActorOnly, Advance, CloseLost, OpportunityCreate, OpportunityOut
+from api.views import opportunity_out
+from api.workflows import update_opportunity
+from domain.opportunity import (
+    Actor,
+    AdvanceCommand,
+    CloseLostCommand,
+    OpportunityInput,
+    OpportunityState,
+    ResendSignatureCommand,
+)
+from domain.types import Role
+from store.models import Customer, Employee, Need, Opportunity
+from store.queries import opportunity_record
+from workflows import SA_CUSTOMER_ID, SA_OPPORTUNITY_STATUS, SA_OWNER_ID, SA_PRODUCT, SA_STAGE
+from workflows.opportunity import OpportunityWorkflow, workflow_id
+
+router = APIRouter(prefix="/v1/opportunities", tags=["opportunities"])
+
+
+async def read_opportunity(svc: Services, opportunity_id: str) -> OpportunityOut:
+    async with svc.sessions() as session:
+        rec = await opportunity_record(session, opportunity_id)
+    if rec is None:
+        raise not_found("opportunity", opportunity_id)
+    return opportunity_out(rec)
+
+
+async def resolve_actor(session: AsyncSession, actor_id: str) -> Actor:
+    employee = await session.get(Employee, actor_id)
+    if employee is None:
+        raise invalid(f"no employee {actor_id!r}", field="actor_id")
+    return Actor(id=employee.id, role=Role(employee.role))
+
+
+async def _existing(svc: Services, opportunity_id: str, actor_id: str) -> Actor:
+    async with svc.sessions() as session:
+        if await session.get(Opportunity, opportunity_id) is None:
+            raise not_found("opportunity", opportunity_id)
+        return await resolve_actor(session, actor_id)
+
+
+@router.post("", status_code=201, response_model=OpportunityOut)
+async def open_opportunity(
+    body: OpportunityCreate, request: Request, svc: ServicesDep, who: CrmWriter, key: IdempotencyKey = None
+):
+    async def create() -> OpportunityOut:
+        process = svc.catalog.latest(body.product)
+        if process is None:
+            raise invalid(
+                f"{body.product.value} has no sales process; opportunities exist for "
+                + ", ".join(p.value for p in svc.catalog.products()),
+                field="product",
+            )
+        if "amount" in process.creation_requires and body.amount is None:
+            raise invalid(f"a {body.product.value} opportunity needs the desired amount", field="amount")
+        if body.campaign_id is not None:
+            raise invalid(f"no campaign {body.campaign_id!r}", field="campaign_id")
+        async with svc.sessions() as session:
+            customer = await session.get(Customer, body.customer_id)
+            if customer is None:
+                raise invalid(f"no customer {body.customer_id!r}", field="customer_id")
+            need = await session.get(Need, body.need_id)
+            if need is None or need.customer_id != customer.id:
+                raise invalid(
+                    "an opportunity needs a recorded need of this customer", field="need_id", need_id=body.need_id
+                )
+            owner = await session.get(Employee, body.owner_id)
+            if owner is None:
+                raise invalid(f"no employee {body.owner_id!r}", field="owner_id")
+        opportunity_id = new_id("opp", who, key)
+        wf_input = OpportunityInput(
+            opportunity_id=opportunity_id,
+            customer_id=customer.id,
+            owner_id=owner.id,
+            need_id=need.id,
+            product=body.product,
+            amount=body.amount,
+            referral_id=body.referral_id,
+            campaign_id=body.campaign_id,
+            opened_by=owner.id,
+            process=process,
+        )
+        first = process.stages[0]
+        start = WithStartWorkflowOperation(
+            OpportunityWorkflow.run,
+            wf_input,
+            id=workflow_id(opportunity_id),
+            task_queue=svc.task_queue,
+            id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
+            search_attributes=TypedSearchAttributes(
+                [
+                    SearchAttributePair(SA_PRODUCT, body.product.value),
+                    SearchAttributePair(SA_STAGE, first.key),
+                    SearchAttributePair(SA_OWNER_ID, owner.id),
+                    SearchAttributePair(SA_CUSTOMER_ID, customer.id),
+                    SearchAttributePair(SA_OPPORTUNITY_STATUS, "open"),
+                ]
+            ),
+            static_summary=f"{process.name} opportunity {opportunity_id} for customer {customer.id}",
+            static_details=f"Owner `{owner.id}` · {process.name} process v{process.version}",
+        )
+        try:
+            await svc.client.execute_update_with_start_workflow(
+                OpportunityWorkflow.opened, start_workflow_operation=start, result_type=OpportunityState
+            )
+        except WorkflowAlreadyStartedError:
+            pass  # a keyed repeat of a create whose workflow has already finished
+        return await read_opportunity(svc, opportunity_id)
+
+    return await idempotent(request, svc, who, key, 201, create)
+
+
+@router.get("/{opportunity_id}", response_model=OpportunityOut)
+async def get_opportunity(opportunity_id: str, svc: ServicesDep, who: CrmWriter):
+    return await read_opportunity(svc, opportunity_id)
+
+
+@router.post("/{opportunity_id}/advance", response_model=OpportunityOut)
+async def advance(
+    opportunity_id: str, body: Advance, request: Request, svc: ServicesDep, who: CrmWriter, key: IdempotencyKey = None
+):
+    async def run() -> OpportunityOut:
+        actor = await _existing(svc, opportunity_id, body.actor_id)
+        cmd = AdvanceCommand(actor=actor, to_stage=body.to_stage, evidence=body.evidence)
+        await update_opportunity(
+            svc, opportunity_id, OpportunityWorkflow.advance, cmd,
+            update_id=update_id(who, key), result_type=OpportunityState,
+        )
+        return await read_opportunity(svc, opportunity_id)
+
+    return await idempotent(request, svc, who, key, 200, run)
+
+
+@router.post("/{opportunity_id}/close-lost", response_model=OpportunityOut)
+async def close_lost(
+    opportunity_id: str, body: CloseLost, request: Request, svc: ServicesDep, who: CrmWriter, key: IdempotencyKey = None
+):
+    async def run() -> OpportunityOut:
+        actor = await _existing(svc, opportunity_id, body.actor_id)
+        await update_opportunity(
+            svc, opportunity_id, OpportunityWorkflow.close_lost, CloseLostCommand(actor=actor, reason=body.reason),
+            update_id=update_id(who, key), result_type=OpportunityState,
+        )
+        return await read_opportunity(svc, opportunity_id)
+
+    return await idempotent(request, svc, who, key, 200, run)
+
+
+@router.post("/{opportunity_id}/resend-signature", response_model=OpportunityOut)
+async def resend_signature(
+    opportunity_id: str, body: ActorOnly, request: Request, svc: ServicesDep, who: CrmWriter, key: IdempotencyKey = None
+):
+    async def run() -> OpportunityOut:
+        actor = await _existing(svc, opportunity_id, body.actor_id)
+        await update_opportunity(
+            svc, opportunity_id, OpportunityWorkflow.resend_signature, ResendSignatureCommand(actor=actor),
+            update_id=update_id(who, key), result_type=OpportunityState,
+        )
+        return await read_opportunity(svc, opportunity_id)
+
+    return await idempotent(request, svc, who, key, 200, run)

@@ -1,0 +1,269 @@
+"""Request bodies and answers of spec/API.md as pydantic models (they make /openapi.json)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from decimal import Decimal
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, PlainSerializer, StringConstraints
+
+from domain.types import ConsentChannel, EventType, InteractionChannel, LineOfBusiness, Product, Role
+
+Text = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=2000)]
+Name = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200)]
+Id = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:\-]+$")]
+#: Money travels as a decimal string ("500000.00").
+Money = Annotated[
+    Decimal,
+    Field(gt=0, max_digits=14, decimal_places=2),
+    PlainSerializer(lambda d: f"{d:.2f}", return_type=str, when_used="json"),
+]
+
+
+class Body(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+# ---------------------------------------------------------------- customers & co
+
+
+class CustomerCreate(Body):
+    name: Name
+    email: Annotated[str, StringConstraints(max_length=320, pattern=r"^[^@\s]+@[^@\s]+$")] | None = None
+    phone: Annotated[str, StringConstraints(max_length=40)] | None = None
+    employer: Name | None = None
+    city: Name | None = None
+    state: Name | None = None
+    household_id: Id | None = None
+
+
+class CustomerOut(BaseModel):
+    id: str
+    household_id: str
+    name: str
+    email: str | None
+    phone: str | None
+    employer: str | None
+    city: str | None
+    state: str | None
+    created_at: datetime
+
+
+class NeedCreate(Body):
+    kind: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=64)]
+    description: Text
+    recorded_by: Id
+
+
+class NeedOut(BaseModel):
+    id: str
+    customer_id: str
+    kind: str
+    description: str
+    recorded_by: str
+    recorded_at: datetime
+
+
+class InteractionCreate(Body):
+    channel: InteractionChannel
+    employee_id: Id | None = None
+    summary: Text
+    occurred_at: datetime | None = None
+
+
+class InteractionOut(BaseModel):
+    id: str
+    customer_id: str
+    channel: str
+    employee_id: str | None
+    summary: str
+    occurred_at: datetime
+
+
+class EmployeeCreate(Body):
+    id: Id | None = None
+    name: Name
+    email: Annotated[str, StringConstraints(max_length=320, pattern=r"^[^@\s]+@[^@\s]+$")]
+    role: Role
+    line_of_business: LineOfBusiness
+    products: list[Product] = Field(default_factory=list)
+    cities: list[Name] = Field(default_factory=list)
+    states: list[Name] = Field(default_factory=list)
+    capacity: int = Field(ge=0, le=10_000)
+    manager_id: Id | None = None
+
+
+class EmployeeOut(BaseModel):
+    id: str
+    name: str
+    email: str
+    role: str
+    line_of_business: str
+    products: list[str]
+    cities: list[str]
+    states: list[str]
+    capacity: int
+    manager_id: str | None
+
+
+# ---------------------------------------------------------------- opportunities
+
+
+class OpportunityCreate(Body):
+    customer_id: Id
+    product: Product
+    owner_id: Id
+    need_id: Id
+    amount: Money | None = None
+    referral_id: Id | None = None
+    campaign_id: Id | None = None
+
+
+class Advance(Body):
+    actor_id: Id
+    to_stage: Annotated[str, StringConstraints(min_length=1, max_length=64)]
+    evidence: dict[str, Annotated[str, StringConstraints(max_length=2000)]] = Field(default_factory=dict)
+
+
+class CloseLost(Body):
+    actor_id: Id
+    reason: Text
+
+
+class ActorOnly(Body):
+    actor_id: Id
+
+
+class CheckpointOut(BaseModel):
+    stage: str
+    entered_at: datetime
+    trigger: Literal["manual", "event"]
+    actor: str
+    evidence: dict[str, Any]
+
+
+class SignatureOut(BaseModel):
+    provider: str
+    envelope_id: str
+    status: str
+    signing_url: str | None = None
+    document_sha256: str
+
+
+class OpportunityOut(BaseModel):
+    id: str
+    customer_id: str
+    product: str
+    process_version: int
+    owner_id: str
+    need_id: str
+    amount: Money | None
+    stage: str
+    probability: int
+    status: Literal["open", "won", "lost"]
+    lost_reason: str | None = None
+    referral_id: str | None = None
+    campaign_id: str | None = None
+    checkpoints: list[CheckpointOut]
+    signature: SignatureOut | None = None
+    workflow_id: str
+    opened_at: datetime
+    closed_at: datetime | None = None
+
+
+class ConsentOut(BaseModel):
+    id: str
+    customer_id: str
+    opportunity_id: str | None
+    product: str
+    channel: ConsentChannel
+    evidence: dict[str, Any]
+    granted_at: datetime
+
+
+class JourneyOut(BaseModel):
+    customer: CustomerOut
+    needs: list[NeedOut]
+    interactions: list[InteractionOut]
+    referrals: list[dict[str, Any]]
+    opportunities: list[OpportunityOut]
+    consents: list[ConsentOut]
+
+
+# ---------------------------------------------------------------- events
+
+
+class EventIn(Body):
+    id: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=128)]
+    type: EventType
+    occurred_at: datetime
+    opportunity_id: Id | None = None
+    customer_id: Id | None = None
+    data: dict[str, Any] = Field(default_factory=dict)
+
+
+class EventOut(BaseModel):
+    id: str
+    result: Literal["applied", "duplicate"]
+    opportunity: OpportunityOut | None = None
+    customer_id: str | None = None
+
+
+class _Data(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+
+class ApplicationSubmitted(_Data):
+    application_id: Text
+
+
+class ApplicationApproved(_Data):
+    approval_id: Text
+    approved_amount: Money | None = None
+
+
+class ApplicationDeclined(_Data):
+    reason: Text
+
+
+class SmsAuthorization(_Data):
+    phone: Annotated[str, StringConstraints(min_length=3, max_length=40)]
+    message_id: Text
+    text: Text
+    received_at: datetime
+
+
+class AccountOpened(_Data):
+    account_number: Text
+
+
+class NpsResponse(_Data):
+    score: int = Field(ge=0, le=10)
+    comment: str | None = None
+
+
+class AccountActivity(_Data):
+    product: Product
+    period: Annotated[str, StringConstraints(pattern=r"^\d{4}-(0[1-9]|1[0-2])$")]
+    transactions: int = Field(ge=0)
+
+
+class MortgagePayment(_Data):
+    opportunity_id: Id
+    due_date: datetime | Annotated[str, StringConstraints(pattern=r"^\d{4}-\d{2}-\d{2}$")]
+    paid_date: datetime | Annotated[str, StringConstraints(pattern=r"^\d{4}-\d{2}-\d{2}$")]
+    amount: Money
+
+
+#: Each event type's data, and whether its subject is an opportunity or a customer.
+EVENT_DATA: dict[EventType, tuple[type[_Data], Literal["opportunity_id", "customer_id"]]] = {
+    EventType.mortgage_application_submitted: (ApplicationSubmitted, "opportunity_id"),
+    EventType.mortgage_application_approved: (ApplicationApproved, "opportunity_id"),
+    EventType.mortgage_application_declined: (ApplicationDeclined, "opportunity_id"),
+    EventType.consent_sms_authorization: (SmsAuthorization, "opportunity_id"),
+    EventType.account_opened: (AccountOpened, "opportunity_id"),
+    EventType.nps_response: (NpsResponse, "customer_id"),
+    EventType.account_activity: (AccountActivity, "customer_id"),
+    EventType.mortgage_payment: (MortgagePayment, "customer_id"),
+}

@@ -1,0 +1,85 @@
+"""Rows of the system of record → the answers of spec/API.md."""
+
+from __future__ import annotations
+
+from api.schemas import (
+    CheckpointOut,
+    ConsentOut,
+    CustomerOut,
+    EmployeeOut,
+    InteractionOut,
+    JourneyOut,
+    NeedOut,
+    OpportunityOut,
+    SignatureOut,
+)
+from store.models import Consent, Customer, Employee, Interaction, Need
+from store.queries import Journey, OpportunityRecord
+
+
+def customer_out(c: Customer) -> CustomerOut:
+    return CustomerOut.model_validate(c, from_attributes=True)
+
+
+def need_out(n: Need) -> NeedOut:
+    return NeedOut.model_validate(n, from_attributes=True)
+
+
+def interaction_out(i: Interaction) -> InteractionOut:
+    return InteractionOut.model_validate(i, from_attributes=True)
+
+
+def employee_out(e: Employee) -> EmployeeOut:
+    return EmployeeOut.model_validate(e, from_attributes=True)
+
+
+def consent_out(c: Consent) -> ConsentOut:
+    return ConsentOut.model_validate(c, from_attributes=True)
+
+
+def opportunity_out(rec: OpportunityRecord) -> OpportunityOut:
+    o, sig = rec.opportunity, rec.signature
+    return OpportunityOut(
+        id=o.id,
+        customer_id=o.customer_id,
+        product=o.product,
+        process_version=o.process_version,
+        owner_id=o.owner_id,
+        need_id=o.need_id,
+        amount=o.amount,
+        stage=o.stage,
+        probability=o.probability,
+        status=o.status,  # type: ignore[arg-type]
+        lost_reason=o.lost_reason,
+        referral_id=o.referral_id,
+        campaign_id=o.campaign_id,
+        checkpoints=[
+            CheckpointOut(stage=c.stage, entered_at=c.entered_at, trigger=c.trigger, actor=c.actor, evidence=c.evidence)  # type: ignore[arg-type]
+            for c in rec.checkpoints
+        ],
+        signature=(
+            SignatureOut(
+                provider=sig.provider,
+                envelope_id=sig.envelope_id,
+                status=sig.status,
+                signing_url=sig.signing_url if sig.status == "sent" else None,
+                document_sha256=sig.document_sha256,
+            )
+            if sig
+            else None
+        ),
+        workflow_id=o.workflow_id,
+        opened_at=o.opened_at,
+        closed_at=o.closed_at,
+    )
+
+
+def journey_out(j: Journey) -> JourneyOut:
+    return JourneyOut(
+        customer=customer_out(j.customer),
+        needs=[need_out(n) for n in j.needs],
+        interactions=[interaction_out(i) for i in j.interactions],
+        referrals=[],  # referrals arrive with the referral workflow
+        opportunities=[opportunity_out(r) for r in j.opportunities],
+        consents=[consent_out(c) for c in j.consents],
+    )

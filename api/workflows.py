@@ -1,0 +1,43 @@
+"""How the API speaks to workflows: Updates, and Temporal's errors as API errors.
+
+A validator's refusal comes back as an ApplicationError of type InvalidTransition and
+answers 409 `invalid_transition`, with the workflow's own message; nothing was written.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from temporalio.client import WorkflowUpdateFailedError
+from temporalio.exceptions import ApplicationError
+from temporalio.service import RPCError, RPCStatusCode
+
+from api.deps import Services
+from api.errors import ApiError, invalid_transition
+from workflows.opportunity import INVALID_TRANSITION, workflow_id
+
+
+def _as_api_error(exc: Exception) -> ApiError | None:
+    if isinstance(exc, WorkflowUpdateFailedError):
+        cause = exc.cause
+        if isinstance(cause, ApplicationError) and cause.type == INVALID_TRANSITION:
+            details = cause.details[0] if cause.details else {}
+            return invalid_transition(cause.message, **(details if isinstance(details, dict) else {}))
+        return ApiError(500, "internal_error", "the workflow failed to apply this command")
+    if isinstance(exc, RPCError) and exc.status == RPCStatusCode.NOT_FOUND:
+        # The workflow has finished (won or lost): nothing more can happen to it.
+        return invalid_transition("this opportunity is closed; nothing more can happen to it")
+    return None
+
+
+async def update_opportunity(
+    svc: Services, opportunity_id: str, update: Any, arg: Any, *, update_id: str | None, result_type: type
+) -> Any:
+    handle = svc.client.get_workflow_handle(workflow_id(opportunity_id))
+    try:
+        return await handle.execute_update(update, arg, id=update_id, result_type=result_type)
+    except (WorkflowUpdateFailedError, RPCError) as exc:
+        mapped = _as_api_error(exc)
+        if mapped is None:
+            raise
+        raise mapped from exc

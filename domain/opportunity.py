@@ -1,0 +1,264 @@
+"""The opportunity's lifecycle rules, inputs and state: pure and deterministic.
+
+`OpportunityWorkflow` calls these checks from its update validators; a refusal raises
+`TransitionRefused`, which the workflow turns into a rejected update (nothing written to
+history) and the API into 409 `invalid_transition`. The API never re-implements them.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from decimal import Decimal
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field
+
+from domain.process import ProcessDefinition, Stage
+from domain.types import ConsentChannel, EventType, OpportunityStatus, Product, Role, Trigger
+
+
+class TransitionRefused(Exception):
+    """The command is not allowed in the opportunity's current state, or not by this actor."""
+
+    def __init__(self, message: str, **details: Any):
+        super().__init__(message)
+        self.message = message
+        self.details = details
+
+
+# ---------------------------------------------------------------- inputs and commands
+
+
+class Actor(BaseModel):
+    """The employee on whose behalf a front end acts, as the API resolved them."""
+
+    id: str
+    role: Role
+
+
+class OpportunityInput(BaseModel):
+    opportunity_id: str
+    customer_id: str
+    owner_id: str
+    need_id: str
+    product: Product
+    amount: Decimal | None = None
+    referral_id: str | None = None
+    campaign_id: str | None = None
+    opened_by: str
+    process: ProcessDefinition
+
+
+class AdvanceCommand(BaseModel):
+    actor: Actor
+    to_stage: str
+    evidence: dict[str, str] = Field(default_factory=dict)
+
+
+class EventCommand(BaseModel):
+    event_id: str
+    type: EventType
+    occurred_at: datetime
+    data: dict[str, Any] = Field(default_factory=dict)
+    #: The backend system that sent it (its API key's name): the checkpoint's actor.
+    source: str | None = None
+
+
+class CloseLostCommand(BaseModel):
+    actor: Actor
+    reason: str
+
+
+class ResendSignatureCommand(BaseModel):
+    actor: Actor
+
+
+class SignatureOutcome(BaseModel):
+    """What the e-signature provider reported for an envelope."""
+
+    envelope_id: str
+    status: Literal["completed", "declined", "voided"]
+    signer_name: str | None = None
+    document_sha256: str | None = None
+    client_address: str | None = None
+    reason: str | None = None
+    at: datetime
+
+
+# ---------------------------------------------------------------- state
+
+
+class CheckpointView(BaseModel):
+    seq: int
+    stage: str
+    entered_at: datetime
+    trigger: Trigger
+    actor: str
+    evidence: dict[str, Any] = Field(default_factory=dict)
+
+
+class SignatureState(BaseModel):
+    request_no: int
+    provider: str
+    envelope_id: str | None = None
+    status: Literal["requesting", "sent", "completing", "completed", "declined", "voided"]
+    signing_url: str | None = None
+    document_sha256: str | None = None
+
+
+class OpportunityState(BaseModel):
+    """The workflow's whole state: its query answer and every update's result."""
+
+    opportunity_id: str
+    customer_id: str
+    product: Product
+    process_version: int
+    owner_id: str
+    amount: Decimal | None = None
+    stage: str
+    probability: int
+    status: OpportunityStatus = OpportunityStatus.open
+    lost_reason: str | None = None
+    checkpoints: list[CheckpointView] = Field(default_factory=list)
+    signature: SignatureState | None = None
+    applied_events: list[str] = Field(default_factory=list)
+
+
+class EventResult(BaseModel):
+    result: Literal["applied", "duplicate"]
+    state: OpportunityState
+
+
+# ---------------------------------------------------------------- the rules
+
+CLOSED_LOST_STAGE = "closed_lost"
+
+
+def check_open(state: OpportunityState) -> None:
+    if state.status != OpportunityStatus.open:
+        raise TransitionRefused(
+            f"opportunity is {state.status.value}; nothing more can happen to it",
+            status=state.status.value,
+        )
+
+
+def check_actor(state: OpportunityState, actor: Actor) -> None:
+    if actor.id != state.owner_id and actor.role != Role.manager:
+        raise TransitionRefused(
+            f"only the owner ({state.owner_id}) or a manager may act on this opportunity",
+            actor_id=actor.id,
+        )
+
+
+def _missing(stage: Stage, supplied: dict[str, Any]) -> list[str]:
+    return [k for k in stage.evidence if supplied.get(k) in (None, "")]
+
+
+def check_advance(process: ProcessDefinition, state: OpportunityState, cmd: AdvanceCommand) -> Stage:
+    """A person's move to the next stage: allowed only into a manual stage, with its evidence."""
+    check_open(state)
+    check_actor(state, cmd.actor)
+    try:
+        target = process.stage(cmd.to_stage)
+    except KeyError:
+        raise TransitionRefused(
+            f"{process.product.value} has no stage {cmd.to_stage!r}",
+            stages=[s.key for s in process.stages],
+        ) from None
+    nxt = process.next_stage(state.stage)
+    if nxt is None or nxt.key != target.key:
+        raise TransitionRefused(
+            f"{target.key!r} is not the next stage after {state.stage!r}",
+            current_stage=state.stage,
+            next_stage=nxt.key if nxt else None,
+        )
+    if target.entry.kind != "manual":
+        how = (
+            f"the event {target.entry.event.value!r}"
+            if target.entry.kind == "event" and target.entry.event
+            else "the customer's completed e-signature"
+        )
+        raise TransitionRefused(f"{target.key!r} is entered only by {how}", entered_by=target.entry.kind)
+    missing = _missing(target, cmd.evidence)
+    if missing:
+        raise TransitionRefused(
+            f"entering {target.key!r} needs evidence: {', '.join(missing)}", missing_evidence=missing
+        )
+    return target
+
+
+def check_event(
+    process: ProcessDefinition, state: OpportunityState, cmd: EventCommand
+) -> tuple[Literal["enter", "lose"], Stage | None]:
+    """A backend event: either it enters the next stage or it closes the opportunity lost."""
+    check_open(state)
+    lost = process.lost_event(cmd.type)
+    if lost is not None:
+        if state.stage not in lost.from_stages:
+            raise TransitionRefused(
+                f"{cmd.type.value!r} applies only in stage {', '.join(lost.from_stages)}",
+                current_stage=state.stage,
+            )
+        return "lose", None
+    target = process.stage_entered_by(cmd.type)
+    if target is None:
+        raise TransitionRefused(
+            f"{cmd.type.value!r} does not apply to a {process.product.value} opportunity",
+        )
+    nxt = process.next_stage(state.stage)
+    if nxt is None or nxt.key != target.key:
+        raise TransitionRefused(
+            f"{cmd.type.value!r} enters {target.key!r}, which is not the next stage after {state.stage!r}",
+            current_stage=state.stage,
+        )
+    missing = _missing(target, cmd.data)
+    if missing:
+        raise TransitionRefused(
+            f"{cmd.type.value!r} lacks evidence for {target.key!r}: {', '.join(missing)}",
+            missing_evidence=missing,
+        )
+    return "enter", target
+
+
+def check_signature_outcome(
+    process: ProcessDefinition, state: OpportunityState, outcome: SignatureOutcome
+) -> Stage | None:
+    """Returns the stage a completed signature enters (None for a decline or void)."""
+    check_open(state)
+    sig = state.signature
+    if sig is None or sig.envelope_id != outcome.envelope_id:
+        raise TransitionRefused("no such signature request is outstanding", envelope_id=outcome.envelope_id)
+    if sig.status != "sent":
+        raise TransitionRefused(f"the signature request is already {sig.status}", envelope_id=sig.envelope_id)
+    if outcome.status != "completed":
+        return None
+    nxt = process.next_stage(state.stage)
+    if nxt is None or nxt.entry.kind != "signature":
+        raise TransitionRefused(f"no stage after {state.stage!r} is entered by signature")
+    if not outcome.signer_name or not outcome.document_sha256:
+        raise TransitionRefused("a completed signature needs the signer's name and the document hash")
+    return nxt
+
+
+def check_resend(state: OpportunityState, cmd: ResendSignatureCommand) -> None:
+    check_open(state)
+    check_actor(state, cmd.actor)
+    if state.signature is None or state.signature.status not in ("declined", "voided"):
+        raise TransitionRefused(
+            "a signature request can be resent only after it was declined or voided",
+            signature_status=state.signature.status if state.signature else None,
+        )
+
+
+def check_close_lost(state: OpportunityState, cmd: CloseLostCommand) -> None:
+    check_open(state)
+    check_actor(state, cmd.actor)
+    if not cmd.reason.strip():
+        raise TransitionRefused("closing lost needs a reason")
+
+
+def consent_evidence(channel: ConsentChannel, data: dict[str, Any]) -> dict[str, Any]:
+    """The evidence a consent keeps, per API.md's consent shape."""
+    if channel == ConsentChannel.sms:
+        return {k: data.get(k) for k in ("phone", "message_id", "text", "received_at")}
+    return dict(data)

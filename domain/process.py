@@ -1,0 +1,203 @@
+"""Product processes as data: the stages a product's opportunity passes through.
+
+A process file (YAML, one per product and version, in `processes/`) is validated here
+at load. A malformed file stops the process that loads it with a message naming the
+file, the stage and the field. Workflows receive the whole validated definition in
+their input, so a process edited tomorrow never changes an opportunity started today.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from domain.types import ConsentChannel, EventType, Product
+
+StageKey = str
+
+
+class ProcessError(ValueError):
+    """A process file that cannot be used; the message says where and why."""
+
+
+class StageEntry(BaseModel):
+    """How a stage may be entered.
+
+    - `create`: only as the first stage, when the opportunity is opened.
+    - `manual`: by the owner (or a manager), with the stage's evidence.
+    - `event`: only by the named backend event, whose data carries the evidence.
+    - `signature`: only when the customer's e-signature is complete.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    kind: Literal["create", "manual", "event", "signature"]
+    event: EventType | None = None
+
+    @model_validator(mode="after")
+    def _event_named_iff_event_kind(self) -> StageEntry:
+        if self.kind == "event" and self.event is None:
+            raise ValueError("an entry of kind 'event' must name its event")
+        if self.kind != "event" and self.event is not None:
+            raise ValueError(f"an entry of kind {self.kind!r} cannot name an event")
+        return self
+
+
+class SignatureSpec(BaseModel):
+    """Documents sent for e-signature when a stage is entered."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    template: str = Field(pattern=r"^[a-z][a-z0-9_]*$")
+    subject: str
+
+
+class Stage(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    key: StageKey = Field(pattern=r"^[a-z][a-z0-9_]*$")
+    name: str = Field(min_length=1)
+    probability: int = Field(ge=0, le=100)
+    entry: StageEntry
+    #: Evidence keys a manual move must supply, or the event's data must carry.
+    evidence: tuple[str, ...] = ()
+    #: Entering this stage records the customer's consent through this channel.
+    consent: ConsentChannel | None = None
+    #: Entering this stage sends these documents for e-signature.
+    request_signature: SignatureSpec | None = None
+    #: The stage that wins the opportunity (exactly one, the last).
+    outcome: Literal["won"] | None = None
+
+
+class LostEvent(BaseModel):
+    """A backend event that closes the opportunity lost from the named stages."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    event: EventType
+    from_stages: tuple[StageKey, ...] = Field(min_length=1)
+    reason_field: str = "reason"
+
+
+class ProcessDefinition(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    product: Product
+    version: int = Field(ge=1)
+    name: str
+    #: Fields the opportunity must be opened with, beyond the customer's need.
+    creation_requires: tuple[Literal["amount"], ...] = ()
+    stages: tuple[Stage, ...] = Field(min_length=2)
+    lost_events: tuple[LostEvent, ...] = ()
+
+    @model_validator(mode="after")
+    def _coherent(self) -> ProcessDefinition:
+        keys = [s.key for s in self.stages]
+        if len(set(keys)) != len(keys):
+            raise ValueError(f"stage keys must be unique, got {keys}")
+        if self.stages[0].entry.kind != "create":
+            raise ValueError("the first stage must be entered by 'create'")
+        for s in self.stages[1:]:
+            if s.entry.kind == "create":
+                raise ValueError(f"only the first stage may be entered by 'create', not {s.key!r}")
+        if self.stages[-1].outcome != "won" or any(s.outcome for s in self.stages[:-1]):
+            raise ValueError("exactly the last stage must have outcome 'won'")
+        for before, after in zip(self.stages, self.stages[1:]):
+            if after.probability < before.probability:
+                raise ValueError(f"probability falls from {before.key!r} to {after.key!r}")
+        for i, s in enumerate(self.stages):
+            if s.entry.kind == "signature" and (i == 0 or self.stages[i - 1].request_signature is None):
+                raise ValueError(
+                    f"stage {s.key!r} is entered by signature, so the stage before it must request one"
+                )
+        if not any(s.consent or s.entry.kind == "signature" for s in self.stages):
+            raise ValueError("the process must record the customer's consent before it is won")
+        events = [s.entry.event for s in self.stages if s.entry.event] + [e.event for e in self.lost_events]
+        if len(set(events)) != len(events):
+            raise ValueError("an event may enter or close at most one stage")
+        for lost in self.lost_events:
+            for key in lost.from_stages:
+                if key not in keys:
+                    raise ValueError(f"lost event {lost.event.value!r} names unknown stage {key!r}")
+        return self
+
+    def stage(self, key: StageKey) -> Stage:
+        for s in self.stages:
+            if s.key == key:
+                return s
+        raise KeyError(key)
+
+    def index(self, key: StageKey) -> int:
+        return [s.key for s in self.stages].index(key)
+
+    def next_stage(self, key: StageKey) -> Stage | None:
+        i = self.index(key)
+        return self.stages[i + 1] if i + 1 < len(self.stages) else None
+
+    def stage_entered_by(self, event: EventType) -> Stage | None:
+        return next((s for s in self.stages if s.entry.event == event), None)
+
+    def lost_event(self, event: EventType) -> LostEvent | None:
+        return next((e for e in self.lost_events if e.event == event), None)
+
+
+def _describe(path: Path, raw: object, err: ValidationError) -> str:
+    lines = []
+    stages = raw.get("stages") if isinstance(raw, dict) else None
+    for e in err.errors():
+        loc = list(e["loc"])
+        where = []
+        if len(loc) >= 2 and loc[0] == "stages" and isinstance(loc[1], int):
+            i = loc[1]
+            key = None
+            if isinstance(stages, list) and i < len(stages) and isinstance(stages[i], dict):
+                key = stages[i].get("key")
+            where.append(f"stage {key!r} (#{i + 1})" if key else f"stage #{i + 1}")
+            loc = loc[2:]
+        field = ".".join(str(p) for p in loc)
+        if field:
+            where.append(f"field {field!r}")
+        lines.append(f"{path}: {', '.join(where) or 'process'}: {e['msg']}")
+    return "\n".join(lines)
+
+
+def load_process(path: Path) -> ProcessDefinition:
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError) as exc:
+        raise ProcessError(f"{path}: cannot read process file: {exc}") from exc
+    try:
+        return ProcessDefinition.model_validate(raw)
+    except ValidationError as exc:
+        raise ProcessError(_describe(path, raw, exc)) from exc
+
+
+class ProcessCatalog:
+    """Every version of every product's process; new opportunities take the latest."""
+
+    def __init__(self, processes: list[ProcessDefinition]):
+        self._by_key: dict[tuple[Product, int], ProcessDefinition] = {}
+        for p in processes:
+            if (p.product, p.version) in self._by_key:
+                raise ProcessError(f"{p.product.value} version {p.version} is defined twice")
+            self._by_key[(p.product, p.version)] = p
+
+    def latest(self, product: Product) -> ProcessDefinition | None:
+        versions = [p for (prod, _), p in self._by_key.items() if prod == product]
+        return max(versions, key=lambda p: p.version) if versions else None
+
+    def get(self, product: Product, version: int) -> ProcessDefinition | None:
+        return self._by_key.get((product, version))
+
+    def products(self) -> list[Product]:
+        return sorted({prod for prod, _ in self._by_key})
+
+
+def load_catalog(directory: Path) -> ProcessCatalog:
+    files = sorted(directory.glob("*.yaml")) + sorted(directory.glob("*.yml"))
+    if not files:
+        raise ProcessError(f"{directory}: no process files (*.yaml) found")
+    return ProcessCatalog([load_process(f) for f in files])

@@ -1,0 +1,59 @@
+"""The needflow worker: every workflow and activity, on one task queue.
+
+Run `python worker.py` (the dev stack does). Configuration comes from `config.Settings`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from temporalio.client import Client
+from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.worker import Worker
+
+from activities.opportunity import OpportunityActivities
+from config import Settings, get_settings
+from esign.local import LocalSigningProvider
+from esign.provider import ESignatureProvider
+from store.db import make_async_engine, make_session_factory
+from workflows import TASK_QUEUE
+from workflows.opportunity import OpportunityWorkflow
+
+WORKFLOWS = [OpportunityWorkflow]
+
+
+def esign_provider(settings: Settings) -> ESignatureProvider:
+    return LocalSigningProvider(settings.resolved_public_base_url)
+
+
+async def connect(settings: Settings) -> Client:
+    return await Client.connect(
+        settings.resolved_temporal_address,
+        namespace=settings.namespace,
+        data_converter=pydantic_data_converter,
+    )
+
+
+def build_worker(client: Client, settings: Settings, task_queue: str = TASK_QUEUE) -> Worker:
+    sessions = make_session_factory(make_async_engine(settings.resolved_database_url))
+    opportunity = OpportunityActivities(sessions, esign_provider(settings))
+    return Worker(client, task_queue=task_queue, workflows=WORKFLOWS, activities=opportunity.all())
+
+
+async def main() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    settings = get_settings()
+    client = await connect(settings)
+    worker = build_worker(client, settings)
+    logging.getLogger("needflow.worker").info(
+        "worker polling %s on %s (%s)", TASK_QUEUE, settings.resolved_temporal_address, settings.namespace
+    )
+    await worker.run()
+
+
+if __name__ == "__main__":
+    try:
+        asyncio.run(main())
+    except KeyboardInterrupt:
+        pass

@@ -1,0 +1,18 @@
+"""needflow's workflows. The task queue and the custom search attributes live here so the
+worker, the API, the dev stack and the tests name them once.
+
+Search attributes carry no personal data: ids, products, stages and statuses only.
+"""
+
+from temporalio.common import SearchAttributeKey
+
+TASK_QUEUE = "needflow"
+
+SA_PRODUCT = SearchAttributeKey.for_keyword("Product")
+SA_STAGE = SearchAttributeKey.for_keyword("Stage")
+SA_OWNER_ID = SearchAttributeKey.for_keyword("OwnerId")
+SA_CUSTOMER_ID = SearchAttributeKey.for_keyword("CustomerId")
+SA_OPPORTUNITY_STATUS = SearchAttributeKey.for_keyword("OpportunityStatus")
+
+#: Every custom search attribute needflow uses; the dev stack and tests register these.
+SEARCH_ATTRIBUTES = [SA_PRODUCT, SA_STAGE, SA_OWNER_ID, SA_CUSTOMER_ID, SA_OPPORTUNITY_STATUS]

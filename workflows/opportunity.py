@@ -1,0 +1,413 @@
+"""OpportunityWorkflow: one sales opportunity, from its first stage to won or lost.
+
+Workflow id `opportunity-<id>`. It receives its product's process (a versioned
+definition) in its input and keeps it for its whole life.
+
+What it waits for, as Updates (each with a validator that refuses what the process
+forbids, so a refused command leaves no trace in history):
+- `opened`: answers once the opportunity and its first checkpoint are recorded;
+- `advance`: a person's move into the next, manually entered stage, with evidence;
+- `apply_event`: a backend event (application submitted/approved/declined, SMS
+  authorisation, account opened); the same event id twice is a `duplicate`;
+- `signature_outcome`: the e-signature provider's word on an envelope (completed,
+  declined, voided); completion enters the signature stage and records the consent;
+- `resend_signature`: a new envelope after a decline or void;
+- `close_lost`: closes from any open stage, with a reason.
+
+Every stage change is recorded (checkpoint, and consent where the stage records one)
+by an activity before the update answers, so a caller reads it back at once. The run
+ends when the opportunity is won or lost and every handler has finished.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+from datetime import timedelta
+from typing import Any
+
+from temporalio import workflow
+from temporalio.common import RetryPolicy
+from temporalio.exceptions import ApplicationError
+
+with workflow.unsafe.imports_passed_through():
+    from domain import records
+    from domain.opportunity import (
+        CLOSED_LOST_STAGE,
+        AdvanceCommand,
+        CheckpointView,
+        CloseLostCommand,
+        EventCommand,
+        EventResult,
+        OpportunityInput,
+        OpportunityState,
+        ResendSignatureCommand,
+        SignatureOutcome,
+        SignatureState,
+        TransitionRefused,
+        check_advance,
+        check_close_lost,
+        check_event,
+        check_resend,
+        check_signature_outcome,
+        consent_evidence,
+    )
+    from domain.process import Stage
+    from domain.types import ConsentChannel, OpportunityStatus, Trigger
+    from workflows import SA_CUSTOMER_ID, SA_OPPORTUNITY_STATUS, SA_OWNER_ID, SA_PRODUCT, SA_STAGE
+
+ACTIVITY_TIMEOUT = timedelta(seconds=30)
+ACTIVITY_RETRY = RetryPolicy(initial_interval=timedelta(milliseconds=200), maximum_interval=timedelta(seconds=30))
+
+#: The ApplicationError type a refused command carries to the client (the API's 409).
+INVALID_TRANSITION = "InvalidTransition"
+
+
+def workflow_id(opportunity_id: str) -> str:
+    return f"opportunity-{opportunity_id}"
+
+
+def _refuse(exc: TransitionRefused) -> ApplicationError:
+    return ApplicationError(exc.message, exc.details, type=INVALID_TRANSITION, non_retryable=True)
+
+
+def _sha256(data: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()
+
+
+@workflow.defn
+class OpportunityWorkflow:
+    @workflow.init
+    def __init__(self, input: OpportunityInput) -> None:
+        self.input = input
+        self.process = input.process
+        first = self.process.stages[0]
+        self.state = OpportunityState(
+            opportunity_id=input.opportunity_id,
+            customer_id=input.customer_id,
+            product=input.product,
+            process_version=self.process.version,
+            owner_id=input.owner_id,
+            amount=input.amount,
+            stage=first.key,
+            probability=first.probability,
+        )
+        self._opened = False
+        # Persisting in the order the state changed: an asyncio.Lock is FIFO.
+        self._write_lock = asyncio.Lock()
+
+    @workflow.run
+    async def run(self, input: OpportunityInput) -> OpportunityState:
+        first = self.process.stages[0]
+        checkpoint = self._append_checkpoint(first, Trigger.manual, input.opened_by, {"need_id": input.need_id})
+        self._publish()
+        async with self._write_lock:
+            await workflow.execute_activity(
+                records.OPEN_OPPORTUNITY,
+                records.OpenOpportunity(
+                    opportunity_id=input.opportunity_id,
+                    workflow_id=workflow.info().workflow_id,
+                    customer_id=input.customer_id,
+                    owner_id=input.owner_id,
+                    need_id=input.need_id,
+                    product=input.product,
+                    process_version=self.process.version,
+                    amount=input.amount,
+                    referral_id=input.referral_id,
+                    campaign_id=input.campaign_id,
+                    probability=first.probability,
+                    first_checkpoint=checkpoint,
+                ),
+                start_to_close_timeout=ACTIVITY_TIMEOUT,
+                retry_policy=ACTIVITY_RETRY,
+            )
+        self._opened = True
+        await workflow.wait_condition(
+            lambda: self.state.status != OpportunityStatus.open and workflow.all_handlers_finished()
+        )
+        return self.state
+
+    # ------------------------------------------------------------ queries and updates
+
+    @workflow.query
+    def current_state(self) -> OpportunityState:
+        return self.state
+
+    @workflow.update
+    async def opened(self) -> OpportunityState:
+        await workflow.wait_condition(lambda: self._opened)
+        return self.state
+
+    @workflow.update
+    async def advance(self, cmd: AdvanceCommand) -> OpportunityState:
+        stage = check_advance(self.process, self.state, cmd)
+        await self._enter(stage, Trigger.manual, cmd.actor.id, dict(cmd.evidence))
+        return self.state
+
+    @advance.validator
+    def _validate_advance(self, cmd: AdvanceCommand) -> None:
+        try:
+            check_advance(self.process, self.state, cmd)
+        except TransitionRefused as exc:
+            raise _refuse(exc) from None
+
+    @workflow.update
+    async def apply_event(self, cmd: EventCommand) -> EventResult:
+        if cmd.event_id in self.state.applied_events:
+            # Already taken: wait until its write is done so the caller reads it back.
+            async with self._write_lock:
+                return EventResult(result="duplicate", state=self.state)
+        effect, stage = check_event(self.process, self.state, cmd)
+        self.state.applied_events.append(cmd.event_id)
+        processed = records.ProcessedEventRecord(
+            event_id=cmd.event_id,
+            type=cmd.type.value,
+            body_sha256=_sha256({"type": cmd.type.value, "data": cmd.data}),
+        )
+        actor = cmd.source or cmd.type.value
+        evidence = {"event_id": cmd.event_id, "occurred_at": cmd.occurred_at.isoformat(), **cmd.data}
+        if effect == "lose":
+            lost = self.process.lost_event(cmd.type)
+            reason = str(cmd.data.get(lost.reason_field) if lost else "") or cmd.type.value
+            await self._close_lost(reason, Trigger.event, actor, evidence, processed)
+        else:
+            assert stage is not None
+            consent = None
+            if stage.consent is not None:
+                consent = self._consent(stage.consent, consent_evidence(stage.consent, cmd.data))
+            await self._enter(stage, Trigger.event, actor, evidence, consent=consent, processed_event=processed)
+        return EventResult(result="applied", state=self.state)
+
+    @apply_event.validator
+    def _validate_event(self, cmd: EventCommand) -> None:
+        if cmd.event_id in self.state.applied_events:
+            return
+        try:
+            check_event(self.process, self.state, cmd)
+        except TransitionRefused as exc:
+            raise _refuse(exc) from None
+
+    @workflow.update
+    async def signature_outcome(self, outcome: SignatureOutcome) -> OpportunityState:
+        stage = check_signature_outcome(self.process, self.state, outcome)
+        sig = self.state.signature
+        assert sig is not None
+        if stage is None:  # declined or voided: stay in this stage and tell the owner
+            sig.status = outcome.status
+            self._publish()
+            async with self._write_lock:
+                await workflow.execute_activity(
+                    records.RECORD_SIGNATURE_FAILURE,
+                    records.SignatureFailureRecord(
+                        opportunity_id=self.state.opportunity_id,
+                        envelope_id=outcome.envelope_id,
+                        status=outcome.status,  # type: ignore[arg-type]
+                        reason=outcome.reason,
+                        owner_id=self.state.owner_id,
+                    ),
+                    start_to_close_timeout=ACTIVITY_TIMEOUT,
+                    retry_policy=ACTIVITY_RETRY,
+                )
+            return self.state
+        sig.status = "completed"
+        evidence = {
+            "provider": sig.provider,
+            "envelope_id": outcome.envelope_id,
+            "document_sha256": outcome.document_sha256,
+            "signer_name": outcome.signer_name,
+            "client_address": outcome.client_address,
+            "signed_at": outcome.at.isoformat(),
+        }
+        consent = self._consent(ConsentChannel.esignature, evidence, granted_at=outcome.at)
+        completion = records.SignatureCompletion(
+            envelope_id=outcome.envelope_id,
+            signer_name=outcome.signer_name or "",
+            client_address=outcome.client_address,
+            completed_at=outcome.at,
+        )
+        await self._enter(
+            stage,
+            Trigger.event,
+            f"esignature:{sig.provider}",
+            evidence,
+            consent=consent,
+            signature_completion=completion,
+        )
+        return self.state
+
+    @signature_outcome.validator
+    def _validate_signature_outcome(self, outcome: SignatureOutcome) -> None:
+        try:
+            check_signature_outcome(self.process, self.state, outcome)
+        except TransitionRefused as exc:
+            raise _refuse(exc) from None
+
+    @workflow.update
+    async def resend_signature(self, cmd: ResendSignatureCommand) -> OpportunityState:
+        check_resend(self.state, cmd)
+        stage = self.process.stage(self.state.stage)
+        self._start_signature_request()
+        async with self._write_lock:
+            await self._request_signature(stage)
+        return self.state
+
+    @resend_signature.validator
+    def _validate_resend(self, cmd: ResendSignatureCommand) -> None:
+        try:
+            check_resend(self.state, cmd)
+        except TransitionRefused as exc:
+            raise _refuse(exc) from None
+
+    @workflow.update
+    async def close_lost(self, cmd: CloseLostCommand) -> OpportunityState:
+        check_close_lost(self.state, cmd)
+        await self._close_lost(cmd.reason, Trigger.manual, cmd.actor.id, {"reason": cmd.reason}, None)
+        return self.state
+
+    @close_lost.validator
+    def _validate_close_lost(self, cmd: CloseLostCommand) -> None:
+        try:
+            check_close_lost(self.state, cmd)
+        except TransitionRefused as exc:
+            raise _refuse(exc) from None
+
+    # ------------------------------------------------------------ state changes
+    # Each changes the in-memory state at once (so the next validator sees it), then
+    # records it through an activity, in order, before the update answers.
+
+    def _append_checkpoint(self, stage: Stage | None, trigger: Trigger, actor: str, evidence: dict) -> CheckpointView:
+        checkpoint = CheckpointView(
+            seq=len(self.state.checkpoints) + 1,
+            stage=stage.key if stage else CLOSED_LOST_STAGE,
+            entered_at=workflow.now(),
+            trigger=trigger,
+            actor=actor,
+            evidence=evidence,
+        )
+        self.state.checkpoints.append(checkpoint)
+        return checkpoint
+
+    def _consent(
+        self, channel: ConsentChannel, evidence: dict[str, Any], granted_at: Any = None
+    ) -> records.ConsentRecord:
+        return records.ConsentRecord(
+            consent_id=f"{self.state.opportunity_id}-consent-{len(self.state.checkpoints) + 1}",
+            customer_id=self.state.customer_id,
+            product=self.state.product,
+            channel=channel,
+            evidence=evidence,
+            granted_at=granted_at or workflow.now(),
+        )
+
+    async def _enter(
+        self,
+        stage: Stage,
+        trigger: Trigger,
+        actor: str,
+        evidence: dict[str, Any],
+        *,
+        consent: records.ConsentRecord | None = None,
+        processed_event: records.ProcessedEventRecord | None = None,
+        signature_completion: records.SignatureCompletion | None = None,
+    ) -> None:
+        checkpoint = self._append_checkpoint(stage, trigger, actor, evidence)
+        self.state.stage = stage.key
+        self.state.probability = stage.probability
+        if stage.outcome == "won":
+            self.state.status = OpportunityStatus.won
+        if stage.request_signature is not None:
+            self._start_signature_request()
+        self._publish()
+        await workflow.wait_condition(lambda: self._opened)
+        async with self._write_lock:
+            await self._record(checkpoint, consent=consent, processed_event=processed_event,
+                               signature_completion=signature_completion)
+            if stage.request_signature is not None:
+                await self._request_signature(stage)
+
+    async def _close_lost(
+        self,
+        reason: str,
+        trigger: Trigger,
+        actor: str,
+        evidence: dict[str, Any],
+        processed_event: records.ProcessedEventRecord | None,
+    ) -> None:
+        checkpoint = self._append_checkpoint(None, trigger, actor, evidence)
+        self.state.stage = CLOSED_LOST_STAGE
+        self.state.probability = 0
+        self.state.status = OpportunityStatus.lost
+        self.state.lost_reason = reason
+        self._publish()
+        await workflow.wait_condition(lambda: self._opened)
+        async with self._write_lock:
+            await self._record(checkpoint, processed_event=processed_event)
+
+    async def _record(self, checkpoint: CheckpointView, **extra: Any) -> None:
+        await workflow.execute_activity(
+            records.RECORD_STAGE_CHANGE,
+            records.StageChange(
+                opportunity_id=self.state.opportunity_id,
+                checkpoint=checkpoint,
+                probability=self.state.probability,
+                status=self.state.status.value,
+                lost_reason=self.state.lost_reason,
+                **extra,
+            ),
+            start_to_close_timeout=ACTIVITY_TIMEOUT,
+            retry_policy=ACTIVITY_RETRY,
+        )
+
+    def _start_signature_request(self) -> None:
+        number = (self.state.signature.request_no if self.state.signature else 0) + 1
+        self.state.signature = SignatureState(request_no=number, provider="pending", status="requesting")
+
+    async def _request_signature(self, stage: Stage) -> None:
+        spec = stage.request_signature
+        sig = self.state.signature
+        assert spec is not None and sig is not None
+        sent: records.SignatureSent = await workflow.execute_activity(
+            records.REQUEST_SIGNATURE,
+            records.SignatureRequestInput(
+                opportunity_id=self.state.opportunity_id,
+                request_no=sig.request_no,
+                template=spec.template,
+                subject=spec.subject,
+            ),
+            result_type=records.SignatureSent,
+            start_to_close_timeout=ACTIVITY_TIMEOUT,
+            retry_policy=ACTIVITY_RETRY,
+        )
+        sig.provider = sent.provider
+        sig.envelope_id = sent.envelope_id
+        sig.signing_url = sent.signing_url
+        sig.document_sha256 = sent.document_sha256
+        sig.status = "sent"
+        self._publish()
+
+    def _publish(self) -> None:
+        """Search attributes and current details: where the Web UI shows this opportunity."""
+        s = self.state
+        workflow.upsert_search_attributes(
+            [
+                SA_PRODUCT.value_set(s.product.value),
+                SA_STAGE.value_set(s.stage),
+                SA_OWNER_ID.value_set(s.owner_id),
+                SA_CUSTOMER_ID.value_set(s.customer_id),
+                SA_OPPORTUNITY_STATUS.value_set(s.status.value),
+            ]
+        )
+        stage_name = (
+            "Closed Lost" if s.stage == CLOSED_LOST_STAGE else self.process.stage(s.stage).name
+        )
+        lines = [
+            f"**{stage_name}** ({s.probability} %) · status **{s.status.value}**",
+            f"{self.process.name} process v{self.process.version} · owner `{s.owner_id}` · "
+            f"{len(s.checkpoints)} checkpoint(s)",
+        ]
+        if s.signature:
+            lines.append(f"signature #{s.signature.request_no}: {s.signature.status} ({s.signature.provider})")
+        if s.lost_reason:
+            lines.append(f"lost: {s.lost_reason}")
+        workflow.set_current_details("\n\n".join(lines))
