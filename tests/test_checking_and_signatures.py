@@ -1,0 +1,92 @@
+"""Rachel's checking account (SMS consent), and the e-signature paths: a link used twice,
+a decline that keeps the opportunity where it is and tells the owner, and a resend."""
+
+from __future__ import annotations
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from store.db import make_sync_engine
+from store.models import Notification
+from tests.conftest import Api
+
+
+async def test_checking_account_journey_records_sms_consent(api: Api) -> None:
+    matt = await api.employee(role="banker", lob="retail", name="Matt", email="matt@bank.example",
+                              products=["checking"])
+    opp = await api.opportunity(product="checking", amount=None, owner=matt)
+    assert (opp["stage"], opp["probability"]) == ("interested", 10)
+
+    sms = {"phone": "+12125550100", "message_id": "SM-77", "text": "YES open my account",
+           "received_at": "2026-11-25T09:59:00+00:00"}
+    r = await api.event("consent.sms_authorization", opp["id"], sms)
+    opp = r.json()["opportunity"]
+    assert (opp["stage"], opp["probability"]) == ("authorised", 60)
+
+    r = await api.event("account.opened", opp["id"], {"account_number": "CHK-001"})
+    opp = r.json()["opportunity"]
+    assert (opp["stage"], opp["status"]) == ("opened", "won")
+    assert [c["stage"] for c in opp["checkpoints"]] == ["interested", "authorised", "opened"]
+    assert [c["trigger"] for c in opp["checkpoints"]] == ["manual", "event", "event"]
+
+    journey = (await api.get(f"/v1/customers/{opp['customer_id']}/journey")).json()
+    [consent] = journey["consents"]
+    assert consent["channel"] == "sms" and consent["product"] == "checking"
+    assert {k: consent["evidence"][k] for k in ("phone", "message_id", "text")} == {
+        "phone": "+12125550100", "message_id": "SM-77", "text": "YES open my account"}
+
+
+async def _approved(api: Api) -> dict:
+    opp = await api.opportunity()
+    await api.post(f"/v1/opportunities/{opp['id']}/advance",
+                   {"actor_id": opp["owner_id"], "to_stage": "searching", "evidence": {"realtor": "R"}}, expect=200)
+    await api.event("mortgage.application_submitted", opp["id"], {"application_id": "APP-3"})
+    return (await api.event("mortgage.application_approved", opp["id"], {"approval_id": "APR-3"})).json()["opportunity"]
+
+
+async def test_signing_link_is_single_use(api: Api) -> None:
+    opp = await _approved(api)
+    url = opp["signature"]["signing_url"]
+    assert (await api.sign(url)).status_code == 200
+    again = await api.sign(url, "Someone Else")
+    assert again.status_code == 409 and "no longer valid" in again.text
+    assert (await api.http.get(url.removeprefix("http://testserver"))).status_code == 409
+    journey = (await api.get(f"/v1/customers/{opp['customer_id']}/journey")).json()
+    assert [c["evidence"]["signer_name"] for c in journey["consents"]] == ["Rachel Adams"]
+    won = (await api.get(f"/v1/opportunities/{opp['id']}")).json()
+    assert [c["stage"] for c in won["checkpoints"]].count("closed_won") == 1
+
+
+async def test_unknown_or_incomplete_signature_changes_nothing(api: Api) -> None:
+    opp = await _approved(api)
+    assert (await api.sign("http://testserver/sign/not-a-token")).status_code == 404
+    r = await api.http.post(opp["signature"]["signing_url"].removeprefix("http://testserver"),
+                            data={"full_name": "Rachel Adams"})  # did not tick "I agree"
+    assert r.status_code == 422
+    assert (await api.get(f"/v1/opportunities/{opp['id']}")).json()["stage"] == "approved"
+
+
+async def test_decline_keeps_approved_tells_owner_and_resend_works(api: Api, database_url: str) -> None:
+    opp = await _approved(api)
+    first = opp["signature"]
+    declined = await api.sign(first["signing_url"], action="decline")
+    assert declined.status_code == 200
+    opp = (await api.get(f"/v1/opportunities/{opp['id']}")).json()
+    assert (opp["stage"], opp["status"], opp["signature"]["status"]) == ("approved", "open", "declined")
+    assert opp["signature"]["signing_url"] is None
+
+    engine = make_sync_engine(database_url)
+    with Session(engine) as s:
+        told = s.scalars(select(Notification).where(Notification.to_employee_id == opp["owner_id"])).all()
+    engine.dispose()
+    assert len(told) == 1 and "declined" in told[0].subject
+
+    r = await api.post(f"/v1/opportunities/{opp['id']}/resend-signature", {"actor_id": opp["owner_id"]}, expect=200)
+    second = r.json()["signature"]
+    assert second["status"] == "sent" and second["envelope_id"] != first["envelope_id"]
+    assert second["signing_url"] != first["signing_url"]
+    assert (await api.sign(first["signing_url"])).status_code == 409  # the old link stays dead
+    assert (await api.sign(second["signing_url"])).status_code == 200
+    won = (await api.get(f"/v1/opportunities/{opp['id']}")).json()
+    assert won["status"] == "won"
+    assert won["checkpoints"][-1]["evidence"]["envelope_id"] == second["envelope_id"]

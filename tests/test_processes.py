@@ -1,0 +1,75 @@
+"""Processes are data: the shipped ones load as PRODUCT.md describes them, and a malformed
+file stops the service at start with a message naming the file, the stage and the field."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from api.app import create_app
+from config import PROJECT_ROOT, Settings
+from domain.process import ProcessError, load_catalog
+from domain.types import Product
+
+SHIPPED = PROJECT_ROOT / "processes"
+
+
+def test_shipped_processes_match_the_product() -> None:
+    catalog = load_catalog(SHIPPED)
+    mortgage = catalog.latest(Product.mortgage)
+    assert mortgage is not None
+    assert [(s.key, s.probability, s.entry.kind) for s in mortgage.stages] == [
+        ("interested", 10, "create"), ("searching", 20, "manual"), ("applied", 50, "event"),
+        ("approved", 80, "event"), ("closed_won", 100, "signature"),
+    ]
+    assert mortgage.stage("searching").evidence == ("realtor",)
+    assert mortgage.creation_requires == ("amount",)
+    checking = catalog.latest(Product.checking)
+    assert checking is not None
+    assert [s.key for s in checking.stages] == ["interested", "authorised", "opened"]
+    assert checking.stage("authorised").consent == "sms"
+    for product in (Product.insurance, Product.wealth):
+        p = catalog.latest(product)
+        assert p is not None and [s.key for s in p.stages] == ["interested", "proposal", "closed_won"]
+    assert catalog.latest(Product.savings) is None
+
+
+def _write(tmp_path: Path, mutate) -> Path:
+    raw = yaml.safe_load((SHIPPED / "mortgage.v1.yaml").read_text())
+    mutate(raw)
+    (tmp_path / "mortgage.v1.yaml").write_text(yaml.safe_dump(raw))
+    return tmp_path
+
+
+def test_a_bad_field_names_file_stage_and_field(tmp_path: Path) -> None:
+    _write(tmp_path, lambda raw: raw["stages"][1].update(probability=120))
+    with pytest.raises(ProcessError) as err:
+        load_catalog(tmp_path)
+    message = str(err.value)
+    assert "mortgage.v1.yaml" in message and "stage 'searching' (#2)" in message and "'probability'" in message
+
+
+@pytest.mark.parametrize(
+    ("mutate", "expected"),
+    [
+        (lambda raw: raw["stages"][2]["entry"].pop("event"), "must name its event"),
+        (lambda raw: raw["stages"][2]["entry"].update(event="mortgage.unheard_of"), "'entry.event'"),
+        (lambda raw: raw["stages"][3].pop("request_signature"), "must request one"),
+        (lambda raw: raw["stages"].pop(0), "first stage must be entered by 'create'"),
+        (lambda raw: raw["stages"][1].update(key="applied"), "unique"),
+        (lambda raw: raw["stages"][1].update(colour="red"), "'colour'"),
+    ],
+)
+def test_incoherent_processes_are_refused(tmp_path: Path, mutate, expected: str) -> None:
+    _write(tmp_path, mutate)
+    with pytest.raises(ProcessError, match="mortgage.v1.yaml") as err:
+        load_catalog(tmp_path)
+    assert expected in str(err.value)
+
+
+def test_the_api_refuses_to_start_on_a_malformed_process(tmp_path: Path) -> None:
+    _write(tmp_path, lambda raw: raw["stages"][1].update(probability="high"))
+    with pytest.raises(ProcessError, match=r"stage 'searching' \(#2\), field 'probability'"):
+        create_app(Settings(processes_dir=tmp_path, database_url="sqlite:///:memory:"))
