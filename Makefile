@@ -1,0 +1,53 @@
+# needflow: `make run` starts the whole local stack, `make test` runs the tests.
+#
+#   make test                                  tests on SQLite (DATABASE_URL unset)
+#   make test DATABASE_URL=postgresql://...    tests on that PostgreSQL database
+#   make test PYTEST_ARGS='-x -k referral'     extra pytest arguments
+
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+PG_URL := postgresql://root@127.0.0.1:5432/test
+PYTEST_ARGS ?=
+
+# The database the tests (and the stack) use comes from DATABASE_URL, whether set in the
+# environment or on make's command line; export it so it reaches pytest's environment.
+# Only when set: an empty DATABASE_URL must not reach the processes.
+ifdef DATABASE_URL
+export DATABASE_URL
+endif
+
+.PHONY: venv run test test-pg bench clean
+
+venv: $(STAMP)
+
+# Create the virtualenv once. Where the system Python lacks ensurepip (Debian without
+# python3-venv), make it without pip and install pip into it with the system's pip.
+$(PY):
+	$(PYTHON) -m venv $(VENV) || { rm -rf $(VENV) && $(PYTHON) -m venv --without-pip $(VENV) \
+		&& $(PYTHON) -m pip --python $(PY) install pip; }
+
+# (Re)install only when pyproject.toml is newer than the stamp.
+$(STAMP): pyproject.toml | $(PY)
+	$(PY) -m pip install -e '.[test]'
+	touch $@
+
+run: venv
+	$(PY) -m devstack
+
+test: venv
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+test-pg:
+	$(MAKE) test DATABASE_URL=$(PG_URL)
+
+# Every bench/*.py script, one after another (nothing to do while there are none).
+bench: venv
+	@set -e; for script in bench/*.py; do \
+		[ -e "$$script" ] || { echo "no bench/*.py scripts"; break; }; \
+		echo "== $$script"; $(PY) "$$script"; \
+	done
+
+clean:
+	rm -rf var $(VENV) *.egg-info
