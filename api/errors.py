@@ -49,10 +49,15 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
-        problems = [
-            {"field": ".".join(str(p) for p in e["loc"] if p != "body"), "message": e["msg"], "type": e["type"]}
-            for e in exc.errors()
-        ]
+        problems = []
+        for e in exc.errors():
+            if e["type"] == "json_invalid":
+                position = e["loc"][-1] if e["loc"] else "?"
+                problems.append({"field": "", "message": f"the body is not valid JSON (at character {position})",
+                                 "type": e["type"]})
+            else:
+                field = ".".join(str(p) for p in e["loc"] if p != "body")
+                problems.append({"field": field, "message": e["msg"], "type": e["type"]})
         first = problems[0] if problems else {"field": "", "message": "invalid request"}
         message = f"{first['field'] or 'request'}: {first['message']}"
         if len(problems) > 1:

@@ -7,6 +7,8 @@ history) and the API into 409 `invalid_transition`. The API never re-implements 
 
 from __future__ import annotations
 
+import hashlib
+import json
 from datetime import datetime
 from decimal import Decimal
 from typing import Any, Literal
@@ -122,6 +124,11 @@ class OpportunityState(BaseModel):
     checkpoints: list[CheckpointView] = Field(default_factory=list)
     signature: SignatureState | None = None
     applied_events: list[str] = Field(default_factory=list)
+
+
+def event_body_sha256(event_type: str, data: dict[str, Any]) -> str:
+    """What makes two deliveries of one event id the same event: its type and data."""
+    return hashlib.sha256(json.dumps({"type": event_type, "data": data}, sort_keys=True, default=str).encode()).hexdigest()
 
 
 class EventResult(BaseModel):

@@ -22,8 +22,6 @@ ends when the opportunity is won or lost and every handler has finished.
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import json
 from datetime import timedelta
 from typing import Any
 
@@ -52,6 +50,7 @@ with workflow.unsafe.imports_passed_through():
         check_resend,
         check_signature_outcome,
         consent_evidence,
+        event_body_sha256,
     )
     from domain.process import Stage
     from domain.types import ConsentChannel, OpportunityStatus, Trigger
@@ -70,10 +69,6 @@ def workflow_id(opportunity_id: str) -> str:
 
 def _refuse(exc: TransitionRefused) -> ApplicationError:
     return ApplicationError(exc.message, exc.details, type=INVALID_TRANSITION, non_retryable=True)
-
-
-def _sha256(data: dict[str, Any]) -> str:
-    return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()
 
 
 @workflow.defn
@@ -163,7 +158,7 @@ class OpportunityWorkflow:
         processed = records.ProcessedEventRecord(
             event_id=cmd.event_id,
             type=cmd.type.value,
-            body_sha256=_sha256({"type": cmd.type.value, "data": cmd.data}),
+            body_sha256=event_body_sha256(cmd.type.value, cmd.data),
         )
         actor = cmd.source or cmd.type.value
         evidence = {"event_id": cmd.event_id, "occurred_at": cmd.occurred_at.isoformat(), **cmd.data}

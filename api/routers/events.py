@@ -8,9 +8,6 @@ activity, payments) are scorecard inputs and are recorded as they come.
 
 from __future__ import annotations
 
-import hashlib
-import json
-
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 from fastapi.encoders import jsonable_encoder
@@ -22,7 +19,7 @@ from api.errors import ApiError, invalid, not_found
 from api.routers.opportunities import read_opportunity
 from api.schemas import EVENT_DATA, EventIn, EventOut
 from api.workflows import update_opportunity
-from domain.opportunity import EventCommand, EventResult
+from domain.opportunity import EventCommand, EventResult, event_body_sha256
 from store.models import Customer, CustomerSignal, Opportunity, ProcessedEvent
 from workflows.opportunity import OpportunityWorkflow
 
@@ -50,7 +47,7 @@ async def receive_event(body: EventIn, svc: ServicesDep, who: EventWriter):
     async with svc.sessions() as session:
         seen = await session.get(ProcessedEvent, body.id)
     if seen is not None:
-        return _accepted(await _duplicate(svc, body, seen))
+        return _accepted(await _duplicate(svc, body, subject, data, seen))
 
     if subject_field == "customer_id":
         return _accepted(await _customer_event(svc, body, subject, data))
@@ -65,10 +62,13 @@ async def receive_event(body: EventIn, svc: ServicesDep, who: EventWriter):
     return _accepted(EventOut(id=body.id, result=result.result, opportunity=await read_opportunity(svc, subject)))
 
 
-async def _duplicate(svc, body: EventIn, seen: ProcessedEvent) -> EventOut:
-    if seen.type != body.type.value:
+async def _duplicate(svc, body: EventIn, subject: str, data: dict, seen: ProcessedEvent) -> EventOut:
+    """The same id again: a duplicate if it is the same event, a conflict if it is another."""
+    if (seen.type, seen.subject_id, seen.body_sha256) != (body.type.value, subject, event_body_sha256(body.type.value, data)):
         raise ApiError(
-            409, "conflict", f"event id {body.id!r} was already used for a {seen.type!r} event", {"id": body.id}
+            409, "conflict",
+            f"event id {body.id!r} was already used for another event ({seen.type} on {seen.subject_id})",
+            {"id": body.id},
         )
     if seen.type in {t.value for t, (_, f) in EVENT_DATA.items() if f == "customer_id"}:
         return EventOut(id=body.id, result="duplicate", customer_id=seen.subject_id)
@@ -76,7 +76,7 @@ async def _duplicate(svc, body: EventIn, seen: ProcessedEvent) -> EventOut:
 
 
 async def _customer_event(svc, body: EventIn, customer_id: str, data: dict) -> EventOut:
-    digest = hashlib.sha256(json.dumps({"type": body.type.value, "data": data}, sort_keys=True).encode()).hexdigest()
+    digest = event_body_sha256(body.type.value, data)
     try:
         async with svc.sessions.begin() as session:
             if await session.get(Customer, customer_id) is None:
