@@ -1,21 +1,25 @@
 """Idempotency-Key: the first response to a key is stored and replayed on repeats.
 
-The same key with a different body is 409 `conflict`. Where a request starts or updates
-a workflow, the key also becomes the workflow id or update id (see the routers), so
-Temporal de-duplicates even a repeat that races the first request.
+The key is reserved before the request runs (a row with status 0), so a repeat that
+races the first waits for the first one's answer instead of doing the work twice. The
+same key with a different body is 409 `conflict`. Where a request starts or updates a
+workflow, the key also becomes the workflow id or update id (see the routers), so
+Temporal de-duplicates too. A request that fails with a 5xx releases its key: retrying
+it is safe and does the work.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
-import json
 import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 from fastapi import Request
 from fastapi.encoders import jsonable_encoder
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
+from sqlalchemy import delete
 from sqlalchemy.exc import IntegrityError
 
 from api.deps import Principal, Services
@@ -23,6 +27,9 @@ from api.errors import ApiError
 from store.models import IdempotencyRecord
 
 _NAMESPACE = uuid.UUID("6f1c1d3e-5d0b-4b8e-9a57-0d7c8f7d2a11")
+_IN_PROGRESS = 0
+#: How long a repeat waits for the first request's answer before it gives up (409).
+WAIT_FOR_FIRST_SECONDS = 60.0
 
 
 def derived_id(principal: Principal, key: str, prefix: str) -> str:
@@ -32,6 +39,34 @@ def derived_id(principal: Principal, key: str, prefix: str) -> str:
 
 def update_id(principal: Principal, key: str | None) -> str | None:
     return f"{principal.id}:{key}" if key else None
+
+
+def _conflict(key: str) -> ApiError:
+    return ApiError(409, "conflict", "this Idempotency-Key was used with a different request", {"idempotency_key": key})
+
+
+async def _reserve(svc: Services, principal: Principal, key: str, request: Request, digest: str) -> bool:
+    try:
+        async with svc.sessions.begin() as session:
+            session.add(
+                IdempotencyRecord(
+                    api_key_id=principal.id, key=key, method=request.method, path=request.url.path,
+                    request_sha256=digest, status_code=_IN_PROGRESS, response="",
+                )
+            )
+        return True
+    except IntegrityError:
+        return False
+
+
+async def _first_answer(svc: Services, principal: Principal, key: str) -> IdempotencyRecord | None:
+    deadline = asyncio.get_running_loop().time() + WAIT_FOR_FIRST_SECONDS
+    while True:
+        async with svc.sessions() as session:
+            stored = await session.get(IdempotencyRecord, (principal.id, key))
+        if stored is None or stored.status_code != _IN_PROGRESS or asyncio.get_running_loop().time() > deadline:
+            return stored
+        await asyncio.sleep(0.05)
 
 
 async def idempotent(
@@ -44,35 +79,41 @@ async def idempotent(
 ) -> JSONResponse:
     if not key:
         return JSONResponse(jsonable_encoder(await handler()), status_code=status_code)
-    body = await request.body()
-    digest = hashlib.sha256(body).hexdigest()
-    async with svc.sessions() as session:
-        stored = await session.get(IdempotencyRecord, (principal.id, key))
-    if stored is not None:
-        if stored.request_sha256 != digest or stored.method != request.method or stored.path != request.url.path:
-            raise ApiError(
-                409, "conflict", "this Idempotency-Key was used with a different request", {"idempotency_key": key}
-            )
-        return JSONResponse(stored.response, status_code=stored.status_code, headers={"Idempotent-Replayed": "true"})
+    digest = hashlib.sha256(await request.body()).hexdigest()
+    while not await _reserve(svc, principal, key, request, digest):
+        stored = await _first_answer(svc, principal, key)
+        if stored is None:
+            continue  # the first request failed and released the key: this one does the work
+        if (stored.request_sha256, stored.method, stored.path) != (digest, request.method, request.url.path):
+            raise _conflict(key)
+        if stored.status_code == _IN_PROGRESS:
+            raise ApiError(409, "conflict", "a request with this Idempotency-Key is still in progress; retry later",
+                           {"idempotency_key": key})
+        return Response(stored.response, status_code=stored.status_code, media_type="application/json",
+                        headers={"Idempotent-Replayed": "true"})
     try:
         content, code = jsonable_encoder(await handler()), status_code
     except ApiError as exc:
         if exc.status >= 500:
+            await _release(svc, principal, key)
             raise
         content, code = exc.body(), exc.status
-    try:
-        async with svc.sessions.begin() as session:
-            session.add(
-                IdempotencyRecord(
-                    api_key_id=principal.id,
-                    key=key,
-                    method=request.method,
-                    path=request.url.path,
-                    request_sha256=digest,
-                    status_code=code,
-                    response=json.loads(json.dumps(content)),
-                )
+    except BaseException:
+        await _release(svc, principal, key)
+        raise
+    response = JSONResponse(content, status_code=code)
+    async with svc.sessions.begin() as session:
+        stored = await session.get(IdempotencyRecord, (principal.id, key))
+        assert stored is not None
+        stored.status_code = code
+        stored.response = bytes(response.body).decode()
+    return response
+
+
+async def _release(svc: Services, principal: Principal, key: str) -> None:
+    async with svc.sessions.begin() as session:
+        await session.execute(
+            delete(IdempotencyRecord).where(
+                IdempotencyRecord.api_key_id == principal.id, IdempotencyRecord.key == key
             )
-    except IntegrityError:
-        pass  # a concurrent repeat stored it first; both did the same thing once
-    return JSONResponse(content, status_code=code)
+        )

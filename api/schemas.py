@@ -6,12 +6,14 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, PlainSerializer, StringConstraints
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, PlainSerializer, StringConstraints
 
 from domain.types import ConsentChannel, EventType, InteractionChannel, LineOfBusiness, Product, Role
 
 Text = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=2000)]
 Name = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200)]
+Place = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=100)]
+Email = Annotated[str, StringConstraints(strip_whitespace=True, max_length=320, pattern=r"^[^@\s]+@[^@\s]+$")]
 Id = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:\-]+$")]
 #: Money travels as a decimal string ("500000.00").
 Money = Annotated[
@@ -30,11 +32,11 @@ class Body(BaseModel):
 
 class CustomerCreate(Body):
     name: Name
-    email: Annotated[str, StringConstraints(max_length=320, pattern=r"^[^@\s]+@[^@\s]+$")] | None = None
+    email: Email | None = None
     phone: Annotated[str, StringConstraints(max_length=40)] | None = None
     employer: Name | None = None
-    city: Name | None = None
-    state: Name | None = None
+    city: Place | None = None
+    state: Place | None = None
     household_id: Id | None = None
 
 
@@ -69,7 +71,7 @@ class InteractionCreate(Body):
     channel: InteractionChannel
     employee_id: Id | None = None
     summary: Text
-    occurred_at: datetime | None = None
+    occurred_at: AwareDatetime | None = None
 
 
 class InteractionOut(BaseModel):
@@ -84,12 +86,12 @@ class InteractionOut(BaseModel):
 class EmployeeCreate(Body):
     id: Id | None = None
     name: Name
-    email: Annotated[str, StringConstraints(max_length=320, pattern=r"^[^@\s]+@[^@\s]+$")]
+    email: Email
     role: Role
     line_of_business: LineOfBusiness
     products: list[Product] = Field(default_factory=list)
-    cities: list[Name] = Field(default_factory=list)
-    states: list[Name] = Field(default_factory=list)
+    cities: list[Place] = Field(default_factory=list)
+    states: list[Place] = Field(default_factory=list)
     capacity: int = Field(ge=0, le=10_000)
     manager_id: Id | None = None
 
@@ -197,7 +199,7 @@ class JourneyOut(BaseModel):
 class EventIn(Body):
     id: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=128)]
     type: EventType
-    occurred_at: datetime
+    occurred_at: AwareDatetime
     opportunity_id: Id | None = None
     customer_id: Id | None = None
     data: dict[str, Any] = Field(default_factory=dict)
@@ -231,7 +233,7 @@ class SmsAuthorization(_Data):
     phone: Annotated[str, StringConstraints(min_length=3, max_length=40)]
     message_id: Text
     text: Text
-    received_at: datetime
+    received_at: AwareDatetime
 
 
 class AccountOpened(_Data):
@@ -251,8 +253,8 @@ class AccountActivity(_Data):
 
 class MortgagePayment(_Data):
     opportunity_id: Id
-    due_date: datetime | Annotated[str, StringConstraints(pattern=r"^\d{4}-\d{2}-\d{2}$")]
-    paid_date: datetime | Annotated[str, StringConstraints(pattern=r"^\d{4}-\d{2}-\d{2}$")]
+    due_date: AwareDatetime | Annotated[str, StringConstraints(pattern=r"^\d{4}-\d{2}-\d{2}$")]
+    paid_date: AwareDatetime | Annotated[str, StringConstraints(pattern=r"^\d{4}-\d{2}-\d{2}$")]
     amount: Money
 
 

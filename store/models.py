@@ -57,7 +57,7 @@ class Base(DeclarativeBase):
 class Household(Base):
     __tablename__ = "households"
     id: Mapped[str] = mapped_column(String(64), primary_key=True)
-    name: Mapped[str] = mapped_column(String(200))
+    name: Mapped[str] = mapped_column(String(300))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
@@ -149,7 +149,7 @@ class Checkpoint(Base):
     stage: Mapped[str] = mapped_column(String(64))
     entered_at: Mapped[datetime] = mapped_column()
     trigger: Mapped[str] = mapped_column(String(16))
-    actor: Mapped[str] = mapped_column(String(128))
+    actor: Mapped[str] = mapped_column(String(256))
     evidence: Mapped[dict[str, Any]] = mapped_column(default=dict)
 
 
@@ -239,10 +239,11 @@ class IdempotencyRecord(Base):
     api_key_id: Mapped[str] = mapped_column(ForeignKey("api_keys.id"), primary_key=True)
     key: Mapped[str] = mapped_column(String(200), primary_key=True)
     method: Mapped[str] = mapped_column(String(8))
-    path: Mapped[str] = mapped_column(String(500))
+    path: Mapped[str] = mapped_column(Text)
     request_sha256: Mapped[str] = mapped_column(String(64))
     status_code: Mapped[int] = mapped_column(Integer)
-    response: Mapped[dict[str, Any]] = mapped_column()
+    #: The response body exactly as first sent (JSON text), so a replay is byte-identical.
+    response: Mapped[str] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
