@@ -32,6 +32,15 @@ class Settings(BaseSettings):
     # Where the API is reachable from a customer's browser (signing links).
     public_base_url: str | None = None
     processes_dir: Path = PROJECT_ROOT / "processes"
+    routing_rules: Path = PROJECT_ROOT / "rules" / "routing.yaml"
+    # Referral SLAs, in seconds (durable workflow timers; a running referral keeps its own).
+    referral_accept_sla: float = Field(default=3600, gt=0)
+    referral_followup_sla: float = Field(default=86400, gt=0)
+    #: Referrer scores count the referrals decided within this many days.
+    referrer_window_days: int = Field(default=90, gt=0)
+    # E-mail: smtp://[user:password@]host[:port]; unset, messages stay in the outbox table.
+    smtp_url: str | None = None
+    mail_from: str = "needflow@localhost"
 
     @property
     def resolved_database_url(self) -> str:

@@ -12,15 +12,18 @@ from temporalio.client import Client
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.worker import Worker
 
+from activities.mail import Mailer, SmtpSettings
 from activities.opportunity import OpportunityActivities
+from activities.referral import ReferralActivities
 from config import Settings, get_settings
 from esign.local import LocalSigningProvider
 from esign.provider import ESignatureProvider
 from store.db import make_async_engine, make_session_factory
 from workflows import TASK_QUEUE
 from workflows.opportunity import OpportunityWorkflow
+from workflows.referral import ReferralWorkflow
 
-WORKFLOWS = [OpportunityWorkflow]
+WORKFLOWS = [OpportunityWorkflow, ReferralWorkflow]
 
 
 def esign_provider(settings: Settings) -> ESignatureProvider:
@@ -37,8 +40,12 @@ async def connect(settings: Settings) -> Client:
 
 def build_worker(client: Client, settings: Settings, task_queue: str = TASK_QUEUE) -> Worker:
     sessions = make_session_factory(make_async_engine(settings.resolved_database_url))
-    opportunity = OpportunityActivities(sessions, esign_provider(settings))
-    return Worker(client, task_queue=task_queue, workflows=WORKFLOWS, activities=opportunity.all())
+    mailer = Mailer(SmtpSettings.from_url(settings.smtp_url) if settings.smtp_url else None, settings.mail_from)
+    opportunity = OpportunityActivities(sessions, esign_provider(settings), mailer)
+    referral = ReferralActivities(sessions, mailer, client, task_queue, settings.referrer_window_days)
+    return Worker(
+        client, task_queue=task_queue, workflows=WORKFLOWS, activities=[*opportunity.all(), *referral.all()]
+    )
 
 
 async def main() -> None:

@@ -13,6 +13,7 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from temporalio import activity
 
+from activities.mail import Mailer
 from domain import records
 from domain.opportunity import CheckpointView
 from esign.documents import DocumentContext, render_document, sha256_hex
@@ -23,7 +24,6 @@ from store.models import (
     Customer,
     Employee,
     Need,
-    Notification,
     Opportunity,
     ProcessedEvent,
     SignatureRequest,
@@ -49,9 +49,10 @@ async def _add_checkpoint(session: AsyncSession, opportunity_id: str, cp: Checkp
 
 
 class OpportunityActivities:
-    def __init__(self, sessions: async_sessionmaker[AsyncSession], esign: ESignatureProvider):
+    def __init__(self, sessions: async_sessionmaker[AsyncSession], esign: ESignatureProvider, mailer: Mailer):
         self.sessions = sessions
         self.esign = esign
+        self.mailer = mailer
 
     @activity.defn(name=records.OPEN_OPPORTUNITY)
     async def open_opportunity(self, rec: records.OpenOpportunity) -> None:
@@ -195,22 +196,16 @@ class OpportunityActivities:
             sig = await session.get(SignatureRequest, rec.envelope_id)
             if sig is not None and sig.status == "sent":
                 sig.status = rec.status
-            message_id = f"signature-{rec.status}-{rec.envelope_id}"
-            if await session.get(Notification, message_id) is None:
-                owner = await session.get(Employee, rec.owner_id)
-                session.add(
-                    Notification(
-                        id=message_id,
-                        to_employee_id=rec.owner_id,
-                        to_address=owner.email if owner else "",
-                        subject=f"Signature {rec.status} on opportunity {rec.opportunity_id}",
-                        body=(
-                            f"The customer's signature request {rec.envelope_id} was {rec.status}"
-                            + (f": {rec.reason}" if rec.reason else ".")
-                            + " The opportunity stays where it is: resend the documents or close it lost."
-                        ),
-                    )
-                )
+            owner = await session.get(Employee, rec.owner_id)
+        subject = f"Signature {rec.status} on opportunity {rec.opportunity_id}"
+        body = (
+            f"The customer's signature request {rec.envelope_id} was {rec.status}"
+            + (f": {rec.reason}" if rec.reason else ".")
+            + " The opportunity stays where it is: resend the documents or close it lost."
+        )
+        await self.mailer.deliver(
+            self.sessions, f"signature-{rec.status}-{rec.envelope_id}", [owner] if owner else [], subject, body
+        )
 
     def all(self) -> list:
         return [self.open_opportunity, self.record_stage_change, self.request_signature, self.record_signature_failure]

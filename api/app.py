@@ -14,16 +14,19 @@ from temporalio.contrib.pydantic import pydantic_data_converter
 
 from api import errors
 from api.deps import Services
-from api.routers import customers, employees, events, opportunities, signing
+from api.routers import customers, employees, events, opportunities, outbox, referrals, signing
 from config import Settings, get_settings
 from domain.process import load_catalog
+from domain.routing import load_routing_rules
 from store.db import make_async_engine, make_session_factory
 from workflows import TASK_QUEUE
 
 
 def create_app(settings: Settings | None = None, *, client: Client | None = None, task_queue: str = TASK_QUEUE) -> FastAPI:
     settings = settings or get_settings()
-    catalog = load_catalog(settings.processes_dir)  # fails loudly, naming file, stage and field
+    # Both fail loudly at start, naming the file, the stage or rule, and the field.
+    catalog = load_catalog(settings.processes_dir)
+    routing_rules = load_routing_rules(settings.routing_rules)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -36,6 +39,7 @@ def create_app(settings: Settings | None = None, *, client: Client | None = None
             sessions=make_session_factory(engine),
             client=temporal,
             catalog=catalog,
+            routing_rules=routing_rules,
             task_queue=task_queue,
         )
         yield
@@ -48,7 +52,10 @@ def create_app(settings: Settings | None = None, *, client: Client | None = None
         lifespan=lifespan,
     )
     errors.install(app)
-    for router in (customers.router, employees.router, opportunities.router, events.router, signing.router):
+    for router in (
+        customers.router, employees.router, referrals.router, opportunities.router, events.router,
+        outbox.router, signing.router,
+    ):
         app.include_router(router)
 
     @app.get("/healthz", tags=["ops"])

@@ -13,6 +13,7 @@ from temporalio.client import Client
 from api.errors import ApiError
 from config import Settings
 from domain.process import ProcessCatalog
+from domain.routing import RoutingRules
 from store.keys import hash_key
 from store.models import ApiKey
 
@@ -23,6 +24,7 @@ class Services:
     sessions: async_sessionmaker[AsyncSession]
     client: Client
     catalog: ProcessCatalog
+    routing_rules: RoutingRules
     task_queue: str
 
 

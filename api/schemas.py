@@ -109,6 +109,117 @@ class EmployeeOut(BaseModel):
     manager_id: str | None
 
 
+# ---------------------------------------------------------------- referrals
+
+
+class ReferrerIn(Body):
+    type: Literal["employee", "partner", "customer"]
+    id: Id
+
+
+class ProspectIn(Body):
+    name: Name
+    phone: Annotated[str, StringConstraints(max_length=40)] | None = None
+    email: Email | None = None
+    employer: Name | None = None
+    city: Place | None = None
+    state: Place | None = None
+
+
+class ReferralCreate(Body):
+    referrer: ReferrerIn
+    customer_id: Id | None = None
+    prospect: ProspectIn | None = None
+    expressed_interest: Product
+    value: Money | None = None
+    notes: Annotated[str, StringConstraints(strip_whitespace=True, max_length=4000)] | None = None
+    #: The channel it came through (branch, app, partner portal, ...); default: the referrer's type.
+    source: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=32)] | None = None
+
+
+class Reject(Body):
+    actor_id: Id
+    reason: Text
+
+
+class Reassign(Body):
+    actor_id: Id
+    to_employee_id: Id
+    reason: Text | None = None
+
+
+class NeedIn(Body):
+    kind: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=64)]
+    description: Text
+
+
+class Convert(Body):
+    actor_id: Id
+    amount: Money | None = None
+    need: NeedIn
+
+
+class CloseReferral(Body):
+    actor_id: Id
+    reason: Text
+
+
+class FactorOut(BaseModel):
+    feature: str
+    value: str
+    effect: Literal["raises", "lowers"]
+    weight: float
+
+
+class HistoryOut(BaseModel):
+    status: str
+    at: datetime
+    actor: str
+    note: str | None = None
+    assignee_id: str | None = None
+
+
+class ReferralOut(BaseModel):
+    id: str
+    status: Literal["assigned", "unassigned", "accepted", "converted", "closed"]
+    referrer: dict[str, str]
+    customer_id: str | None = None
+    prospect: dict[str, Any] | None = None
+    expressed_interest: str
+    value: Money | None = None
+    notes: str | None = None
+    assignee_id: str | None = None
+    queue: str | None = None
+    lead_score: int
+    lead_score_factors: list[FactorOut]
+    referrer_score: int
+    priority: float
+    sla_deadline: datetime | None = None
+    created_at: datetime
+    history: list[HistoryOut]
+    close_reason: str | None = None
+    opportunity_id: str | None = None
+    workflow_id: str
+
+
+class ReferralList(BaseModel):
+    items: list[ReferralOut]
+
+
+class OutboxItem(BaseModel):
+    id: str
+    to_employee_id: str | None
+    to_address: str
+    subject: str
+    body: str
+    created_at: datetime
+    sent_at: datetime | None
+
+
+class OutboxList(BaseModel):
+    items: list[OutboxItem]
+
+
 # ---------------------------------------------------------------- opportunities
 
 
@@ -188,7 +299,7 @@ class JourneyOut(BaseModel):
     customer: CustomerOut
     needs: list[NeedOut]
     interactions: list[InteractionOut]
-    referrals: list[dict[str, Any]]
+    referrals: list[ReferralOut]
     opportunities: list[OpportunityOut]
     consents: list[ConsentOut]
 

@@ -11,10 +11,12 @@ from api.schemas import (
     JourneyOut,
     NeedOut,
     OpportunityOut,
+    OutboxItem,
+    ReferralOut,
     SignatureOut,
 )
-from store.models import Consent, Customer, Employee, Interaction, Need
-from store.queries import Journey, OpportunityRecord
+from store.models import Consent, Customer, Employee, Interaction, Need, Notification
+from store.queries import Journey, OpportunityRecord, ReferralRecord
 
 
 def customer_out(c: Customer) -> CustomerOut:
@@ -74,12 +76,45 @@ def opportunity_out(rec: OpportunityRecord) -> OpportunityOut:
     )
 
 
-def journey_out(j: Journey) -> JourneyOut:
+def referral_out(rec: ReferralRecord) -> ReferralOut:
+    r = rec.referral
+    return ReferralOut(
+        id=r.id,
+        status=r.status,  # type: ignore[arg-type]
+        referrer={"type": r.referrer_type, "id": r.referrer_id},
+        customer_id=r.customer_id,
+        prospect=r.prospect,
+        expressed_interest=r.expressed_interest,
+        value=r.value,
+        notes=r.notes,
+        assignee_id=r.assignee_id,
+        queue=r.queue,
+        lead_score=r.lead_score,
+        lead_score_factors=r.lead_score_factors,  # type: ignore[arg-type]
+        referrer_score=rec.referrer_score,
+        priority=rec.priority,
+        sla_deadline=r.sla_deadline,
+        created_at=r.created_at,
+        history=[
+            {"status": h.status, "at": h.at, "actor": h.actor, "note": h.note, "assignee_id": h.assignee_id}  # type: ignore[misc]
+            for h in rec.history
+        ],
+        close_reason=r.close_reason,
+        opportunity_id=r.opportunity_id,
+        workflow_id=r.workflow_id,
+    )
+
+
+def outbox_item(n: Notification) -> OutboxItem:
+    return OutboxItem.model_validate(n, from_attributes=True)
+
+
+def journey_out(j: Journey, referrals: list[ReferralRecord]) -> JourneyOut:
     return JourneyOut(
         customer=customer_out(j.customer),
         needs=[need_out(n) for n in j.needs],
         interactions=[interaction_out(i) for i in j.interactions],
-        referrals=[],  # referrals arrive with the referral workflow
+        referrals=[referral_out(r) for r in referrals],
         opportunities=[opportunity_out(r) for r in j.opportunities],
         consents=[consent_out(c) for c in j.consents],
     )

@@ -14,10 +14,11 @@ from temporalio.service import RPCError, RPCStatusCode
 
 from api.deps import Services
 from api.errors import ApiError, invalid_transition
-from workflows.opportunity import INVALID_TRANSITION, workflow_id
+from workflows.common import INVALID_TRANSITION
+from workflows.opportunity import workflow_id
 
 
-def _as_api_error(exc: Exception) -> ApiError | None:
+def _as_api_error(exc: Exception, closed_message: str) -> ApiError | None:
     if isinstance(exc, WorkflowUpdateFailedError):
         cause = exc.cause
         if isinstance(cause, ApplicationError) and cause.type == INVALID_TRANSITION:
@@ -25,19 +26,29 @@ def _as_api_error(exc: Exception) -> ApiError | None:
             return invalid_transition(cause.message, **(details if isinstance(details, dict) else {}))
         return ApiError(500, "internal_error", "the workflow failed to apply this command")
     if isinstance(exc, RPCError) and exc.status == RPCStatusCode.NOT_FOUND:
-        # The workflow has finished (won or lost): nothing more can happen to it.
-        return invalid_transition("this opportunity is closed; nothing more can happen to it")
+        # The workflow has finished: nothing more can happen to it.
+        return invalid_transition(closed_message)
     return None
+
+
+async def run_update(
+    svc: Services, wf_id: str, update: Any, arg: Any, *, update_id: str | None, result_type: type,
+    closed_message: str,
+) -> Any:
+    handle = svc.client.get_workflow_handle(wf_id)
+    try:
+        return await handle.execute_update(update, arg, id=update_id, result_type=result_type)
+    except (WorkflowUpdateFailedError, RPCError) as exc:
+        mapped = _as_api_error(exc, closed_message)
+        if mapped is None:
+            raise
+        raise mapped from exc
 
 
 async def update_opportunity(
     svc: Services, opportunity_id: str, update: Any, arg: Any, *, update_id: str | None, result_type: type
 ) -> Any:
-    handle = svc.client.get_workflow_handle(workflow_id(opportunity_id))
-    try:
-        return await handle.execute_update(update, arg, id=update_id, result_type=result_type)
-    except (WorkflowUpdateFailedError, RPCError) as exc:
-        mapped = _as_api_error(exc)
-        if mapped is None:
-            raise
-        raise mapped from exc
+    return await run_update(
+        svc, workflow_id(opportunity_id), update, arg, update_id=update_id, result_type=result_type,
+        closed_message="this opportunity is closed; nothing more can happen to it",
+    )

@@ -14,6 +14,8 @@ from typing import Any, Literal
 from pydantic import BaseModel
 
 from domain.opportunity import CheckpointView
+from domain.referral import HistoryEntry, ReferralInput
+from domain.routing import ReferralFacts, RoutingRules
 from domain.types import ConsentChannel, Product
 
 OPEN_OPPORTUNITY = "opportunity.open"
@@ -92,3 +94,85 @@ class SignatureFailureRecord(BaseModel):
     status: Literal["declined", "voided"]
     reason: str | None
     owner_id: str
+
+
+# ---------------------------------------------------------------- referrals
+
+OPEN_REFERRAL = "referral.open"
+ROUTE_REFERRAL = "referral.route"
+RECORD_REFERRAL_CHANGE = "referral.record_change"
+PREPARE_CONVERSION = "referral.prepare_conversion"
+START_OPPORTUNITY = "referral.start_opportunity"
+NOTIFY_REFERRAL = "referral.notify"
+
+
+class OpenReferral(BaseModel):
+    """The referral as created; the activity records it and scores it."""
+
+    input: ReferralInput
+    workflow_id: str
+    created: HistoryEntry
+
+
+class ReferralScores(BaseModel):
+    lead_score: int
+    lead_score_factors: list[dict[str, Any]]
+    referrer_score: int
+
+
+class RouteReferral(BaseModel):
+    """Route (or re-route) a referral; `preceding` is the rejection or lapse that made it
+    necessary, recorded in the same transaction as the new assignment."""
+
+    referral_id: str
+    preceding: HistoryEntry | None = None
+    rules: RoutingRules
+    facts: ReferralFacts
+    exclude: list[str]
+    seq: int
+    at: datetime
+    actor: str
+    #: Recorded as the acceptance deadline when someone is assigned.
+    accept_deadline: datetime
+
+
+class ReferralChange(BaseModel):
+    """One history entry and the row's new state, written in one transaction."""
+
+    referral_id: str
+    entry: HistoryEntry
+    status: str
+    assignee_id: str | None = None
+    queue: str | None = None
+    sla_deadline: datetime | None = None
+    accepted_at: datetime | None = None
+    close_reason: str | None = None
+    opportunity_id: str | None = None
+    customer_id: str | None = None
+    #: Converted (True) or closed (False): the referral is decided and the lead model learns.
+    won: bool | None = None
+
+
+class PrepareConversion(BaseModel):
+    referral_id: str
+    need_kind: str
+    need_description: str
+    recorded_by: str
+    at: datetime
+
+
+class Conversion(BaseModel):
+    customer_id: str
+    need_id: str
+
+
+class ReferralNotice(BaseModel):
+    """An e-mail about a referral; the activity renders it from the store."""
+
+    referral_id: str
+    kind: Literal["assigned", "unassigned", "lapsed", "reminder", "escalation"]
+    #: Unique per occasion (e.g. the history seq), so a retry sends nothing twice.
+    occasion: str
+    #: For `assigned`/`reminder`: the assignee; for `lapsed`/`escalation`: whose manager.
+    employee_id: str | None = None
+    note: str | None = None

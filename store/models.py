@@ -153,6 +153,68 @@ class Checkpoint(Base):
     evidence: Mapped[dict[str, Any]] = mapped_column(default=dict)
 
 
+class Referral(Base):
+    """The durable, queryable record of one ReferralWorkflow (which owns the state)."""
+
+    __tablename__ = "referrals"
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    status: Mapped[str] = mapped_column(String(16), index=True)
+    referrer_type: Mapped[str] = mapped_column(String(16))
+    referrer_id: Mapped[str] = mapped_column(String(64), index=True)
+    referrer_line_of_business: Mapped[str | None] = mapped_column(String(32))
+    customer_id: Mapped[str | None] = mapped_column(ForeignKey("customers.id"), index=True)
+    prospect: Mapped[dict[str, Any] | None] = mapped_column(JSONDoc)
+    expressed_interest: Mapped[str] = mapped_column(String(32))
+    value: Mapped[Decimal | None] = mapped_column()
+    notes: Mapped[str | None] = mapped_column(Text)
+    city: Mapped[str | None] = mapped_column(String(100))
+    state: Mapped[str | None] = mapped_column(String(100))
+    source: Mapped[str] = mapped_column(String(32))
+    assignee_id: Mapped[str | None] = mapped_column(ForeignKey("employees.id"), index=True)
+    queue: Mapped[str | None] = mapped_column(String(100))
+    routing_rule: Mapped[str | None] = mapped_column(String(100))
+    routing_reason: Mapped[str | None] = mapped_column(Text)
+    lead_score: Mapped[int] = mapped_column(Integer)
+    lead_score_factors: Mapped[list[dict[str, Any]]] = mapped_column(JSONDoc, default=list)
+    #: The lead's features as scored: what the lead model learns from once decided.
+    features: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    sla_deadline: Mapped[datetime | None] = mapped_column()
+    close_reason: Mapped[str | None] = mapped_column(Text)
+    opportunity_id: Mapped[str | None] = mapped_column(String(64))
+    workflow_id: Mapped[str] = mapped_column(String(128))
+    last_seq: Mapped[int] = mapped_column(Integer, default=0)
+    created_at: Mapped[datetime] = mapped_column()
+    assigned_at: Mapped[datetime | None] = mapped_column()
+    accepted_at: Mapped[datetime | None] = mapped_column()
+    decided_at: Mapped[datetime | None] = mapped_column(index=True)
+
+
+class ReferralHistory(Base):
+    """Append-only: every status change of a referral, with who and why."""
+
+    __tablename__ = "referral_history"
+    __table_args__ = (UniqueConstraint("referral_id", "seq", name="uq_referral_history_referral_seq"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    referral_id: Mapped[str] = mapped_column(ForeignKey("referrals.id"), index=True)
+    seq: Mapped[int] = mapped_column(Integer)
+    status: Mapped[str] = mapped_column(String(16))
+    at: Mapped[datetime] = mapped_column()
+    actor: Mapped[str] = mapped_column(String(256))
+    note: Mapped[str | None] = mapped_column(Text)
+    assignee_id: Mapped[str | None] = mapped_column(String(64), index=True)
+
+
+class LeadFeatureCount(Base):
+    """The lead-scoring model: won/lost counts per feature value, updated as referrals are
+    decided. The row (feature "*", value "*") holds the totals."""
+
+    __tablename__ = "lead_feature_counts"
+    feature: Mapped[str] = mapped_column(String(64), primary_key=True)
+    value: Mapped[str] = mapped_column(String(128), primary_key=True)
+    won: Mapped[int] = mapped_column(Integer, default=0)
+    lost: Mapped[int] = mapped_column(Integer, default=0)
+
+
 class Consent(Base):
     __tablename__ = "consents"
     id: Mapped[str] = mapped_column(String(64), primary_key=True)

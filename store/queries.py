@@ -5,10 +5,23 @@ from __future__ import annotations
 from collections import defaultdict
 from dataclasses import dataclass, field
 
-from sqlalchemy import select
+from datetime import datetime, timedelta
+
+from sqlalchemy import case, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from store.models import Checkpoint, Consent, Customer, Interaction, Need, Opportunity, SignatureRequest
+from domain.scoring import priority, referrer_score
+from store.models import (
+    Checkpoint,
+    Consent,
+    Customer,
+    Interaction,
+    Need,
+    Opportunity,
+    Referral,
+    ReferralHistory,
+    SignatureRequest,
+)
 
 
 @dataclass
@@ -42,6 +55,57 @@ async def opportunity_record(session: AsyncSession, opportunity_id: str) -> Oppo
     return (await opportunity_records(session, [opp]))[0]
 
 
+async def referrer_scores(session: AsyncSession, referrer_ids: list[str], since: datetime) -> dict[str, int]:
+    """Current referrer scores (domain/scoring.py) over referrals decided since `since`."""
+    converted = func.sum(case((Referral.status == "converted", 1), else_=0))
+    in_window = (Referral.decided_at.is_not(None), Referral.decided_at >= since)
+    bank_decided, bank_converted = (await session.execute(select(func.count(), converted).where(*in_window))).one()
+    per = {
+        rid: (int(conv or 0), int(dec))
+        for rid, dec, conv in await session.execute(
+            select(Referral.referrer_id, func.count(), converted)
+            .where(*in_window, Referral.referrer_id.in_(referrer_ids))
+            .group_by(Referral.referrer_id)
+        )
+    }
+    return {
+        rid: referrer_score(
+            *per.get(rid, (0, 0)), bank_converted=int(bank_converted or 0), bank_decided=int(bank_decided or 0)
+        )
+        for rid in set(referrer_ids)
+    }
+
+
+@dataclass
+class ReferralRecord:
+    referral: Referral
+    history: list[ReferralHistory]
+    referrer_score: int
+    priority: float
+
+
+async def referral_records(
+    session: AsyncSession, referrals: list[Referral], *, now: datetime, window: timedelta, accept_sla: timedelta
+) -> list[ReferralRecord]:
+    """Referrals with their history, current referrer score and priority (domain/scoring.py)."""
+    if not referrals:
+        return []
+    ids = [r.id for r in referrals]
+    history: dict[str, list[ReferralHistory]] = defaultdict(list)
+    for h in await session.scalars(
+        select(ReferralHistory).where(ReferralHistory.referral_id.in_(ids)).order_by(ReferralHistory.seq)
+    ):
+        history[h.referral_id].append(h)
+    scores = await referrer_scores(session, [r.referrer_id for r in referrals], now - window)
+    out = []
+    for r in referrals:
+        score = scores[r.referrer_id]
+        open_ = r.decided_at is None
+        prio = priority(r.lead_score, score, (now - r.created_at) if open_ else timedelta(0), accept_sla)
+        out.append(ReferralRecord(r, history[r.id], score, prio))
+    return out
+
+
 @dataclass
 class Journey:
     customer: Customer
@@ -49,6 +113,7 @@ class Journey:
     interactions: list[Interaction]
     opportunities: list[OpportunityRecord]
     consents: list[Consent]
+    referrals: list[Referral]
 
 
 async def customer_journey(session: AsyncSession, customer_id: str) -> Journey | None:
@@ -69,4 +134,9 @@ async def customer_journey(session: AsyncSession, customer_id: str) -> Journey |
     consents = list(
         await session.scalars(select(Consent).where(Consent.customer_id == customer_id).order_by(Consent.granted_at))
     )
-    return Journey(customer, needs, interactions, await opportunity_records(session, opportunities), consents)
+    referrals = list(
+        await session.scalars(select(Referral).where(Referral.customer_id == customer_id).order_by(Referral.created_at))
+    )
+    return Journey(
+        customer, needs, interactions, await opportunity_records(session, opportunities), consents, referrals
+    )

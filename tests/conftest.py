@@ -5,7 +5,10 @@ on a fresh task queue, and the API app served in-process through httpx.
 
 from __future__ import annotations
 
+import email
+import email.policy
 import shutil
+import socket
 import sys
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -17,6 +20,7 @@ import pytest
 import pytest_asyncio
 from temporalio.client import Client
 from temporalio.contrib.pydantic import pydantic_data_converter
+from aiosmtpd.controller import Controller
 from temporalio.testing import WorkflowEnvironment
 
 from api.app import create_app
@@ -62,12 +66,47 @@ def database_url() -> Iterator[str]:
         yield url
 
 
+class Inbox:
+    """A real SMTP server's mailbox: what needflow's e-mails look like on arrival."""
+
+    def __init__(self) -> None:
+        self.messages: list[email.message.EmailMessage] = []
+        self.url = ""
+
+    async def handle_DATA(self, server, session, envelope) -> str:  # noqa: ANN001
+        self.messages.append(email.message_from_bytes(envelope.content, policy=email.policy.default))
+        return "250 OK"
+
+    def to(self, address: str) -> list[email.message.EmailMessage]:
+        return [m for m in self.messages if m["To"] == address]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 @pytest.fixture(scope="session")
-def settings(database_url: str, tmp_path_factory: pytest.TempPathFactory) -> Settings:
+def smtp_inbox() -> Iterator[Inbox]:
+    inbox = Inbox()
+    port = _free_port()
+    controller = Controller(inbox, hostname="127.0.0.1", port=port)
+    controller.start()
+    inbox.url = f"smtp://127.0.0.1:{port}"
+    try:
+        yield inbox
+    finally:
+        controller.stop()
+
+
+@pytest.fixture(scope="session")
+def settings(database_url: str, tmp_path_factory: pytest.TempPathFactory, smtp_inbox: Inbox) -> Settings:
     return Settings(
         database_url=database_url,
         data_dir=tmp_path_factory.mktemp("data"),
         public_base_url="http://testserver",
+        smtp_url=smtp_inbox.url,
     )
 
 

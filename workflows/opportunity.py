@@ -22,12 +22,9 @@ ends when the opportunity is won or lost and every handler has finished.
 from __future__ import annotations
 
 import asyncio
-from datetime import timedelta
 from typing import Any
 
 from temporalio import workflow
-from temporalio.common import RetryPolicy
-from temporalio.exceptions import ApplicationError
 
 with workflow.unsafe.imports_passed_through():
     from domain import records
@@ -55,20 +52,10 @@ with workflow.unsafe.imports_passed_through():
     from domain.process import Stage
     from domain.types import ConsentChannel, OpportunityStatus, Trigger
     from workflows import SA_CUSTOMER_ID, SA_OPPORTUNITY_STATUS, SA_OWNER_ID, SA_PRODUCT, SA_STAGE
-
-ACTIVITY_TIMEOUT = timedelta(seconds=30)
-ACTIVITY_RETRY = RetryPolicy(initial_interval=timedelta(milliseconds=200), maximum_interval=timedelta(seconds=30))
-
-#: The ApplicationError type a refused command carries to the client (the API's 409).
-INVALID_TRANSITION = "InvalidTransition"
-
+    from workflows.common import ACTIVITY_RETRY, ACTIVITY_TIMEOUT, refuse
 
 def workflow_id(opportunity_id: str) -> str:
     return f"opportunity-{opportunity_id}"
-
-
-def _refuse(exc: TransitionRefused) -> ApplicationError:
-    return ApplicationError(exc.message, exc.details, type=INVALID_TRANSITION, non_retryable=True)
 
 
 @workflow.defn
@@ -145,7 +132,7 @@ class OpportunityWorkflow:
         try:
             check_advance(self.process, self.state, cmd)
         except TransitionRefused as exc:
-            raise _refuse(exc) from None
+            raise refuse(exc) from None
 
     @workflow.update
     async def apply_event(self, cmd: EventCommand) -> EventResult:
@@ -181,7 +168,7 @@ class OpportunityWorkflow:
         try:
             check_event(self.process, self.state, cmd)
         except TransitionRefused as exc:
-            raise _refuse(exc) from None
+            raise refuse(exc) from None
 
     @workflow.update
     async def signature_outcome(self, outcome: SignatureOutcome) -> OpportunityState:
@@ -236,7 +223,7 @@ class OpportunityWorkflow:
         try:
             check_signature_outcome(self.process, self.state, outcome)
         except TransitionRefused as exc:
-            raise _refuse(exc) from None
+            raise refuse(exc) from None
 
     @workflow.update
     async def resend_signature(self, cmd: ResendSignatureCommand) -> OpportunityState:
@@ -252,7 +239,7 @@ class OpportunityWorkflow:
         try:
             check_resend(self.state, cmd)
         except TransitionRefused as exc:
-            raise _refuse(exc) from None
+            raise refuse(exc) from None
 
     @workflow.update
     async def close_lost(self, cmd: CloseLostCommand) -> OpportunityState:
@@ -265,7 +252,7 @@ class OpportunityWorkflow:
         try:
             check_close_lost(self.state, cmd)
         except TransitionRefused as exc:
-            raise _refuse(exc) from None
+            raise refuse(exc) from None
 
     # ------------------------------------------------------------ state changes
     # Each changes the in-memory state at once (so the next validator sees it), then

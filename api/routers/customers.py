@@ -21,7 +21,8 @@ from api.schemas import (
 )
 from api.views import customer_out, interaction_out, journey_out, need_out
 from store.models import Customer, Employee, Household, Interaction, Need
-from store.queries import customer_journey
+from store.queries import customer_journey, referral_records
+from api.routers.referrals import referral_context
 
 router = APIRouter(prefix="/v1/customers", tags=["customers"])
 
@@ -108,6 +109,7 @@ async def log_interaction(
 async def journey(customer_id: str, svc: ServicesDep, who: ReportReader):
     async with svc.sessions() as session:
         j = await customer_journey(session, customer_id)
-    if j is None:
-        raise not_found("customer", customer_id)
-    return journey_out(j)
+        if j is None:
+            raise not_found("customer", customer_id)
+        referrals = await referral_records(session, j.referrals, **referral_context(svc))
+    return journey_out(j, referrals)

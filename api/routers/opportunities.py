@@ -9,9 +9,6 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Request
 from sqlalchemy.ext.asyncio import AsyncSession
-from temporalio.client import WithStartWorkflowOperation
-from temporalio.common import SearchAttributePair, TypedSearchAttributes, WorkflowIDConflictPolicy
-from temporalio.exceptions import WorkflowAlreadyStartedError
 
 from api.deps import CrmWriter, IdempotencyKey, Services, ServicesDep
 from api.errors import invalid, not_found
@@ -31,8 +28,8 @@ from domain.opportunity import (
 from domain.types import Role
 from store.models import Customer, Employee, Need, Opportunity
 from store.queries import opportunity_record
-from workflows import SA_CUSTOMER_ID, SA_OPPORTUNITY_STATUS, SA_OWNER_ID, SA_PRODUCT, SA_STAGE
-from workflows.opportunity import OpportunityWorkflow, workflow_id
+from workflows.opportunity import OpportunityWorkflow
+from workflows import starts
 
 router = APIRouter(prefix="/v1/opportunities", tags=["opportunities"])
 
@@ -100,31 +97,7 @@ async def open_opportunity(
             opened_by=owner.id,
             process=process,
         )
-        first = process.stages[0]
-        start = WithStartWorkflowOperation(
-            OpportunityWorkflow.run,
-            wf_input,
-            id=workflow_id(opportunity_id),
-            task_queue=svc.task_queue,
-            id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
-            search_attributes=TypedSearchAttributes(
-                [
-                    SearchAttributePair(SA_PRODUCT, body.product.value),
-                    SearchAttributePair(SA_STAGE, first.key),
-                    SearchAttributePair(SA_OWNER_ID, owner.id),
-                    SearchAttributePair(SA_CUSTOMER_ID, customer.id),
-                    SearchAttributePair(SA_OPPORTUNITY_STATUS, "open"),
-                ]
-            ),
-            static_summary=f"{process.name} opportunity {opportunity_id} for customer {customer.id}",
-            static_details=f"Owner `{owner.id}` · {process.name} process v{process.version}",
-        )
-        try:
-            await svc.client.execute_update_with_start_workflow(
-                OpportunityWorkflow.opened, start_workflow_operation=start, result_type=OpportunityState
-            )
-        except WorkflowAlreadyStartedError:
-            pass  # a keyed repeat of a create whose workflow has already finished
+        await starts.open_opportunity(svc.client, svc.task_queue, wf_input)
         return await read_opportunity(svc, opportunity_id)
 
     return await idempotent(request, svc, who, key, 201, create)

@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises: 
-Create Date: 2026-11-25 12:41:28.434159+00:00
+Create Date: 2026-11-25 12:46:59.900330+00:00
 """
 
 from __future__ import annotations
@@ -51,6 +51,13 @@ def upgrade() -> None:
     sa.Column('name', sa.String(length=300), nullable=False),
     sa.Column('created_at', sa.DateTime(timezone=True), nullable=False),
     sa.PrimaryKeyConstraint('id', name=op.f('pk_households'))
+    )
+    op.create_table('lead_feature_counts',
+    sa.Column('feature', sa.String(length=64), nullable=False),
+    sa.Column('value', sa.String(length=128), nullable=False),
+    sa.Column('won', sa.Integer(), nullable=False),
+    sa.Column('lost', sa.Integer(), nullable=False),
+    sa.PrimaryKeyConstraint('feature', 'value', name=op.f('pk_lead_feature_counts'))
     )
     op.create_table('processed_events',
     sa.Column('id', sa.String(length=128), nullable=False),
@@ -143,6 +150,47 @@ def upgrade() -> None:
     with op.batch_alter_table('needs', schema=None) as batch_op:
         batch_op.create_index(batch_op.f('ix_needs_customer_id'), ['customer_id'], unique=False)
 
+    op.create_table('referrals',
+    sa.Column('id', sa.String(length=64), nullable=False),
+    sa.Column('status', sa.String(length=16), nullable=False),
+    sa.Column('referrer_type', sa.String(length=16), nullable=False),
+    sa.Column('referrer_id', sa.String(length=64), nullable=False),
+    sa.Column('referrer_line_of_business', sa.String(length=32), nullable=True),
+    sa.Column('customer_id', sa.String(length=64), nullable=True),
+    sa.Column('prospect', sa.JSON().with_variant(postgresql.JSONB(), 'postgresql'), nullable=True),
+    sa.Column('expressed_interest', sa.String(length=32), nullable=False),
+    sa.Column('value', sa.Numeric(precision=14, scale=2), nullable=True),
+    sa.Column('notes', sa.Text(), nullable=True),
+    sa.Column('city', sa.String(length=100), nullable=True),
+    sa.Column('state', sa.String(length=100), nullable=True),
+    sa.Column('source', sa.String(length=32), nullable=False),
+    sa.Column('assignee_id', sa.String(length=64), nullable=True),
+    sa.Column('queue', sa.String(length=100), nullable=True),
+    sa.Column('routing_rule', sa.String(length=100), nullable=True),
+    sa.Column('routing_reason', sa.Text(), nullable=True),
+    sa.Column('lead_score', sa.Integer(), nullable=False),
+    sa.Column('lead_score_factors', sa.JSON().with_variant(postgresql.JSONB(), 'postgresql'), nullable=False),
+    sa.Column('features', sa.JSON().with_variant(postgresql.JSONB(), 'postgresql'), nullable=False),
+    sa.Column('sla_deadline', sa.DateTime(timezone=True), nullable=True),
+    sa.Column('close_reason', sa.Text(), nullable=True),
+    sa.Column('opportunity_id', sa.String(length=64), nullable=True),
+    sa.Column('workflow_id', sa.String(length=128), nullable=False),
+    sa.Column('last_seq', sa.Integer(), nullable=False),
+    sa.Column('created_at', sa.DateTime(timezone=True), nullable=False),
+    sa.Column('assigned_at', sa.DateTime(timezone=True), nullable=True),
+    sa.Column('accepted_at', sa.DateTime(timezone=True), nullable=True),
+    sa.Column('decided_at', sa.DateTime(timezone=True), nullable=True),
+    sa.ForeignKeyConstraint(['assignee_id'], ['employees.id'], name=op.f('fk_referrals_assignee_id_employees')),
+    sa.ForeignKeyConstraint(['customer_id'], ['customers.id'], name=op.f('fk_referrals_customer_id_customers')),
+    sa.PrimaryKeyConstraint('id', name=op.f('pk_referrals'))
+    )
+    with op.batch_alter_table('referrals', schema=None) as batch_op:
+        batch_op.create_index(batch_op.f('ix_referrals_assignee_id'), ['assignee_id'], unique=False)
+        batch_op.create_index(batch_op.f('ix_referrals_customer_id'), ['customer_id'], unique=False)
+        batch_op.create_index(batch_op.f('ix_referrals_decided_at'), ['decided_at'], unique=False)
+        batch_op.create_index(batch_op.f('ix_referrals_referrer_id'), ['referrer_id'], unique=False)
+        batch_op.create_index(batch_op.f('ix_referrals_status'), ['status'], unique=False)
+
     op.create_table('opportunities',
     sa.Column('id', sa.String(length=64), nullable=False),
     sa.Column('customer_id', sa.String(length=64), nullable=False),
@@ -170,6 +218,23 @@ def upgrade() -> None:
         batch_op.create_index(batch_op.f('ix_opportunities_customer_id'), ['customer_id'], unique=False)
         batch_op.create_index(batch_op.f('ix_opportunities_owner_id'), ['owner_id'], unique=False)
         batch_op.create_index(batch_op.f('ix_opportunities_status'), ['status'], unique=False)
+
+    op.create_table('referral_history',
+    sa.Column('id', sa.Integer(), autoincrement=True, nullable=False),
+    sa.Column('referral_id', sa.String(length=64), nullable=False),
+    sa.Column('seq', sa.Integer(), nullable=False),
+    sa.Column('status', sa.String(length=16), nullable=False),
+    sa.Column('at', sa.DateTime(timezone=True), nullable=False),
+    sa.Column('actor', sa.String(length=256), nullable=False),
+    sa.Column('note', sa.Text(), nullable=True),
+    sa.Column('assignee_id', sa.String(length=64), nullable=True),
+    sa.ForeignKeyConstraint(['referral_id'], ['referrals.id'], name=op.f('fk_referral_history_referral_id_referrals')),
+    sa.PrimaryKeyConstraint('id', name=op.f('pk_referral_history')),
+    sa.UniqueConstraint('referral_id', 'seq', name='uq_referral_history_referral_seq')
+    )
+    with op.batch_alter_table('referral_history', schema=None) as batch_op:
+        batch_op.create_index(batch_op.f('ix_referral_history_assignee_id'), ['assignee_id'], unique=False)
+        batch_op.create_index(batch_op.f('ix_referral_history_referral_id'), ['referral_id'], unique=False)
 
     op.create_table('checkpoints',
     sa.Column('id', sa.Integer(), autoincrement=True, nullable=False),
@@ -244,12 +309,25 @@ def downgrade() -> None:
         batch_op.drop_index('ix_checkpoints_opportunity_id')
 
     op.drop_table('checkpoints')
+    with op.batch_alter_table('referral_history', schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f('ix_referral_history_referral_id'))
+        batch_op.drop_index(batch_op.f('ix_referral_history_assignee_id'))
+
+    op.drop_table('referral_history')
     with op.batch_alter_table('opportunities', schema=None) as batch_op:
         batch_op.drop_index(batch_op.f('ix_opportunities_status'))
         batch_op.drop_index(batch_op.f('ix_opportunities_owner_id'))
         batch_op.drop_index(batch_op.f('ix_opportunities_customer_id'))
 
     op.drop_table('opportunities')
+    with op.batch_alter_table('referrals', schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f('ix_referrals_status'))
+        batch_op.drop_index(batch_op.f('ix_referrals_referrer_id'))
+        batch_op.drop_index(batch_op.f('ix_referrals_decided_at'))
+        batch_op.drop_index(batch_op.f('ix_referrals_customer_id'))
+        batch_op.drop_index(batch_op.f('ix_referrals_assignee_id'))
+
+    op.drop_table('referrals')
     with op.batch_alter_table('needs', schema=None) as batch_op:
         batch_op.drop_index(batch_op.f('ix_needs_customer_id'))
 
@@ -272,6 +350,7 @@ def downgrade() -> None:
         batch_op.drop_index(batch_op.f('ix_processed_events_subject_id'))
 
     op.drop_table('processed_events')
+    op.drop_table('lead_feature_counts')
     op.drop_table('households')
     op.drop_table('employees')
     op.drop_table('api_keys')

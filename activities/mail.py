@@ -1,0 +1,91 @@
+"""E-mail to employees: every message goes to the outbox table, and through SMTP when
+NEEDFLOW_SMTP_URL is set (`smtp://[user:password@]host[:port]`).
+
+Delivery is idempotent per (message id, recipient): a retried activity finds the outbox
+row and sends only what is not marked sent. A crash between the SMTP hand-off and the
+mark may send one message twice (at-least-once); it never loses one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import smtplib
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from email.message import EmailMessage
+from urllib.parse import unquote, urlsplit
+
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from store.models import Employee, Notification
+
+
+@dataclass(frozen=True)
+class SmtpSettings:
+    host: str
+    port: int
+    username: str | None = None
+    password: str | None = None
+
+    @classmethod
+    def from_url(cls, url: str) -> SmtpSettings:
+        parts = urlsplit(url)
+        if parts.scheme != "smtp" or not parts.hostname:
+            raise ValueError(f"NEEDFLOW_SMTP_URL must look like smtp://host:port, not {url!r}")
+        return cls(
+            host=parts.hostname,
+            port=parts.port or 25,
+            username=unquote(parts.username) if parts.username else None,
+            password=unquote(parts.password) if parts.password else None,
+        )
+
+
+class Mailer:
+    def __init__(self, smtp: SmtpSettings | None, sender: str):
+        self.smtp = smtp
+        self.sender = sender
+
+    def _send(self, to: str, subject: str, body: str, message_id: str) -> None:
+        assert self.smtp is not None
+        msg = EmailMessage()
+        msg["From"] = self.sender
+        msg["To"] = to
+        msg["Subject"] = subject
+        msg["X-Needflow-Message"] = message_id
+        msg.set_content(body)
+        with smtplib.SMTP(self.smtp.host, self.smtp.port, timeout=20) as smtp:
+            if self.smtp.username:
+                smtp.login(self.smtp.username, self.smtp.password or "")
+            smtp.send_message(msg)
+
+    async def deliver(
+        self,
+        sessions,
+        message_id: str,
+        recipients: list[Employee],
+        subject: str,
+        body: str,
+    ) -> int:
+        """Record the message for each recipient and send what is unsent; returns how many."""
+        ids = {e.id: f"{message_id}:{e.id}" for e in recipients}
+        async with sessions.begin() as session:
+            session: AsyncSession
+            have = set(
+                await session.scalars(select(Notification.id).where(Notification.id.in_(list(ids.values()))))
+            )
+            for e in recipients:
+                if ids[e.id] not in have:
+                    session.add(
+                        Notification(id=ids[e.id], to_employee_id=e.id, to_address=e.email, subject=subject, body=body)
+                    )
+        if self.smtp is None:
+            return len(recipients)
+        for e in recipients:
+            async with sessions.begin() as session:
+                row = await session.get(Notification, ids[e.id], with_for_update=True)
+                if row is None or row.sent_at is not None:
+                    continue
+                await asyncio.to_thread(self._send, row.to_address, row.subject, row.body, row.id)
+                row.sent_at = datetime.now(UTC)
+        return len(recipients)

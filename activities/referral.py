@@ -1,0 +1,307 @@
+"""Activities that record a referral's lifecycle, route it, score it, convert it and
+tell people about it.
+
+Idempotency: the referral row by id, history rows by (referral, seq), the customer,
+household and need of a conversion by ids derived from the referral, the opportunity by
+its workflow id, e-mails by (occasion, recipient). The lead model learns from a decided
+referral only in the transaction that moves its row out of an open status, so a retry
+cannot count it twice.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from sqlalchemy import func, select
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from temporalio import activity
+from temporalio.client import Client
+
+from activities.mail import Mailer
+from domain import records
+from domain.opportunity import OpportunityInput
+from domain.referral import OPEN_STATUSES, HistoryEntry, Routed
+from domain.routing import Candidate, RoutingDecision, route
+from domain.scoring import FEATURES, LeadFeatures, LeadModel
+from domain.types import LineOfBusiness, Product, Role
+from store.models import Customer, Employee, Household, LeadFeatureCount, Need, Referral, ReferralHistory
+from store.queries import referrer_scores
+from workflows import starts
+
+TOTAL = "*"
+
+
+def referral_customer_id(referral_id: str) -> str:
+    return f"cus_{referral_id}"
+
+
+def referral_need_id(referral_id: str) -> str:
+    return f"need_{referral_id}"
+
+
+async def lead_model(session: AsyncSession) -> LeadModel:
+    counts: dict[str, dict[str, list[int]]] = {f: {} for f in FEATURES}
+    won = lost = 0
+    for row in await session.scalars(select(LeadFeatureCount)):
+        if row.feature == TOTAL:
+            won, lost = row.won, row.lost
+        elif row.feature in counts:
+            counts[row.feature][row.value] = [row.won, row.lost]
+    return LeadModel.from_dict({"won": won, "lost": lost, "counts": counts})
+
+
+async def learn(session: AsyncSession, features: dict[str, str], won: bool) -> None:
+    for feature, value in [(TOTAL, TOTAL), *features.items()]:
+        row = await session.get(LeadFeatureCount, (feature, value), with_for_update=True)
+        if row is None:
+            row = LeadFeatureCount(feature=feature, value=value, won=0, lost=0)
+            session.add(row)
+        if won:
+            row.won += 1
+        else:
+            row.lost += 1
+
+
+def _history_row(referral_id: str, entry: HistoryEntry) -> ReferralHistory:
+    return ReferralHistory(
+        referral_id=referral_id, seq=entry.seq, status=entry.status, at=entry.at, actor=entry.actor,
+        note=entry.note, assignee_id=entry.assignee_id,
+    )
+
+
+async def _has_entry(session: AsyncSession, referral_id: str, seq: int) -> bool:
+    found = await session.scalar(
+        select(ReferralHistory.id).where(ReferralHistory.referral_id == referral_id, ReferralHistory.seq == seq)
+    )
+    return found is not None
+
+
+class ReferralActivities:
+    def __init__(
+        self,
+        sessions: async_sessionmaker[AsyncSession],
+        mailer: Mailer,
+        client: Client,
+        task_queue: str,
+        referrer_window_days: int,
+    ):
+        self.sessions = sessions
+        self.mailer = mailer
+        self.client = client
+        self.task_queue = task_queue
+        self.window = timedelta(days=referrer_window_days)
+
+    @activity.defn(name=records.OPEN_REFERRAL)
+    async def open_referral(self, rec: records.OpenReferral) -> records.ReferralScores:
+        ref = rec.input
+        async with self.sessions.begin() as session:
+            row = await session.get(Referral, ref.referral_id)
+            if row is None:
+                features = LeadFeatures.from_facts(ref.facts(), ref.source)
+                scored = (await lead_model(session)).score(features)
+                row = Referral(
+                    id=ref.referral_id, status="unassigned", referrer_type=ref.referrer.type,
+                    referrer_id=ref.referrer.id,
+                    referrer_line_of_business=ref.referrer_line_of_business.value if ref.referrer_line_of_business else None,
+                    customer_id=ref.customer_id,
+                    prospect=ref.prospect.model_dump(mode="json") if ref.prospect else None,
+                    expressed_interest=ref.expressed_interest.value, value=ref.value, notes=ref.notes,
+                    city=ref.city, state=ref.state, source=ref.source,
+                    lead_score=scored.score,
+                    lead_score_factors=[f.model_dump(mode="json") for f in scored.factors],
+                    features=dict(zip(FEATURES, features.values(), strict=True)),
+                    workflow_id=rec.workflow_id, last_seq=rec.created.seq, created_at=rec.created.at,
+                )
+                session.add(row)
+                await session.flush()
+                session.add(_history_row(ref.referral_id, rec.created))
+            score = (await referrer_scores(session, [ref.referrer.id], rec.created.at - self.window))[ref.referrer.id]
+            return records.ReferralScores(
+                lead_score=row.lead_score, lead_score_factors=row.lead_score_factors, referrer_score=score
+            )
+
+    async def _candidates(self, session: AsyncSession) -> list[Candidate]:
+        loads = dict(
+            (await session.execute(
+                select(Referral.assignee_id, func.count())
+                .where(Referral.status.in_(["assigned", "accepted"]), Referral.assignee_id.is_not(None))
+                .group_by(Referral.assignee_id)
+            )).all()
+        )
+        last = dict(
+            (await session.execute(
+                select(ReferralHistory.assignee_id, func.max(ReferralHistory.at))
+                .where(ReferralHistory.status == "assigned", ReferralHistory.assignee_id.is_not(None))
+                .group_by(ReferralHistory.assignee_id)
+            )).all()
+        )
+        return [
+            Candidate(
+                employee_id=e.id, role=Role(e.role), line_of_business=LineOfBusiness(e.line_of_business),
+                products=[Product(p) for p in e.products], cities=e.cities, states=e.states, capacity=e.capacity,
+                open_load=loads.get(e.id, 0), last_assigned_at=last.get(e.id),
+            )
+            for e in await session.scalars(select(Employee))
+        ]
+
+    @activity.defn(name=records.ROUTE_REFERRAL)
+    async def route_referral(self, req: records.RouteReferral) -> Routed:
+        async with self.sessions.begin() as session:
+            row = await session.get(Referral, req.referral_id, with_for_update=True)
+            assert row is not None, f"referral {req.referral_id} is not recorded"
+            if await _has_entry(session, row.id, req.seq):  # a retry: the decision is recorded
+                decision = RoutingDecision(
+                    assignee_id=row.assignee_id, queue=row.queue, rule=row.routing_rule, reason=row.routing_reason or ""
+                )
+            else:
+                if req.preceding is not None and not await _has_entry(session, row.id, req.preceding.seq):
+                    session.add(_history_row(row.id, req.preceding))
+                decision = route(req.rules, req.facts, await self._candidates(session), frozenset(req.exclude))
+                assigned = decision.assignee_id is not None
+                row.status = "assigned" if assigned else "unassigned"
+                row.assignee_id = decision.assignee_id
+                row.queue = decision.queue
+                row.routing_rule = decision.rule
+                row.routing_reason = decision.reason
+                row.assigned_at = req.at if assigned else None
+                row.sla_deadline = req.accept_deadline if assigned else None
+                row.last_seq = req.seq
+                session.add(_history_row(row.id, HistoryEntry(
+                    seq=req.seq, status=row.status, at=req.at, actor=req.actor, note=decision.reason,
+                    assignee_id=decision.assignee_id,
+                )))
+            email = None
+            if decision.assignee_id:
+                assignee = await session.get(Employee, decision.assignee_id)
+                email = assignee.email if assignee else None
+            return Routed(decision=decision, assignee_email=email)
+
+    @activity.defn(name=records.RECORD_REFERRAL_CHANGE)
+    async def record_change(self, change: records.ReferralChange) -> None:
+        async with self.sessions.begin() as session:
+            row = await session.get(Referral, change.referral_id, with_for_update=True)
+            assert row is not None, f"referral {change.referral_id} is not recorded"
+            if await _has_entry(session, row.id, change.entry.seq):
+                return
+            session.add(_history_row(row.id, change.entry))
+            if change.entry.seq < row.last_seq:
+                return
+            decided_now = change.won is not None and row.status in OPEN_STATUSES
+            row.last_seq = change.entry.seq
+            row.status = change.status
+            row.assignee_id = change.assignee_id
+            row.queue = change.queue
+            row.sla_deadline = change.sla_deadline
+            if change.status == "assigned":
+                row.assigned_at = change.entry.at
+            if change.accepted_at:
+                row.accepted_at = change.accepted_at
+            if change.close_reason:
+                row.close_reason = change.close_reason
+            if change.opportunity_id:
+                row.opportunity_id = change.opportunity_id
+            if change.customer_id:
+                row.customer_id = change.customer_id
+            if decided_now:
+                row.decided_at = change.entry.at
+                await learn(session, row.features, bool(change.won))
+
+    @activity.defn(name=records.PREPARE_CONVERSION)
+    async def prepare_conversion(self, req: records.PrepareConversion) -> records.Conversion:
+        """The customer (and household) for a prospect, and the need, recorded once."""
+        async with self.sessions.begin() as session:
+            row = await session.get(Referral, req.referral_id)
+            assert row is not None
+            customer_id = row.customer_id
+            if customer_id is None:
+                customer_id = referral_customer_id(row.id)
+                if await session.get(Customer, customer_id) is None:
+                    p = row.prospect or {}
+                    household_id = f"hh_{row.id}"
+                    session.add(Household(id=household_id, name=f"{p.get('name', 'Prospect')} household"))
+                    await session.flush()
+                    session.add(Customer(
+                        id=customer_id, household_id=household_id, name=p.get("name") or "Prospect",
+                        email=p.get("email"), phone=p.get("phone"), employer=p.get("employer"),
+                        city=p.get("city"), state=p.get("state"), created_at=req.at,
+                    ))
+                    await session.flush()
+            need_id = referral_need_id(row.id)
+            if await session.get(Need, need_id) is None:
+                session.add(Need(
+                    id=need_id, customer_id=customer_id, kind=req.need_kind, description=req.need_description,
+                    recorded_by=req.recorded_by, recorded_at=req.at,
+                ))
+        return records.Conversion(customer_id=customer_id, need_id=need_id)
+
+    @activity.defn(name=records.START_OPPORTUNITY)
+    async def start_opportunity(self, wf_input: OpportunityInput) -> None:
+        await starts.open_opportunity(self.client, self.task_queue, wf_input)
+
+    @activity.defn(name=records.NOTIFY_REFERRAL)
+    async def notify(self, notice: records.ReferralNotice) -> int:
+        async with self.sessions() as session:
+            row = await session.get(Referral, notice.referral_id)
+            assert row is not None
+            recipients = await self._recipients(session, notice)
+            who = await self._who(session, row)
+        subject, body = _render(notice, row, who)
+        return await self.mailer.deliver(
+            self.sessions, f"referral:{row.id}:{notice.kind}:{notice.occasion}", recipients, subject, body
+        )
+
+    def all(self) -> list:
+        return [self.open_referral, self.route_referral, self.record_change, self.prepare_conversion,
+                self.start_opportunity, self.notify]
+
+    async def _recipients(self, session: AsyncSession, notice: records.ReferralNotice) -> list[Employee]:
+        if notice.kind in ("assigned", "reminder"):
+            e = await session.get(Employee, notice.employee_id) if notice.employee_id else None
+            return [e] if e else []
+        if notice.kind in ("lapsed", "escalation") and notice.employee_id:
+            e = await session.get(Employee, notice.employee_id)
+            if e is not None and e.manager_id:
+                manager = await session.get(Employee, e.manager_id)
+                if manager is not None:
+                    return [manager]
+        return list(await session.scalars(select(Employee).where(Employee.role == Role.manager.value).order_by(Employee.id)))
+
+    async def _who(self, session: AsyncSession, row: Referral) -> str:
+        if row.customer_id:
+            c = await session.get(Customer, row.customer_id)
+            if c is not None:
+                return f"{c.name} (customer {c.id}" + (f", {c.city}" if c.city else "") + ")"
+        p = row.prospect or {}
+        contact = ", ".join(x for x in (p.get("phone"), p.get("email")) if x)
+        return f"{p.get('name', 'a prospect')} (prospect" + (f": {contact}" if contact else "") + ")"
+
+
+def _render(notice: records.ReferralNotice, row: Referral, who: str) -> tuple[str, str]:
+    value = f" worth {row.value:,.2f}" if row.value is not None else ""
+    where = ", ".join(x for x in (row.city, row.state) if x)
+    details = "\n".join([
+        f"Referral:   {row.id}",
+        f"Customer:   {who}",
+        f"Interest:   {row.expressed_interest}{value}",
+        f"Where:      {where or 'unknown'}",
+        f"Referred by {row.referrer_type} {row.referrer_id}",
+        f"Lead score: {row.lead_score}/99",
+        f"Notes:      {row.notes or '-'}",
+    ])
+    subjects = {
+        "assigned": f"New referral: {row.expressed_interest}{value} for {who.split(' (')[0]}",
+        "unassigned": f"Unassigned referral waiting: {row.expressed_interest}{value}",
+        "lapsed": f"Referral not accepted in time, re-routed: {row.id}",
+        "reminder": f"Follow up on your referral: {row.expressed_interest} for {who.split(' (')[0]}",
+        "escalation": f"Referral not followed up: {row.id}",
+    }
+    intros = {
+        "assigned": "A referral was routed to you. Please accept or reject it.",
+        "unassigned": "No routing rule could place this referral; it waits in the fallback queue "
+        f"'{row.queue}'. Please assign it.",
+        "lapsed": "This referral was not accepted within the acceptance SLA and has been re-routed.",
+        "reminder": "You accepted this referral but have not converted or closed it yet.",
+        "escalation": "This accepted referral has not been converted or closed after two follow-up periods.",
+    }
+    note = f"\n\n{notice.note}" if notice.note else ""
+    return subjects[notice.kind], f"{intros[notice.kind]}{note}\n\n{details}\n"

@@ -1,0 +1,209 @@
+"""The referral's lifecycle rules, inputs and state: pure and deterministic.
+
+Statuses (API.md): `assigned`, `unassigned`, `accepted`, `converted`, `closed`. While the
+workflow re-routes or converts, it is briefly `routing` / `converting`; commands arriving
+then are refused (409) and may be retried a moment later.
+
+Who may act: the assignee or a manager; a manager (or the assignee handing it on) may
+reassign. A rejection needs a reason and re-routes to the next eligible recipient, never
+back to anyone who rejected or let the acceptance SLA lapse.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from decimal import Decimal
+from typing import Literal
+
+from pydantic import BaseModel, Field
+
+from domain.opportunity import Actor, TransitionRefused
+from domain.process import ProcessDefinition
+from domain.routing import ReferralFacts, ReferrerType, RoutingDecision, RoutingRules
+from domain.scoring import Factor
+from domain.types import LineOfBusiness, Product, Role
+
+ReferralStatus = Literal["assigned", "unassigned", "accepted", "converted", "closed", "routing", "converting"]
+OPEN_STATUSES = ("assigned", "unassigned", "accepted")
+
+
+class Referrer(BaseModel):
+    type: ReferrerType
+    id: str
+
+
+class Prospect(BaseModel):
+    name: str
+    phone: str | None = None
+    email: str | None = None
+    employer: str | None = None
+    city: str | None = None
+    state: str | None = None
+
+
+class ReferralSla(BaseModel):
+    """Durations the bank sets (seconds); the workflow keeps those it started with."""
+
+    accept_seconds: float = Field(gt=0)
+    followup_seconds: float = Field(gt=0)
+
+
+class ReferralInput(BaseModel):
+    referral_id: str
+    referrer: Referrer
+    referrer_line_of_business: LineOfBusiness | None = None
+    customer_id: str | None = None
+    prospect: Prospect | None = None
+    expressed_interest: Product
+    value: Decimal | None = None
+    notes: str | None = None
+    city: str | None = None
+    state: str | None = None
+    source: str
+    rules: RoutingRules
+    sla: ReferralSla
+
+    def facts(self) -> ReferralFacts:
+        return ReferralFacts(
+            expressed_interest=self.expressed_interest,
+            city=self.city,
+            state=self.state,
+            value=self.value,
+            referrer_type=self.referrer.type,
+            referrer_line_of_business=self.referrer_line_of_business,
+        )
+
+
+# ---------------------------------------------------------------- commands
+
+
+class AcceptCommand(BaseModel):
+    actor: Actor
+
+
+class RejectCommand(BaseModel):
+    actor: Actor
+    reason: str
+
+
+class ReassignCommand(BaseModel):
+    actor: Actor
+    to_employee_id: str
+    reason: str | None = None
+
+
+class NeedSpec(BaseModel):
+    kind: str
+    description: str
+
+
+class ConvertCommand(BaseModel):
+    actor: Actor
+    amount: Decimal | None = None
+    need: NeedSpec
+    #: The product's current process, resolved by the API (None: the product has none).
+    process: ProcessDefinition | None
+
+
+class CloseCommand(BaseModel):
+    actor: Actor
+    reason: str
+
+
+# ---------------------------------------------------------------- state
+
+
+class HistoryEntry(BaseModel):
+    seq: int
+    status: str
+    at: datetime
+    actor: str
+    note: str | None = None
+    assignee_id: str | None = None
+
+
+class ReferralState(BaseModel):
+    referral_id: str
+    status: ReferralStatus
+    assignee_id: str | None = None
+    queue: str | None = None
+    lead_score: int | None = None
+    lead_score_factors: list[Factor] = Field(default_factory=list)
+    referrer_score: int | None = None
+    #: Everyone who rejected the referral or let the acceptance SLA lapse.
+    excluded: list[str] = Field(default_factory=list)
+    sla_deadline: datetime | None = None
+    customer_id: str | None = None
+    opportunity_id: str | None = None
+    history: list[HistoryEntry] = Field(default_factory=list)
+
+
+# ---------------------------------------------------------------- the rules
+
+
+def _check_not_busy(state: ReferralState) -> None:
+    if state.status in ("routing", "converting"):
+        raise TransitionRefused(f"the referral is {state.status} right now; try again in a moment", status=state.status)
+    if state.status in ("converted", "closed"):
+        raise TransitionRefused(f"the referral is {state.status}; nothing more can happen to it", status=state.status)
+
+
+def _check_actor(state: ReferralState, actor: Actor) -> None:
+    if actor.role != Role.manager and actor.id != state.assignee_id:
+        raise TransitionRefused(
+            "only the referral's assignee or a manager may act on it",
+            actor_id=actor.id,
+            assignee_id=state.assignee_id,
+        )
+
+
+def check_accept(state: ReferralState, cmd: AcceptCommand) -> None:
+    _check_not_busy(state)
+    if state.status != "assigned":
+        raise TransitionRefused(f"only an assigned referral can be accepted; it is {state.status}", status=state.status)
+    _check_actor(state, cmd.actor)
+
+
+def check_reject(state: ReferralState, cmd: RejectCommand) -> None:
+    _check_not_busy(state)
+    if state.status != "assigned":
+        raise TransitionRefused(f"only an assigned referral can be rejected; it is {state.status}", status=state.status)
+    _check_actor(state, cmd.actor)
+    if not cmd.reason.strip():
+        raise TransitionRefused("a rejection needs a reason")
+
+
+def check_reassign(state: ReferralState, cmd: ReassignCommand, to_role_ok: bool = True) -> None:
+    _check_not_busy(state)
+    _check_actor(state, cmd.actor)
+    if cmd.to_employee_id == state.assignee_id:
+        raise TransitionRefused(f"the referral is already assigned to {cmd.to_employee_id}")
+
+
+def check_convert(state: ReferralState, cmd: ConvertCommand, product: Product, value: Decimal | None) -> None:
+    _check_not_busy(state)
+    if state.status != "accepted":
+        raise TransitionRefused(
+            f"only an accepted referral can be converted; it is {state.status}", status=state.status
+        )
+    _check_actor(state, cmd.actor)
+    if cmd.process is None:
+        raise TransitionRefused(f"{product.value} has no sales process, so no opportunity can be opened for it")
+    if cmd.process.product != product:
+        raise TransitionRefused(f"the process given is for {cmd.process.product.value}, not {product.value}")
+    if "amount" in cmd.process.creation_requires and cmd.amount is None and value is None:
+        raise TransitionRefused(f"a {product.value} opportunity needs an amount: give `amount`")
+
+
+def check_close(state: ReferralState, cmd: CloseCommand) -> None:
+    _check_not_busy(state)
+    _check_actor(state, cmd.actor)
+    if not cmd.reason.strip():
+        raise TransitionRefused("closing a referral needs a reason")
+
+
+class Routed(BaseModel):
+    """What the routing activity decided and recorded."""
+
+    decision: RoutingDecision
+    assignee_email: str | None = None

@@ -1,0 +1,352 @@
+"""ReferralWorkflow: one referral, from creation to converted or closed.
+
+Workflow id `referral-<id>`. Its input carries the routing rules and SLAs in force when
+it was created; it keeps them for its whole life.
+
+On start it records and scores the referral, routes it (least-loaded eligible recipient,
+or the fallback queue) and e-mails the recipient (or the managers); the `created` update
+answers once that is done. Then it waits for, as Updates with validators:
+- `accept`, `reject` (with a reason: re-routed, never back to anyone who rejected),
+  `reassign`, `convert` (opens the opportunity), `close` (with a reason);
+and on durable timers:
+- the acceptance SLA while assigned: on expiry the referral is re-routed away from the
+  lapsed assignee and their manager (or every manager) is told, once per lapse;
+- the follow-up SLA after acceptance: a reminder to the assignee, then, after a second
+  period, an escalation to the manager.
+The run ends when the referral is converted or closed and every handler has finished.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import datetime, timedelta
+
+from temporalio import workflow
+
+with workflow.unsafe.imports_passed_through():
+    from domain import records
+    from domain.opportunity import Actor, OpportunityInput, TransitionRefused
+    from domain.referral import (
+        AcceptCommand,
+        CloseCommand,
+        ConvertCommand,
+        HistoryEntry,
+        ReassignCommand,
+        ReferralInput,
+        ReferralState,
+        RejectCommand,
+        Routed,
+        check_accept,
+        check_close,
+        check_convert,
+        check_reassign,
+        check_reject,
+    )
+    from domain.scoring import Factor
+    from workflows import SA_ASSIGNEE_ID, SA_EXPRESSED_INTEREST, SA_REFERRAL_STATUS
+    from workflows.common import ACTIVITY_RETRY, ACTIVITY_TIMEOUT, refuse
+
+SYSTEM = "needflow"
+
+
+def workflow_id(referral_id: str) -> str:
+    return f"referral-{referral_id}"
+
+
+def opportunity_id_for(referral_id: str) -> str:
+    """The opportunity a referral converts into: one per referral, whatever retries."""
+    return f"opp_{referral_id.removeprefix('ref_')}"
+
+
+async def _act(name: str, arg: object, result_type: type | None = None):
+    return await workflow.execute_activity(
+        name, arg, result_type=result_type, start_to_close_timeout=ACTIVITY_TIMEOUT, retry_policy=ACTIVITY_RETRY
+    )
+
+
+@workflow.defn
+class ReferralWorkflow:
+    @workflow.init
+    def __init__(self, input: ReferralInput) -> None:
+        self.input = input
+        self.state = ReferralState(referral_id=input.referral_id, status="routing", customer_id=input.customer_id)
+        self._ready = False
+        self._changes = 0  # bumped by every status change, so the SLA loop sees them
+        self._accepted_at: datetime | None = None
+        self._followups_sent = 0
+        self._write_lock = asyncio.Lock()
+
+    @workflow.run
+    async def run(self, input: ReferralInput) -> ReferralState:
+        async with self._write_lock:
+            created = self._entry("created", input.referrer.id, None)
+            scores: records.ReferralScores = await _act(
+                records.OPEN_REFERRAL,
+                records.OpenReferral(input=input, workflow_id=workflow.info().workflow_id, created=created),
+                records.ReferralScores,
+            )
+            self.state.lead_score = scores.lead_score
+            self.state.lead_score_factors = [Factor.model_validate(f) for f in scores.lead_score_factors]
+            self.state.referrer_score = scores.referrer_score
+            await self._route(SYSTEM)
+        self._ready = True
+        while self.state.status not in ("converted", "closed"):
+            await self._watch_slas()
+        await workflow.wait_condition(workflow.all_handlers_finished)
+        return self.state
+
+    # ------------------------------------------------------------ query and updates
+
+    @workflow.query
+    def current_state(self) -> ReferralState:
+        return self.state
+
+    @workflow.update
+    async def created(self) -> ReferralState:
+        await workflow.wait_condition(lambda: self._ready)
+        return self.state
+
+    @workflow.update
+    async def accept(self, cmd: AcceptCommand) -> ReferralState:
+        self._accepted_at = workflow.now()
+        self._followups_sent = 0
+        self.state.sla_deadline = self._accepted_at + timedelta(seconds=self.input.sla.followup_seconds)
+        entry = self._change("accepted", cmd.actor.id, None, self.state.assignee_id)
+        await self._record(entry, accepted_at=self._accepted_at)
+        return self.state
+
+    @accept.validator
+    def _validate_accept(self, cmd: AcceptCommand) -> None:
+        self._validate(check_accept, cmd)
+
+    @workflow.update
+    async def reject(self, cmd: RejectCommand) -> ReferralState:
+        rejected_by = self.state.assignee_id
+        if rejected_by and rejected_by not in self.state.excluded:
+            self.state.excluded.append(rejected_by)
+        entry = self._change("routing", cmd.actor.id, f"rejected: {cmd.reason}", rejected_by, record_status="rejected")
+        async with self._write_lock:
+            await self._route(cmd.actor.id, preceding=entry)
+        return self.state
+
+    @reject.validator
+    def _validate_reject(self, cmd: RejectCommand) -> None:
+        self._validate(check_reject, cmd)
+
+    @workflow.update
+    async def reassign(self, cmd: ReassignCommand) -> ReferralState:
+        deadline = workflow.now() + timedelta(seconds=self.input.sla.accept_seconds)
+        self.state.queue = None
+        self.state.sla_deadline = deadline
+        self.state.assignee_id = cmd.to_employee_id
+        entry = self._change("assigned", cmd.actor.id, cmd.reason or "reassigned", cmd.to_employee_id)
+        await self._record(entry)
+        await self._notify("assigned", str(entry.seq), cmd.to_employee_id)
+        return self.state
+
+    @reassign.validator
+    def _validate_reassign(self, cmd: ReassignCommand) -> None:
+        self._validate(check_reassign, cmd)
+
+    @workflow.update
+    async def convert(self, cmd: ConvertCommand) -> ReferralState:
+        assert cmd.process is not None
+        self.state.status = "converting"  # refuses other commands until it is done
+        self._changes += 1
+        self._publish()
+        at = workflow.now()
+        async with self._write_lock:
+            conversion: records.Conversion = await _act(
+                records.PREPARE_CONVERSION,
+                records.PrepareConversion(
+                    referral_id=self.input.referral_id, need_kind=cmd.need.kind,
+                    need_description=cmd.need.description, recorded_by=cmd.actor.id, at=at,
+                ),
+                records.Conversion,
+            )
+            opportunity_id = opportunity_id_for(self.input.referral_id)
+            owner = self.state.assignee_id or cmd.actor.id
+            await _act(
+                records.START_OPPORTUNITY,
+                OpportunityInput(
+                    opportunity_id=opportunity_id, customer_id=conversion.customer_id, owner_id=owner,
+                    need_id=conversion.need_id, product=self.input.expressed_interest,
+                    amount=cmd.amount if cmd.amount is not None else self.input.value,
+                    referral_id=self.input.referral_id, opened_by=cmd.actor.id, process=cmd.process,
+                ),
+            )
+            self.state.customer_id = conversion.customer_id
+            self.state.opportunity_id = opportunity_id
+            done = self._change("converted", cmd.actor.id, f"opportunity {opportunity_id}", self.state.assignee_id)
+            self.state.sla_deadline = None
+            await self._record_locked(
+                done, opportunity_id=opportunity_id, customer_id=conversion.customer_id, won=True
+            )
+        return self.state
+
+    @convert.validator
+    def _validate_convert(self, cmd: ConvertCommand) -> None:
+        try:
+            check_convert(self.state, cmd, self.input.expressed_interest, self.input.value)
+        except TransitionRefused as exc:
+            raise refuse(exc) from None
+
+    @workflow.update
+    async def close(self, cmd: CloseCommand) -> ReferralState:
+        self.state.sla_deadline = None
+        entry = self._change("closed", cmd.actor.id, cmd.reason, self.state.assignee_id)
+        await self._record(entry, close_reason=cmd.reason, won=False)
+        return self.state
+
+    @close.validator
+    def _validate_close(self, cmd: CloseCommand) -> None:
+        self._validate(check_close, cmd)
+
+    def _validate(self, check, cmd) -> None:  # noqa: ANN001
+        try:
+            check(self.state, cmd)
+        except TransitionRefused as exc:
+            raise refuse(exc) from None
+
+    # ------------------------------------------------------------ SLAs
+
+    async def _watch_slas(self) -> None:
+        seen = self._changes
+        s = self.state
+        timeout: timedelta | None = None
+        if s.status == "assigned" and s.sla_deadline is not None:
+            timeout = s.sla_deadline - workflow.now()
+        elif s.status == "accepted" and self._accepted_at is not None and self._followups_sent < 2:
+            due = self._accepted_at + timedelta(seconds=self.input.sla.followup_seconds * (self._followups_sent + 1))
+            timeout = due - workflow.now()
+        try:
+            await workflow.wait_condition(
+                lambda: self._changes != seen,
+                timeout=max(timeout, timedelta(milliseconds=1)) if timeout is not None else None,
+            )
+            return
+        except asyncio.TimeoutError:
+            if self._changes != seen:
+                return
+        if s.status == "assigned":
+            await self._lapse()
+        elif s.status == "accepted":
+            await self._follow_up()
+
+    async def _lapse(self) -> None:
+        lapsed = self.state.assignee_id
+        if lapsed and lapsed not in self.state.excluded:
+            self.state.excluded.append(lapsed)
+        entry = self._change("routing", SYSTEM, "acceptance SLA lapsed", lapsed, record_status="lapsed")
+        async with self._write_lock:
+            await self._route(SYSTEM, preceding=entry)
+            await self._notify_locked("lapsed", str(entry.seq), lapsed)
+
+    async def _follow_up(self) -> None:
+        self._followups_sent += 1
+        kind = "reminder" if self._followups_sent == 1 else "escalation"
+        assignee = self.state.assignee_id
+        if self._followups_sent == 1 and self._accepted_at is not None:
+            self.state.sla_deadline = self._accepted_at + timedelta(seconds=2 * self.input.sla.followup_seconds)
+        else:
+            self.state.sla_deadline = None
+        self._publish()
+        await self._notify(kind, f"{self.state.history[-1].seq}-{self._followups_sent}", assignee)
+
+    # ------------------------------------------------------------ state changes
+
+    def _entry(self, status: str, actor: str, note: str | None, assignee_id: str | None = None) -> HistoryEntry:
+        entry = HistoryEntry(
+            seq=len(self.state.history) + 1, status=status, at=workflow.now(), actor=actor, note=note,
+            assignee_id=assignee_id,
+        )
+        self.state.history.append(entry)
+        return entry
+
+    def _change(
+        self, status: str, actor: str, note: str | None, assignee_id: str | None, record_status: str | None = None
+    ) -> HistoryEntry:
+        """Change the status now (the next validator sees it) and add its history entry."""
+        self.state.status = status  # type: ignore[assignment]
+        self._changes += 1
+        entry = self._entry(record_status or status, actor, note, assignee_id)
+        self._publish()
+        return entry
+
+    async def _route(self, actor: str, preceding: HistoryEntry | None = None) -> None:
+        """Route (or re-route) the referral and tell whoever must know. Holds the write lock."""
+        self.state.status = "routing"
+        seq = len(self.state.history) + 1
+        now = workflow.now()
+        routed: Routed = await _act(
+            records.ROUTE_REFERRAL,
+            records.RouteReferral(
+                referral_id=self.input.referral_id, preceding=preceding, rules=self.input.rules,
+                facts=self.input.facts(),
+                exclude=list(self.state.excluded), seq=seq, at=now, actor=actor,
+                accept_deadline=now + timedelta(seconds=self.input.sla.accept_seconds),
+            ),
+            Routed,
+        )
+        d = routed.decision
+        status = "assigned" if d.assignee_id else "unassigned"
+        self.state.assignee_id = d.assignee_id
+        self.state.queue = d.queue
+        self.state.sla_deadline = now + timedelta(seconds=self.input.sla.accept_seconds) if d.assignee_id else None
+        self.state.history.append(
+            HistoryEntry(seq=seq, status=status, at=now, actor=actor, note=d.reason, assignee_id=d.assignee_id)
+        )
+        self.state.status = status  # type: ignore[assignment]
+        self._changes += 1
+        self._publish()
+        if d.assignee_id:
+            await self._notify_locked("assigned", str(seq), d.assignee_id)
+        else:
+            await self._notify_locked("unassigned", str(seq), None, note=d.reason)
+
+    async def _record(self, entry: HistoryEntry, **extra) -> None:  # noqa: ANN003
+        await workflow.wait_condition(lambda: self._ready)
+        async with self._write_lock:
+            await self._record_locked(entry, **extra)
+
+    async def _record_locked(self, entry: HistoryEntry, **extra) -> None:  # noqa: ANN003
+        s = self.state
+        await _act(
+            records.RECORD_REFERRAL_CHANGE,
+            records.ReferralChange(
+                referral_id=s.referral_id, entry=entry, status=s.status,
+                assignee_id=s.assignee_id, queue=s.queue, sla_deadline=s.sla_deadline, **extra,
+            ),
+        )
+
+    async def _notify(self, kind: str, occasion: str, employee_id: str | None, note: str | None = None) -> None:
+        await workflow.wait_condition(lambda: self._ready)
+        async with self._write_lock:
+            await self._notify_locked(kind, occasion, employee_id, note)
+
+    async def _notify_locked(self, kind: str, occasion: str, employee_id: str | None, note: str | None = None) -> None:
+        await _act(
+            records.NOTIFY_REFERRAL,
+            records.ReferralNotice(
+                referral_id=self.input.referral_id, kind=kind, occasion=occasion, employee_id=employee_id, note=note
+            ),
+        )
+
+    def _publish(self) -> None:
+        """Search attributes and current details: where the Web UI shows this referral."""
+        s = self.state
+        workflow.upsert_search_attributes([
+            SA_REFERRAL_STATUS.value_set(s.status),
+            SA_ASSIGNEE_ID.value_set(s.assignee_id or ""),
+            SA_EXPRESSED_INTEREST.value_set(self.input.expressed_interest.value),
+        ])
+        who = f"`{s.assignee_id}`" if s.assignee_id else f"queue `{s.queue}`" if s.queue else "nobody yet"
+        lines = [f"**{s.status}** · {self.input.expressed_interest.value} · {who}"]
+        if s.sla_deadline is not None:
+            what = "accept by" if s.status == "assigned" else "follow up by"
+            lines.append(f"SLA: {what} {s.sla_deadline:%Y-%m-%d %H:%M:%S} UTC")
+        if s.lead_score is not None:
+            lines.append(f"lead score {s.lead_score}/99 · referrer score {s.referrer_score}/100")
+        if s.opportunity_id:
+            lines.append(f"opportunity `{s.opportunity_id}`")
+        workflow.set_current_details("\n\n".join(lines))
