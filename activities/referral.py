@@ -24,7 +24,16 @@ from domain.referral import OPEN_STATUSES, HistoryEntry, Routed
 from domain.routing import Candidate, RoutingDecision, route
 from domain.scoring import FEATURES, LeadFeatures, LeadModel
 from domain.types import LineOfBusiness, Product, Role
-from store.models import Customer, Employee, Household, LeadFeatureCount, Need, Referral, ReferralHistory
+from store.models import (
+    Customer,
+    Employee,
+    EmployeeWorkload,
+    Household,
+    LeadFeatureCount,
+    Need,
+    Referral,
+    ReferralHistory,
+)
 from store.queries import referrer_scores
 from workflows import starts
 
@@ -39,17 +48,6 @@ def referral_need_id(referral_id: str) -> str:
     return f"need_{referral_id}"
 
 
-async def lead_model(session: AsyncSession) -> LeadModel:
-    counts: dict[str, dict[str, list[int]]] = {f: {} for f in FEATURES}
-    won = lost = 0
-    for row in await session.scalars(select(LeadFeatureCount)):
-        if row.feature == TOTAL:
-            won, lost = row.won, row.lost
-        elif row.feature in counts:
-            counts[row.feature][row.value] = [row.won, row.lost]
-    return LeadModel.from_dict({"won": won, "lost": lost, "counts": counts})
-
-
 async def learn(session: AsyncSession, features: dict[str, str], won: bool) -> None:
     for feature, value in [(TOTAL, TOTAL), *features.items()]:
         row = await session.get(LeadFeatureCount, (feature, value), with_for_update=True)
@@ -60,6 +58,36 @@ async def learn(session: AsyncSession, features: dict[str, str], won: bool) -> N
             row.won += 1
         else:
             row.lost += 1
+
+
+def _counts_toward_load(status: str | None, assignee_id: str | None) -> str | None:
+    return assignee_id if status in ("assigned", "accepted") else None
+
+
+async def _workload(session: AsyncSession, employee_id: str) -> EmployeeWorkload:
+    load = await session.get(EmployeeWorkload, employee_id, with_for_update=True)
+    if load is None:
+        load = EmployeeWorkload(employee_id=employee_id, open_referrals=0)
+        session.add(load)
+    return load
+
+
+async def _assign(session: AsyncSession, row: Referral, status: str, assignee_id: str | None, at) -> None:  # noqa: ANN001
+    """Change a referral's status and assignee, keeping employee_workload in step."""
+    before = _counts_toward_load(row.status, row.assignee_id)
+    after = _counts_toward_load(status, assignee_id)
+    newly_assigned = status == "assigned" and (row.status != "assigned" or row.assignee_id != assignee_id)
+    row.status, row.assignee_id = status, assignee_id
+    if before != after and before is not None:
+        released = await _workload(session, before)
+        released.open_referrals = max(0, released.open_referrals - 1)
+    if (before != after and after is not None) or (newly_assigned and assignee_id is not None):
+        taken = await _workload(session, after or assignee_id)  # type: ignore[arg-type]
+        if before != after and after is not None:
+            taken.open_referrals += 1
+        if newly_assigned:
+            taken.last_assigned_at = at
+            row.assigned_at = at
 
 
 def _history_row(referral_id: str, entry: HistoryEntry) -> ReferralHistory:
@@ -90,15 +118,20 @@ class ReferralActivities:
         self.client = client
         self.task_queue = task_queue
         self.window = timedelta(days=referrer_window_days)
+        # Caches for routing speed; each is checked against the store on every use.
+        self._team: tuple[int, list[Candidate]] | None = None
+        self._model: tuple[tuple[int, int], LeadModel] | None = None
 
     @activity.defn(name=records.OPEN_REFERRAL)
-    async def open_referral(self, rec: records.OpenReferral) -> records.ReferralScores:
+    async def open_referral(self, rec: records.OpenReferral) -> records.ReferralOpened:
+        """Record, score and route a new referral in one transaction."""
         ref = rec.input
         async with self.sessions.begin() as session:
-            row = await session.get(Referral, ref.referral_id)
+            row = await session.get(Referral, ref.referral_id, with_for_update=True)
+            new = row is None
             if row is None:
                 features = LeadFeatures.from_facts(ref.facts(), ref.source)
-                scored = (await lead_model(session)).score(features)
+                scored = (await self._lead_model(session)).score(features)
                 row = Referral(
                     id=ref.referral_id, status="unassigned", referrer_type=ref.referrer.type,
                     referrer_id=ref.referrer.id,
@@ -115,66 +148,88 @@ class ReferralActivities:
                 session.add(row)
                 await session.flush()
                 session.add(_history_row(ref.referral_id, rec.created))
-            score = (await referrer_scores(session, [ref.referrer.id], rec.created.at - self.window))[ref.referrer.id]
-            return records.ReferralScores(
-                lead_score=row.lead_score, lead_score_factors=row.lead_score_factors, referrer_score=score
+            routed = await self._route(session, row, rec.route, new=new)
+            referrer = (ref.referrer.type, ref.referrer.id)
+            score = (await referrer_scores(session, [referrer], rec.created.at - self.window))[referrer]
+            return records.ReferralOpened(
+                lead_score=row.lead_score, lead_score_factors=row.lead_score_factors, referrer_score=score,
+                routed=routed,
             )
-
-    async def _candidates(self, session: AsyncSession) -> list[Candidate]:
-        loads = dict(
-            (await session.execute(
-                select(Referral.assignee_id, func.count())
-                .where(Referral.status.in_(["assigned", "accepted"]), Referral.assignee_id.is_not(None))
-                .group_by(Referral.assignee_id)
-            )).all()
-        )
-        last = dict(
-            (await session.execute(
-                select(ReferralHistory.assignee_id, func.max(ReferralHistory.at))
-                .where(ReferralHistory.status == "assigned", ReferralHistory.assignee_id.is_not(None))
-                .group_by(ReferralHistory.assignee_id)
-            )).all()
-        )
-        return [
-            Candidate(
-                employee_id=e.id, role=Role(e.role), line_of_business=LineOfBusiness(e.line_of_business),
-                products=[Product(p) for p in e.products], cities=e.cities, states=e.states, capacity=e.capacity,
-                open_load=loads.get(e.id, 0), last_assigned_at=last.get(e.id),
-            )
-            for e in await session.scalars(select(Employee))
-        ]
 
     @activity.defn(name=records.ROUTE_REFERRAL)
     async def route_referral(self, req: records.RouteReferral) -> Routed:
+        """Re-route a referral (after a rejection or a lapse, recorded in the same transaction)."""
         async with self.sessions.begin() as session:
             row = await session.get(Referral, req.referral_id, with_for_update=True)
             assert row is not None, f"referral {req.referral_id} is not recorded"
-            if await _has_entry(session, row.id, req.seq):  # a retry: the decision is recorded
-                decision = RoutingDecision(
-                    assignee_id=row.assignee_id, queue=row.queue, rule=row.routing_rule, reason=row.routing_reason or ""
+            return await self._route(session, row, req)
+
+    async def _route(
+        self, session: AsyncSession, row: Referral, req: records.RouteReferral, new: bool = False
+    ) -> Routed:
+        if not new and await _has_entry(session, row.id, req.seq):  # a retry: the decision is recorded
+            decision = RoutingDecision(
+                assignee_id=row.assignee_id, queue=row.queue, rule=row.routing_rule, reason=row.routing_reason or ""
+            )
+        else:
+            if req.preceding is not None and not await _has_entry(session, row.id, req.preceding.seq):
+                session.add(_history_row(row.id, req.preceding))
+            decision = route(req.rules, req.facts, await self._candidates(session), frozenset(req.exclude))
+            assigned = decision.assignee_id is not None
+            await _assign(session, row, "assigned" if assigned else "unassigned", decision.assignee_id, req.at)
+            row.queue = decision.queue
+            row.routing_rule = decision.rule
+            row.routing_reason = decision.reason
+            row.sla_deadline = req.accept_deadline if assigned else None
+            row.last_seq = req.seq
+            session.add(_history_row(row.id, HistoryEntry(
+                seq=req.seq, status=row.status, at=req.at, actor=req.actor, note=decision.reason,
+                assignee_id=decision.assignee_id,
+            )))
+        return Routed(decision=decision)
+
+    async def _lead_model(self, session: AsyncSession) -> LeadModel:
+        """The lead model, re-read only when a decision has changed its totals."""
+        key = await self._model_key(session)
+        if self._model is None or self._model[0] != key:
+            counts: dict[str, dict[str, list[int]]] = {f: {} for f in FEATURES}
+            for c in await session.scalars(select(LeadFeatureCount).where(LeadFeatureCount.feature != TOTAL)):
+                if c.feature in counts:
+                    counts[c.feature][c.value] = [c.won, c.lost]
+            self._model = (key, LeadModel.from_dict({"won": key[0], "lost": key[1], "counts": counts}))
+        return self._model[1]
+
+    async def _model_key(self, session: AsyncSession) -> tuple[int, int]:
+        totals = select(LeadFeatureCount.won, LeadFeatureCount.lost).where(
+            LeadFeatureCount.feature == TOTAL, LeadFeatureCount.value == TOTAL
+        )
+        row = (await session.execute(totals)).first()
+        return (row[0], row[1]) if row else (0, 0)
+
+    async def _candidates(self, session: AsyncSession) -> list[Candidate]:
+        """Every employee with their open work now. Employees are only ever added, so the
+        team is re-read only when their number changes; the workload is read every time."""
+        count = await session.scalar(select(func.count()).select_from(Employee))
+        if self._team is None or self._team[0] != count:
+            team = [
+                Candidate(
+                    employee_id=e.id, role=Role(e.role), line_of_business=LineOfBusiness(e.line_of_business),
+                    products=[Product(p) for p in e.products], cities=e.cities, states=e.states,
+                    capacity=e.capacity,
                 )
-            else:
-                if req.preceding is not None and not await _has_entry(session, row.id, req.preceding.seq):
-                    session.add(_history_row(row.id, req.preceding))
-                decision = route(req.rules, req.facts, await self._candidates(session), frozenset(req.exclude))
-                assigned = decision.assignee_id is not None
-                row.status = "assigned" if assigned else "unassigned"
-                row.assignee_id = decision.assignee_id
-                row.queue = decision.queue
-                row.routing_rule = decision.rule
-                row.routing_reason = decision.reason
-                row.assigned_at = req.at if assigned else None
-                row.sla_deadline = req.accept_deadline if assigned else None
-                row.last_seq = req.seq
-                session.add(_history_row(row.id, HistoryEntry(
-                    seq=req.seq, status=row.status, at=req.at, actor=req.actor, note=decision.reason,
-                    assignee_id=decision.assignee_id,
-                )))
-            email = None
-            if decision.assignee_id:
-                assignee = await session.get(Employee, decision.assignee_id)
-                email = assignee.email if assignee else None
-            return Routed(decision=decision, assignee_email=email)
+                for e in await session.scalars(select(Employee))
+            ]
+            self._team = (count, team)
+        workload = {
+            employee_id: (load, last)
+            for employee_id, load, last in await session.execute(
+                select(EmployeeWorkload.employee_id, EmployeeWorkload.open_referrals, EmployeeWorkload.last_assigned_at)
+            )
+        }
+        candidates = self._team[1]
+        for c in candidates:
+            c.open_load, c.last_assigned_at = workload.get(c.employee_id, (0, None))
+        return candidates
 
     @activity.defn(name=records.RECORD_REFERRAL_CHANGE)
     async def record_change(self, change: records.ReferralChange) -> None:
@@ -188,12 +243,9 @@ class ReferralActivities:
                 return
             decided_now = change.won is not None and row.status in OPEN_STATUSES
             row.last_seq = change.entry.seq
-            row.status = change.status
-            row.assignee_id = change.assignee_id
+            await _assign(session, row, change.status, change.assignee_id, change.entry.at)
             row.queue = change.queue
             row.sla_deadline = change.sla_deadline
-            if change.status == "assigned":
-                row.assigned_at = change.entry.at
             if change.accepted_at:
                 row.accepted_at = change.accepted_at
             if change.close_reason:

@@ -14,7 +14,7 @@ from temporalio.contrib.pydantic import pydantic_data_converter
 
 from api import errors
 from api.deps import Services
-from api.routers import customers, employees, events, opportunities, outbox, referrals, signing
+from api.routers import customers, employees, events, opportunities, outbox, referrals, reports, signing
 from config import Settings, get_settings
 from domain.process import load_catalog
 from domain.routing import load_routing_rules
@@ -54,7 +54,7 @@ def create_app(settings: Settings | None = None, *, client: Client | None = None
     errors.install(app)
     for router in (
         customers.router, employees.router, referrals.router, opportunities.router, events.router,
-        outbox.router, signing.router,
+        outbox.router, signing.router, reports.router,
     ):
         app.include_router(router)
 

@@ -380,3 +380,86 @@ EVENT_DATA: dict[EventType, tuple[type[_Data], Literal["opportunity_id", "custom
     EventType.account_activity: (AccountActivity, "customer_id"),
     EventType.mortgage_payment: (MortgagePayment, "customer_id"),
 }
+
+
+# ---------------------------------------------------------------- reports
+
+#: A total of money as a decimal string ("1250000.00"); may be 0.
+MoneyTotal = Annotated[Decimal, PlainSerializer(lambda d: f"{d:.2f}", return_type=str, when_used="json")]
+AgeBand = Literal["<1d", "1-7d", "7-30d", ">=30d"]
+OpenReferralStatus = Literal["assigned", "unassigned", "accepted"]
+
+
+class ReferrerRef(BaseModel):
+    type: Literal["employee", "partner", "customer"]
+    id: str
+    #: The employee's name when the referrer is an employee.
+    name: str | None = None
+
+
+class ReferralCounts(BaseModel):
+    #: Referrals created within the window.
+    referrals: int
+    #: Referrals decided (converted or closed) within the window.
+    decided: int
+    #: Referrals converted within the window.
+    converted: int
+    #: converted / decided; null when nothing was decided.
+    conversion_rate: float | None
+
+
+class ReferrerReportItem(ReferralCounts):
+    referrer: ReferrerRef
+    #: The referrer score of domain/scoring.py over the referrals decided within the window.
+    referrer_score: int
+    #: Referrals (created within the window) that went to an assignee of another line of business.
+    cross_lob: int
+
+
+class ReferrerReportOut(BaseModel):
+    window_days: int
+    bank: ReferralCounts
+    items: list[ReferrerReportItem]
+
+
+class AgeBandCount(BaseModel):
+    band: AgeBand
+    open: int
+
+
+class StatusAgeCount(BaseModel):
+    status: OpenReferralStatus
+    band: AgeBand
+    count: int
+
+
+class OldestOpenReferral(BaseModel):
+    id: str
+    age_hours: float
+    status: OpenReferralStatus
+    assignee_id: str | None
+
+
+class ReferralPipeline(BaseModel):
+    by_status: dict[str, int]
+    by_age_band: list[AgeBandCount]
+    by_status_and_age: list[StatusAgeCount]
+    open_total: int
+    oldest_open: OldestOpenReferral | None
+
+
+class ProductStageCount(BaseModel):
+    product: str
+    stage: str
+    count: int
+    amount: MoneyTotal
+
+
+class OpportunityPipeline(BaseModel):
+    by_product_and_stage: list[ProductStageCount]
+    by_status: dict[str, int]
+
+
+class PipelineReportOut(BaseModel):
+    referrals: ReferralPipeline
+    opportunities: OpportunityPipeline

@@ -14,7 +14,7 @@ from typing import Any, Literal
 from pydantic import BaseModel
 
 from domain.opportunity import CheckpointView
-from domain.referral import HistoryEntry, ReferralInput
+from domain.referral import HistoryEntry, ReferralInput, Routed
 from domain.routing import ReferralFacts, RoutingRules
 from domain.types import ConsentChannel, Product
 
@@ -106,20 +106,6 @@ START_OPPORTUNITY = "referral.start_opportunity"
 NOTIFY_REFERRAL = "referral.notify"
 
 
-class OpenReferral(BaseModel):
-    """The referral as created; the activity records it and scores it."""
-
-    input: ReferralInput
-    workflow_id: str
-    created: HistoryEntry
-
-
-class ReferralScores(BaseModel):
-    lead_score: int
-    lead_score_factors: list[dict[str, Any]]
-    referrer_score: int
-
-
 class RouteReferral(BaseModel):
     """Route (or re-route) a referral; `preceding` is the rejection or lapse that made it
     necessary, recorded in the same transaction as the new assignment."""
@@ -134,6 +120,23 @@ class RouteReferral(BaseModel):
     actor: str
     #: Recorded as the acceptance deadline when someone is assigned.
     accept_deadline: datetime
+
+
+class OpenReferral(BaseModel):
+    """The referral as created: the activity records it, scores it and routes it (`route`,
+    whose `preceding` is None), all in one transaction."""
+
+    input: ReferralInput
+    workflow_id: str
+    created: HistoryEntry
+    route: RouteReferral
+
+
+class ReferralOpened(BaseModel):
+    lead_score: int
+    lead_score_factors: list[dict[str, Any]]
+    referrer_score: int
+    routed: Routed
 
 
 class ReferralChange(BaseModel):

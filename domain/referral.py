@@ -206,4 +206,3 @@ class Routed(BaseModel):
     """What the routing activity decided and recorded."""
 
     decision: RoutingDecision
-    assignee_email: str | None = None

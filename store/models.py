@@ -204,6 +204,17 @@ class ReferralHistory(Base):
     assignee_id: Mapped[str | None] = mapped_column(String(64), index=True)
 
 
+class EmployeeWorkload(Base):
+    """Each employee's open referrals (assigned or accepted) and last assignment, kept by
+    the referral activities in the same transactions that change a referral's assignee or
+    status, so routing reads one small table instead of counting referrals."""
+
+    __tablename__ = "employee_workload"
+    employee_id: Mapped[str] = mapped_column(ForeignKey("employees.id"), primary_key=True)
+    open_referrals: Mapped[int] = mapped_column(Integer, default=0)
+    last_assigned_at: Mapped[datetime | None] = mapped_column()
+
+
 class LeadFeatureCount(Base):
     """The lead-scoring model: won/lost counts per feature value, updated as referrals are
     decided. The row (feature "*", value "*") holds the totals."""

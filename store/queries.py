@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 
 from datetime import datetime, timedelta
 
-from sqlalchemy import case, func, select
+from sqlalchemy import case, func, select, tuple_
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from domain.scoring import priority, referrer_score
@@ -55,24 +55,40 @@ async def opportunity_record(session: AsyncSession, opportunity_id: str) -> Oppo
     return (await opportunity_records(session, [opp]))[0]
 
 
-async def referrer_scores(session: AsyncSession, referrer_ids: list[str], since: datetime) -> dict[str, int]:
+#: A referrer is its type and id together: a partner's id may look like an employee's.
+ReferrerKey = tuple[str, str]
+
+
+async def referrer_scores(
+    session: AsyncSession, referrers: list[ReferrerKey], since: datetime
+) -> dict[ReferrerKey, int]:
     """Current referrer scores (domain/scoring.py) over referrals decided since `since`."""
     converted = func.sum(case((Referral.status == "converted", 1), else_=0))
     in_window = (Referral.decided_at.is_not(None), Referral.decided_at >= since)
-    bank_decided, bank_converted = (await session.execute(select(func.count(), converted).where(*in_window))).one()
-    per = {
-        rid: (int(conv or 0), int(dec))
-        for rid, dec, conv in await session.execute(
-            select(Referral.referrer_id, func.count(), converted)
-            .where(*in_window, Referral.referrer_id.in_(referrer_ids))
-            .group_by(Referral.referrer_id)
-        )
-    }
+    keys = sorted(set(referrers))
+    if len(keys) == 1:  # one query: the bank's totals and the referrer's, side by side
+        mine = (Referral.referrer_type == keys[0][0]) & (Referral.referrer_id == keys[0][1])
+        row = (await session.execute(select(
+            func.count(), converted,
+            func.sum(case((mine, 1), else_=0)),
+            func.sum(case((mine & (Referral.status == "converted"), 1), else_=0)),
+        ).where(*in_window))).one()
+        bank_decided, bank_converted = int(row[0] or 0), int(row[1] or 0)
+        per = {keys[0]: (int(row[3] or 0), int(row[2] or 0))}
+    else:
+        bank_decided, bank_converted = (await session.execute(select(func.count(), converted).where(*in_window))).one()
+        bank_decided, bank_converted = int(bank_decided or 0), int(bank_converted or 0)
+        per = {
+            (rtype, rid): (int(conv or 0), int(dec))
+            for rtype, rid, dec, conv in await session.execute(
+                select(Referral.referrer_type, Referral.referrer_id, func.count(), converted)
+                .where(*in_window, tuple_(Referral.referrer_type, Referral.referrer_id).in_(keys))
+                .group_by(Referral.referrer_type, Referral.referrer_id)
+            )
+        }
     return {
-        rid: referrer_score(
-            *per.get(rid, (0, 0)), bank_converted=int(bank_converted or 0), bank_decided=int(bank_decided or 0)
-        )
-        for rid in set(referrer_ids)
+        key: referrer_score(*per.get(key, (0, 0)), bank_converted=bank_converted, bank_decided=bank_decided)
+        for key in keys
     }
 
 
@@ -96,10 +112,10 @@ async def referral_records(
         select(ReferralHistory).where(ReferralHistory.referral_id.in_(ids)).order_by(ReferralHistory.seq)
     ):
         history[h.referral_id].append(h)
-    scores = await referrer_scores(session, [r.referrer_id for r in referrals], now - window)
+    scores = await referrer_scores(session, [(r.referrer_type, r.referrer_id) for r in referrals], now - window)
     out = []
     for r in referrals:
-        score = scores[r.referrer_id]
+        score = scores[(r.referrer_type, r.referrer_id)]
         open_ = r.decided_at is None
         prio = priority(r.lead_score, score, (now - r.created_at) if open_ else timedelta(0), accept_sla)
         out.append(ReferralRecord(r, history[r.id], score, prio))

@@ -27,3 +27,32 @@ async def checking_to_opened(api: Api) -> dict:
                     {"phone": "+12125550100", "message_id": "SM-1", "text": "YES",
                      "received_at": "2026-11-25T09:00:00+00:00"})
     return (await api.event("account.opened", opp["id"], {"account_number": "CHK-1"})).json()["opportunity"]
+
+
+async def referral_converted(api: Api) -> dict:
+    """Kiara's referral: routed to Bob, accepted, converted."""
+    from tests.test_referrals import refer, staff, territory
+
+    state = territory()
+    people = await staff(api, state)
+    ref = await refer(api, people["ryan"], state)
+    bob = people["bob"]
+    await api.post(f"/v1/referrals/{ref['id']}/accept", {"actor_id": bob["id"]}, expect=200)
+    return (await api.post(f"/v1/referrals/{ref['id']}/convert",
+                           {"actor_id": bob["id"], "need": {"kind": "buy_home", "description": "A home"}},
+                           expect=200)).json()
+
+
+async def referral_rejected_reassigned_closed(api: Api) -> dict:
+    from tests.test_referrals import refer, staff, territory
+
+    state = territory()
+    people = await staff(api, state)
+    ref = await refer(api, people["ryan"], state)
+    ref = (await api.post(f"/v1/referrals/{ref['id']}/reject",
+                          {"actor_id": people["bob"]["id"], "reason": "too busy"}, expect=200)).json()
+    ref = (await api.post(f"/v1/referrals/{ref['id']}/reassign",
+                          {"actor_id": people["kevin"]["id"], "to_employee_id": people["bob"]["id"]},
+                          expect=200)).json()
+    return (await api.post(f"/v1/referrals/{ref['id']}/close",
+                           {"actor_id": people["kevin"]["id"], "reason": "customer withdrew"}, expect=200)).json()

@@ -17,7 +17,12 @@ from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.worker import Replayer
 
 from tests.conftest import Api
-from tests.journeys import checking_to_opened, mortgage_to_closed_won
+from tests.journeys import (
+    checking_to_opened,
+    mortgage_to_closed_won,
+    referral_converted,
+    referral_rejected_reassigned_closed,
+)
 from worker import WORKFLOWS
 
 HISTORIES = Path(__file__).parent / "histories"
@@ -35,7 +40,8 @@ async def test_saved_history_replays(path: Path) -> None:
 
 def test_histories_are_saved() -> None:
     names = {p.stem for p in HISTORIES.glob("*.json")}
-    assert {"mortgage-closed-won", "mortgage-declined-resent-won", "checking-opened"} <= names
+    assert {"mortgage-closed-won", "mortgage-declined-resent-won", "checking-opened", "referral-converted",
+            "referral-rejected-reassigned-closed"} <= names
 
 
 async def test_fresh_journeys_replay(api: Api, client: Client) -> None:
@@ -43,6 +49,8 @@ async def test_fresh_journeys_replay(api: Api, client: Client) -> None:
         "mortgage-closed-won": await mortgage_to_closed_won(api),
         "mortgage-declined-resent-won": await mortgage_to_closed_won(api, decline_first=True),
         "checking-opened": await checking_to_opened(api),
+        "referral-converted": await referral_converted(api),
+        "referral-rejected-reassigned-closed": await referral_rejected_reassigned_closed(api),
     }
     for name, opp in journeys.items():
         handle = client.get_workflow_handle(opp["workflow_id"])

@@ -351,3 +351,19 @@ def test_invalid_file_names_file(tmp_path: Path, doc: Any, message: str) -> None
 def test_missing_file_is_named(tmp_path: Path) -> None:
     with pytest.raises(RoutingRulesError, match="nowhere.yaml: cannot read routing rules"):
         load_routing_rules(tmp_path / "nowhere.yaml")
+
+
+def test_the_api_refuses_to_start_on_invalid_routing_rules(tmp_path: Path) -> None:
+    """A bank's typo stops the service at start, saying where, not at the first referral."""
+    from api.app import create_app
+    from config import Settings
+
+    bad = tmp_path / "routing.yaml"
+    bad.write_text(
+        "version: 1\nfallback_queue: q\nrules:\n"
+        "  - name: brokers\n    pool: {territory: everywhere}\n"
+    )
+    with pytest.raises(RoutingRulesError) as err:
+        create_app(Settings(routing_rules=bad, database_url="sqlite:///:memory:"))
+    message = str(err.value)
+    assert str(bad) in message and "rule 'brokers' (#1)" in message and "pool.territory" in message

@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises: 
-Create Date: 2026-11-25 12:46:59.900330+00:00
+Create Date: 2026-11-25 12:54:47.224689+00:00
 """
 
 from __future__ import annotations
@@ -86,6 +86,13 @@ def upgrade() -> None:
     with op.batch_alter_table('customers', schema=None) as batch_op:
         batch_op.create_index(batch_op.f('ix_customers_household_id'), ['household_id'], unique=False)
 
+    op.create_table('employee_workload',
+    sa.Column('employee_id', sa.String(length=64), nullable=False),
+    sa.Column('open_referrals', sa.Integer(), nullable=False),
+    sa.Column('last_assigned_at', sa.DateTime(timezone=True), nullable=True),
+    sa.ForeignKeyConstraint(['employee_id'], ['employees.id'], name=op.f('fk_employee_workload_employee_id_employees')),
+    sa.PrimaryKeyConstraint('employee_id', name=op.f('pk_employee_workload'))
+    )
     op.create_table('idempotency_keys',
     sa.Column('api_key_id', sa.String(length=64), nullable=False),
     sa.Column('key', sa.String(length=200), nullable=False),
@@ -342,6 +349,7 @@ def downgrade() -> None:
     op.drop_table('customer_signals')
     op.drop_table('outbox')
     op.drop_table('idempotency_keys')
+    op.drop_table('employee_workload')
     with op.batch_alter_table('customers', schema=None) as batch_op:
         batch_op.drop_index(batch_op.f('ix_customers_household_id'))
 

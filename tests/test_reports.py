@@ -1,0 +1,274 @@
+"""Reports (scope reports:read): referral analytics by referrer and the pipeline, as SQL
+over the store. The session database is shared by every test, so each test builds its
+data in a territory of its own, reads its own referrers' rows, and checks global counts
+as differences between a report read before and one read after."""
+
+from __future__ import annotations
+
+import math
+import uuid
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from typing import Any
+
+import pytest
+from sqlalchemy import Engine
+from sqlalchemy.orm import Session
+
+from store.db import make_sync_engine
+from store.models import Referral
+from store.reports import AGE_BANDS, BAND_NAMES, TOP_AGE_BAND, age_band
+from tests.conftest import Api
+from tests.test_referrals import refer, staff, territory
+
+REFERRERS = "/v1/reports/referrers"
+PIPELINE = "/v1/reports/pipeline"
+
+
+@pytest.fixture
+def db(database_url: str) -> Iterator[Engine]:
+    engine = make_sync_engine(database_url)
+    yield engine
+    engine.dispose()
+
+
+def insert_referral(db: Engine, *, referrer: tuple[str, str], created_ago: timedelta, status: str = "unassigned",
+                    decided_ago: timedelta | None = None, assignee_id: str | None = None) -> str:
+    """A referral row written straight to the store (test data with a past created_at)."""
+    now = datetime.now(UTC)
+    rid = f"ref_test_{uuid.uuid4().hex}"
+    with Session(db) as session, session.begin():
+        session.add(Referral(
+            id=rid, status=status, referrer_type=referrer[0], referrer_id=referrer[1], referrer_line_of_business=None,
+            prospect={"name": "Old Prospect"}, expressed_interest="mortgage", source=referrer[0],
+            assignee_id=assignee_id, lead_score=30, lead_score_factors=[], features={},
+            workflow_id=f"referral-{rid}", last_seq=1, created_at=now - created_ago,
+            decided_at=(now - decided_ago) if decided_ago is not None else None,
+        ))
+    return rid
+
+
+async def referrers(api: Api, **params: Any) -> dict:
+    query = "&".join(f"{k}={v}" for k, v in {"limit": 1000, **params}.items())
+    return (await api.get(f"{REFERRERS}?{query}")).json()
+
+
+def row(report: dict, referrer_id: str) -> dict | None:
+    found = [i for i in report["items"] if i["referrer"]["id"] == referrer_id]
+    assert len(found) <= 1
+    return found[0] if found else None
+
+
+async def decide(api: Api, ref: dict, actor: dict, *, convert: bool) -> None:
+    if convert:
+        await api.post(f"/v1/referrals/{ref['id']}/accept", {"actor_id": actor["id"]}, expect=200)
+        await api.post(f"/v1/referrals/{ref['id']}/convert",
+                       {"actor_id": actor["id"], "need": {"kind": "buy_home", "description": "A home"}}, expect=200)
+    else:
+        await api.post(f"/v1/referrals/{ref['id']}/close", {"actor_id": actor["id"], "reason": "not moving"},
+                       expect=200)
+
+
+async def test_referrer_rows_counts_score_and_order(api: Api) -> None:
+    state = territory()
+    people = await staff(api, state)
+    ryan, bob, kevin = people["ryan"], people["bob"], people["kevin"]
+    good = await api.employee(role="advisor", lob="wealth", name="Good Referrer", email=f"good.{state}@bank.example",
+                              products=[], states=[state])
+    before = await referrers(api)
+
+    # Good (wealth): 2 converted and 1 closed of 4, all to Bob (mortgage): every one cross-LOB.
+    made = [await refer(api, good, state, name=f"Prospect {i}") for i in range(4)]
+    await decide(api, made[0], bob, convert=True)
+    await decide(api, made[1], bob, convert=True)
+    await decide(api, made[2], bob, convert=False)
+    # Kevin (mortgage) -> Bob (mortgage): same line of business; closed, none converted.
+    await decide(api, await refer(api, kevin, state, name="From Kevin"), bob, convert=False)
+    # Ryan (wealth): one to Bob (cross-LOB), one nobody sells here (unassigned: not cross-LOB).
+    await refer(api, ryan, state, name="From Ryan")
+    await refer(api, ryan, state, name="Insured", interest="insurance")
+
+    report = await referrers(api)
+    assert report["window_days"] == 90  # settings.referrer_window_days
+    bank = report["bank"]
+    assert bank["referrals"] - before["bank"]["referrals"] == 7
+    assert bank["decided"] - before["bank"]["decided"] == 4
+    assert bank["converted"] - before["bank"]["converted"] == 2
+    assert bank["conversion_rate"] == pytest.approx(bank["converted"] / bank["decided"])
+
+    g = row(report, good["id"])
+    assert g is not None
+    assert g["referrer"] == {"type": "employee", "id": good["id"], "name": "Good Referrer"}
+    assert (g["referrals"], g["decided"], g["converted"], g["cross_lob"]) == (4, 3, 2, 4)
+    assert g["conversion_rate"] == pytest.approx(2 / 3)
+    # The documented formula (domain/scoring.py), by hand, from the bank totals reported.
+    bank_rate = bank["converted"] / bank["decided"]
+    assert g["referrer_score"] == math.floor(100 * (2 + 5 * bank_rate) / (3 + 5) + 0.5)
+    # ... and the same score the referral itself shows.
+    shown = (await api.get(f"/v1/referrals/{made[3]['id']}")).json()["referrer_score"]
+    assert shown == g["referrer_score"]
+
+    k = row(report, kevin["id"])
+    assert k is not None and k["referrer"]["name"] == "Kevin"
+    assert (k["referrals"], k["decided"], k["converted"], k["cross_lob"], k["conversion_rate"]) == (1, 1, 0, 0, 0.0)
+    assert k["referrer_score"] == math.floor(100 * (0 + 5 * bank_rate) / (1 + 5) + 0.5)
+
+    r = row(report, ryan["id"])
+    assert r is not None
+    assert (r["referrals"], r["decided"], r["converted"], r["cross_lob"], r["conversion_rate"]) == (2, 0, 0, 1, None)
+    assert r["referrer_score"] == math.floor(100 * bank_rate + 0.5)
+
+    # Top referrers first: a referrer with conversions ranks above one without.
+    ids = [i["referrer"]["id"] for i in report["items"]]
+    assert ids.index(good["id"]) < ids.index(kevin["id"])
+    keys = [(-i["referrer_score"], -i["converted"], -i["referrals"], i["referrer"]["id"]) for i in report["items"]]
+    assert keys == sorted(keys)
+    # `limit` keeps the top of that order.
+    top = await referrers(api, limit=2)
+    assert top["items"] == report["items"][:2]
+    assert row(report, bob["id"]) is None  # Bob made no referral
+
+
+async def test_window_days_leaves_older_referrals_out(api: Api, db: Engine) -> None:
+    state = territory()
+    people = await staff(api, state)
+    partner = f"partner-{state}"
+    dormant = f"dormant-{state}"
+    # Made and converted long ago, then a new (open) one through the API.
+    insert_referral(db, referrer=("partner", partner), status="converted", created_ago=timedelta(days=200),
+                    decided_ago=timedelta(days=150))
+    insert_referral(db, referrer=("partner", dormant), status="closed", created_ago=timedelta(days=200),
+                    decided_ago=timedelta(days=150))
+    body = {"referrer": {"type": "partner", "id": partner},
+            "prospect": {"name": "Partner Lead", "city": "San Francisco", "state": state},
+            "expressed_interest": "mortgage"}
+    fresh = (await api.post("/v1/referrals", body, expect=201)).json()
+    assert fresh["assignee_id"] == people["bob"]["id"]
+
+    recent = await referrers(api, window_days=90)
+    p = row(recent, partner)
+    assert p is not None and p["referrer"] == {"type": "partner", "id": partner, "name": None}
+    assert (p["referrals"], p["decided"], p["converted"], p["conversion_rate"], p["cross_lob"]) == (1, 0, 0, None, 0)
+    assert row(recent, dormant) is None  # nothing made within 90 days
+
+    year = await referrers(api, window_days=365)
+    assert year["window_days"] == 365
+    p = row(year, partner)
+    assert p is not None and (p["referrals"], p["decided"], p["converted"], p["conversion_rate"]) == (2, 1, 1, 1.0)
+    b = year["bank"]
+    assert p["referrer_score"] == math.floor(100 * (1 + 5 * b["converted"] / b["decided"]) / (1 + 5) + 0.5)
+    d = row(year, dormant)
+    assert d is not None and (d["referrals"], d["decided"], d["converted"]) == (1, 1, 0)
+    assert year["bank"]["referrals"] >= recent["bank"]["referrals"] + 2
+
+
+def test_age_bands_are_documented_and_half_open() -> None:
+    assert BAND_NAMES == ("<1d", "1-7d", "7-30d", ">=30d") and TOP_AGE_BAND == ">=30d"
+    assert [bound for bound, _ in AGE_BANDS] == [timedelta(days=1), timedelta(days=7), timedelta(days=30)]
+    tick = timedelta(microseconds=1)
+    assert age_band(-timedelta(hours=1)) == age_band(timedelta(0)) == "<1d"
+    assert age_band(timedelta(days=1) - tick) == "<1d" and age_band(timedelta(days=1)) == "1-7d"
+    assert age_band(timedelta(days=7) - tick) == "1-7d" and age_band(timedelta(days=7)) == "7-30d"
+    assert age_band(timedelta(days=30) - tick) == "7-30d" and age_band(timedelta(days=30)) == ">=30d"
+
+
+def _cells(report: dict) -> dict[tuple[str, str], int]:
+    return {(c["status"], c["band"]): c["count"] for c in report["by_status_and_age"]}
+
+
+async def test_pipeline_referrals_by_status_and_age(api: Api, db: Engine) -> None:
+    state = territory()
+    people = await staff(api, state)
+    ryan, bob = people["ryan"], people["bob"]
+    before = (await api.get(PIPELINE)).json()["referrals"]
+
+    await refer(api, ryan, state, name="Assigned")
+    accepted = await refer(api, ryan, state, name="Accepted")
+    await api.post(f"/v1/referrals/{accepted['id']}/accept", {"actor_id": bob["id"]}, expect=200)
+    await decide(api, await refer(api, ryan, state, name="Closed"), bob, convert=False)
+    await refer(api, ryan, state, name="Queued", interest="insurance")  # nobody sells it: unassigned
+    waiting = ("partner", f"old-{state}")
+    minutes = timedelta(minutes=5)
+    insert_referral(db, referrer=waiting, created_ago=timedelta(days=1) + minutes)  # 1-7d
+    insert_referral(db, referrer=waiting, created_ago=timedelta(days=7) - minutes)  # 1-7d
+    insert_referral(db, referrer=waiting, created_ago=timedelta(days=7) + minutes)  # 7-30d
+    insert_referral(db, referrer=waiting, created_ago=timedelta(days=30) + minutes)  # >=30d
+    oldest = insert_referral(db, referrer=waiting, created_ago=timedelta(days=1000))  # >=30d
+    # Decided long ago: by status only, never by age.
+    insert_referral(db, referrer=waiting, status="closed", created_ago=timedelta(days=1000),
+                    decided_ago=timedelta(days=999))
+
+    after = (await api.get(PIPELINE)).json()["referrals"]
+    delta = {s: after["by_status"].get(s, 0) - before["by_status"].get(s, 0)
+             for s in ("assigned", "unassigned", "accepted", "converted", "closed")}
+    assert delta == {"assigned": 1, "unassigned": 6, "accepted": 1, "converted": 0, "closed": 2}
+
+    assert [b["band"] for b in after["by_age_band"]] == ["<1d", "1-7d", "7-30d", ">=30d"]
+    band_delta = {a["band"]: a["open"] - b["open"] for a, b in zip(after["by_age_band"], before["by_age_band"])}
+    assert band_delta == {"<1d": 3, "1-7d": 2, "7-30d": 1, ">=30d": 2}
+    assert after["open_total"] - before["open_total"] == 8
+    assert after["open_total"] == sum(b["open"] for b in after["by_age_band"])
+    assert after["open_total"] == sum(after["by_status"][s] for s in ("assigned", "unassigned", "accepted"))
+
+    cb, ca = _cells(before), _cells(after)
+    assert set(ca) == {(s, b) for s in ("assigned", "unassigned", "accepted") for b in BAND_NAMES}
+    changed = {cell: ca[cell] - cb.get(cell, 0) for cell in ca if ca[cell] != cb.get(cell, 0)}
+    assert changed == {("assigned", "<1d"): 1, ("accepted", "<1d"): 1, ("unassigned", "<1d"): 1,
+                       ("unassigned", "1-7d"): 2, ("unassigned", "7-30d"): 1, ("unassigned", ">=30d"): 2}
+
+    o = after["oldest_open"]
+    assert (o["id"], o["status"], o["assignee_id"]) == (oldest, "unassigned", None)
+    assert o["age_hours"] == pytest.approx(1000 * 24, abs=0.5)
+
+
+async def test_pipeline_opportunities_by_product_and_stage(api: Api) -> None:
+    def cells(report: dict) -> dict[tuple[str, str], tuple[int, Decimal]]:
+        return {(c["product"], c["stage"]): (c["count"], Decimal(c["amount"]))
+                for c in report["opportunities"]["by_product_and_stage"]}
+
+    before = (await api.get(PIPELINE)).json()
+    owner = await api.employee(name="Olga", email=f"olga.{uuid.uuid4().hex[:6]}@bank.example")
+    await api.opportunity(amount="500000.00", owner=owner)
+    lost = await api.opportunity(amount="250000.50", owner=owner)
+    await api.post(f"/v1/opportunities/{lost['id']}/close-lost", {"actor_id": owner["id"], "reason": "rates"},
+                   expect=200)
+    await api.opportunity(product="checking", amount=None, owner=owner)
+    after = (await api.get(PIPELINE)).json()
+
+    for c in after["opportunities"]["by_product_and_stage"]:
+        assert isinstance(c["amount"], str) and Decimal(c["amount"]) == Decimal(c["amount"]).quantize(Decimal("0.01"))
+    cb, ca = cells(before), cells(after)
+    changed = {k: (ca[k][0] - cb.get(k, (0, 0))[0], ca[k][1] - cb.get(k, (0, Decimal(0)))[1])
+               for k in ca if ca[k] != cb.get(k)}
+    assert changed == {("mortgage", "interested"): (1, Decimal("500000.00")),
+                       ("mortgage", "closed_lost"): (1, Decimal("250000.50")),
+                       ("checking", "interested"): (1, Decimal("0"))}
+    sb, sa = before["opportunities"]["by_status"], after["opportunities"]["by_status"]
+    assert {s: sa[s] - sb[s] for s in ("open", "won", "lost")} == {"open": 2, "won": 0, "lost": 1}
+
+
+async def test_reports_need_the_reports_read_scope(api: Api, keys: dict[str, str]) -> None:
+    for path in (REFERRERS, PIPELINE):
+        await api.get(path, key=keys["reports:read"], expect=200)
+        r = await api.get(path, key=keys["crm:write"], expect=403)
+        assert r.json()["error"]["code"] == "forbidden"
+        r = await api.http.get(path)
+        assert r.status_code == 401 and r.json()["error"]["code"] == "unauthenticated"
+
+
+@pytest.mark.parametrize("query", ["window_days=0", "window_days=3651", "window_days=x", "limit=0", "limit=1001"])
+async def test_referrers_report_validates_its_parameters(api: Api, query: str) -> None:
+    r = await api.get(f"{REFERRERS}?{query}", expect=422)
+    assert r.json()["error"]["code"] == "validation_error"
+
+
+async def test_reports_are_in_the_openapi_document(api: Api) -> None:
+    doc = (await api.http.get("/openapi.json")).json()
+    assert "get" in doc["paths"][REFERRERS] and "get" in doc["paths"][PIPELINE]
+    params = {p["name"]: p for p in doc["paths"][REFERRERS]["get"]["parameters"]}
+    assert {"window_days", "limit"} <= set(params)
+    schemas = doc["components"]["schemas"]
+    assert {"ReferrerReportOut", "PipelineReportOut"} <= set(schemas)
+    amount = schemas["ProductStageCount"]["properties"]["amount"]
+    assert amount.get("type") == "string"
