@@ -80,15 +80,18 @@ class ReferralWorkflow:
     async def run(self, input: ReferralInput) -> ReferralState:
         async with self._write_lock:
             created = self._entry("created", input.referrer.id, None)
-            scores: records.ReferralScores = await _act(
+            route = self._route_request(SYSTEM, None)
+            opened: records.ReferralOpened = await _act(
                 records.OPEN_REFERRAL,
-                records.OpenReferral(input=input, workflow_id=workflow.info().workflow_id, created=created),
-                records.ReferralScores,
+                records.OpenReferral(
+                    input=input, workflow_id=workflow.info().workflow_id, created=created, route=route
+                ),
+                records.ReferralOpened,
             )
-            self.state.lead_score = scores.lead_score
-            self.state.lead_score_factors = [Factor.model_validate(f) for f in scores.lead_score_factors]
-            self.state.referrer_score = scores.referrer_score
-            await self._route(SYSTEM)
+            self.state.lead_score = opened.lead_score
+            self.state.lead_score_factors = [Factor.model_validate(f) for f in opened.lead_score_factors]
+            self.state.referrer_score = opened.referrer_score
+            await self._routed(route, opened.routed)
         self._ready = True
         while self.state.status not in ("converted", "closed"):
             await self._watch_slas()
@@ -273,36 +276,36 @@ class ReferralWorkflow:
         self._publish()
         return entry
 
-    async def _route(self, actor: str, preceding: HistoryEntry | None = None) -> None:
-        """Route (or re-route) the referral and tell whoever must know. Holds the write lock."""
+    def _route_request(self, actor: str, preceding: HistoryEntry | None) -> records.RouteReferral:
         self.state.status = "routing"
-        seq = len(self.state.history) + 1
         now = workflow.now()
-        routed: Routed = await _act(
-            records.ROUTE_REFERRAL,
-            records.RouteReferral(
-                referral_id=self.input.referral_id, preceding=preceding, rules=self.input.rules,
-                facts=self.input.facts(),
-                exclude=list(self.state.excluded), seq=seq, at=now, actor=actor,
-                accept_deadline=now + timedelta(seconds=self.input.sla.accept_seconds),
-            ),
-            Routed,
+        return records.RouteReferral(
+            referral_id=self.input.referral_id, preceding=preceding, rules=self.input.rules,
+            facts=self.input.facts(), exclude=list(self.state.excluded), seq=len(self.state.history) + 1,
+            at=now, actor=actor, accept_deadline=now + timedelta(seconds=self.input.sla.accept_seconds),
         )
+
+    async def _route(self, actor: str, preceding: HistoryEntry | None = None) -> None:
+        """Re-route the referral and tell whoever must know. Holds the write lock."""
+        req = self._route_request(actor, preceding)
+        await self._routed(req, await _act(records.ROUTE_REFERRAL, req, Routed))
+
+    async def _routed(self, req: records.RouteReferral, routed: Routed) -> None:
         d = routed.decision
         status = "assigned" if d.assignee_id else "unassigned"
         self.state.assignee_id = d.assignee_id
         self.state.queue = d.queue
-        self.state.sla_deadline = now + timedelta(seconds=self.input.sla.accept_seconds) if d.assignee_id else None
-        self.state.history.append(
-            HistoryEntry(seq=seq, status=status, at=now, actor=actor, note=d.reason, assignee_id=d.assignee_id)
-        )
+        self.state.sla_deadline = req.accept_deadline if d.assignee_id else None
+        self.state.history.append(HistoryEntry(
+            seq=req.seq, status=status, at=req.at, actor=req.actor, note=d.reason, assignee_id=d.assignee_id
+        ))
         self.state.status = status  # type: ignore[assignment]
         self._changes += 1
         self._publish()
         if d.assignee_id:
-            await self._notify_locked("assigned", str(seq), d.assignee_id)
+            await self._notify_locked("assigned", str(req.seq), d.assignee_id)
         else:
-            await self._notify_locked("unassigned", str(seq), None, note=d.reason)
+            await self._notify_locked("unassigned", str(req.seq), None, note=d.reason)
 
     async def _record(self, entry: HistoryEntry, **extra) -> None:  # noqa: ANN003
         await workflow.wait_condition(lambda: self._ready)
