@@ -15,10 +15,19 @@ Commands:
       An opportunity's stage and status, its checkpoints as a table (stage, entered at,
       trigger, actor, evidence) and its e-signature request, if any.
 
-  demo [--run-id ID]
-      Play Rachel's story (seed 000) against the running stack: her checking account
-      (interested, SMS authorisation, account opened), then her mortgage from interested
-      to closed_won, signed on the local signing page; prints her customer journey.
+  referral show REFERRAL_ID
+      A referral's status, assignee, lead score (with its top factors), referrer score,
+      priority and its history as a table (status, at, actor, assignee, note).
+
+  demo [--run-id ID] [--only rachel|kiara]
+      Play two stories against the running stack. Rachel's (seed 000): her checking
+      account (interested, SMS authorisation, account opened), then her mortgage from
+      interested to closed_won, signed on the local signing page; prints her customer
+      journey. Then Kiara's referral (seed 003): Ryan, a wealth advisor, refers her
+      mortgage need; routing picks Bob, a mortgage broker, who is e-mailed, accepts, sees
+      her in his list and converts her into a customer with a mortgage opportunity; Ryan's
+      referrer score before and after. The referral's employees work in a state made up
+      for the run (CA-<run id>), so routing only ever sees this run's Bob.
       Every step carries an Idempotency-Key (events an id) derived from the run id, so a
       retried step, or the whole demo re-run with the same --run-id, duplicates nothing.
 
@@ -202,6 +211,27 @@ def consent_table(consents: Sequence[Json], indent: str = "") -> list[str]:
     return _table(["CHANNEL", "PRODUCT", "OPPORTUNITY", "GRANTED AT", "EVIDENCE"], rows, indent)
 
 
+def factors_text(referral: Json) -> str:
+    """`value_band=250k-1M raises 0.41, city=… lowers 0.2`: what moved the lead score."""
+    factors = referral.get("lead_score_factors") or []
+    if not factors:
+        return "no factors: nothing moved it off the prior"
+    return ", ".join(f"{f['feature']}={_value(f['value'])} {f['effect']} {f['weight']:g}" for f in factors)
+
+
+def history_table(history: Sequence[Json], indent: str = "") -> list[str]:
+    rows = [[h["status"], _when(h["at"]), h["actor"], h.get("assignee_id") or "-", h.get("note") or "-"]
+            for h in history]  # fmt: skip
+    return _table(["STATUS", "AT", "ACTOR", "ASSIGNEE", "NOTE"], rows, indent)
+
+
+def prospect_text(p: Mapping[str, Any]) -> str:
+    """`Kiara Jones (prospect: +1…, kiara@…, Acme, San Francisco CA)`."""
+    place = " ".join(x for x in (p.get("city"), p.get("state")) if x)
+    details = ", ".join(x for x in (p.get("phone"), p.get("email"), p.get("employer"), place) if x)
+    return f"{p.get('name', '?')} (prospect" + (f": {details})" if details else ")")
+
+
 def signature_line(sig: Json | None) -> str | None:
     if not sig:
         return None
@@ -284,6 +314,39 @@ def show_timeline(http: httpx.Client, out: Out, opportunity_id: str) -> Json:
     return opp
 
 
+def show_referral(http: httpx.Client, out: Out, referral_id: str) -> Json:
+    """GET /v1/referrals/{id}, printed for a person."""
+    ref = _get(http, f"/v1/referrals/{referral_id}")
+    head = f"referral {ref['id']} · {ref['expressed_interest']}"
+    if ref.get("value"):
+        head += f" · value {ref['value']}"
+    head += f" · referred by {ref['referrer']['type']} {ref['referrer']['id']}"
+    head += f" · created {_when(ref['created_at'])}"
+    out(head)
+    whom = [prospect_text(ref["prospect"])] if ref.get("prospect") else []
+    if ref.get("customer_id"):
+        whom.append(f"customer {ref['customer_id']}")
+    out(f"for {' · '.join(whom) or '-'}")
+    if ref.get("notes"):
+        out(f"notes: {ref['notes']}")
+    status = f"status {ref['status']}"
+    if ref.get("close_reason"):
+        status += f" ({ref['close_reason']})"
+    status += f" · assignee {ref.get('assignee_id') or '-'}"
+    if ref.get("queue"):
+        status += f" · queue {ref['queue']}"
+    if ref.get("sla_deadline"):
+        status += f" · SLA {_when(ref['sla_deadline'])}"
+    if ref.get("opportunity_id"):
+        status += f" · opportunity {ref['opportunity_id']}"
+    out(f"{status} · workflow {ref['workflow_id']}")
+    scores = f"referrer score {ref['referrer_score']}/100 · priority {ref['priority']:.2f}"
+    out(f"lead score {ref['lead_score']}/99 ({factors_text(ref)}) · {scores}")
+    for line in history_table(ref["history"]):
+        out(line)
+    return ref
+
+
 def create_api_key(database_url: str, name: str, scopes: Sequence[str]) -> str:
     """Register a new key straight in the database; returns it (only its hash is kept)."""
     from sqlalchemy.exc import SQLAlchemyError
@@ -313,8 +376,12 @@ def create_api_key(database_url: str, name: str, scopes: Sequence[str]) -> str:
 # ------------------------------------------------------------------------------ demo
 
 
+STORIES = ("rachel", "kiara")
+
+
 class Demo:
-    """Rachel's story (seed 000) through the API, each step keyed by the run id."""
+    """Rachel's story (seed 000) and Kiara's referral (seed 003) through the API, each
+    step keyed by the run id."""
 
     def __init__(self, http: httpx.Client, out: Out, run_id: str):
         self.http = http
@@ -339,14 +406,23 @@ class Demo:
             self.out(f"  event     {type_} → {_stage(opp)}")
         return opp
 
-    def run_all(self) -> Json:
-        self.out(f"needflow demo: Rachel's journey (seed 000) · run {self.run} · API {self.http.base_url}")
+    def run_all(self, only: str | None = None) -> dict[str, Json]:
+        """Both stories, or `only` one; what each ended with: Rachel's mortgage
+        opportunity, Kiara's referral."""
+        titles = {"rachel": "Rachel's journey (seed 000)", "kiara": "Kiara's referral (seed 003)"}
+        stories = [only] if only else list(STORIES)
+        what = " and ".join(titles[s] for s in stories)
+        self.out(f"needflow demo: {what} · run {self.run} · API {self.http.base_url}")
         _get(self.http, "/healthz")
-        matt, dan, rachel = self.people()
-        self.checking_account(rachel, matt)
-        opp = self.mortgage(rachel, dan)
-        self.journey(rachel["id"])
-        return opp
+        done: dict[str, Json] = {}
+        if "rachel" in stories:
+            matt, dan, rachel = self.people()
+            self.checking_account(rachel, matt)
+            done["rachel"] = self.mortgage(rachel, dan)
+            self.journey(rachel["id"])
+        if "kiara" in stories:
+            done["kiara"] = self.kiara()
+        return done
 
     def people(self) -> tuple[Json, Json, Json]:
         def employee(name: str, role: str, lob: str, product: str) -> Json:
@@ -456,13 +532,143 @@ class Demo:
             self.out(line)
         return journey
 
+    # -------------------------------------------------------------- Kiara's referral
 
-def run_demo(http: httpx.Client, out: Out, *, run_id: str | None = None, ui_url: str | None = None) -> Json:
-    """Play the demo; returns the mortgage opportunity (closed_won)."""
-    opp = Demo(http, out, run_id or secrets.token_hex(4)).run_all()
-    hint = f"; in the Temporal Web UI ({ui_url}) search Stage=\"closed_won\"" if ui_url else ""
-    out(f"done: mortgage opportunity {opp['id']} is {opp['stage']} (workflow {opp['workflow_id']}){hint}")
-    return opp
+    def referral_people(self, state: str, city: str) -> tuple[Json, Json, Json]:
+        """Kevin, Ryan and Bob, working in the run's own territory."""
+
+        def employee(name: str, role: str, lob: str, products: list[str], manager: str | None = None) -> Json:
+            body: Json = {"name": name, "email": f"{name.lower()}@cumulus.example", "role": role,
+                          "line_of_business": lob, "products": products, "cities": [city], "states": [state],
+                          "capacity": 20}  # fmt: skip
+            if manager:
+                body["manager_id"] = manager
+            return self.post(name.lower(), "/v1/employees", body)
+
+        kevin = employee("Kevin", "manager", "mortgage", [])
+        ryan = employee("Ryan", "advisor", "wealth", ["wealth"])
+        bob = employee("Bob", "mortgage_broker", "mortgage", ["mortgage"], kevin["id"])
+        # Routing weighs every employee in the bank, earlier demo runs' Bobs too: a state of
+        # the run's own keeps this run's referral with this run's Bob.
+        self.out(f"referral people · {city}, state {state} (a state made up for this run, so routing, which "
+                 "weighs every employee in the bank, finds this run's alone)")  # fmt: skip
+        for who, what in ((kevin, "manager (mortgage)"), (ryan, "wealth advisor"),
+                          (bob, "mortgage broker, reports to Kevin")):  # fmt: skip
+            self.out(f"  {who['name']:<9} {what:<34} {who['id']}")
+        return kevin, ryan, bob
+
+    def kiara(self) -> Json:
+        """Seed 003: Ryan (wealth) refers Kiara's mortgage need; routing picks Bob, who is
+        e-mailed, accepts, sees her in his list and converts her; Ryan's referrer score
+        before and after. Returns the referral as it now is (converted)."""
+        state, city = f"CA-{self.run}", "San Francisco"
+        kevin, ryan, bob = self.referral_people(state, city)
+        names = {kevin["id"]: "Kevin", ryan["id"]: "Ryan", bob["id"]: "Bob"}
+        self.out("Kiara's referral")
+        ref = self.post("referral-kiara", "/v1/referrals", {
+            "referrer": {"type": "employee", "id": ryan["id"]},
+            "prospect": {"name": "Kiara Jones", "phone": "+14155550123", "email": "kiara.jones@example.com",
+                         "employer": "Acme Robotics", "city": city, "state": state},
+            "expressed_interest": "mortgage", "value": "500000.00",
+            "notes": "Ryan's wealth client: buying her first home in San Francisco, needs a mortgage",
+        })  # fmt: skip
+        rid = ref["id"]
+        earlier = _get(self.http, f"/v1/referrals/{rid}")  # how far an earlier run with this id got
+        done_before = {h["status"] for h in earlier["history"]}
+        then = " (in an earlier run)" if done_before - {"created", "assigned"} else ""
+        kiara = prospect_text(ref["prospect"])
+        self.out(f"  referred  by Ryan{then} · {kiara} · mortgage {ref['value']} · {rid}")
+        # The answer to its creation (replayed on a re-run): routing, scoring and the e-mail are done.
+        assignee = ref.get("assignee_id")
+        picked = names.get(assignee, assignee) if assignee else f"nobody (queue {ref.get('queue')})"
+        self.out(f"  routed    → {picked}: {ref['history'][-1].get('note') or '-'}")
+        if assignee != bob["id"]:
+            raise CliError(f"routing gave referral {rid} to {picked}, not to this run's Bob ({bob['id']})", 1)
+        self.out(f"  scores    lead {ref['lead_score']}/99 ({factors_text(ref)})")
+        self.out(f"            referrer {ref['referrer_score']}/100 (Ryan has no decided referral yet: the "
+                 f"bank-wide rate) · priority {ref['priority']:.2f}")  # fmt: skip
+        try:
+            mails = _get(self.http, f"/v1/outbox?to_employee_id={bob['id']}&limit=1")["items"]
+        except ApiFailure as exc:
+            if exc.status != 403:
+                raise
+            mails = None
+            self.out("  e-mail    not shown: reading the outbox needs a key with reports:read")
+        if mails:
+            mail = mails[0]
+            sent = mail.get("sent_at")
+            how = f"sent {_when(sent)}" if sent else "in the outbox: no SMTP server configured"
+            self.out(f"  e-mail    to Bob <{mail['to_address']}>: \"{mail['subject']}\" ({how})")
+        elif mails is not None:
+            self.out("  e-mail    none to Bob in the outbox")
+
+        bob_acts = {"actor_id": bob["id"]}
+        accepted = self.post("accept-kiara", f"/v1/referrals/{rid}/accept", bob_acts, expect=200)
+        self.out("  accepted  by Bob" + (" in an earlier run" if "accepted" in done_before else ""))
+        self.bobs_list(bob, converted_before=earlier["status"] == "converted")
+
+        need = {"kind": "buy_home", "description": "Buy her first home in San Francisco"}
+        converted = self.post("convert-kiara", f"/v1/referrals/{rid}/convert",
+                              {**bob_acts, "need": need}, expect=200)  # fmt: skip
+        again = " in an earlier run" if earlier["status"] == "converted" else ""
+        self.out(f"  converted by Bob{again}: need {need['kind']} \"{need['description']}\"")
+        customer = _get(self.http, f"/v1/customers/{converted['customer_id']}")
+        opp = _get(self.http, f"/v1/opportunities/{converted['opportunity_id']}")
+        self.out(f"    customer     {customer['id']} · {customer['name']} "
+                 f"· household {customer['household_id']}")  # fmt: skip
+        self.out(f"    need         {opp['need_id']}")
+        owner = names.get(opp["owner_id"], opp["owner_id"])
+        self.out(f"    opportunity  {opp['id']} · {opp['product']} {_stage(opp)} · amount {opp['amount']} "
+                 f"· owner {owner} · referral {opp['referral_id']}")  # fmt: skip
+
+        now = _get(self.http, f"/v1/referrals/{rid}")
+        before, after = accepted["referrer_score"], converted["referrer_score"]
+        if after > before:
+            trend = "up: his referral converted"
+        elif after == before == 100:
+            trend = "unchanged: every referral the bank decided converted, so he was at 100 already"
+        else:
+            trend = "unchanged" if after == before else "down"
+        then = f", in an earlier run; now {now['referrer_score']}" if again else ""
+        self.out(f"  referrer  Ryan's referrer score {before} → {after} ({trend}){then}")
+        return now
+
+    def bobs_list(self, bob: Json, converted_before: bool) -> list[Json]:
+        """What Bob sees: his open referrals, highest priority first."""
+        items = _get(self.http, f"/v1/employees/{bob['id']}/referrals")["items"]
+        self.out("  Bob's open referrals (GET /v1/employees/{id}/referrals), highest priority first")
+        rows = [
+            [f"{r['priority']:.2f}", str(r["lead_score"]), str(r["referrer_score"]), r["status"], r["id"],
+             (r.get("prospect") or {}).get("name") or r.get("customer_id") or "-", r.get("value") or "-"]
+            for r in items
+        ]  # fmt: skip
+        if rows:
+            heads = ["PRIORITY", "LEAD", "REFERRER", "STATUS", "REFERRAL", "FOR", "VALUE"]
+            for line in _table(heads, rows, "    "):
+                self.out(line)
+        else:
+            self.out("    none" + (": Kiara's was converted in an earlier run" if converted_before else ""))
+        return items
+
+
+def run_demo(http: httpx.Client, out: Out, *, run_id: str | None = None, ui_url: str | None = None,
+             only: str | None = None) -> dict[str, Json]:  # fmt: skip
+    """Play the demo; returns Rachel's mortgage opportunity (closed_won) under `rachel` and
+    Kiara's referral (converted) under `kiara`, for the stories played."""
+    done = Demo(http, out, run_id or secrets.token_hex(4)).run_all(only)
+    searches = []
+    if "rachel" in done:
+        opp = done["rachel"]
+        out(f"done: mortgage opportunity {opp['id']} is {opp['stage']} (workflow {opp['workflow_id']})")
+        searches.append('Stage="closed_won"')
+    if "kiara" in done:
+        ref = done["kiara"]
+        out(f"done: referral {ref['id']} is {ref['status']} into opportunity {ref['opportunity_id']} "
+            f"(workflow {ref['workflow_id']})")  # fmt: skip
+        searches.append('ReferralStatus="converted"')
+    if ui_url:
+        out(f"Temporal Web UI: {ui_url} · search {' or '.join(searches)}")
+    return done
 
 
 # ------------------------------------------------------------------------------ main
@@ -525,8 +731,15 @@ def build_parser() -> argparse.ArgumentParser:
     timeline = commands.add_parser("timeline", parents=[conn], help="an opportunity's checkpoints")
     timeline.add_argument("opportunity_id", metavar="OPPORTUNITY_ID")
 
-    demo = commands.add_parser("demo", parents=[conn], help="play Rachel's story (seed 000)")
+    referral = commands.add_parser("referral", help="referrals")
+    referral_sub = referral.add_subparsers(dest="action", required=True, metavar="ACTION")
+    show = referral_sub.add_parser("show", parents=[conn], help="a referral's status, scores and history")
+    show.add_argument("referral_id", metavar="REFERRAL_ID")
+
+    stories = "play Rachel's story (seed 000) and Kiara's referral (seed 003)"
+    demo = commands.add_parser("demo", parents=[conn], help=stories)
     demo.add_argument("--run-id", help="replay an earlier run: its keys make every step a repeat")
+    demo.add_argument("--only", choices=STORIES, help="play only this story")
     return parser
 
 
@@ -556,9 +769,11 @@ def main(argv: Sequence[str] | None = None, settings: Settings | None = None,
                 )  # fmt: skip
             elif args.command == "timeline":
                 show_timeline(http, out, args.opportunity_id)
+            elif args.command == "referral":
+                show_referral(http, out, args.referral_id)
             elif args.command == "demo":
                 ui = f"http://127.0.0.1:{settings.ui_port}/namespaces/{settings.namespace}/workflows"
-                run_demo(http, out, run_id=args.run_id, ui_url=ui)
+                run_demo(http, out, run_id=args.run_id, ui_url=ui, only=args.only)
         return 0
     except CliError as exc:
         print(f"error: {exc.message}", file=sys.stderr)

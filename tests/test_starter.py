@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import io
+import re
 import socket
 import threading
 import time
@@ -131,10 +132,34 @@ def demo(stack: LiveStack, keys: dict[str, str]) -> tuple[Run, str]:
     return run_cli(argv, stack.settings), run_id
 
 
+def done_line(run: Run, what: str) -> str:
+    """The demo's `done: <what> ...` line."""
+    [line] = [line for line in run.out.splitlines() if line.startswith(f"done: {what} ")]
+    return line
+
+
 def opportunity_of(run: Run) -> str:
-    last = run.out.strip().splitlines()[-1]
-    assert last.startswith("done: mortgage opportunity "), last
-    return last.split()[3]
+    """Rachel's mortgage opportunity."""
+    return done_line(run, "mortgage opportunity").split()[3]
+
+
+def referral_of(run: Run) -> tuple[str, str]:
+    """Kiara's referral and the opportunity it converted into."""
+    words = done_line(run, "referral").split()
+    assert words[3:6] == ["is", "converted", "into"], words
+    return words[2], words[7]
+
+
+def person(run: Run, name: str) -> str:
+    """An employee's id, from the demo's people lines (`  Bob       mortgage broker ...  emp_…`)."""
+    [line] = [line for line in run.out.splitlines() if line.startswith(f"  {name} ")]
+    return line.split()[-1]
+
+
+def section(out: str, start: str, end: str | None = None) -> str:
+    """The output from the line `start` to the line `end` (or the end)."""
+    begin = out.index(f"\n{start}")
+    return out[begin:out.index(f"\n{end}", begin + 1)] if end else out[begin:]
 
 
 # ------------------------------------------------------------------------------ demo
@@ -145,8 +170,10 @@ def test_demo_plays_rachels_journey_to_closed_won(demo: tuple[Run, str]) -> None
     assert run.code == 0, run.err
     assert run.err == ""
     opp_id = opportunity_of(run)
+    assert "is closed_won" in done_line(run, "mortgage opportunity")
     last = run.out.splitlines()[-1]
-    assert "is closed_won" in last and 'search Stage="closed_won"' in last and "http://127.0.0.1:" in last
+    assert last.startswith("Temporal Web UI: http://127.0.0.1:")
+    assert last.endswith('search Stage="closed_won" or ReferralStatus="converted"')
 
     # The steps: checking first (her first product), then the mortgage's stages in order.
     out = run.out
@@ -161,9 +188,9 @@ def test_demo_plays_rachels_journey_to_closed_won(demo: tuple[Run, str]) -> None
     # The journey: the mortgage's checkpoints table, and her two consents.
     table = out[out.index(f"  mortgage {opp_id}"):out.index("\n  consents")].splitlines()
     assert [line.split()[0] for line in table[2:]] == MORTGAGE_STAGES
-    consents = [line.split() for line in out[out.index("\n  consents\n"):].splitlines()[3:-1]]
+    consents = [line.split() for line in section(out, "  consents\n", "referral people").splitlines()[3:]]
     assert [c[:2] for c in consents] == [["sms", "checking"], ["esignature", "mortgage"]]
-    assert 'signer_name="Rachel Adams",' in out.splitlines()[-2]
+    assert 'signer_name="Rachel Adams",' in section(out, "  consents\n", "referral people").splitlines()[-1]
 
 
 def test_what_the_demo_did_is_in_the_system_of_record(demo: tuple[Run, str], stack: LiveStack,
@@ -190,6 +217,64 @@ def test_what_the_demo_did_is_in_the_system_of_record(demo: tuple[Run, str], sta
     assert esig["evidence"]["client_address"] == "127.0.0.1"  # signed over real HTTP
 
 
+def test_demo_plays_kiaras_referral_from_ryan_to_bob(demo: tuple[Run, str], stack: LiveStack,
+                                                    keys: dict[str, str]) -> None:  # fmt: skip
+    run, run_id = demo
+    assert run.code == 0, run.err
+    ref_id, opp_id = referral_of(run)
+    bob, ryan, kevin = person(run, "Bob"), person(run, "Ryan"), person(run, "Kevin")
+    assert len({bob, ryan, kevin}) == 3
+    out = section(run.out, "referral people", "done: ")
+    assert f"San Francisco, state CA-{run_id} (a state made up for this run" in out
+
+    # Routing picked this run's Bob, and says why; he got the e-mail.
+    assert "  referred  by Ryan · Kiara Jones (prospect: " in out
+    assert ("  routed    → Bob: rule 'product-in-territory' (#1): least open work (0 of capacity 20) among 1 "
+            "eligible in San Francisco\n") in out  # fmt: skip
+    lead = re.search(r"\n  scores    lead (\d+)/99 \((.+)\)\n", out)
+    assert lead and ("no factors" in lead[2] or " raises " in lead[2] or " lowers " in lead[2])
+    assert re.search(r"\n {12}referrer \d+/100 \(Ryan has no decided referral yet.*\) · priority ", out)
+    subject = "New referral: mortgage worth 500,000.00 for Kiara Jones"
+    assert f'  e-mail    to Bob <bob@cumulus.example>: "{subject}" (sent ' in out
+    # He accepted, and she is at the top of his list; then he converted her.
+    converted = '  converted by Bob: need buy_home "Buy her first home in San Francisco"\n'
+    order = ["  routed ", "  e-mail ", "  accepted  by Bob\n", "  Bob's open", converted, "  referrer  Ryan"]
+    steps = [out.index(s) for s in order]
+    assert steps == sorted(steps)
+    listed = section(out, "  Bob's open referrals", "  converted").splitlines()
+    assert listed[2].split() == ["PRIORITY", "LEAD", "REFERRER", "STATUS", "REFERRAL", "FOR", "VALUE"]
+    assert listed[3].split()[3:] == ["accepted", ref_id, "Kiara", "Jones", "500000.00"]
+    opportunity = f"{opp_id} · mortgage interested (10%) · amount 500000.00 · owner Bob · referral {ref_id}"
+    assert f"\n    opportunity  {opportunity}\n" in out
+    scores = re.search(r"\n  referrer  Ryan's referrer score (\d+) → (\d+) \(up: his referral converted\)\n",
+                       run.out)  # fmt: skip
+    assert scores and int(scores[1]) < int(scores[2])
+
+    with stack.http(keys["all"]) as http:
+        ref = http.get(f"/v1/referrals/{ref_id}").json()
+        opp = http.get(f"/v1/opportunities/{opp_id}").json()
+        customer = http.get(f"/v1/customers/{ref['customer_id']}").json()
+        journey = http.get(f"/v1/customers/{customer['id']}/journey").json()
+        mails = http.get("/v1/outbox", params={"to_employee_id": bob}).json()["items"]
+        bobs = http.get(f"/v1/employees/{bob}/referrals").json()["items"]
+    assert (ref["status"], ref["assignee_id"]) == ("converted", bob)
+    assert ref["referrer"] == {"type": "employee", "id": ryan}
+    assert [h["status"] for h in ref["history"]] == ["created", "assigned", "accepted", "converted"]
+    assert [h["actor"] for h in ref["history"]] == [ryan, "needflow", bob, bob]
+    assert ref["lead_score"] == int(lead[1]) and ref["opportunity_id"] == opp_id
+    assert (opp["referral_id"], opp["owner_id"], opp["product"], opp["stage"], opp["amount"]) == (
+        ref_id, bob, "mortgage", "interested", "500000.00")  # fmt: skip
+    assert (customer["name"], customer["city"]) == ("Kiara Jones", "San Francisco")
+    assert customer["state"] == f"CA-{run_id}"
+    assert f"    customer     {customer['id']} · Kiara Jones · household {customer['household_id']}\n" in out
+    assert f"    need         {opp['need_id']}\n" in out
+    assert [(n["kind"], n["id"]) for n in journey["needs"]] == [("buy_home", opp["need_id"])]
+    assert [r["id"] for r in journey["referrals"]] == [ref_id]
+    assert [o["id"] for o in journey["opportunities"]] == [opp_id]
+    assert [m["subject"] for m in mails] == ["New referral: mortgage worth 500,000.00 for Kiara Jones"]
+    assert bobs == []  # converted: no longer open
+
+
 def test_the_demo_again_with_its_run_id_duplicates_nothing(demo: tuple[Run, str], stack: LiveStack,
                                                           keys: dict[str, str]) -> None:  # fmt: skip
     first, run_id = demo
@@ -203,6 +288,116 @@ def test_the_demo_again_with_its_run_id_duplicates_nothing(demo: tuple[Run, str]
     counts = [len(journey[k]) for k in ("needs", "interactions", "opportunities", "consents")]
     assert counts == [2, 2, 2, 2]
     assert [c["stage"] for c in opp["checkpoints"]] == MORTGAGE_STAGES
+
+    # Kiara's referral: the same people, the same referral, nothing done twice.
+    assert referral_of(again) == referral_of(first)
+    staff = ("Kevin", "Ryan", "Bob")
+    assert [person(again, n) for n in staff] == [person(first, n) for n in staff]
+    assert "  accepted  by Bob in an earlier run\n" in again.out
+    assert "    none: Kiara's was converted in an earlier run\n" in again.out
+    assert '  converted by Bob in an earlier run: need buy_home' in again.out
+    assert "  referred  by Ryan (in an earlier run) · Kiara Jones" in again.out
+    scores = r"\n  referrer  Ryan.s referrer score \d+ → \d+ \(up: his referral converted\), in an earlier"
+    assert re.search(scores, again.out)
+    ref_id, opp_id = referral_of(again)
+    bob = person(again, "Bob")
+    with stack.http(keys["all"]) as http:
+        ref = http.get(f"/v1/referrals/{ref_id}").json()
+        journey = http.get(f"/v1/customers/{ref['customer_id']}/journey").json()
+        mails = http.get("/v1/outbox", params={"to_employee_id": bob}).json()["items"]
+    assert [h["status"] for h in ref["history"]] == ["created", "assigned", "accepted", "converted"]
+    counts = [len(journey[k]) for k in ("needs", "referrals", "opportunities")]
+    assert counts == [1, 1, 1] and journey["opportunities"][0]["id"] == opp_id
+    assert len(mails) == 1
+
+
+def test_demo_only_one_story(stack: LiveStack, keys: dict[str, str], demo: tuple[Run, str]) -> None:
+    run_id = uuid.uuid4().hex[:8]
+    argv = ["--api", stack.url, "--key", keys["all"], "demo", "--run-id", run_id]
+    run = run_cli([*argv, "--only", "kiara"], stack.settings)
+    assert run.code == 0, run.err
+    assert run.out.startswith(f"needflow demo: Kiara's referral (seed 003) · run {run_id} · API ")
+    assert "Rachel" not in run.out and "done: mortgage" not in run.out
+    assert run.out.splitlines()[-1].endswith('search ReferralStatus="converted"')
+    # Another Bob in San Francisco (the module's demo), but in another run's state: this
+    # run's referral went to this run's Bob.
+    assert person(run, "Bob") != person(demo[0], "Bob")
+    with stack.http(keys["all"]) as http:
+        ref = http.get(f"/v1/referrals/{referral_of(run)[0]}").json()
+    assert (ref["status"], ref["assignee_id"]) == ("converted", person(run, "Bob"))
+
+    run = run_cli([*argv, "--only", "rachel"], stack.settings)
+    assert run.code == 0, run.err
+    assert run.out.startswith(f"needflow demo: Rachel's journey (seed 000) · run {run_id} · API ")
+    assert "Kiara" not in run.out and "done: referral" not in run.out
+    assert "is closed_won" in done_line(run, "mortgage opportunity")
+    assert run.out.splitlines()[-1].endswith('search Stage="closed_won"')
+
+
+def test_demo_kiara_with_a_key_that_may_not_read_the_outbox(stack: LiveStack, keys: dict[str, str]) -> None:
+    argv = ["--api", stack.url, "--key", keys["crm:write"], "demo", "--only", "kiara"]
+    run = run_cli(argv, stack.settings)
+    assert run.code == 0, run.err
+    assert "  e-mail    not shown: reading the outbox needs a key with reports:read\n" in run.out
+    assert "is converted into opportunity" in done_line(run, "referral")
+
+
+# ------------------------------------------------------------------------------ referral show
+
+
+def test_referral_show_prints_status_scores_and_history(cli, demo: tuple[Run, str], stack: LiveStack,
+                                                       keys: dict[str, str]) -> None:  # fmt: skip
+    run_id = demo[1]
+    ref_id, opp_id = referral_of(demo[0])
+    bob, ryan = person(demo[0], "Bob"), person(demo[0], "Ryan")
+    run = cli("referral", "show", ref_id)
+    assert run.code == 0, run.err
+    with stack.http(keys["all"]) as http:
+        ref = http.get(f"/v1/referrals/{ref_id}").json()
+    lines = run.out.splitlines()
+    assert lines[0].startswith(f"referral {ref_id} · mortgage · value 500000.00 "
+                               f"· referred by employee {ryan} · created ")  # fmt: skip
+    assert lines[1] == ("for Kiara Jones (prospect: +14155550123, kiara.jones@example.com, Acme Robotics, "
+                        f"San Francisco CA-{run_id}) · customer {ref['customer_id']}")  # fmt: skip
+    assert lines[2].startswith("notes: Ryan's wealth client")
+    status = f"status converted · assignee {bob} · opportunity {opp_id}"
+    assert lines[3] == f"{status} · workflow referral-{ref_id}"
+    assert lines[4].startswith(f"lead score {ref['lead_score']}/99 (")
+    scores = f"referrer score {ref['referrer_score']}/100 · priority {ref['priority']:.2f}"
+    assert lines[4].endswith(f") · {scores}")
+    assert lines[5].split() == ["STATUS", "AT", "ACTOR", "ASSIGNEE", "NOTE"]
+    rows = [line.split() for line in lines[6:]]
+    assert [(r[0], r[4], r[5]) for r in rows] == [
+        ("created", ryan, "-"), ("assigned", "needflow", bob), ("accepted", bob, bob), ("converted", bob, bob)
+    ]  # fmt: skip
+    assert "rule 'product-in-territory' (#1): least open work" in lines[7]
+    assert lines[9].endswith(f"opportunity {opp_id}")
+
+
+def test_referral_show_of_an_unassigned_referral_names_its_queue(cli, stack: LiveStack,
+                                                                 keys: dict[str, str]) -> None:  # fmt: skip
+    state = f"S-{uuid.uuid4().hex[:6]}"  # nobody sells insurance in a state of its own
+    with stack.http(keys["all"]) as http:
+        r = http.post("/v1/referrals", json={"referrer": {"type": "partner", "id": "realtor-9"},
+                                             "prospect": {"name": "Ann Lee", "state": state},
+                                             "expressed_interest": "insurance"})  # fmt: skip
+        assert r.status_code == 201, r.text
+    ref = r.json()
+    run = cli("referral", "show", ref["id"])
+    assert run.code == 0, run.err
+    lines = run.out.splitlines()
+    assert lines[0].startswith(f"referral {ref['id']} · insurance · referred by partner realtor-9 · created ")
+    assert lines[1] == f"for Ann Lee (prospect: {state})"
+    status = "status unassigned · assignee - · queue unassigned-referrals"
+    assert lines[2] == f"{status} · workflow {ref['workflow_id']}"
+    assert [line.split()[0] for line in lines[5:]] == ["created", "unassigned"]
+    assert "sent to the fallback queue 'unassigned-referrals'" in lines[-1]
+
+
+def test_referral_show_of_an_unknown_referral_is_a_404(cli) -> None:
+    run = cli("referral", "show", "ref_nope")
+    assert run.code == 1 and run.out == ""
+    assert "404 not_found" in run.err and "ref_nope" in run.err
 
 
 # ------------------------------------------------------------------------------ timeline
