@@ -21,7 +21,7 @@ from activities.mail import Mailer
 from domain import records
 from domain.opportunity import OpportunityInput
 from domain.referral import OPEN_STATUSES, HistoryEntry, Routed
-from domain.routing import Candidate, RoutingDecision, route
+from domain.routing import Candidate, RoutingDecision, place_key, route
 from domain.scoring import FEATURES, LeadFeatures, LeadModel
 from domain.types import LineOfBusiness, Product, Role
 from store.models import (
@@ -316,7 +316,15 @@ class ReferralActivities:
                 manager = await session.get(Employee, e.manager_id)
                 if manager is not None:
                     return [manager]
-        return list(await session.scalars(select(Employee).where(Employee.role == Role.manager.value).order_by(Employee.id)))
+        # The managers of the referral's territory (those who list its state); if none
+        # does, every manager: an unattended referral must reach someone.
+        managers = list(
+            await session.scalars(select(Employee).where(Employee.role == Role.manager.value).order_by(Employee.id))
+        )
+        referral = await session.get(Referral, notice.referral_id)
+        state = place_key(referral.state) if referral and referral.state else None
+        local = [m for m in managers if state and state in {place_key(s) for s in m.states}]
+        return local or managers
 
     async def _who(self, session: AsyncSession, row: Referral) -> str:
         if row.customer_id:

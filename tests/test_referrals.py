@@ -166,11 +166,15 @@ async def test_reject_reroutes_never_back(api: Api, smtp_inbox: Inbox) -> None:
 async def test_no_rule_matches_fallback_queue_and_managers_told(api: Api, smtp_inbox: Inbox) -> None:
     state = territory()
     people = await staff(api, state)
+    elsewhere = await api.employee(role="manager", name="Olga", email=f"olga.{state}@bank.example", products=[],
+                                   states=[territory()])
     ref = await refer(api, people["ryan"], state, interest="insurance")  # nobody sells insurance here
     assert (ref["status"], ref["assignee_id"], ref["queue"]) == ("unassigned", None, "unassigned-referrals")
     assert "fallback queue" in ref["history"][-1]["note"]
     told = [m for m in smtp_inbox.to(people["kevin"]["email"]) if ref["id"] in m.get_content()]
     assert len(told) == 1 and "Unassigned referral" in told[0]["Subject"]
+    # Managers of other territories are not bothered with it.
+    assert not [m for m in smtp_inbox.to(elsewhere["email"]) if ref["id"] in m.get_content()]
 
 
 async def test_same_idempotency_key_makes_one_referral(api: Api, client: Client) -> None:
