@@ -32,7 +32,7 @@ from sqlalchemy.orm import Session  # noqa: E402
 from activities.mail import Mailer  # noqa: E402
 from activities.referral import TOTAL, ReferralActivities  # noqa: E402
 from domain import records  # noqa: E402
-from domain.referral import HistoryEntry, Prospect, ReferralInput, Referrer, ReferralSla  # noqa: E402
+from domain.referral import HistoryEntry, Prospect, ReferralInput, ReferralSla, Referrer  # noqa: E402
 from domain.routing import ReferralFacts, load_routing_rules  # noqa: E402
 from domain.scoring import FEATURES, LeadFeatures, LeadModel  # noqa: E402
 from domain.types import LineOfBusiness, Product, Role  # noqa: E402

@@ -141,6 +141,17 @@ class EventResult(BaseModel):
 CLOSED_LOST_STAGE = "closed_lost"
 
 
+def check_opening(process: ProcessDefinition | None, product: Product, amount: Decimal | None) -> ProcessDefinition:
+    """May an opportunity for `product` be opened with this amount? (The need is checked by
+    whoever holds it: the API for a direct opening, the conversion for a referral.)"""
+    if process is None:
+        raise TransitionRefused(f"{product.value} has no sales process, so no opportunity can be opened for it",
+                                field="product")
+    if "amount" in process.creation_requires and amount is None:
+        raise TransitionRefused(f"a {product.value} opportunity needs the desired amount", field="amount")
+    return process
+
+
 def check_open(state: OpportunityState) -> None:
     if state.status != OpportunityStatus.open:
         raise TransitionRefused(

@@ -17,7 +17,7 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
-from domain.opportunity import Actor, TransitionRefused
+from domain.opportunity import Actor, TransitionRefused, check_opening
 from domain.process import ProcessDefinition
 from domain.routing import ReferralFacts, ReferrerType, RoutingDecision, RoutingRules
 from domain.scoring import Factor
@@ -187,12 +187,9 @@ def check_convert(state: ReferralState, cmd: ConvertCommand, product: Product, v
             f"only an accepted referral can be converted; it is {state.status}", status=state.status
         )
     _check_actor(state, cmd.actor)
-    if cmd.process is None:
-        raise TransitionRefused(f"{product.value} has no sales process, so no opportunity can be opened for it")
-    if cmd.process.product != product:
-        raise TransitionRefused(f"the process given is for {cmd.process.product.value}, not {product.value}")
-    if "amount" in cmd.process.creation_requires and cmd.amount is None and value is None:
-        raise TransitionRefused(f"a {product.value} opportunity needs an amount: give `amount`")
+    process = check_opening(cmd.process, product, cmd.amount if cmd.amount is not None else value)
+    if process.product != product:
+        raise TransitionRefused(f"the process given is for {process.product.value}, not {product.value}")
 
 
 def check_close(state: ReferralState, cmd: CloseCommand) -> None:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from collections import defaultdict
 from dataclasses import dataclass, field
-
 from datetime import datetime, timedelta
 
 from sqlalchemy import case, func, select, tuple_

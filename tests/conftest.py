@@ -18,9 +18,10 @@ from typing import Any
 import httpx
 import pytest
 import pytest_asyncio
+from aiosmtpd.controller import Controller
+from sqlalchemy import Engine, func, select
 from temporalio.client import Client
 from temporalio.contrib.pydantic import pydantic_data_converter
-from aiosmtpd.controller import Controller
 from temporalio.testing import WorkflowEnvironment
 
 from api.app import create_app
@@ -128,6 +129,34 @@ async def app_client(client: Client, settings: Settings, task_queue: str, worker
         transport = httpx.ASGITransport(app=app, client=("203.0.113.7", 50000))
         async with httpx.AsyncClient(transport=transport, base_url="http://testserver", timeout=30) as http:
             yield http
+
+
+@pytest.fixture(scope="session")
+def db(database_url: str) -> Iterator[Engine]:
+    """A plain engine on the test database, for asserting what was (not) written."""
+    engine = make_sync_engine(database_url)
+    yield engine
+    engine.dispose()
+
+
+def count(db: Engine, model: Any, *where: Any) -> int:
+    with db.connect() as conn:
+        return conn.scalar(select(func.count()).select_from(model).where(*where)) or 0
+
+
+def unique(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:10]}"
+
+
+def assert_error(r: httpx.Response, status: int, code: str) -> dict:
+    """The one error shape: {"error": {"code", "message", "details"}}."""
+    assert r.status_code == status, f"expected {status} {code}, got {r.status_code} {r.text}"
+    body = r.json()
+    assert set(body) == {"error"} and body["error"]["code"] == code, body
+    assert set(body["error"]) == {"code", "message", "details"}, body
+    assert isinstance(body["error"]["message"], str) and body["error"]["message"], body
+    assert isinstance(body["error"]["details"], dict), body
+    return body["error"]
 
 
 @pytest.fixture(scope="session")

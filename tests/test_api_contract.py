@@ -8,16 +8,13 @@ API, and by counting rows in the system of record (and, for opportunities, workf
 from __future__ import annotations
 
 import asyncio
-import uuid
-from collections.abc import Iterator
 from typing import Any
 
 import httpx
 import pytest
-from sqlalchemy import Engine, func, select
+from sqlalchemy import Engine, select
 from temporalio.client import Client
 
-from store.db import make_sync_engine
 from store.models import (
     Checkpoint,
     Consent,
@@ -29,7 +26,7 @@ from store.models import (
     Opportunity,
     ProcessedEvent,
 )
-from tests.conftest import Api
+from tests.conftest import Api, assert_error, count, unique
 from tests.dbutil import test_database_base_url
 
 OCCURRED_AT = "2026-11-25T10:00:00+00:00"
@@ -38,37 +35,8 @@ OCCURRED_AT = "2026-11-25T10:00:00+00:00"
 # ---------------------------------------------------------------- helpers
 
 
-@pytest.fixture(scope="module")
-def db(database_url: str) -> Iterator[Engine]:
-    engine = make_sync_engine(database_url)
-    yield engine
-    engine.dispose()
-
-
-def count(db: Engine, model: Any, *where: Any) -> int:
-    with db.connect() as conn:
-        return conn.scalar(select(func.count()).select_from(model).where(*where)) or 0
-
-
 def on_postgres() -> bool:
     return (test_database_base_url() or "").startswith("postgres")
-
-
-def unique(prefix: str) -> str:
-    return f"{prefix}-{uuid.uuid4().hex[:10]}"
-
-
-def assert_error(r: httpx.Response, status: int, code: str) -> dict:
-    """The one error shape: {"error": {"code", "message", "details"}}."""
-    assert r.status_code == status, f"expected {status} {code}, got {r.status_code} {r.text}"
-    body = r.json()
-    assert set(body) == {"error"}, body
-    err = body["error"]
-    assert set(err) >= {"code", "message", "details"}, err
-    assert err["code"] == code, err
-    assert isinstance(err["message"], str) and err["message"], err
-    assert isinstance(err["details"], dict), err
-    return err
 
 
 def named_fields(err: dict) -> set[str]:

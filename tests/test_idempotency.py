@@ -9,16 +9,10 @@ Each test also counts what was written: rows in the system of record, and workfl
 from __future__ import annotations
 
 import asyncio
-import uuid
-from collections.abc import Iterator
-from typing import Any
 
-import httpx
-import pytest
-from sqlalchemy import Engine, func, select
+from sqlalchemy import Engine, select
 from temporalio.client import Client
 
-from store.db import make_sync_engine
 from store.models import (
     Checkpoint,
     Customer,
@@ -29,37 +23,12 @@ from store.models import (
     Opportunity,
     ProcessedEvent,
 )
-from tests.conftest import Api
-from tests.dbutil import test_database_base_url
+from tests.conftest import Api, assert_error, count, unique
 
 OCCURRED_AT = "2026-11-25T10:00:00+00:00"
 
 
 # ---------------------------------------------------------------- helpers
-
-
-@pytest.fixture(scope="module")
-def db(database_url: str) -> Iterator[Engine]:
-    engine = make_sync_engine(database_url)
-    yield engine
-    engine.dispose()
-
-
-def count(db: Engine, model: Any, *where: Any) -> int:
-    with db.connect() as conn:
-        return conn.scalar(select(func.count()).select_from(model).where(*where)) or 0
-
-
-def unique(prefix: str) -> str:
-    return f"{prefix}-{uuid.uuid4().hex[:10]}"
-
-
-def assert_error(r: httpx.Response, status: int, code: str) -> dict:
-    assert r.status_code == status, f"expected {status} {code}, got {r.status_code} {r.text}"
-    body = r.json()
-    assert set(body) == {"error"} and body["error"]["code"] == code, body
-    assert isinstance(body["error"]["message"], str) and isinstance(body["error"]["details"], dict), body
-    return body["error"]
 
 
 async def workflow_count(client: Client, query: str, at_least: int = 1) -> int:

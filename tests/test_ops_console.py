@@ -46,7 +46,7 @@ async def test_search_attributes_follow_the_stage(api: Api, client: Client) -> N
     await client.get_workflow_handle(won["workflow_id"]).result()
     # Visibility is eventually consistent: poll briefly for the listing.
     for _ in range(50):
-        found = await _ids(client, f'Stage = "closed_won" AND OpportunityStatus = "won" AND Product = "mortgage"')
+        found = await _ids(client, 'Stage = "closed_won" AND OpportunityStatus = "won" AND Product = "mortgage"')
         if won["workflow_id"] in found:
             break
         await asyncio.sleep(0.1)

@@ -25,7 +25,7 @@ from temporalio import workflow
 
 with workflow.unsafe.imports_passed_through():
     from domain import records
-    from domain.opportunity import Actor, OpportunityInput, TransitionRefused
+    from domain.opportunity import OpportunityInput, TransitionRefused
     from domain.referral import (
         AcceptCommand,
         CloseCommand,

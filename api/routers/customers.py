@@ -10,6 +10,7 @@ from api.deps import CrmWriter, IdempotencyKey, ReportReader, ServicesDep
 from api.errors import invalid, not_found
 from api.idempotency import idempotent
 from api.ids import new_id
+from api.routers.referrals import referral_context
 from api.schemas import (
     CustomerCreate,
     CustomerOut,
@@ -22,7 +23,6 @@ from api.schemas import (
 from api.views import customer_out, interaction_out, journey_out, need_out
 from store.models import Customer, Employee, Household, Interaction, Need
 from store.queries import customer_journey, referral_records
-from api.routers.referrals import referral_context
 
 router = APIRouter(prefix="/v1/customers", tags=["customers"])
 

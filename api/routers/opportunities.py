@@ -24,12 +24,14 @@ from domain.opportunity import (
     OpportunityInput,
     OpportunityState,
     ResendSignatureCommand,
+    TransitionRefused,
+    check_opening,
 )
 from domain.types import Role
 from store.models import Customer, Employee, Need, Opportunity
 from store.queries import opportunity_record
-from workflows.opportunity import OpportunityWorkflow
 from workflows import starts
+from workflows.opportunity import OpportunityWorkflow
 
 router = APIRouter(prefix="/v1/opportunities", tags=["opportunities"])
 
@@ -61,15 +63,13 @@ async def open_opportunity(
     body: OpportunityCreate, request: Request, svc: ServicesDep, who: CrmWriter, key: IdempotencyKey = None
 ):
     async def create() -> OpportunityOut:
-        process = svc.catalog.latest(body.product)
-        if process is None:
-            raise invalid(
-                f"{body.product.value} has no sales process; opportunities exist for "
-                + ", ".join(p.value for p in svc.catalog.products()),
-                field="product",
-            )
-        if "amount" in process.creation_requires and body.amount is None:
-            raise invalid(f"a {body.product.value} opportunity needs the desired amount", field="amount")
+        try:
+            process = check_opening(svc.catalog.latest(body.product), body.product, body.amount)
+        except TransitionRefused as exc:  # a bad request here, not a refused transition
+            message = exc.message
+            if exc.details.get("field") == "product":
+                message += "; opportunities exist for " + ", ".join(p.value for p in svc.catalog.products())
+            raise invalid(message, **exc.details) from None
         if body.campaign_id is not None:
             raise invalid(f"no campaign {body.campaign_id!r}", field="campaign_id")
         async with svc.sessions() as session:

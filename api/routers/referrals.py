@@ -7,8 +7,8 @@ is the only place the lifecycle's rules are checked.
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
 from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from fastapi import APIRouter, Request
@@ -33,16 +33,16 @@ from domain.referral import (
     NeedSpec,
     Prospect,
     ReassignCommand,
-    Referrer,
     ReferralInput,
     ReferralSla,
     ReferralState,
+    Referrer,
     RejectCommand,
 )
 from domain.types import LineOfBusiness, Product
 from store.models import Customer, Employee, Referral
 from store.queries import referral_records
-from workflows import SA_ASSIGNEE_ID, SA_EXPRESSED_INTEREST, SA_REFERRAL_STATUS
+from workflows import SA_EXPRESSED_INTEREST, SA_REFERRAL_STATUS
 from workflows.referral import ReferralWorkflow, workflow_id
 
 router = APIRouter(tags=["referrals"])
