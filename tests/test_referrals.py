@@ -106,11 +106,9 @@ async def test_least_loaded_then_round_robin(api: Api) -> None:
     assert assignees[3:] == assignees[:3]
 
     # Closing one of Ann's referrals makes her the least loaded.
-    first_of_ann = assignees.index(ann["id"])
     refs = (await api.get(f"/v1/employees/{ann['id']}/referrals")).json()["items"]
     await api.post(f"/v1/referrals/{refs[0]['id']}/close", {"actor_id": ann["id"], "reason": "not interested"},
                    expect=200)
-    assert first_of_ann >= 0
     assert (await refer(api, ryan, state, city="Sacramento", name="Next"))["assignee_id"] == ann["id"]
 
 
