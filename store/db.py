@@ -48,7 +48,9 @@ def make_sync_engine(url: str) -> Engine:
 
 
 def make_async_engine(url: str) -> AsyncEngine:
-    engine = create_async_engine(async_url(url), pool_pre_ping=True)
+    # A server connection may have been dropped while pooled: ping it on checkout. An
+    # embedded SQLite file cannot drop, so it skips the extra round trip.
+    engine = create_async_engine(async_url(url), pool_pre_ping=not url.startswith("sqlite"))
     if engine.dialect.name == "sqlite":
         event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
     return engine

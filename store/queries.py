@@ -5,8 +5,9 @@ from __future__ import annotations
 from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from typing import Any
 
-from sqlalchemy import case, func, select, tuple_
+from sqlalchemy import Select, case, func, select, tuple_
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from domain.scoring import priority, referrer_score
@@ -58,33 +59,44 @@ async def opportunity_record(session: AsyncSession, opportunity_id: str) -> Oppo
 ReferrerKey = tuple[str, str]
 
 
+def referrer_tallies(referrer: ReferrerKey, since: datetime) -> Select:
+    """One row: the bank's decided and converted referrals since `since`, and this
+    referrer's, side by side (the inputs of `domain.scoring.referrer_score`)."""
+    converted = Referral.status == "converted"
+    mine = (Referral.referrer_type == referrer[0]) & (Referral.referrer_id == referrer[1])
+    return select(
+        func.count().label("bank_decided"),
+        func.coalesce(func.sum(case((converted, 1), else_=0)), 0).label("bank_converted"),
+        func.coalesce(func.sum(case((mine, 1), else_=0)), 0).label("decided"),
+        func.coalesce(func.sum(case((mine & converted, 1), else_=0)), 0).label("converted"),
+    ).where(Referral.decided_at.is_not(None), Referral.decided_at >= since)
+
+
+def score_from_tallies(row: Any) -> int:
+    return referrer_score(
+        int(row.converted), int(row.decided), bank_converted=int(row.bank_converted), bank_decided=int(row.bank_decided)
+    )
+
+
 async def referrer_scores(
     session: AsyncSession, referrers: list[ReferrerKey], since: datetime
 ) -> dict[ReferrerKey, int]:
     """Current referrer scores (domain/scoring.py) over referrals decided since `since`."""
+    keys = sorted(set(referrers))
+    if len(keys) == 1:
+        return {keys[0]: score_from_tallies((await session.execute(referrer_tallies(keys[0], since))).one())}
     converted = func.sum(case((Referral.status == "converted", 1), else_=0))
     in_window = (Referral.decided_at.is_not(None), Referral.decided_at >= since)
-    keys = sorted(set(referrers))
-    if len(keys) == 1:  # one query: the bank's totals and the referrer's, side by side
-        mine = (Referral.referrer_type == keys[0][0]) & (Referral.referrer_id == keys[0][1])
-        row = (await session.execute(select(
-            func.count(), converted,
-            func.sum(case((mine, 1), else_=0)),
-            func.sum(case((mine & (Referral.status == "converted"), 1), else_=0)),
-        ).where(*in_window))).one()
-        bank_decided, bank_converted = int(row[0] or 0), int(row[1] or 0)
-        per = {keys[0]: (int(row[3] or 0), int(row[2] or 0))}
-    else:
-        bank_decided, bank_converted = (await session.execute(select(func.count(), converted).where(*in_window))).one()
-        bank_decided, bank_converted = int(bank_decided or 0), int(bank_converted or 0)
-        per = {
-            (rtype, rid): (int(conv or 0), int(dec))
-            for rtype, rid, dec, conv in await session.execute(
-                select(Referral.referrer_type, Referral.referrer_id, func.count(), converted)
-                .where(*in_window, tuple_(Referral.referrer_type, Referral.referrer_id).in_(keys))
-                .group_by(Referral.referrer_type, Referral.referrer_id)
-            )
-        }
+    bank_decided, bank_converted = (await session.execute(select(func.count(), converted).where(*in_window))).one()
+    bank_decided, bank_converted = int(bank_decided or 0), int(bank_converted or 0)
+    per = {
+        (rtype, rid): (int(conv or 0), int(dec))
+        for rtype, rid, dec, conv in await session.execute(
+            select(Referral.referrer_type, Referral.referrer_id, func.count(), converted)
+            .where(*in_window, tuple_(Referral.referrer_type, Referral.referrer_id).in_(keys))
+            .group_by(Referral.referrer_type, Referral.referrer_id)
+        )
+    }
     return {
         key: referrer_score(*per.get(key, (0, 0)), bank_converted=bank_converted, bank_decided=bank_decided)
         for key in keys

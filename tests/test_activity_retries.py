@@ -1,0 +1,86 @@
+"""A retried activity must not write twice: each activity run twice with the same input
+leaves the store as one run would (the second answers what the first recorded)."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+
+import pytest_asyncio
+from sqlalchemy import Engine
+
+from activities.mail import Mailer
+from activities.referral import ReferralActivities
+from domain import records
+from domain.referral import HistoryEntry, Prospect, ReferralInput, Referrer, ReferralSla
+from domain.routing import load_routing_rules
+from domain.types import Product
+from store.db import make_async_engine, make_session_factory
+from store.models import EmployeeWorkload, LeadFeatureCount, Notification, Referral, ReferralHistory
+from tests.conftest import Api, count
+
+
+@pytest_asyncio.fixture
+async def acts(database_url: str) -> AsyncIterator[ReferralActivities]:
+    engine = make_async_engine(database_url)
+    yield ReferralActivities(make_session_factory(engine), Mailer(None, "test@localhost"), client=None,  # type: ignore[arg-type]
+                             task_queue="unused", referrer_window_days=90)
+    await engine.dispose()
+
+
+def _open(referrer_id: str, state: str) -> records.OpenReferral:
+    rid = f"ref_retry_{uuid.uuid4().hex}"
+    now = datetime.now(UTC)
+    rules = load_routing_rules()
+    ref = ReferralInput(
+        referral_id=rid, referrer=Referrer(type="employee", id=referrer_id), expressed_interest=Product.mortgage,
+        prospect=Prospect(name="Retry Rita", state=state), state=state, source="employee", rules=rules,
+        sla=ReferralSla(accept_seconds=60, followup_seconds=60),
+    )
+    return records.OpenReferral(
+        input=ref, workflow_id=f"referral-{rid}",
+        created=HistoryEntry(seq=1, status="created", at=now, actor=referrer_id),
+        route=records.RouteReferral(referral_id=rid, rules=rules, facts=ref.facts(), exclude=[], seq=2, at=now,
+                                    actor="needflow", accept_deadline=now + timedelta(minutes=1)),
+    )
+
+
+async def test_open_route_decide_and_notify_twice_write_once(acts: ReferralActivities, api: Api, db: Engine) -> None:
+    state = f"S-{uuid.uuid4().hex[:6]}"
+    bob = await api.employee(name="Bob", email=f"bob.{state}@bank.example", states=[state])
+    rec = _open(bob["id"], state)
+    rid = rec.input.referral_id
+
+    first = await acts.open_referral(rec)
+    again = await acts.open_referral(rec)
+    assert first == again and first.routed.decision.assignee_id == bob["id"]
+    assert count(db, Referral, Referral.id == rid) == 1
+    assert count(db, ReferralHistory, ReferralHistory.referral_id == rid) == 2
+    with db.connect() as c:
+        load = c.execute(EmployeeWorkload.__table__.select().where(EmployeeWorkload.employee_id == bob["id"])).one()
+    assert load.open_referrals == 1
+
+    totals_before = _totals(db)
+    closed = records.ReferralChange(
+        referral_id=rid, entry=HistoryEntry(seq=3, status="closed", at=datetime.now(UTC), actor=bob["id"]),
+        status="closed", assignee_id=bob["id"], close_reason="not moving", won=False,
+    )
+    await acts.record_change(closed)
+    await acts.record_change(closed)
+    assert count(db, ReferralHistory, ReferralHistory.referral_id == rid) == 3
+    assert _totals(db) == (totals_before[0], totals_before[1] + 1)  # the lead model learned once
+    with db.connect() as c:
+        load = c.execute(EmployeeWorkload.__table__.select().where(EmployeeWorkload.employee_id == bob["id"])).one()
+    assert load.open_referrals == 0
+
+    notice = records.ReferralNotice(referral_id=rid, kind="assigned", occasion="2", employee_id=bob["id"])
+    await acts.notify(notice)
+    await acts.notify(notice)
+    assert count(db, Notification, Notification.id.like(f"referral:{rid}:assigned:%")) == 1
+
+
+def _totals(db: Engine) -> tuple[int, int]:
+    with db.connect() as c:
+        row = c.execute(LeadFeatureCount.__table__.select().where(LeadFeatureCount.feature == "*")).first()
+    return (row.won, row.lost) if row else (0, 0)
