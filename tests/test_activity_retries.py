@@ -13,7 +13,7 @@ from sqlalchemy import Engine
 from activities.mail import Mailer
 from activities.referral import ReferralActivities
 from domain import records
-from domain.referral import HistoryEntry, Prospect, ReferralInput, Referrer, ReferralSla
+from domain.referral import HistoryEntry, Prospect, ReferralInput, ReferralSla, Referrer
 from domain.routing import load_routing_rules
 from domain.types import Product
 from store.db import make_async_engine, make_session_factory
