@@ -173,7 +173,7 @@ def check_reject(state: ReferralState, cmd: RejectCommand) -> None:
         raise TransitionRefused("a rejection needs a reason")
 
 
-def check_reassign(state: ReferralState, cmd: ReassignCommand, to_role_ok: bool = True) -> None:
+def check_reassign(state: ReferralState, cmd: ReassignCommand) -> None:
     _check_not_busy(state)
     _check_actor(state, cmd.actor)
     if cmd.to_employee_id == state.assignee_id:

@@ -1,5 +1,6 @@
-"""Client-side starts of workflows, shared by the API and by activities that open one
-workflow from another (a converted referral opens its opportunity)."""
+"""Client-side starts of workflows: update-with-start, so the caller hears back once the
+workflow has recorded what it was started with. Shared by the API and by activities that
+open one workflow from another (a converted referral opens its opportunity)."""
 
 from __future__ import annotations
 
@@ -8,8 +9,18 @@ from temporalio.common import SearchAttributePair, TypedSearchAttributes, Workfl
 from temporalio.exceptions import WorkflowAlreadyStartedError
 
 from domain.opportunity import OpportunityInput, OpportunityState
-from workflows import SA_CUSTOMER_ID, SA_OPPORTUNITY_STATUS, SA_OWNER_ID, SA_PRODUCT, SA_STAGE
-from workflows.opportunity import OpportunityWorkflow, workflow_id
+from domain.referral import ReferralInput, ReferralState
+from workflows import (
+    SA_CUSTOMER_ID,
+    SA_EXPRESSED_INTEREST,
+    SA_OPPORTUNITY_STATUS,
+    SA_OWNER_ID,
+    SA_PRODUCT,
+    SA_REFERRAL_STATUS,
+    SA_STAGE,
+    opportunity,
+    referral,
+)
 
 
 async def open_opportunity(client: Client, task_queue: str, wf_input: OpportunityInput) -> None:
@@ -20,9 +31,9 @@ async def open_opportunity(client: Client, task_queue: str, wf_input: Opportunit
     """
     process = wf_input.process
     start = WithStartWorkflowOperation(
-        OpportunityWorkflow.run,
+        opportunity.OpportunityWorkflow.run,
         wf_input,
-        id=workflow_id(wf_input.opportunity_id),
+        id=opportunity.workflow_id(wf_input.opportunity_id),
         task_queue=task_queue,
         id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
         search_attributes=TypedSearchAttributes(
@@ -40,7 +51,32 @@ async def open_opportunity(client: Client, task_queue: str, wf_input: Opportunit
     )
     try:
         await client.execute_update_with_start_workflow(
-            OpportunityWorkflow.opened, start_workflow_operation=start, result_type=OpportunityState
+            opportunity.OpportunityWorkflow.opened, start_workflow_operation=start, result_type=OpportunityState
         )
     except WorkflowAlreadyStartedError:
         pass  # a repeat after the opportunity's workflow has already finished
+
+
+async def open_referral(client: Client, task_queue: str, wf_input: ReferralInput) -> ReferralState:
+    """Start the referral's workflow (or find it started) and wait until it is recorded,
+    scored, routed and the recipient told. The workflow id is the referral id, so a
+    repeated create lands on the same referral."""
+    ref = wf_input
+    start = WithStartWorkflowOperation(
+        referral.ReferralWorkflow.run,
+        ref,
+        id=referral.workflow_id(ref.referral_id),
+        task_queue=task_queue,
+        id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
+        search_attributes=TypedSearchAttributes([
+            SearchAttributePair(SA_REFERRAL_STATUS, "routing"),
+            SearchAttributePair(SA_EXPRESSED_INTEREST, ref.expressed_interest.value),
+        ]),
+        static_summary=f"Referral {ref.referral_id}: {ref.expressed_interest.value} "
+        f"from {ref.referrer.type} {ref.referrer.id}",
+        static_details=f"Routing rules v{ref.rules.version} · acceptance SLA {ref.sla.accept_seconds:g} s · "
+        f"follow-up SLA {ref.sla.followup_seconds:g} s",
+    )
+    return await client.execute_update_with_start_workflow(
+        referral.ReferralWorkflow.created, start_workflow_operation=start, result_type=ReferralState
+    )

@@ -8,8 +8,8 @@ the workflow's activity wrote before the update returned.
 from __future__ import annotations
 
 from fastapi import APIRouter, Request
-from sqlalchemy.ext.asyncio import AsyncSession
 
+from api.actors import resolve_actor
 from api.deps import CrmWriter, IdempotencyKey, Services, ServicesDep
 from api.errors import invalid, not_found
 from api.idempotency import idempotent, update_id
@@ -27,7 +27,6 @@ from domain.opportunity import (
     TransitionRefused,
     check_opening,
 )
-from domain.types import Role
 from store.models import Customer, Employee, Need, Opportunity
 from store.queries import opportunity_record
 from workflows import starts
@@ -42,13 +41,6 @@ async def read_opportunity(svc: Services, opportunity_id: str) -> OpportunityOut
     if rec is None:
         raise not_found("opportunity", opportunity_id)
     return opportunity_out(rec)
-
-
-async def resolve_actor(session: AsyncSession, actor_id: str) -> Actor:
-    employee = await session.get(Employee, actor_id)
-    if employee is None:
-        raise invalid(f"no employee {actor_id!r}", field="actor_id")
-    return Actor(id=employee.id, role=Role(employee.role))
 
 
 async def _existing(svc: Services, opportunity_id: str, actor_id: str) -> Actor:

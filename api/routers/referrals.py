@@ -14,14 +14,12 @@ from typing import Any
 from fastapi import APIRouter, Request
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
-from temporalio.client import WithStartWorkflowOperation
-from temporalio.common import SearchAttributePair, TypedSearchAttributes, WorkflowIDConflictPolicy
 
+from api.actors import resolve_actor
 from api.deps import CrmWriter, IdempotencyKey, Principal, Services, ServicesDep
 from api.errors import invalid, not_found
 from api.idempotency import idempotent, update_id
 from api.ids import new_id
-from api.routers.opportunities import resolve_actor
 from api.schemas import ActorOnly, CloseReferral, Convert, Reassign, ReferralCreate, ReferralList, ReferralOut, Reject
 from api.views import referral_out
 from api.workflows import run_update
@@ -42,7 +40,7 @@ from domain.referral import (
 from domain.types import LineOfBusiness, Product
 from store.models import Customer, Employee, Referral
 from store.queries import referral_records
-from workflows import SA_EXPRESSED_INTEREST, SA_REFERRAL_STATUS
+from workflows import starts
 from workflows.referral import ReferralWorkflow, workflow_id
 
 router = APIRouter(tags=["referrals"])
@@ -109,24 +107,7 @@ async def create_referral(
                 accept_seconds=svc.settings.referral_accept_sla, followup_seconds=svc.settings.referral_followup_sla
             ),
         )
-        start = WithStartWorkflowOperation(
-            ReferralWorkflow.run,
-            wf_input,
-            id=workflow_id(referral_id),
-            task_queue=svc.task_queue,
-            id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
-            search_attributes=TypedSearchAttributes([
-                SearchAttributePair(SA_REFERRAL_STATUS, "routing"),
-                SearchAttributePair(SA_EXPRESSED_INTEREST, body.expressed_interest.value),
-            ]),
-            static_summary=f"Referral {referral_id}: {body.expressed_interest.value} "
-            f"from {body.referrer.type} {body.referrer.id}",
-            static_details=f"Routing rules v{svc.routing_rules.version} · acceptance SLA "
-            f"{svc.settings.referral_accept_sla:g} s · follow-up SLA {svc.settings.referral_followup_sla:g} s",
-        )
-        await svc.client.execute_update_with_start_workflow(
-            ReferralWorkflow.created, start_workflow_operation=start, result_type=ReferralState
-        )
+        await starts.open_referral(svc.client, svc.task_queue, wf_input)
         return await read_referral(svc, referral_id)
 
     return await idempotent(request, svc, who, key, 201, create)
