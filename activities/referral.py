@@ -10,6 +10,7 @@ cannot count it twice.
 
 from __future__ import annotations
 
+import copy
 from datetime import datetime, timedelta
 
 from sqlalchemy import func, select, update
@@ -21,7 +22,7 @@ from activities.mail import Mailer
 from domain import records
 from domain.opportunity import OpportunityInput
 from domain.referral import OPEN_STATUSES, HistoryEntry, Routed
-from domain.routing import Candidate, RoutingDecision, place_key, route
+from domain.routing import Candidate, RoutingDecision, place_key, reachable, route
 from domain.scoring import FEATURES, LeadFeatures, LeadModel
 from domain.types import LineOfBusiness, Product, Role
 from store.models import (
@@ -93,6 +94,12 @@ async def _assign(session: AsyncSession, row: Referral, status: str, assignee_id
             await _bump(session, after, +1, stamp)
     elif stamp is not None and assignee_id is not None:
         await _bump(session, assignee_id, 0, stamp)
+
+
+def _with_load(c: Candidate, open_load: int, last_assigned_at: datetime | None) -> Candidate:
+    mine = copy.copy(c)
+    mine.open_load, mine.last_assigned_at = open_load, last_assigned_at
+    return mine
 
 
 def _history_row(referral_id: str, entry: HistoryEntry) -> ReferralHistory:
@@ -203,7 +210,7 @@ class ReferralActivities:
         if req.preceding is not None and not await _has_entry(session, row.id, req.preceding.seq):
             session.add(_history_row(row.id, req.preceding))
         with session.no_autoflush:  # a new row is inserted once, with its decision in it
-            candidates = await self._candidates(session, team_size)
+            candidates = await self._candidates(session, req, team_size)
         decision = route(req.rules, req.facts, candidates, frozenset(req.exclude))
         assigned = decision.assignee_id is not None
         row.queue = decision.queue
@@ -231,9 +238,15 @@ class ReferralActivities:
             self._model = (key, LeadModel.from_dict({"won": key[0], "lost": key[1], "counts": counts}))
         return self._model[1]
 
-    async def _candidates(self, session: AsyncSession, team_size: int | None = None) -> list[Candidate]:
-        """Every employee with their open work now. Employees are only ever added, so the
-        team is re-read only when their number changes; the workload is read every time."""
+    async def _candidates(
+        self, session: AsyncSession, req: records.RouteReferral, team_size: int | None = None
+    ) -> list[Candidate]:
+        """The employees a matching rule could pick, with their open work now.
+
+        Employees are only ever added, so the team is re-read only when their number
+        changes. The workload is read for the reachable employees alone, into copies, so
+        concurrent routings in this worker never share a load figure.
+        """
         count = team_size if team_size is not None else await session.scalar(select(func.count()).select_from(Employee))
         if self._team is None or self._team[0] != count:
             team = [
@@ -245,16 +258,21 @@ class ReferralActivities:
                 for e in await session.scalars(select(Employee))
             ]
             self._team = (count, team)
+        near = reachable(req.rules, req.facts, self._team[1])
+        if not near:
+            return []
         workload = {
             employee_id: (load, last)
             for employee_id, load, last in await session.execute(
                 select(EmployeeWorkload.employee_id, EmployeeWorkload.open_referrals, EmployeeWorkload.last_assigned_at)
+                .where(EmployeeWorkload.employee_id.in_([c.employee_id for c in near]))
             )
         }
-        candidates = self._team[1]
-        for c in candidates:
-            c.open_load, c.last_assigned_at = workload.get(c.employee_id, (0, None))
-        return candidates
+        return [
+            copy.copy(c) if c.employee_id not in workload
+            else _with_load(c, *workload[c.employee_id])
+            for c in near
+        ]
 
     @activity.defn(name=records.RECORD_REFERRAL_CHANGE)
     async def record_change(self, change: records.ReferralChange) -> None:

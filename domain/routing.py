@@ -39,7 +39,7 @@ of them per call and must stay well under a millisecond for a thousand.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
@@ -308,36 +308,69 @@ def _rank(c: Candidate) -> tuple[int, bool, datetime | int, str]:
     return (c.open_load, c.last_assigned_at is not None, c.last_assigned_at or 0, c.employee_id)
 
 
+def _admits(pool: Pool, facts: ReferralFacts) -> Callable[[Candidate], bool] | None:
+    """The static half of a pool: whom it admits for this referral, before exclusions,
+    capacity and load. None when it can admit nobody (a territory pool, no state)."""
+    products = (facts.expressed_interest,) if pool.products == "referral" else pool.products
+    single = products[0] if len(products) == 1 else None
+    roles, lobs = pool.roles, pool.lines_of_business
+    state = None
+    if pool.territory != "any":
+        if facts.state is None:
+            return None
+        state = place_key(facts.state)
+
+    def admits(c: Candidate) -> bool:
+        if single is not None:
+            if single not in c.products:
+                return False
+        elif c.products.isdisjoint(products):
+            return False
+        if state is not None and state not in c.states:
+            return False
+        if roles is not None and c.role not in roles:
+            return False
+        return lobs is None or c.line_of_business in lobs
+
+    return admits
+
+
+def reachable(rules: RoutingRules, facts: ReferralFacts, candidates: Iterable[Candidate]) -> list[Candidate]:
+    """Everyone a rule that matches this referral could pick, whatever their load: the
+    only employees whose open work routing needs to know. Rules after a queue rule that
+    matches are never reached."""
+    filters = []
+    for rule in rules.rules:
+        if not rule.match.applies(facts):
+            continue
+        if rule.queue is not None:
+            break
+        assert rule.pool is not None
+        admits = _admits(rule.pool, facts)
+        if admits is not None:
+            filters.append(admits)
+    if not filters:
+        return []
+    return [c for c in candidates if any(f(c) for f in filters)]
+
+
 def _pick(
     pool: Pool, facts: ReferralFacts, candidates: Iterable[Candidate], exclude: set[str] | frozenset[str]
 ) -> tuple[Candidate | None, str]:
     """The pool's winner, with what the reason should say about it (or about nobody)."""
-    products = (facts.expressed_interest,) if pool.products == "referral" else pool.products
-    single = products[0] if len(products) == 1 else None
-    roles, lobs = pool.roles, pool.lines_of_business
-    territory = pool.territory
-    state = city = None
-    if territory != "any":
-        if facts.state is None:
-            return None, "the referral has no state"
-        state = place_key(facts.state)
-        if territory == "referral_state_and_city_if_listed" and facts.city is not None:
-            city = place_key(facts.city)
+    admits = _admits(pool, facts)
+    if admits is None:
+        return None, "the referral has no state"
+    city = None
+    if pool.territory == "referral_state_and_city_if_listed" and facts.city is not None:
+        city = place_key(facts.city)
+    state = None if pool.territory == "any" else facts.state
 
     in_pool = excluded = full = 0
     eligible: list[Candidate] = []
     in_city: list[Candidate] = []
     for c in candidates:
-        if single is not None:
-            if single not in c.products:
-                continue
-        elif c.products.isdisjoint(products):
-            continue
-        if state is not None and state not in c.states:
-            continue
-        if roles is not None and c.role not in roles:
-            continue
-        if lobs is not None and c.line_of_business not in lobs:
+        if not admits(c):
             continue
         in_pool += 1
         if c.employee_id in exclude:

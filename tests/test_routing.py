@@ -18,6 +18,7 @@ from domain.routing import (
     RoutingRules,
     RoutingRulesError,
     load_routing_rules,
+    reachable,
     route,
 )
 from domain.types import LineOfBusiness, Product, Role
@@ -367,3 +368,28 @@ def test_the_api_refuses_to_start_on_invalid_routing_rules(tmp_path: Path) -> No
         create_app(Settings(routing_rules=bad, database_url="sqlite:///:memory:"))
     message = str(err.value)
     assert str(bad) in message and "rule 'brokers' (#1)" in message and "pool.territory" in message
+
+
+def test_reachable_is_everyone_a_matching_rule_could_pick() -> None:
+    """The service reads open work only for these; routing them gives the same answer."""
+    team = [
+        cand("broker-on", role=Role.mortgage_broker, load=3),
+        cand("advisor-on", load=0),
+        cand("broker-qc", role=Role.mortgage_broker, states=("QC",)),
+        cand("savings-on", products=("savings",)),
+    ]
+    specialists_then_all = rules(
+        {"name": "big", "match": {"min_value": 1_000_000}, "pool": {"roles": ["mortgage_broker"]}},
+        {"name": "all", "pool": {"products": "referral"}},
+    )
+    near = reachable(specialists_then_all, facts(), team)
+    assert [c.employee_id for c in near] == ["broker-on", "advisor-on"]
+    assert route(specialists_then_all, facts(), near) == route(specialists_then_all, facts(), team)
+    big = facts(value=Decimal("2000000"))
+    assert [c.employee_id for c in reachable(specialists_then_all, big, team)] == ["broker-on", "advisor-on"]
+
+    # A matching queue rule ends routing: nobody after it is reachable.
+    queue_first = rules({"name": "desk", "queue": "mortgage-desk"}, {"name": "all", "pool": {"products": "referral"}})
+    assert reachable(queue_first, facts(), team) == []
+    # A territory pool reaches nobody for a referral with no state.
+    assert reachable(DEFAULT, facts(state=None), team) == []
