@@ -13,7 +13,7 @@ from __future__ import annotations
 import copy
 from datetime import datetime, timedelta
 
-from sqlalchemy import func, select, update
+from sqlalchemy import Select, bindparam, case, func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from temporalio import activity
 from temporalio.client import Client
@@ -34,6 +34,7 @@ from store.models import (
     Need,
     Referral,
     ReferralHistory,
+    UTCDateTime,
 )
 from store.queries import referrer_tallies, score_from_tallies
 from workflows import starts
@@ -116,6 +117,23 @@ async def _has_entry(session: AsyncSession, referral_id: str, seq: int) -> bool:
     return found is not None
 
 
+def _opening_facts_statement() -> Select:
+    """Built once: whether the referral exists, the team's size, the lead model's totals
+    and the referrer's tallies, in one round trip."""
+    tallies = referrer_tallies((bindparam("rtype"), bindparam("rid")), bindparam("since", type_=UTCDateTime)).subquery()
+    total = (LeadFeatureCount.feature == TOTAL) & (LeadFeatureCount.value == TOTAL)
+    return select(
+        tallies,
+        select(func.count()).select_from(Employee).scalar_subquery().label("employees"),
+        select(LeadFeatureCount.won).where(total).scalar_subquery().label("won"),
+        select(LeadFeatureCount.lost).where(total).scalar_subquery().label("lost"),
+        select(Referral.id).where(Referral.id == bindparam("referral_id")).scalar_subquery().label("existing"),
+    )
+
+
+_OPENING_FACTS = _opening_facts_statement()
+
+
 class ReferralActivities:
     def __init__(
         self,
@@ -175,16 +193,8 @@ class ReferralActivities:
             )
 
     async def _opening_facts(self, session: AsyncSession, referral_id: str, referrer: tuple[str, str], since: datetime):  # noqa: ANN202
-        tallies = referrer_tallies(referrer, since).subquery()
-        total = (LeadFeatureCount.feature == TOTAL) & (LeadFeatureCount.value == TOTAL)
-        query = select(
-            tallies,
-            select(func.count()).select_from(Employee).scalar_subquery().label("employees"),
-            select(LeadFeatureCount.won).where(total).scalar_subquery().label("won"),
-            select(LeadFeatureCount.lost).where(total).scalar_subquery().label("lost"),
-            select(Referral.id).where(Referral.id == referral_id).scalar_subquery().label("existing"),
-        )
-        return (await session.execute(query)).one()
+        params = {"referral_id": referral_id, "rtype": referrer[0], "rid": referrer[1], "since": since}
+        return (await session.execute(_OPENING_FACTS, params)).one()
 
     @activity.defn(name=records.ROUTE_REFERRAL)
     async def route_referral(self, req: records.RouteReferral) -> Routed:
@@ -203,12 +213,15 @@ class ReferralActivities:
         team_size: int | None = None,
     ) -> Routed:
         """Route `row` (a new one when `created` is given) and record the decision."""
-        if created is None and await _has_entry(session, row.id, req.seq):  # a retry: the decision is recorded
-            return Routed(decision=RoutingDecision(
-                assignee_id=row.assignee_id, queue=row.queue, rule=row.routing_rule, reason=row.routing_reason or ""
-            ))
-        if req.preceding is not None and not await _has_entry(session, row.id, req.preceding.seq):
-            session.add(_history_row(row.id, req.preceding))
+        if created is None:  # a re-routing: what is recorded already, and the team's size, in one query
+            recorded, team_size = await self._routing_facts(session, row.id, req)
+            if req.seq in recorded:  # a retry: the decision is recorded
+                return Routed(decision=RoutingDecision(
+                    assignee_id=row.assignee_id, queue=row.queue, rule=row.routing_rule,
+                    reason=row.routing_reason or "",
+                ))
+            if req.preceding is not None and req.preceding.seq not in recorded:
+                session.add(_history_row(row.id, req.preceding))
         with session.no_autoflush:  # a new row is inserted once, with its decision in it
             candidates = await self._candidates(session, req, team_size)
         decision = route(req.rules, req.facts, candidates, frozenset(req.exclude))
@@ -227,6 +240,18 @@ class ReferralActivities:
             assignee_id=decision.assignee_id,
         )))
         return Routed(decision=decision)
+
+    async def _routing_facts(
+        self, session: AsyncSession, referral_id: str, req: records.RouteReferral
+    ) -> tuple[set[int], int]:
+        """Which of this routing's history entries are recorded already, and the team's size."""
+        seqs = [req.seq] + ([req.preceding.seq] if req.preceding else [])
+        team = select(func.count()).select_from(Employee).scalar_subquery()
+        row = (await session.execute(
+            select(team, *(func.coalesce(func.max(case((ReferralHistory.seq == n, 1), else_=0)), 0) for n in seqs))
+            .where(ReferralHistory.referral_id == referral_id)
+        )).one()
+        return {n for n, present in zip(seqs, row[1:], strict=True) if present}, int(row[0])
 
     async def _lead_model(self, session: AsyncSession, key: tuple[int, int]) -> LeadModel:
         """The lead model, re-read only when a decision has changed its totals (`key`)."""

@@ -57,24 +57,34 @@ async def test_open_route_decide_and_notify_twice_write_once(acts: ReferralActiv
     assert first == again and first.routed.decision.assignee_id == bob["id"]
     assert count(db, Referral, Referral.id == rid) == 1
     assert count(db, ReferralHistory, ReferralHistory.referral_id == rid) == 2
-    with db.connect() as c:
-        load = c.execute(EmployeeWorkload.__table__.select().where(EmployeeWorkload.employee_id == bob["id"])).one()
-    assert load.open_referrals == 1
+    assert _load(db, bob["id"]) == 1
+
+    # A rejection and its re-routing, retried: Ann gets it once, Bob's load drops once.
+    ann = await api.employee(name="Ann", email=f"ann.{state}@bank.example", states=[state])
+    now = datetime.now(UTC)
+    reroute = records.RouteReferral(
+        referral_id=rid, preceding=HistoryEntry(seq=3, status="rejected", at=now, actor=bob["id"], note="busy"),
+        rules=rec.route.rules, facts=rec.route.facts, exclude=[bob["id"]], seq=4, at=now, actor=bob["id"],
+        accept_deadline=now + timedelta(minutes=1),
+    )
+    first_route = await acts.route_referral(reroute)
+    assert await acts.route_referral(reroute) == first_route
+    assert first_route.decision.assignee_id == ann["id"]
+    assert count(db, ReferralHistory, ReferralHistory.referral_id == rid) == 4
+    assert [_load(db, bob["id"]), _load(db, ann["id"])] == [0, 1]
 
     totals_before = _totals(db)
     closed = records.ReferralChange(
-        referral_id=rid, entry=HistoryEntry(seq=3, status="closed", at=datetime.now(UTC), actor=bob["id"]),
-        status="closed", assignee_id=bob["id"], close_reason="not moving", won=False,
+        referral_id=rid, entry=HistoryEntry(seq=5, status="closed", at=datetime.now(UTC), actor=ann["id"]),
+        status="closed", assignee_id=ann["id"], close_reason="not moving", won=False,
     )
     await acts.record_change(closed)
     await acts.record_change(closed)
-    assert count(db, ReferralHistory, ReferralHistory.referral_id == rid) == 3
+    assert count(db, ReferralHistory, ReferralHistory.referral_id == rid) == 5
     assert _totals(db) == (totals_before[0], totals_before[1] + 1)  # the lead model learned once
-    with db.connect() as c:
-        load = c.execute(EmployeeWorkload.__table__.select().where(EmployeeWorkload.employee_id == bob["id"])).one()
-    assert load.open_referrals == 0
+    assert _load(db, ann["id"]) == 0
 
-    notice = records.ReferralNotice(referral_id=rid, kind="assigned", occasion="2", employee_id=bob["id"])
+    notice = records.ReferralNotice(referral_id=rid, kind="assigned", occasion="4", employee_id=ann["id"])
     await acts.notify(notice)
     await acts.notify(notice)
     assert count(db, Notification, Notification.id.like(f"referral:{rid}:assigned:%")) == 1
@@ -84,3 +94,9 @@ def _totals(db: Engine) -> tuple[int, int]:
     with db.connect() as c:
         row = c.execute(LeadFeatureCount.__table__.select().where(LeadFeatureCount.feature == "*")).first()
     return (row.won, row.lost) if row else (0, 0)
+
+
+def _load(db: Engine, employee_id: str) -> int:
+    with db.connect() as c:
+        row = c.execute(EmployeeWorkload.__table__.select().where(EmployeeWorkload.employee_id == employee_id)).first()
+    return row.open_referrals if row else 0
