@@ -125,6 +125,13 @@ class OpportunityActivities:
 
     @activity.defn(name=records.REQUEST_SIGNATURE)
     async def request_signature(self, req: records.SignatureRequestInput) -> records.SignatureSent:
+        """Render the documents, send them, record the envelope (once per request number).
+
+        A retry after the envelope is recorded returns it. A crash between the provider's
+        send and the commit sends again: harmless for the local provider (the first token
+        was never stored); a remote provider must make its send idempotent per
+        (opportunity, request number), e.g. by looking the envelope up first.
+        """
         async with self.sessions.begin() as session:
             existing = await session.scalar(
                 select(SignatureRequest).where(

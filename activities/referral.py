@@ -21,7 +21,7 @@ from temporalio.client import Client
 from activities.mail import Mailer
 from domain import records
 from domain.opportunity import OpportunityInput
-from domain.referral import OPEN_STATUSES, HistoryEntry, Routed
+from domain.referral import OPEN_STATUSES, WORKING_STATUSES, HistoryEntry, Routed
 from domain.routing import Candidate, RoutingDecision, place_key, reachable, route
 from domain.scoring import FEATURES, LeadFeatures, LeadModel
 from domain.types import LineOfBusiness, Product, Role
@@ -63,7 +63,7 @@ async def learn(session: AsyncSession, features: dict[str, str], won: bool) -> N
 
 
 def _counts_toward_load(status: str | None, assignee_id: str | None) -> str | None:
-    return assignee_id if status in ("assigned", "accepted") else None
+    return assignee_id if status in WORKING_STATUSES else None
 
 
 async def _bump(session: AsyncSession, employee_id: str, delta: int, assigned_at: datetime | None) -> None:

@@ -25,6 +25,8 @@ from domain.types import LineOfBusiness, Product, Role
 
 ReferralStatus = Literal["assigned", "unassigned", "accepted", "converted", "closed", "routing", "converting"]
 OPEN_STATUSES = ("assigned", "unassigned", "accepted")
+#: The statuses that count as an employee's open work (routing's load, their list).
+WORKING_STATUSES = ("assigned", "accepted")
 
 
 class Referrer(BaseModel):

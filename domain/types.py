@@ -67,14 +67,3 @@ class EventType(StrEnum):
     account_activity = "account.activity"
     mortgage_payment = "mortgage.payment"
 
-
-#: Events whose subject is an opportunity: they are applied by its workflow.
-OPPORTUNITY_EVENTS = frozenset(
-    {
-        EventType.mortgage_application_submitted,
-        EventType.mortgage_application_approved,
-        EventType.mortgage_application_declined,
-        EventType.consent_sms_authorization,
-        EventType.account_opened,
-    }
-)

@@ -115,10 +115,14 @@ async def test_least_loaded_then_round_robin(api: Api) -> None:
 async def test_capacity_is_respected(api: Api) -> None:
     state = territory()
     people = await staff(api, state)
+    bob = people["bob"]
     full = await api.employee(name="Full", email=f"full.{state}@bank.example", products=["mortgage"],
-                              states=[state], cities=["San Francisco"], capacity=0)
-    ref = await refer(api, people["ryan"], state)
-    assert ref["assignee_id"] == people["bob"]["id"] != full["id"]
+                              states=[state], cities=["San Francisco"], capacity=1)
+    assignees = [(await refer(api, people["ryan"], state, name=f"P{i}"))["assignee_id"] for i in range(4)]
+    # One each while both have room; then Full is at capacity (1 of 1) and Bob takes the rest,
+    # although Full's lighter load would win the fourth if capacity were ignored.
+    assert sorted(assignees[:2]) == sorted([bob["id"], full["id"]])
+    assert assignees[2:] == [bob["id"], bob["id"]]
 
 
 async def test_only_the_assignee_or_a_manager_may_accept(api: Api) -> None:

@@ -25,6 +25,7 @@ from api.views import referral_out
 from api.workflows import run_update
 from domain.opportunity import Actor
 from domain.referral import (
+    WORKING_STATUSES,
     AcceptCommand,
     CloseCommand,
     ConvertCommand,
@@ -197,7 +198,7 @@ async def employee_referrals(employee_id: str, svc: ServicesDep, who: CrmWriter)
         if await session.get(Employee, employee_id) is None:
             raise not_found("employee", employee_id)
         rows = list(await session.scalars(
-            select(Referral).where(Referral.assignee_id == employee_id, Referral.status.in_(["assigned", "accepted"]))
+            select(Referral).where(Referral.assignee_id == employee_id, Referral.status.in_(WORKING_STATUSES))
         ))
         recs = await referral_records(session, rows, **referral_context(svc))
     recs.sort(key=lambda r: (-r.priority, r.referral.created_at, r.referral.id))
