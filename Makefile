@@ -18,7 +18,7 @@ ifdef DATABASE_URL
 export DATABASE_URL
 endif
 
-.PHONY: venv run test test-pg bench clean
+.PHONY: venv run lint format test test-pg bench clean
 
 venv: $(STAMP)
 
@@ -36,7 +36,17 @@ $(STAMP): pyproject.toml | $(PY)
 run: venv
 	$(PY) -m devstack
 
-test: venv
+# Style is checked, not only written: the formatter and linter run before the tests.
+lint: venv
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/ruff check .
+
+# Rewrite the code in the project's style (what `make lint` checks).
+format: venv
+	$(VENV)/bin/ruff format .
+	$(VENV)/bin/ruff check --fix .
+
+test: lint
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 test-pg:

@@ -68,7 +68,7 @@ RETRY_STATUS = frozenset({500, 502, 503, 504})
 class CliError(Exception):
     """Something the person must fix; printed without a traceback."""
 
-    def __init__(self, message: str, exit_code: int = 2):
+    def __init__(self, message: str, exit_code: int = 2) -> None:
         super().__init__(message)
         self.message = message
         self.exit_code = exit_code
@@ -77,7 +77,7 @@ class CliError(Exception):
 class ApiFailure(CliError):
     """The API answered with an error: {"error": {"code", "message", "details"}}."""
 
-    def __init__(self, status: int, code: str, message: str, details: Mapping[str, Any] | None = None):
+    def __init__(self, status: int, code: str, message: str, details: Mapping[str, Any] | None = None) -> None:
         super().__init__(f"{status} {code}: {message}", exit_code=1)
         self.status = status
         self.code = code
@@ -183,8 +183,10 @@ def _when(iso: str | None) -> str:
 
 def _table(headers: Sequence[str], rows: Sequence[Sequence[str]], indent: str = "") -> list[str]:
     widths = [max(len(str(x)) for x in col) for col in zip(headers, *rows, strict=True)]
+
     def line(cells: Sequence[str]) -> str:
         return (indent + "  ".join(str(c).ljust(w) for c, w in zip(cells, widths, strict=True))).rstrip()
+
     return [line(headers), *(line(r) for r in rows)]
 
 
@@ -252,7 +254,7 @@ def parse_event_data(data_json: str | None, assignments: Sequence[str] | None) -
         except json.JSONDecodeError as exc:
             raise CliError(f"--data is not valid JSON: {exc}") from exc
         if not isinstance(data, dict):
-            raise CliError("--data must be a JSON object, e.g. '{\"application_id\": \"APP-9\"}'")
+            raise CliError('--data must be a JSON object, e.g. \'{"application_id": "APP-9"}\'')
         return data
     data = {}
     for item in assignments or ():
@@ -383,7 +385,7 @@ class Demo:
     """Rachel's story (seed 000) and Kiara's referral (seed 003) through the API, each
     step keyed by the run id."""
 
-    def __init__(self, http: httpx.Client, out: Out, run_id: str):
+    def __init__(self, http: httpx.Client, out: Out, run_id: str) -> None:
         self.http = http
         self.out = out
         self.run = run_id
@@ -598,7 +600,7 @@ class Demo:
             mail = mails[0]
             sent = mail.get("sent_at")
             how = f"sent {_when(sent)}" if sent else "in the outbox: no SMTP server configured"
-            self.out(f"  e-mail    to Bob <{mail['to_address']}>: \"{mail['subject']}\" ({how})")
+            self.out(f'  e-mail    to Bob <{mail["to_address"]}>: "{mail["subject"]}" ({how})')
         elif mails is not None:
             self.out("  e-mail    none to Bob in the outbox")
 
@@ -611,7 +613,7 @@ class Demo:
         converted = self.post("convert-kiara", f"/v1/referrals/{rid}/convert",
                               {**bob_acts, "need": need}, expect=200)  # fmt: skip
         again = " in an earlier run" if earlier["status"] == "converted" else ""
-        self.out(f"  converted by Bob{again}: need {need['kind']} \"{need['description']}\"")
+        self.out(f'  converted by Bob{again}: need {need["kind"]} "{need["description"]}"')
         customer = _get(self.http, f"/v1/customers/{converted['customer_id']}")
         opp = _get(self.http, f"/v1/opportunities/{converted['opportunity_id']}")
         self.out(f"    customer     {customer['id']} · {customer['name']} "

@@ -6,6 +6,7 @@ Run `python worker.py` (the dev stack does). Configuration comes from `config.Se
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 
 from temporalio.client import Client
@@ -43,9 +44,7 @@ def build_worker(client: Client, settings: Settings, task_queue: str = TASK_QUEU
     mailer = Mailer(SmtpSettings.from_url(settings.smtp_url) if settings.smtp_url else None, settings.mail_from)
     opportunity = OpportunityActivities(sessions, esign_provider(settings), mailer)
     referral = ReferralActivities(sessions, mailer, client, task_queue, settings.referrer_window_days)
-    return Worker(
-        client, task_queue=task_queue, workflows=WORKFLOWS, activities=[*opportunity.all(), *referral.all()]
-    )
+    return Worker(client, task_queue=task_queue, workflows=WORKFLOWS, activities=[*opportunity.all(), *referral.all()])
 
 
 async def main() -> None:
@@ -60,7 +59,5 @@ async def main() -> None:
 
 
 if __name__ == "__main__":
-    try:
+    with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(main())
-    except KeyboardInterrupt:
-        pass

@@ -16,7 +16,7 @@ from email.message import EmailMessage
 from urllib.parse import unquote, urlsplit
 
 from sqlalchemy import select
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from store.models import Employee, Notification
 
@@ -42,7 +42,7 @@ class SmtpSettings:
 
 
 class Mailer:
-    def __init__(self, smtp: SmtpSettings | None, sender: str):
+    def __init__(self, smtp: SmtpSettings | None, sender: str) -> None:
         self.smtp = smtp
         self.sender = sender
 
@@ -61,7 +61,7 @@ class Mailer:
 
     async def deliver(
         self,
-        sessions,
+        sessions: async_sessionmaker,
         message_id: str,
         recipients: list[Employee],
         subject: str,
@@ -71,9 +71,7 @@ class Mailer:
         ids = {e.id: f"{message_id}:{e.id}" for e in recipients}
         async with sessions.begin() as session:
             session: AsyncSession
-            have = set(
-                await session.scalars(select(Notification.id).where(Notification.id.in_(list(ids.values()))))
-            )
+            have = set(await session.scalars(select(Notification.id).where(Notification.id.in_(list(ids.values())))))
             for e in recipients:
                 if ids[e.id] not in have:
                     session.add(

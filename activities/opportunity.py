@@ -49,7 +49,7 @@ async def _add_checkpoint(session: AsyncSession, opportunity_id: str, cp: Checkp
 
 
 class OpportunityActivities:
-    def __init__(self, sessions: async_sessionmaker[AsyncSession], esign: ESignatureProvider, mailer: Mailer):
+    def __init__(self, sessions: async_sessionmaker[AsyncSession], esign: ESignatureProvider, mailer: Mailer) -> None:
         self.sessions = sessions
         self.esign = esign
         self.mailer = mailer
@@ -111,9 +111,7 @@ class OpportunityActivities:
                 )
             if change.processed_event and await session.get(ProcessedEvent, change.processed_event.event_id) is None:
                 e = change.processed_event
-                session.add(
-                    ProcessedEvent(id=e.event_id, type=e.type, subject_id=opp.id, body_sha256=e.body_sha256)
-                )
+                session.add(ProcessedEvent(id=e.event_id, type=e.type, subject_id=opp.id, body_sha256=e.body_sha256))
             if change.signature_completion:
                 done = change.signature_completion
                 sig = await session.get(SignatureRequest, done.envelope_id)

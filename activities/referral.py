@@ -72,11 +72,15 @@ async def _bump(session: AsyncSession, employee_id: str, delta: int, assigned_at
     if assigned_at is not None:
         values["last_assigned_at"] = assigned_at
     result = await session.execute(
-        update(EmployeeWorkload).where(EmployeeWorkload.employee_id == employee_id).values(**values)
+        update(EmployeeWorkload)
+        .where(EmployeeWorkload.employee_id == employee_id)
+        .values(**values)
         .execution_options(synchronize_session=False)
     )
     if result.rowcount == 0:
-        session.add(EmployeeWorkload(employee_id=employee_id, open_referrals=max(delta, 0), last_assigned_at=assigned_at))
+        session.add(
+            EmployeeWorkload(employee_id=employee_id, open_referrals=max(delta, 0), last_assigned_at=assigned_at)
+        )
 
 
 async def _assign(session: AsyncSession, row: Referral, status: str, assignee_id: str | None, at: datetime) -> None:
@@ -105,8 +109,13 @@ def _with_load(c: Candidate, open_load: int, last_assigned_at: datetime | None) 
 
 def _history_row(referral_id: str, entry: HistoryEntry) -> ReferralHistory:
     return ReferralHistory(
-        referral_id=referral_id, seq=entry.seq, status=entry.status, at=entry.at, actor=entry.actor,
-        note=entry.note, assignee_id=entry.assignee_id,
+        referral_id=referral_id,
+        seq=entry.seq,
+        status=entry.status,
+        at=entry.at,
+        actor=entry.actor,
+        note=entry.note,
+        assignee_id=entry.assignee_id,
     )
 
 
@@ -142,7 +151,7 @@ class ReferralActivities:
         client: Client,
         task_queue: str,
         referrer_window_days: int,
-    ):
+    ) -> None:
         self.sessions = sessions
         self.mailer = mailer
         self.client = client
@@ -169,17 +178,27 @@ class ReferralActivities:
                 model = await self._lead_model(session, (int(facts.won or 0), int(facts.lost or 0)))
                 scored = model.score(features)
                 row = Referral(
-                    id=ref.referral_id, status="unassigned", referrer_type=ref.referrer.type,
+                    id=ref.referral_id,
+                    status="unassigned",
+                    referrer_type=ref.referrer.type,
                     referrer_id=ref.referrer.id,
-                    referrer_line_of_business=ref.referrer_line_of_business.value if ref.referrer_line_of_business else None,
+                    referrer_line_of_business=ref.referrer_line_of_business.value
+                    if ref.referrer_line_of_business
+                    else None,
                     customer_id=ref.customer_id,
                     prospect=ref.prospect.model_dump(mode="json") if ref.prospect else None,
-                    expressed_interest=ref.expressed_interest.value, value=ref.value, notes=ref.notes,
-                    city=ref.city, state=ref.state, source=ref.source,
+                    expressed_interest=ref.expressed_interest.value,
+                    value=ref.value,
+                    notes=ref.notes,
+                    city=ref.city,
+                    state=ref.state,
+                    source=ref.source,
                     lead_score=scored.score,
                     lead_score_factors=[f.model_dump(mode="json") for f in scored.factors],
                     features=dict(zip(FEATURES, features.values(), strict=True)),
-                    workflow_id=rec.workflow_id, last_seq=rec.created.seq, created_at=rec.created.at,
+                    workflow_id=rec.workflow_id,
+                    last_seq=rec.created.seq,
+                    created_at=rec.created.at,
                 )
                 session.add(row)
                 routed = await self._route(session, row, rec.route, created=rec.created, team_size=facts.employees)
@@ -188,8 +207,10 @@ class ReferralActivities:
                 assert row is not None
                 routed = await self._route(session, row, rec.route)
             return records.ReferralOpened(
-                lead_score=row.lead_score, lead_score_factors=row.lead_score_factors,
-                referrer_score=score_from_tallies(facts), routed=routed,
+                lead_score=row.lead_score,
+                lead_score_factors=row.lead_score_factors,
+                referrer_score=score_from_tallies(facts),
+                routed=routed,
             )
 
     async def _opening_facts(self, session: AsyncSession, referral_id: str, referrer: tuple[str, str], since: datetime):  # noqa: ANN202
@@ -216,10 +237,14 @@ class ReferralActivities:
         if created is None:  # a re-routing: what is recorded already, and the team's size, in one query
             recorded, team_size = await self._routing_facts(session, row.id, req)
             if req.seq in recorded:  # a retry: the decision is recorded
-                return Routed(decision=RoutingDecision(
-                    assignee_id=row.assignee_id, queue=row.queue, rule=row.routing_rule,
-                    reason=row.routing_reason or "",
-                ))
+                return Routed(
+                    decision=RoutingDecision(
+                        assignee_id=row.assignee_id,
+                        queue=row.queue,
+                        rule=row.routing_rule,
+                        reason=row.routing_reason or "",
+                    )
+                )
             if req.preceding is not None and req.preceding.seq not in recorded:
                 session.add(_history_row(row.id, req.preceding))
         with session.no_autoflush:  # a new row is inserted once, with its decision in it
@@ -235,10 +260,19 @@ class ReferralActivities:
         if created is not None:
             await session.flush()  # the referral before its history (no ORM relationship orders them)
             session.add(_history_row(row.id, created))
-        session.add(_history_row(row.id, HistoryEntry(
-            seq=req.seq, status=row.status, at=req.at, actor=req.actor, note=decision.reason,
-            assignee_id=decision.assignee_id,
-        )))
+        session.add(
+            _history_row(
+                row.id,
+                HistoryEntry(
+                    seq=req.seq,
+                    status=row.status,
+                    at=req.at,
+                    actor=req.actor,
+                    note=decision.reason,
+                    assignee_id=decision.assignee_id,
+                ),
+            )
+        )
         return Routed(decision=decision)
 
     async def _routing_facts(
@@ -247,10 +281,13 @@ class ReferralActivities:
         """Which of this routing's history entries are recorded already, and the team's size."""
         seqs = [req.seq] + ([req.preceding.seq] if req.preceding else [])
         team = select(func.count()).select_from(Employee).scalar_subquery()
-        row = (await session.execute(
-            select(team, *(func.coalesce(func.max(case((ReferralHistory.seq == n, 1), else_=0)), 0) for n in seqs))
-            .where(ReferralHistory.referral_id == referral_id)
-        )).one()
+        row = (
+            await session.execute(
+                select(
+                    team, *(func.coalesce(func.max(case((ReferralHistory.seq == n, 1), else_=0)), 0) for n in seqs)
+                ).where(ReferralHistory.referral_id == referral_id)
+            )
+        ).one()
         return {n for n, present in zip(seqs, row[1:], strict=True) if present}, int(row[0])
 
     async def _lead_model(self, session: AsyncSession, key: tuple[int, int]) -> LeadModel:
@@ -276,8 +313,12 @@ class ReferralActivities:
         if self._team is None or self._team[0] != count:
             team = [
                 Candidate(
-                    employee_id=e.id, role=Role(e.role), line_of_business=LineOfBusiness(e.line_of_business),
-                    products=[Product(p) for p in e.products], cities=e.cities, states=e.states,
+                    employee_id=e.id,
+                    role=Role(e.role),
+                    line_of_business=LineOfBusiness(e.line_of_business),
+                    products=[Product(p) for p in e.products],
+                    cities=e.cities,
+                    states=e.states,
                     capacity=e.capacity,
                 )
                 for e in await session.scalars(select(Employee))
@@ -289,14 +330,13 @@ class ReferralActivities:
         workload = {
             employee_id: (load, last)
             for employee_id, load, last in await session.execute(
-                select(EmployeeWorkload.employee_id, EmployeeWorkload.open_referrals, EmployeeWorkload.last_assigned_at)
-                .where(EmployeeWorkload.employee_id.in_([c.employee_id for c in near]))
+                select(
+                    EmployeeWorkload.employee_id, EmployeeWorkload.open_referrals, EmployeeWorkload.last_assigned_at
+                ).where(EmployeeWorkload.employee_id.in_([c.employee_id for c in near]))
             )
         }
         return [
-            copy.copy(c) if c.employee_id not in workload
-            else _with_load(c, *workload[c.employee_id])
-            for c in near
+            copy.copy(c) if c.employee_id not in workload else _with_load(c, *workload[c.employee_id]) for c in near
         ]
 
     @activity.defn(name=records.RECORD_REFERRAL_CHANGE)
@@ -340,18 +380,32 @@ class ReferralActivities:
                     household_id = f"hh_{row.id}"
                     session.add(Household(id=household_id, name=f"{p.get('name', 'Prospect')} household"))
                     await session.flush()
-                    session.add(Customer(
-                        id=customer_id, household_id=household_id, name=p.get("name") or "Prospect",
-                        email=p.get("email"), phone=p.get("phone"), employer=p.get("employer"),
-                        city=p.get("city"), state=p.get("state"), created_at=req.at,
-                    ))
+                    session.add(
+                        Customer(
+                            id=customer_id,
+                            household_id=household_id,
+                            name=p.get("name") or "Prospect",
+                            email=p.get("email"),
+                            phone=p.get("phone"),
+                            employer=p.get("employer"),
+                            city=p.get("city"),
+                            state=p.get("state"),
+                            created_at=req.at,
+                        )
+                    )
                     await session.flush()
             need_id = referral_need_id(row.id)
             if await session.get(Need, need_id) is None:
-                session.add(Need(
-                    id=need_id, customer_id=customer_id, kind=req.need_kind, description=req.need_description,
-                    recorded_by=req.recorded_by, recorded_at=req.at,
-                ))
+                session.add(
+                    Need(
+                        id=need_id,
+                        customer_id=customer_id,
+                        kind=req.need_kind,
+                        description=req.need_description,
+                        recorded_by=req.recorded_by,
+                        recorded_at=req.at,
+                    )
+                )
         return records.Conversion(customer_id=customer_id, need_id=need_id)
 
     @activity.defn(name=records.START_OPPORTUNITY)
@@ -371,8 +425,14 @@ class ReferralActivities:
         )
 
     def all(self) -> list:
-        return [self.open_referral, self.route_referral, self.record_change, self.prepare_conversion,
-                self.start_opportunity, self.notify]
+        return [
+            self.open_referral,
+            self.route_referral,
+            self.record_change,
+            self.prepare_conversion,
+            self.start_opportunity,
+            self.notify,
+        ]
 
     async def _recipients(self, session: AsyncSession, notice: records.ReferralNotice) -> list[Employee]:
         if notice.kind in ("assigned", "reminder"):
@@ -407,15 +467,17 @@ class ReferralActivities:
 def _render(notice: records.ReferralNotice, row: Referral, who: str) -> tuple[str, str]:
     value = f" worth {row.value:,.2f}" if row.value is not None else ""
     where = ", ".join(x for x in (row.city, row.state) if x)
-    details = "\n".join([
-        f"Referral:   {row.id}",
-        f"Customer:   {who}",
-        f"Interest:   {row.expressed_interest}{value}",
-        f"Where:      {where or 'unknown'}",
-        f"Referred by {row.referrer_type} {row.referrer_id}",
-        f"Lead score: {row.lead_score}/99",
-        f"Notes:      {row.notes or '-'}",
-    ])
+    details = "\n".join(
+        [
+            f"Referral:   {row.id}",
+            f"Customer:   {who}",
+            f"Interest:   {row.expressed_interest}{value}",
+            f"Where:      {where or 'unknown'}",
+            f"Referred by {row.referrer_type} {row.referrer_id}",
+            f"Lead score: {row.lead_score}/99",
+            f"Notes:      {row.notes or '-'}",
+        ]
+    )
     subjects = {
         "assigned": f"New referral: {row.expressed_interest}{value} for {who.split(' (')[0]}",
         "unassigned": f"Unassigned referral waiting: {row.expressed_interest}{value}",

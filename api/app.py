@@ -6,6 +6,7 @@ the environment. A malformed process file stops the app at start.
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
@@ -22,14 +23,16 @@ from store.db import make_async_engine, make_session_factory
 from workflows import TASK_QUEUE
 
 
-def create_app(settings: Settings | None = None, *, client: Client | None = None, task_queue: str = TASK_QUEUE) -> FastAPI:
+def create_app(
+    settings: Settings | None = None, *, client: Client | None = None, task_queue: str = TASK_QUEUE
+) -> FastAPI:
     settings = settings or get_settings()
     # Both fail loudly at start, naming the file, the stage or rule, and the field.
     catalog = load_catalog(settings.processes_dir)
     routing_rules = load_routing_rules(settings.routing_rules)
 
     @asynccontextmanager
-    async def lifespan(app: FastAPI):
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         engine = make_async_engine(settings.resolved_database_url)
         temporal = client or await Client.connect(
             settings.resolved_temporal_address, namespace=settings.namespace, data_converter=pydantic_data_converter
@@ -53,8 +56,14 @@ def create_app(settings: Settings | None = None, *, client: Client | None = None
     )
     errors.install(app)
     for router in (
-        customers.router, employees.router, referrals.router, opportunities.router, events.router,
-        outbox.router, signing.router, reports.router,
+        customers.router,
+        employees.router,
+        referrals.router,
+        opportunities.router,
+        events.router,
+        outbox.router,
+        signing.router,
+        reports.router,
     ):
         app.include_router(router)
 

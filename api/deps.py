@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Annotated
 
@@ -44,10 +45,8 @@ def get_services(request: Request) -> Services:
 ServicesDep = Annotated[Services, Depends(get_services)]
 
 
-def require(scope: str):
-    async def dependency(
-        svc: ServicesDep, authorization: Annotated[str | None, Header()] = None
-    ) -> Principal:
+def require(scope: str) -> Callable[..., Awaitable[Principal]]:
+    async def dependency(svc: ServicesDep, authorization: Annotated[str | None, Header()] = None) -> Principal:
         if not authorization or not authorization.lower().startswith("bearer "):
             raise ApiError(401, "unauthenticated", "send an API key as 'Authorization: Bearer <key>'")
         key = authorization[7:].strip()

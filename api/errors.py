@@ -11,7 +11,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 
 class ApiError(Exception):
-    def __init__(self, status: int, code: str, message: str, details: dict[str, Any] | None = None):
+    def __init__(self, status: int, code: str, message: str, details: dict[str, Any] | None = None) -> None:
         super().__init__(message)
         self.status = status
         self.code = code
@@ -38,8 +38,15 @@ def invalid_transition(message: str, **details: Any) -> ApiError:
     return ApiError(409, "invalid_transition", message, details)
 
 
-_STATUS_CODES = {400: "validation_error", 401: "unauthenticated", 403: "forbidden", 404: "not_found",
-                 405: "method_not_allowed", 409: "conflict", 422: "validation_error"}
+_STATUS_CODES = {
+    400: "validation_error",
+    401: "unauthenticated",
+    403: "forbidden",
+    404: "not_found",
+    405: "method_not_allowed",
+    409: "conflict",
+    422: "validation_error",
+}
 
 
 def install(app: FastAPI) -> None:
@@ -53,8 +60,9 @@ def install(app: FastAPI) -> None:
         for e in exc.errors():
             if e["type"] == "json_invalid":
                 position = e["loc"][-1] if e["loc"] else "?"
-                problems.append({"field": "", "message": f"the body is not valid JSON (at character {position})",
-                                 "type": e["type"]})
+                problems.append(
+                    {"field": "", "message": f"the body is not valid JSON (at character {position})", "type": e["type"]}
+                )
             else:
                 field = ".".join(str(p) for p in e["loc"] if p != "body")
                 problems.append({"field": field, "message": e["msg"], "type": e["type"]})
@@ -71,4 +79,9 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(Exception)
     async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
-        return ApiError(500, "internal_error", "the server failed to handle this request; retrying it with the same Idempotency-Key is safe", {}).response()
+        return ApiError(
+            500,
+            "internal_error",
+            "the server failed to handle this request; retrying it with the same Idempotency-Key is safe",
+            {},
+        ).response()

@@ -50,8 +50,13 @@ async def _reserve(svc: Services, principal: Principal, key: str, request: Reque
         async with svc.sessions.begin() as session:
             session.add(
                 IdempotencyRecord(
-                    api_key_id=principal.id, key=key, method=request.method, path=request.url.path,
-                    request_sha256=digest, status_code=_IN_PROGRESS, response="",
+                    api_key_id=principal.id,
+                    key=key,
+                    method=request.method,
+                    path=request.url.path,
+                    request_sha256=digest,
+                    status_code=_IN_PROGRESS,
+                    response="",
                 )
             )
         return True
@@ -87,10 +92,18 @@ async def idempotent(
         if (stored.request_sha256, stored.method, stored.path) != (digest, request.method, request.url.path):
             raise _conflict(key)
         if stored.status_code == _IN_PROGRESS:
-            raise ApiError(409, "conflict", "a request with this Idempotency-Key is still in progress; retry later",
-                           {"idempotency_key": key})
-        return Response(stored.response, status_code=stored.status_code, media_type="application/json",
-                        headers={"Idempotent-Replayed": "true"})
+            raise ApiError(
+                409,
+                "conflict",
+                "a request with this Idempotency-Key is still in progress; retry later",
+                {"idempotency_key": key},
+            )
+        return Response(
+            stored.response,
+            status_code=stored.status_code,
+            media_type="application/json",
+            headers={"Idempotent-Replayed": "true"},
+        )
     try:
         content, code = jsonable_encoder(await handler()), status_code
     except ApiError as exc:
@@ -113,7 +126,5 @@ async def idempotent(
 async def _release(svc: Services, principal: Principal, key: str) -> None:
     async with svc.sessions.begin() as session:
         await session.execute(
-            delete(IdempotencyRecord).where(
-                IdempotencyRecord.api_key_id == principal.id, IdempotencyRecord.key == key
-            )
+            delete(IdempotencyRecord).where(IdempotencyRecord.api_key_id == principal.id, IdempotencyRecord.key == key)
         )

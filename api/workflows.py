@@ -32,7 +32,13 @@ def _as_api_error(exc: Exception, closed_message: str) -> ApiError | None:
 
 
 async def run_update(
-    svc: Services, wf_id: str, update: Any, arg: Any, *, update_id: str | None, result_type: type,
+    svc: Services,
+    wf_id: str,
+    update: Any,
+    arg: Any,
+    *,
+    update_id: str | None,
+    result_type: type,
     closed_message: str,
 ) -> Any:
     handle = svc.client.get_workflow_handle(wf_id)
@@ -49,6 +55,11 @@ async def update_opportunity(
     svc: Services, opportunity_id: str, update: Any, arg: Any, *, update_id: str | None, result_type: type
 ) -> Any:
     return await run_update(
-        svc, workflow_id(opportunity_id), update, arg, update_id=update_id, result_type=result_type,
+        svc,
+        workflow_id(opportunity_id),
+        update,
+        arg,
+        update_id=update_id,
+        result_type=result_type,
         closed_message="this opportunity is closed; nothing more can happen to it",
     )

@@ -45,9 +45,18 @@ EMPLOYEES = 1_000
 PAST = 20_000
 REFERRALS = int(os.environ.get("BENCH_REFERRALS", "10000"))
 BUDGET_MS = 5.0
-PLACES = {"ON": ["Toronto", "Ottawa"], "QC": ["Montréal", "Laval"], "BC": ["Vancouver", "Victoria"],
-          "NY": ["New York", "Buffalo"], "CA": ["Los Angeles", "San Francisco"], "TX": ["Houston", "Austin"],
-          "IL": ["Chicago"], "AB": ["Calgary"], "MB": ["Winnipeg"], "NS": ["Halifax"]}
+PLACES = {
+    "ON": ["Toronto", "Ottawa"],
+    "QC": ["Montréal", "Laval"],
+    "BC": ["Vancouver", "Victoria"],
+    "NY": ["New York", "Buffalo"],
+    "CA": ["Los Angeles", "San Francisco"],
+    "TX": ["Houston", "Austin"],
+    "IL": ["Chicago"],
+    "AB": ["Calgary"],
+    "MB": ["Winnipeg"],
+    "NS": ["Halifax"],
+}
 PRODUCTS = list(Product)
 
 
@@ -56,14 +65,19 @@ def seed(url: str, rng: random.Random) -> None:
     with Session(engine) as s, s.begin():
         for i in range(EMPLOYEES):
             state = rng.choice(list(PLACES))
-            s.add(Employee(
-                id=f"emp{i:04d}", name=f"Employee {i}", email=f"e{i}@bank.example",
-                role=rng.choice([Role.advisor, Role.banker, Role.mortgage_broker, Role.insurance_agent]).value,
-                line_of_business=rng.choice(list(LineOfBusiness)).value,
-                products=[p.value for p in rng.sample(PRODUCTS, k=rng.randint(1, 3))],
-                cities=rng.sample(PLACES[state], k=rng.randint(0, 1)), states=[state],
-                capacity=rng.randint(20, 60),
-            ))
+            s.add(
+                Employee(
+                    id=f"emp{i:04d}",
+                    name=f"Employee {i}",
+                    email=f"e{i}@bank.example",
+                    role=rng.choice([Role.advisor, Role.banker, Role.mortgage_broker, Role.insurance_agent]).value,
+                    line_of_business=rng.choice(list(LineOfBusiness)).value,
+                    products=[p.value for p in rng.sample(PRODUCTS, k=rng.randint(1, 3))],
+                    cities=rng.sample(PLACES[state], k=rng.randint(0, 1)),
+                    states=[state],
+                    capacity=rng.randint(20, 60),
+                )
+            )
         model = LeadModel.from_outcomes(
             (LeadFeatures.from_facts(facts(rng), rng.choice(["employee", "partner", "customer"])), rng.random() < 0.3)
             for _ in range(PAST)
@@ -78,8 +92,11 @@ def seed(url: str, rng: random.Random) -> None:
 def facts(rng: random.Random) -> ReferralFacts:
     state = rng.choice(list(PLACES))
     return ReferralFacts(
-        expressed_interest=rng.choice(PRODUCTS), city=rng.choice(PLACES[state]), state=state,
-        value=Decimal(rng.choice([20_000, 120_000, 500_000, 1_500_000])), referrer_type="employee",
+        expressed_interest=rng.choice(PRODUCTS),
+        city=rng.choice(PLACES[state]),
+        state=state,
+        value=Decimal(rng.choice([20_000, 120_000, 500_000, 1_500_000])),
+        referrer_type="employee",
         referrer_line_of_business=rng.choice(list(LineOfBusiness)),
     )
 
@@ -90,8 +107,13 @@ async def run(url: str) -> None:
     seed(url, rng)
     print(f"seeded {EMPLOYEES:,} employees and a model of {PAST:,} outcomes in {time.perf_counter() - t:.1f} s")
     engine = make_async_engine(url)
-    acts = ReferralActivities(make_session_factory(engine), Mailer(None, "bench@localhost"), client=None,  # type: ignore[arg-type]
-                              task_queue="bench", referrer_window_days=90)
+    acts = ReferralActivities(
+        make_session_factory(engine),
+        Mailer(None, "bench@localhost"),
+        client=None,  # type: ignore[arg-type]
+        task_queue="bench",
+        referrer_window_days=90,
+    )
     rules = load_routing_rules()
     sla = ReferralSla(accept_seconds=3600, followup_seconds=86400)
     now = datetime.now(UTC)
@@ -102,30 +124,53 @@ async def run(url: str) -> None:
     for i in range(REFERRALS):
         f = facts(rng)
         ref = ReferralInput(
-            referral_id=f"ref_bench_{i}", referrer=Referrer(type="employee", id=f"emp{rng.randrange(EMPLOYEES):04d}"),
+            referral_id=f"ref_bench_{i}",
+            referrer=Referrer(type="employee", id=f"emp{rng.randrange(EMPLOYEES):04d}"),
             referrer_line_of_business=f.referrer_line_of_business,
-            prospect=Prospect(name=f"Prospect {i}", city=f.city, state=f.state), expressed_interest=f.expressed_interest,
-            value=f.value, city=f.city, state=f.state, source="employee", rules=rules, sla=sla,
+            prospect=Prospect(name=f"Prospect {i}", city=f.city, state=f.state),
+            expressed_interest=f.expressed_interest,
+            value=f.value,
+            city=f.city,
+            state=f.state,
+            source="employee",
+            rules=rules,
+            sla=sla,
         )
         at = now + timedelta(seconds=i)
         t0 = time.perf_counter()
-        opened = await acts.open_referral(records.OpenReferral(
-            input=ref, workflow_id=f"referral-{ref.referral_id}",
-            created=HistoryEntry(seq=1, status="created", at=at, actor=ref.referrer.id),
-            route=records.RouteReferral(
-                referral_id=ref.referral_id, rules=rules, facts=ref.facts(), exclude=[], seq=2, at=at,
-                actor="needflow", accept_deadline=at + timedelta(hours=1),
-            ),
-        ))
+        opened = await acts.open_referral(
+            records.OpenReferral(
+                input=ref,
+                workflow_id=f"referral-{ref.referral_id}",
+                created=HistoryEntry(seq=1, status="created", at=at, actor=ref.referrer.id),
+                route=records.RouteReferral(
+                    referral_id=ref.referral_id,
+                    rules=rules,
+                    facts=ref.facts(),
+                    exclude=[],
+                    seq=2,
+                    at=at,
+                    actor="needflow",
+                    accept_deadline=at + timedelta(hours=1),
+                ),
+            )
+        )
         t1 = time.perf_counter()
         # Every tenth referral is later re-routed (a rejection): the route activity alone.
         if i % 10 == 0:
-            rerouted = await acts.route_referral(records.RouteReferral(
-                referral_id=ref.referral_id, rules=rules, facts=ref.facts(),
-                exclude=[opened.routed.decision.assignee_id or ""], seq=4, at=at, actor="needflow",
-                preceding=HistoryEntry(seq=3, status="rejected", at=at, actor="bench", note="rejected: bench"),
-                accept_deadline=at + timedelta(hours=1),
-            ))
+            rerouted = await acts.route_referral(
+                records.RouteReferral(
+                    referral_id=ref.referral_id,
+                    rules=rules,
+                    facts=ref.facts(),
+                    exclude=[opened.routed.decision.assignee_id or ""],
+                    seq=4,
+                    at=at,
+                    actor="needflow",
+                    preceding=HistoryEntry(seq=3, status="rejected", at=at, actor="bench", note="rejected: bench"),
+                    accept_deadline=at + timedelta(hours=1),
+                )
+            )
             route_ms.append((time.perf_counter() - t1) * 1000)
             assigned += rerouted.decision.assignee_id is not None
         open_ms.append((t1 - t0) * 1000)
@@ -135,14 +180,20 @@ async def run(url: str) -> None:
     def p99(xs: list[float]) -> float:
         return statistics.quantiles(xs, n=100)[98]
 
-    print(f"{REFERRALS:,} referrals in {total:.1f} s: {REFERRALS / total:,.0f} referrals/s "
-          f"(plus {len(route_ms):,} re-routings; {assigned:,} re-routed to someone)")
-    print(f"  record+score+route (one transaction)  mean {statistics.fmean(open_ms):.2f} ms   "
-          f"p99 {p99(open_ms):.2f} ms")
-    print(f"  re-route after a rejection            mean {statistics.fmean(route_ms):.2f} ms   "
-          f"p99 {p99(route_ms):.2f} ms")
-    print(f"budget used: {statistics.fmean(open_ms) / BUDGET_MS:.2f} × {BUDGET_MS:g} ms (mean), "
-          f"{p99(open_ms) / BUDGET_MS:.2f} × (p99)")
+    print(
+        f"{REFERRALS:,} referrals in {total:.1f} s: {REFERRALS / total:,.0f} referrals/s "
+        f"(plus {len(route_ms):,} re-routings; {assigned:,} re-routed to someone)"
+    )
+    print(
+        f"  record+score+route (one transaction)  mean {statistics.fmean(open_ms):.2f} ms   p99 {p99(open_ms):.2f} ms"
+    )
+    print(
+        f"  re-route after a rejection            mean {statistics.fmean(route_ms):.2f} ms   p99 {p99(route_ms):.2f} ms"
+    )
+    print(
+        f"budget used: {statistics.fmean(open_ms) / BUDGET_MS:.2f} × {BUDGET_MS:g} ms (mean), "
+        f"{p99(open_ms) / BUDGET_MS:.2f} × (p99)"
+    )
 
 
 def main() -> None:

@@ -48,8 +48,15 @@ LOBS = list(LineOfBusiness)
 ROLES = [Role.advisor, Role.banker, Role.mortgage_broker, Role.insurance_agent]
 SOURCES = ["branch", "app", "call", "email", "meeting"]
 #: Conversion odds the synthetic history is drawn from (the model must rediscover them).
-PRODUCT_RATE = {Product.mortgage: 0.45, Product.wealth: 0.4, Product.insurance: 0.3, Product.checking: 0.35,
-                Product.savings: 0.2, Product.credit_card: 0.15, Product.personal_loan: 0.25}
+PRODUCT_RATE = {
+    Product.mortgage: 0.45,
+    Product.wealth: 0.4,
+    Product.insurance: 0.3,
+    Product.checking: 0.35,
+    Product.savings: 0.2,
+    Product.credit_card: 0.15,
+    Product.personal_loan: 0.25,
+}
 
 
 def employees(rng: random.Random) -> list[Candidate]:
@@ -58,17 +65,19 @@ def employees(rng: random.Random) -> list[Candidate]:
         state = rng.choice(STATES)
         cities = rng.sample(PLACES[state], k=rng.randint(0, min(2, len(PLACES[state]))))
         capacity = rng.randint(5, 40)
-        team.append(Candidate(
-            employee_id=f"emp-{i:04d}",
-            role=rng.choice(ROLES),
-            line_of_business=rng.choice(LOBS),
-            products=frozenset(rng.sample(PRODUCTS, k=rng.randint(1, 3))),
-            cities=frozenset(cities),
-            states=frozenset([state] + ([rng.choice(STATES)] if rng.random() < 0.1 else [])),
-            capacity=capacity,
-            open_load=rng.randint(0, capacity // 2),
-            last_assigned_at=None if rng.random() < 0.3 else T0 - timedelta(minutes=rng.randint(1, 10_000)),
-        ))
+        team.append(
+            Candidate(
+                employee_id=f"emp-{i:04d}",
+                role=rng.choice(ROLES),
+                line_of_business=rng.choice(LOBS),
+                products=frozenset(rng.sample(PRODUCTS, k=rng.randint(1, 3))),
+                cities=frozenset(cities),
+                states=frozenset([state] + ([rng.choice(STATES)] if rng.random() < 0.1 else [])),
+                capacity=capacity,
+                open_load=rng.randint(0, capacity // 2),
+                last_assigned_at=None if rng.random() < 0.3 else T0 - timedelta(minutes=rng.randint(1, 10_000)),
+            )
+        )
     return team
 
 
@@ -151,17 +160,19 @@ def main() -> None:
         if i % 2 and open_work:
             by_id[open_work.popleft()].open_load -= 1
 
-    both_ms = [s + r for s, r in zip(score_ms, route_ms)]
+    both_ms = [s + r for s, r in zip(score_ms, route_ms, strict=False)]
     total_s = sum(both_ms) / 1e3
-    print(f"{EMPLOYEES:,} employees, lead model trained on {PAST_OUTCOMES:,} outcomes in {train_s:.2f} s "
-          f"({model.won:,} won / {model.lost:,} lost)")
-    print(f"{REFERRALS:,} referrals scored and routed in {total_s:.2f} s: "
-          f"{REFERRALS / total_s:,.0f} referrals/s")
+    print(
+        f"{EMPLOYEES:,} employees, lead model trained on {PAST_OUTCOMES:,} outcomes in {train_s:.2f} s "
+        f"({model.won:,} won / {model.lost:,} lost)"
+    )
+    print(f"{REFERRALS:,} referrals scored and routed in {total_s:.2f} s: {REFERRALS / total_s:,.0f} referrals/s")
     for name, samples in (("score", score_ms), ("route", route_ms), ("both", both_ms)):
         print(f"  {name:<6} mean {statistics.fmean(samples):.3f} ms   p99 {percentile(samples, 0.99):.3f} ms")
     mean, p99 = statistics.fmean(both_ms), percentile(both_ms, 0.99)
-    print(f"budget used: {mean / BUDGET_MS:.3f} × {BUDGET_MS:g} ms (mean), "
-          f"{p99 / BUDGET_MS:.3f} × {BUDGET_MS:g} ms (p99)")
+    print(
+        f"budget used: {mean / BUDGET_MS:.3f} × {BUDGET_MS:g} ms (mean), {p99 / BUDGET_MS:.3f} × {BUDGET_MS:g} ms (p99)"
+    )
     print("decisions: " + ", ".join(f"{k}: {v:,}" for k, v in outcomes.most_common()))
 
 

@@ -30,6 +30,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 
 from config import PROJECT_ROOT, Settings, get_settings
@@ -108,9 +109,7 @@ async def _register_search_attributes(address: str, namespace: str) -> list[str]
     from workflows import SEARCH_ATTRIBUTES
 
     client = await Client.connect(address, namespace=namespace)
-    existing = await client.operator_service.list_search_attributes(
-        ListSearchAttributesRequest(namespace=namespace)
-    )
+    existing = await client.operator_service.list_search_attributes(ListSearchAttributesRequest(namespace=namespace))
     known = set(existing.custom_attributes) | set(existing.system_attributes)
     added = []
     for key in SEARCH_ATTRIBUTES:
@@ -161,7 +160,7 @@ def split_address(address: str) -> tuple[str, int]:
     return host.strip("[]") or "127.0.0.1", int(port)
 
 
-def wait_until(what: str, check, children: list[Child], timeout: float) -> None:
+def wait_until(what: str, check: Callable[[], bool], children: list[Child], timeout: float) -> None:
     """Poll `check()` until true; fail early if a child died, or after `timeout` seconds."""
     deadline = time.monotonic() + timeout
     while not check():
@@ -267,7 +266,7 @@ class Child:
 
 
 def stop_all(children: list[Child]) -> None:
-    global _stopping
+    global _stopping  # noqa: PLW0603
     _stopping = True
     for child in reversed(children):
         child.stop()
@@ -316,9 +315,7 @@ def shown_url(database_url: str) -> str:
 
 def check_free(port: int, what: str, env_var: str) -> None:
     if port_open("127.0.0.1", port):
-        raise StackError(
-            f"port {port} ({what}) is already in use: is another stack running? Stop it, or set {env_var}"
-        )
+        raise StackError(f"port {port} ({what}) is already in use: is another stack running? Stop it, or set {env_var}")
 
 
 def start_temporal(settings: Settings, data_dir: Path, log_dir: Path, env: dict[str, str],
@@ -387,7 +384,7 @@ class _Stop(KeyboardInterrupt):
 _stopping = False
 
 
-def _on_signal(signum, _frame) -> None:
+def _on_signal(signum: int, _frame: object) -> None:
     if _stopping:  # a second Ctrl-C while stopping: keep stopping in order
         log("already stopping; children that don't exit are killed after a timeout")
         return

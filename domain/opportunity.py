@@ -22,7 +22,7 @@ from domain.types import ConsentChannel, EventType, OpportunityStatus, Product, 
 class TransitionRefused(Exception):
     """The command is not allowed in the opportunity's current state, or not by this actor."""
 
-    def __init__(self, message: str, **details: Any):
+    def __init__(self, message: str, **details: Any) -> None:
         super().__init__(message)
         self.message = message
         self.details = details
@@ -128,7 +128,9 @@ class OpportunityState(BaseModel):
 
 def event_body_sha256(event_type: str, data: dict[str, Any]) -> str:
     """What makes two deliveries of one event id the same event: its type and data."""
-    return hashlib.sha256(json.dumps({"type": event_type, "data": data}, sort_keys=True, default=str).encode()).hexdigest()
+    return hashlib.sha256(
+        json.dumps({"type": event_type, "data": data}, sort_keys=True, default=str).encode()
+    ).hexdigest()
 
 
 class EventResult(BaseModel):
@@ -145,8 +147,9 @@ def check_opening(process: ProcessDefinition | None, product: Product, amount: D
     """May an opportunity for `product` be opened with this amount? (The need is checked by
     whoever holds it: the API for a direct opening, the conversion for a referral.)"""
     if process is None:
-        raise TransitionRefused(f"{product.value} has no sales process, so no opportunity can be opened for it",
-                                field="product")
+        raise TransitionRefused(
+            f"{product.value} has no sales process, so no opportunity can be opened for it", field="product"
+        )
     if "amount" in process.creation_requires and amount is None:
         raise TransitionRefused(f"a {product.value} opportunity needs the desired amount", field="amount")
     return process

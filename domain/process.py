@@ -105,14 +105,12 @@ class ProcessDefinition(BaseModel):
                 raise ValueError(f"only the first stage may be entered by 'create', not {s.key!r}")
         if self.stages[-1].outcome != "won" or any(s.outcome for s in self.stages[:-1]):
             raise ValueError("exactly the last stage must have outcome 'won'")
-        for before, after in zip(self.stages, self.stages[1:]):
+        for before, after in zip(self.stages, self.stages[1:], strict=False):
             if after.probability < before.probability:
                 raise ValueError(f"probability falls from {before.key!r} to {after.key!r}")
         for i, s in enumerate(self.stages):
             if s.entry.kind == "signature" and (i == 0 or self.stages[i - 1].request_signature is None):
-                raise ValueError(
-                    f"stage {s.key!r} is entered by signature, so the stage before it must request one"
-                )
+                raise ValueError(f"stage {s.key!r} is entered by signature, so the stage before it must request one")
         if not any(s.consent or s.entry.kind == "signature" for s in self.stages):
             raise ValueError("the process must record the customer's consent before it is won")
         events = [s.entry.event for s in self.stages if s.entry.event] + [e.event for e in self.lost_events]
@@ -178,7 +176,7 @@ def load_process(path: Path) -> ProcessDefinition:
 class ProcessCatalog:
     """Every version of every product's process; new opportunities take the latest."""
 
-    def __init__(self, processes: list[ProcessDefinition]):
+    def __init__(self, processes: list[ProcessDefinition]) -> None:
         self._by_key: dict[tuple[Product, int], ProcessDefinition] = {}
         for p in processes:
             if (p.product, p.version) in self._by_key:

@@ -98,9 +98,7 @@ class RuleMatch(BaseModel):
         if isinstance(v, list):
             for i, item in enumerate(v):
                 if isinstance(item, bool):
-                    raise ValueError(
-                        f"item #{i + 1} was read as {item!r}: put codes such as ON or NO in quotes"
-                    )
+                    raise ValueError(f"item #{i + 1} was read as {item!r}: put codes such as ON or NO in quotes")
         return v
 
     @field_validator("max_value")
@@ -121,13 +119,9 @@ class RuleMatch(BaseModel):
         """Whether every condition holds for this referral."""
         if self.expressed_interest is not None and facts.expressed_interest not in self.expressed_interest:
             return False
-        if self._city_keys is not None and (
-            facts.city is None or place_key(facts.city) not in self._city_keys
-        ):
+        if self._city_keys is not None and (facts.city is None or place_key(facts.city) not in self._city_keys):
             return False
-        if self._state_keys is not None and (
-            facts.state is None or place_key(facts.state) not in self._state_keys
-        ):
+        if self._state_keys is not None and (facts.state is None or place_key(facts.state) not in self._state_keys):
             return False
         if self.referrer_lines_of_business is not None and (
             facts.referrer_line_of_business not in self.referrer_lines_of_business
@@ -391,8 +385,7 @@ def _pick(
     shown = facts.city if in_city else facts.state if state is not None else None
     where = f"in {' '.join(shown.split())}" if shown else ""
     why = (
-        f"least open work ({best.open_load} of capacity {best.capacity}) among {len(chosen)} "
-        f"eligible {where}".rstrip()
+        f"least open work ({best.open_load} of capacity {best.capacity}) among {len(chosen)} eligible {where}".rstrip()
     )
     if tied > 1:
         why += f"; {tied} tied, least recently assigned first"
@@ -418,9 +411,7 @@ def route(
         assert rule.pool is not None
         best, why = _pick(rule.pool, facts, pool_candidates, exclude)
         if best is not None:
-            return RoutingDecision(
-                assignee_id=best.employee_id, queue=None, rule=rule.name, reason=f"{label}: {why}"
-            )
+            return RoutingDecision(assignee_id=best.employee_id, queue=None, rule=rule.name, reason=f"{label}: {why}")
         passed.append(f"{label} matched but nobody is eligible ({why})")
     head = "; ".join(passed) if passed else "no rule matched"
     return RoutingDecision(

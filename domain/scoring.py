@@ -196,7 +196,7 @@ class LeadModel:
             self.won += 1
         else:
             self.lost += 1
-        for name, value in zip(FEATURES, features.values()):
+        for name, value in zip(FEATURES, features.values(), strict=False):
             counts = self._counts[name].get(value)
             if counts is None:
                 counts = self._counts[name][value] = [0, 0]
@@ -244,7 +244,7 @@ class LeadModel:
         w_total, l_total = self.won, self.lost
         log_odds = math.log((w_total + PRIOR_WON) / (l_total + PRIOR_LOST))
         moved: list[tuple[float, int, str, str, float]] = []
-        for i, (name, value) in enumerate(zip(FEATURES, features.values())):
+        for i, (name, value) in enumerate(zip(FEATURES, features.values(), strict=False)):
             seen = self._counts[name]
             vocabulary = len(seen) + 1
             won, lost = seen.get(value, (0, 0))
@@ -265,9 +265,7 @@ class LeadModel:
         return LeadScore(score=min(99, max(1, _half_up(100.0 * p))), factors=factors)
 
 
-def referrer_score(
-    converted: int, decided: int, bank_converted: int, bank_decided: int, k: float = 5.0
-) -> int:
+def referrer_score(converted: int, decided: int, bank_converted: int, bank_decided: int, k: float = 5.0) -> int:
     """How often a referrer's referrals convert, 0-100, shrunk toward the bank's rate."""
     if not 0 <= converted <= decided or not 0 <= bank_converted <= bank_decided:
         raise ValueError("need 0 <= converted <= decided, for the referrer and for the bank")

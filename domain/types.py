@@ -66,4 +66,3 @@ class EventType(StrEnum):
     nps_response = "nps.response"
     account_activity = "account.activity"
     mortgage_payment = "mortgage.payment"
-

@@ -20,7 +20,7 @@ def token_sha256(token: str) -> str:
 class LocalSigningProvider:
     name = "local"
 
-    def __init__(self, base_url: str):
+    def __init__(self, base_url: str) -> None:
         self.base_url = base_url.rstrip("/")
 
     async def send(

@@ -133,9 +133,7 @@ class Opportunity(Base):
     opened_at: Mapped[datetime] = mapped_column()
     closed_at: Mapped[datetime | None] = mapped_column()
 
-    checkpoints: Mapped[list[Checkpoint]] = relationship(
-        order_by="Checkpoint.seq", lazy="raise", viewonly=True
-    )
+    checkpoints: Mapped[list[Checkpoint]] = relationship(order_by="Checkpoint.seq", lazy="raise", viewonly=True)
 
 
 class Checkpoint(Base):

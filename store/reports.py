@@ -141,9 +141,7 @@ async def referrer_report(
         return func.coalesce(func.sum(case((cond, 1), else_=0)), 0)
 
     bank_row = (
-        await session.execute(
-            select(count(created), count(decided), count(converted)).where(or_(created, decided))
-        )
+        await session.execute(select(count(created), count(decided), count(converted)).where(or_(created, decided)))
     ).one()
     bank = Counts(*(int(n) for n in bank_row))
 
@@ -181,8 +179,14 @@ async def referrer_report(
 
     items = [
         ReferrerRow(
-            referrals=int(n), decided=int(dec), converted=int(conv),
-            referrer_type=rtype, referrer_id=rid, name=name, referrer_score=scores[(rtype, rid)], cross_lob=int(xlob),
+            referrals=int(n),
+            decided=int(dec),
+            converted=int(conv),
+            referrer_type=rtype,
+            referrer_id=rid,
+            name=name,
+            referrer_score=scores[(rtype, rid)],
+            cross_lob=int(xlob),
         )
         for rtype, rid, name, n, dec, conv, xlob in rows
     ]

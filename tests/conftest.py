@@ -123,7 +123,9 @@ async def worker(client: Client, settings: Settings, task_queue: str) -> AsyncIt
 
 
 @pytest_asyncio.fixture(scope="session")
-async def app_client(client: Client, settings: Settings, task_queue: str, worker: None) -> AsyncIterator[httpx.AsyncClient]:
+async def app_client(
+    client: Client, settings: Settings, task_queue: str, worker: None
+) -> AsyncIterator[httpx.AsyncClient]:
     app = create_app(settings, client=client, task_queue=task_queue)
     async with app.router.lifespan_context(app):
         transport = httpx.ASGITransport(app=app, client=("203.0.113.7", 50000))
@@ -174,7 +176,7 @@ def keys(database_url: str) -> dict[str, str]:
 class Api:
     """A thin, readable wrapper over the HTTP API for tests."""
 
-    def __init__(self, http: httpx.AsyncClient, key: str):
+    def __init__(self, http: httpx.AsyncClient, key: str) -> None:
         self.http = http
         self.key = key
 
@@ -184,8 +186,9 @@ class Api:
             h["Idempotency-Key"] = idempotency_key
         return h
 
-    async def post(self, path: str, body: Any = None, *, key: str | None = None, idem: str | None = None,
-                   expect: int | None = None) -> httpx.Response:
+    async def post(
+        self, path: str, body: Any = None, *, key: str | None = None, idem: str | None = None, expect: int | None = None
+    ) -> httpx.Response:
         r = await self.http.post(path, json=body, headers=self.headers(key, idem))
         if expect is not None:
             assert r.status_code == expect, f"POST {path} -> {r.status_code} {r.text}"
@@ -198,22 +201,45 @@ class Api:
         return r
 
     async def employee(self, role: str = "mortgage_broker", lob: str = "mortgage", **kw: Any) -> dict:
-        body = {"name": kw.pop("name", "Dan Banker"), "email": kw.pop("email", "dan@bank.example"), "role": role,
-                "line_of_business": lob, "products": kw.pop("products", ["mortgage"]), "cities": [], "states": [],
-                "capacity": 20, **kw}
+        body = {
+            "name": kw.pop("name", "Dan Banker"),
+            "email": kw.pop("email", "dan@bank.example"),
+            "role": role,
+            "line_of_business": lob,
+            "products": kw.pop("products", ["mortgage"]),
+            "cities": [],
+            "states": [],
+            "capacity": 20,
+            **kw,
+        }
         return (await self.post("/v1/employees", body, expect=201)).json()
 
     async def customer_with_need(self, recorded_by: str, name: str = "Rachel Adams") -> tuple[dict, dict]:
-        customer = (await self.post("/v1/customers", {"name": name, "email": "rachel@example.com",
-                                                     "phone": "+12125550100", "city": "New York", "state": "NY"},
-                                    expect=201)).json()
-        need = (await self.post(f"/v1/customers/{customer['id']}/needs",
-                                {"kind": "buy_home", "description": "Buy a home in New York",
-                                 "recorded_by": recorded_by}, expect=201)).json()
+        customer = (
+            await self.post(
+                "/v1/customers",
+                {
+                    "name": name,
+                    "email": "rachel@example.com",
+                    "phone": "+12125550100",
+                    "city": "New York",
+                    "state": "NY",
+                },
+                expect=201,
+            )
+        ).json()
+        need = (
+            await self.post(
+                f"/v1/customers/{customer['id']}/needs",
+                {"kind": "buy_home", "description": "Buy a home in New York", "recorded_by": recorded_by},
+                expect=201,
+            )
+        ).json()
         return customer, need
 
-    async def opportunity(self, product: str = "mortgage", amount: str | None = "500000.00",
-                          owner: dict | None = None) -> dict:
+    async def opportunity(
+        self, product: str = "mortgage", amount: str | None = "500000.00", owner: dict | None = None
+    ) -> dict:
         owner = owner or await self.employee()
         customer, need = await self.customer_with_need(owner["id"])
         body = {"customer_id": customer["id"], "product": product, "owner_id": owner["id"], "need_id": need["id"]}
@@ -221,10 +247,16 @@ class Api:
             body["amount"] = amount
         return (await self.post("/v1/opportunities", body, expect=201)).json()
 
-    async def event(self, type_: str, opportunity_id: str, data: dict, *, event_id: str | None = None,
-                    expect: int | None = 202) -> httpx.Response:
-        body = {"id": event_id or f"evt-{uuid.uuid4().hex}", "type": type_,
-                "occurred_at": "2026-11-25T10:00:00+00:00", "opportunity_id": opportunity_id, "data": data}
+    async def event(
+        self, type_: str, opportunity_id: str, data: dict, *, event_id: str | None = None, expect: int | None = 202
+    ) -> httpx.Response:
+        body = {
+            "id": event_id or f"evt-{uuid.uuid4().hex}",
+            "type": type_,
+            "occurred_at": "2026-11-25T10:00:00+00:00",
+            "opportunity_id": opportunity_id,
+            "data": data,
+        }
         return await self.post("/v1/events", body, expect=expect)
 
     async def sign(self, signing_url: str, full_name: str = "Rachel Adams", **form: str) -> httpx.Response:

@@ -24,8 +24,13 @@ from tests.conftest import Api, count
 @pytest_asyncio.fixture
 async def acts(database_url: str) -> AsyncIterator[ReferralActivities]:
     engine = make_async_engine(database_url)
-    yield ReferralActivities(make_session_factory(engine), Mailer(None, "test@localhost"), client=None,  # type: ignore[arg-type]
-                             task_queue="unused", referrer_window_days=90)
+    yield ReferralActivities(
+        make_session_factory(engine),
+        Mailer(None, "test@localhost"),
+        client=None,  # type: ignore[arg-type]
+        task_queue="unused",
+        referrer_window_days=90,
+    )
     await engine.dispose()
 
 
@@ -34,15 +39,29 @@ def _open(referrer_id: str, state: str) -> records.OpenReferral:
     now = datetime.now(UTC)
     rules = load_routing_rules()
     ref = ReferralInput(
-        referral_id=rid, referrer=Referrer(type="employee", id=referrer_id), expressed_interest=Product.mortgage,
-        prospect=Prospect(name="Retry Rita", state=state), state=state, source="employee", rules=rules,
+        referral_id=rid,
+        referrer=Referrer(type="employee", id=referrer_id),
+        expressed_interest=Product.mortgage,
+        prospect=Prospect(name="Retry Rita", state=state),
+        state=state,
+        source="employee",
+        rules=rules,
         sla=ReferralSla(accept_seconds=60, followup_seconds=60),
     )
     return records.OpenReferral(
-        input=ref, workflow_id=f"referral-{rid}",
+        input=ref,
+        workflow_id=f"referral-{rid}",
         created=HistoryEntry(seq=1, status="created", at=now, actor=referrer_id),
-        route=records.RouteReferral(referral_id=rid, rules=rules, facts=ref.facts(), exclude=[], seq=2, at=now,
-                                    actor="needflow", accept_deadline=now + timedelta(minutes=1)),
+        route=records.RouteReferral(
+            referral_id=rid,
+            rules=rules,
+            facts=ref.facts(),
+            exclude=[],
+            seq=2,
+            at=now,
+            actor="needflow",
+            accept_deadline=now + timedelta(minutes=1),
+        ),
     )
 
 
@@ -63,8 +82,14 @@ async def test_open_route_decide_and_notify_twice_write_once(acts: ReferralActiv
     ann = await api.employee(name="Ann", email=f"ann.{state}@bank.example", states=[state])
     now = datetime.now(UTC)
     reroute = records.RouteReferral(
-        referral_id=rid, preceding=HistoryEntry(seq=3, status="rejected", at=now, actor=bob["id"], note="busy"),
-        rules=rec.route.rules, facts=rec.route.facts, exclude=[bob["id"]], seq=4, at=now, actor=bob["id"],
+        referral_id=rid,
+        preceding=HistoryEntry(seq=3, status="rejected", at=now, actor=bob["id"], note="busy"),
+        rules=rec.route.rules,
+        facts=rec.route.facts,
+        exclude=[bob["id"]],
+        seq=4,
+        at=now,
+        actor=bob["id"],
         accept_deadline=now + timedelta(minutes=1),
     )
     first_route = await acts.route_referral(reroute)
@@ -75,8 +100,12 @@ async def test_open_route_decide_and_notify_twice_write_once(acts: ReferralActiv
 
     totals_before = _totals(db)
     closed = records.ReferralChange(
-        referral_id=rid, entry=HistoryEntry(seq=5, status="closed", at=datetime.now(UTC), actor=ann["id"]),
-        status="closed", assignee_id=ann["id"], close_reason="not moving", won=False,
+        referral_id=rid,
+        entry=HistoryEntry(seq=5, status="closed", at=datetime.now(UTC), actor=ann["id"]),
+        status="closed",
+        assignee_id=ann["id"],
+        close_reason="not moving",
+        won=False,
     )
     await acts.record_change(closed)
     await acts.record_change(closed)

@@ -62,9 +62,17 @@ async def post_raw(api: Api, path: str, content: bytes, key: str | None = None) 
 
 
 def employee_body(**kw: Any) -> dict:
-    return {"name": "Erin Employee", "email": f"{unique('erin')}@bank.example", "role": "banker",
-            "line_of_business": "retail", "products": ["checking"], "cities": [], "states": [],
-            "capacity": 10, **kw}
+    return {
+        "name": "Erin Employee",
+        "email": f"{unique('erin')}@bank.example",
+        "role": "banker",
+        "line_of_business": "retail",
+        "products": ["checking"],
+        "cities": [],
+        "states": [],
+        "capacity": 10,
+        **kw,
+    }
 
 
 async def workflows_of_customer(client: Client, customer_id: str) -> int:
@@ -83,14 +91,19 @@ async def eventually_workflows_of_customer(client: Client, customer_id: str, at_
 
 
 async def checking_opportunity(api: Api) -> dict:
-    banker = await api.employee(role="banker", lob="retail", products=["checking"], name="Bea Banker",
-                                email="bea@bank.example")
+    banker = await api.employee(
+        role="banker", lob="retail", products=["checking"], name="Bea Banker", email="bea@bank.example"
+    )
     return await api.opportunity(product="checking", amount=None, owner=banker)
 
 
 def sms_data(**overrides: Any) -> dict:
-    data = {"phone": "+12125550100", "message_id": unique("SM"), "text": "YES",
-            "received_at": "2026-11-25T09:59:00+00:00"}
+    data = {
+        "phone": "+12125550100",
+        "message_id": unique("SM"),
+        "text": "YES",
+        "received_at": "2026-11-25T09:59:00+00:00",
+    }
     data.update(overrides)
     return {k: v for k, v in data.items() if v is not None}
 
@@ -136,8 +149,7 @@ async def test_customer_without_name_is_422_naming_name(api: Api, db: Engine) ->
 async def test_need_without_description_is_422_and_records_no_need(api: Api, db: Engine) -> None:
     dan = await api.employee()
     customer, _ = await api.customer_with_need(dan["id"])
-    r = await api.post(f"/v1/customers/{customer['id']}/needs",
-                       {"kind": "buy_home", "recorded_by": dan["id"]})
+    r = await api.post(f"/v1/customers/{customer['id']}/needs", {"kind": "buy_home", "recorded_by": dan["id"]})
     assert_validation_error(r, "description")
     journey = (await api.get(f"/v1/customers/{customer['id']}/journey")).json()
     assert len(journey["needs"]) == 1
@@ -147,8 +159,10 @@ async def test_need_without_description_is_422_and_records_no_need(api: Api, db:
 async def test_opportunity_without_need_id_is_422_naming_need_id(api: Api, db: Engine) -> None:
     dan = await api.employee()
     customer, _ = await api.customer_with_need(dan["id"])
-    r = await api.post("/v1/opportunities", {"customer_id": customer["id"], "product": "mortgage",
-                                             "owner_id": dan["id"], "amount": "300000.00"})
+    r = await api.post(
+        "/v1/opportunities",
+        {"customer_id": customer["id"], "product": "mortgage", "owner_id": dan["id"], "amount": "300000.00"},
+    )
     assert_validation_error(r, "need_id")
     assert count(db, Opportunity, Opportunity.customer_id == customer["id"]) == 0
 
@@ -163,9 +177,16 @@ async def test_employee_without_role_is_422_naming_role(api: Api, db: Engine) ->
 async def test_unknown_product_is_422_naming_product(api: Api, db: Engine, client: Client) -> None:
     dan = await api.employee()
     customer, need = await api.customer_with_need(dan["id"])
-    r = await api.post("/v1/opportunities", {"customer_id": customer["id"], "product": "yacht",
-                                             "owner_id": dan["id"], "need_id": need["id"],
-                                             "amount": "100000.00"})
+    r = await api.post(
+        "/v1/opportunities",
+        {
+            "customer_id": customer["id"],
+            "product": "yacht",
+            "owner_id": dan["id"],
+            "need_id": need["id"],
+            "amount": "100000.00",
+        },
+    )
     assert_validation_error(r, "product")
     assert (await api.get(f"/v1/customers/{customer['id']}/journey")).json()["opportunities"] == []
     assert count(db, Opportunity, Opportunity.customer_id == customer["id"]) == 0
@@ -179,9 +200,7 @@ async def test_unknown_product_is_422_naming_product(api: Api, db: Engine, clien
         ({"products": ["checking", "yacht"]}, "products"),
     ],
 )
-async def test_unknown_employee_enum_is_422_naming_field(
-    api: Api, db: Engine, override: dict, field: str
-) -> None:
+async def test_unknown_employee_enum_is_422_naming_field(api: Api, db: Engine, override: dict, field: str) -> None:
     body = employee_body(**override)
     assert_validation_error(await api.post("/v1/employees", body), field)
     assert count(db, Employee, Employee.email == body["email"]) == 0
@@ -190,8 +209,7 @@ async def test_unknown_employee_enum_is_422_naming_field(
 async def test_unknown_interaction_channel_is_422_naming_channel(api: Api, db: Engine) -> None:
     dan = await api.employee()
     customer, _ = await api.customer_with_need(dan["id"])
-    r = await api.post(f"/v1/customers/{customer['id']}/interactions",
-                       {"channel": "carrier_pigeon", "summary": "Coo"})
+    r = await api.post(f"/v1/customers/{customer['id']}/interactions", {"channel": "carrier_pigeon", "summary": "Coo"})
     assert_validation_error(r, "channel")
     assert (await api.get(f"/v1/customers/{customer['id']}/journey")).json()["interactions"] == []
     assert count(db, Interaction, Interaction.customer_id == customer["id"]) == 0
@@ -205,16 +223,25 @@ async def test_unknown_fields_are_refused(api: Api, db: Engine) -> None:
 
     dan = await api.employee()
     customer, need = await api.customer_with_need(dan["id"])
-    r = await api.post("/v1/opportunities", {"customer_id": customer["id"], "product": "mortgage",
-                                             "owner_id": dan["id"], "need_id": need["id"],
-                                             "amount": "300000.00", "discount": "10"})
+    r = await api.post(
+        "/v1/opportunities",
+        {
+            "customer_id": customer["id"],
+            "product": "mortgage",
+            "owner_id": dan["id"],
+            "need_id": need["id"],
+            "amount": "300000.00",
+            "discount": "10",
+        },
+    )
     assert_validation_error(r, "discount")
     assert count(db, Opportunity, Opportunity.customer_id == customer["id"]) == 0
 
     opp = await api.opportunity(owner=dan)
-    r = await api.post(f"/v1/opportunities/{opp['id']}/advance",
-                       {"actor_id": dan["id"], "to_stage": "searching", "evidence": {"realtor": "Jane"},
-                        "skip_checks": True})
+    r = await api.post(
+        f"/v1/opportunities/{opp['id']}/advance",
+        {"actor_id": dan["id"], "to_stage": "searching", "evidence": {"realtor": "Jane"}, "skip_checks": True},
+    )
     assert_validation_error(r, "skip_checks")
     again = (await api.get(f"/v1/opportunities/{opp['id']}")).json()
     assert again["stage"] == "interested" and len(again["checkpoints"]) == 1
@@ -227,8 +254,7 @@ async def test_unknown_fields_are_refused(api: Api, db: Engine) -> None:
 async def test_event_of_unknown_type_is_422_and_records_nothing(api: Api, db: Engine) -> None:
     opp = await api.opportunity()
     event_id = unique("evt-unknown")
-    r = await api.event("mortgage.teleported", opp["id"], {"application_id": "APP-1"}, event_id=event_id,
-                        expect=None)
+    r = await api.event("mortgage.teleported", opp["id"], {"application_id": "APP-1"}, event_id=event_id, expect=None)
     assert_validation_error(r, "type")
     assert count(db, ProcessedEvent, ProcessedEvent.id == event_id) == 0
     assert (await api.get(f"/v1/opportunities/{opp['id']}")).json()["stage"] == "interested"
@@ -237,12 +263,15 @@ async def test_event_of_unknown_type_is_422_and_records_nothing(api: Api, db: En
 async def test_application_submitted_without_application_id_is_422(api: Api, db: Engine) -> None:
     dan = await api.employee()
     opp = await api.opportunity(owner=dan)
-    await api.post(f"/v1/opportunities/{opp['id']}/advance",
-                   {"actor_id": dan["id"], "to_stage": "searching", "evidence": {"realtor": "Jane"}},
-                   expect=200)
+    await api.post(
+        f"/v1/opportunities/{opp['id']}/advance",
+        {"actor_id": dan["id"], "to_stage": "searching", "evidence": {"realtor": "Jane"}},
+        expect=200,
+    )
     event_id = unique("evt-noapp")
-    r = await api.event("mortgage.application_submitted", opp["id"], {"note": "forgot the id"},
-                        event_id=event_id, expect=None)
+    r = await api.event(
+        "mortgage.application_submitted", opp["id"], {"note": "forgot the id"}, event_id=event_id, expect=None
+    )
     assert_validation_error(r, "data.application_id")
     after = (await api.get(f"/v1/opportunities/{opp['id']}")).json()
     assert after["stage"] == "searching"
@@ -251,13 +280,12 @@ async def test_application_submitted_without_application_id_is_422(api: Api, db:
     assert count(db, Checkpoint, Checkpoint.opportunity_id == opp["id"]) == 2
 
 
-async def test_sms_authorisation_without_message_id_is_422_and_records_no_consent(
-    api: Api, db: Engine
-) -> None:
+async def test_sms_authorisation_without_message_id_is_422_and_records_no_consent(api: Api, db: Engine) -> None:
     opp = await checking_opportunity(api)
     event_id = unique("evt-nomsg")
-    r = await api.event("consent.sms_authorization", opp["id"], sms_data(message_id=None), event_id=event_id,
-                        expect=None)
+    r = await api.event(
+        "consent.sms_authorization", opp["id"], sms_data(message_id=None), event_id=event_id, expect=None
+    )
     assert_validation_error(r, "data.message_id")
     after = (await api.get(f"/v1/opportunities/{opp['id']}")).json()
     assert after["stage"] == "interested" and len(after["checkpoints"]) == 1
@@ -269,20 +297,41 @@ async def test_sms_authorisation_without_message_id_is_422_and_records_no_consen
 
 async def test_event_without_opportunity_id_is_422(api: Api, db: Engine) -> None:
     event_id = unique("evt-nosubject")
-    r = await api.post("/v1/events", {"id": event_id, "type": "mortgage.application_submitted",
-                                      "occurred_at": OCCURRED_AT, "data": {"application_id": "APP-1"}})
+    r = await api.post(
+        "/v1/events",
+        {
+            "id": event_id,
+            "type": "mortgage.application_submitted",
+            "occurred_at": OCCURRED_AT,
+            "data": {"application_id": "APP-1"},
+        },
+    )
     assert_validation_error(r, "opportunity_id")
     assert count(db, ProcessedEvent, ProcessedEvent.id == event_id) == 0
 
 
 async def test_event_without_id_or_time_is_422(api: Api, db: Engine) -> None:
     opp = await api.opportunity()
-    r = await api.post("/v1/events", {"type": "mortgage.application_submitted", "occurred_at": OCCURRED_AT,
-                                      "opportunity_id": opp["id"], "data": {"application_id": "APP-1"}})
+    r = await api.post(
+        "/v1/events",
+        {
+            "type": "mortgage.application_submitted",
+            "occurred_at": OCCURRED_AT,
+            "opportunity_id": opp["id"],
+            "data": {"application_id": "APP-1"},
+        },
+    )
     assert_validation_error(r, "id")
     event_id = unique("evt-notime")
-    r = await api.post("/v1/events", {"id": event_id, "type": "mortgage.application_submitted",
-                                      "opportunity_id": opp["id"], "data": {"application_id": "APP-1"}})
+    r = await api.post(
+        "/v1/events",
+        {
+            "id": event_id,
+            "type": "mortgage.application_submitted",
+            "opportunity_id": opp["id"],
+            "data": {"application_id": "APP-1"},
+        },
+    )
     assert_validation_error(r, "occurred_at")
     assert count(db, ProcessedEvent, ProcessedEvent.id == event_id) == 0
     assert count(db, Checkpoint, Checkpoint.opportunity_id == opp["id"]) == 1
@@ -290,27 +339,39 @@ async def test_event_without_id_or_time_is_422(api: Api, db: Engine) -> None:
 
 async def test_event_for_unknown_opportunity_is_404_and_records_nothing(api: Api, db: Engine) -> None:
     event_id = unique("evt-nobody")
-    r = await api.event("mortgage.application_submitted", "opp_does_not_exist", {"application_id": "APP-1"},
-                        event_id=event_id, expect=None)
+    r = await api.event(
+        "mortgage.application_submitted",
+        "opp_does_not_exist",
+        {"application_id": "APP-1"},
+        event_id=event_id,
+        expect=None,
+    )
     assert_error(r, 404, "not_found")
     assert count(db, ProcessedEvent, ProcessedEvent.id == event_id) == 0
 
 
 async def test_customer_event_for_unknown_customer_is_404_and_records_nothing(api: Api, db: Engine) -> None:
     event_id = unique("evt-nps")
-    r = await api.post("/v1/events", {"id": event_id, "type": "nps.response", "occurred_at": OCCURRED_AT,
-                                      "customer_id": "cus_does_not_exist", "data": {"score": 9}})
+    r = await api.post(
+        "/v1/events",
+        {
+            "id": event_id,
+            "type": "nps.response",
+            "occurred_at": OCCURRED_AT,
+            "customer_id": "cus_does_not_exist",
+            "data": {"score": 9},
+        },
+    )
     assert_error(r, 404, "not_found")
     assert count(db, ProcessedEvent, ProcessedEvent.id == event_id) == 0
 
 
-async def test_event_that_does_not_apply_is_409_invalid_transition_and_changes_nothing(
-    api: Api, db: Engine
-) -> None:
+async def test_event_that_does_not_apply_is_409_invalid_transition_and_changes_nothing(api: Api, db: Engine) -> None:
     opp = await api.opportunity()  # a mortgage in `interested`: not yet searching
     event_id = unique("evt-early")
-    r = await api.event("mortgage.application_submitted", opp["id"], {"application_id": "APP-1"},
-                        event_id=event_id, expect=None)
+    r = await api.event(
+        "mortgage.application_submitted", opp["id"], {"application_id": "APP-1"}, event_id=event_id, expect=None
+    )
     assert_error(r, 409, "invalid_transition")
     other = unique("evt-wrongproduct")
     r = await api.event("account.opened", opp["id"], {"account_number": "ACC-1"}, event_id=other, expect=None)
@@ -324,21 +385,21 @@ async def test_event_that_does_not_apply_is_409_invalid_transition_and_changes_n
 # ---------------------------------------------------------------- opening opportunities
 
 
-async def test_refused_opportunities_leave_no_opportunity_and_no_workflow(
-    api: Api, db: Engine, client: Client
-) -> None:
+async def test_refused_opportunities_leave_no_opportunity_and_no_workflow(api: Api, db: Engine, client: Client) -> None:
     dan = await api.employee()
     customer, need = await api.customer_with_need(dan["id"], name="Refused Rita")
     other, other_need = await api.customer_with_need(dan["id"], name="Other Otto")
     base = {"customer_id": customer["id"], "owner_id": dan["id"]}
 
     # No such need.
-    r = await api.post("/v1/opportunities", {**base, "product": "mortgage", "need_id": "need_nope",
-                                             "amount": "400000.00"})
+    r = await api.post(
+        "/v1/opportunities", {**base, "product": "mortgage", "need_id": "need_nope", "amount": "400000.00"}
+    )
     assert_validation_error(r, "need_id")
     # Another customer's need.
-    r = await api.post("/v1/opportunities", {**base, "product": "mortgage", "need_id": other_need["id"],
-                                             "amount": "400000.00"})
+    r = await api.post(
+        "/v1/opportunities", {**base, "product": "mortgage", "need_id": other_need["id"], "amount": "400000.00"}
+    )
     assert_validation_error(r, "need_id")
     # A product without a sales process.
     r = await api.post("/v1/opportunities", {**base, "product": "savings", "need_id": need["id"]})
@@ -347,8 +408,9 @@ async def test_refused_opportunities_leave_no_opportunity_and_no_workflow(
     r = await api.post("/v1/opportunities", {**base, "product": "mortgage", "need_id": need["id"]})
     assert_validation_error(r, "amount")
     # Same refusals with an Idempotency-Key change nothing either.
-    r = await api.post("/v1/opportunities", {**base, "product": "savings", "need_id": need["id"]},
-                       idem=unique("idem-savings"))
+    r = await api.post(
+        "/v1/opportunities", {**base, "product": "savings", "need_id": need["id"]}, idem=unique("idem-savings")
+    )
     assert_validation_error(r, "product")
 
     journey = (await api.get(f"/v1/customers/{customer['id']}/journey")).json()
@@ -356,8 +418,13 @@ async def test_refused_opportunities_leave_no_opportunity_and_no_workflow(
     assert count(db, Opportunity, Opportunity.customer_id.in_([customer["id"], other["id"]])) == 0
 
     # A valid opening now shows up as the one and only workflow of this customer.
-    opp = (await api.post("/v1/opportunities", {**base, "product": "mortgage", "need_id": need["id"],
-                                                "amount": "400000.00"}, expect=201)).json()
+    opp = (
+        await api.post(
+            "/v1/opportunities",
+            {**base, "product": "mortgage", "need_id": need["id"], "amount": "400000.00"},
+            expect=201,
+        )
+    ).json()
     assert await eventually_workflows_of_customer(client, customer["id"], 1) == 1
     assert await workflows_of_customer(client, other["id"]) == 0
     assert count(db, Opportunity, Opportunity.customer_id == customer["id"]) == 1
@@ -368,11 +435,27 @@ async def test_refused_opportunities_leave_no_opportunity_and_no_workflow(
 async def test_opportunity_for_unknown_customer_or_owner_is_422(api: Api, db: Engine) -> None:
     dan = await api.employee()
     customer, need = await api.customer_with_need(dan["id"])
-    r = await api.post("/v1/opportunities", {"customer_id": "cus_nope", "product": "mortgage",
-                                             "owner_id": dan["id"], "need_id": need["id"], "amount": "1.00"})
+    r = await api.post(
+        "/v1/opportunities",
+        {
+            "customer_id": "cus_nope",
+            "product": "mortgage",
+            "owner_id": dan["id"],
+            "need_id": need["id"],
+            "amount": "1.00",
+        },
+    )
     assert_validation_error(r, "customer_id")
-    r = await api.post("/v1/opportunities", {"customer_id": customer["id"], "product": "mortgage",
-                                             "owner_id": "emp_nope", "need_id": need["id"], "amount": "1.00"})
+    r = await api.post(
+        "/v1/opportunities",
+        {
+            "customer_id": customer["id"],
+            "product": "mortgage",
+            "owner_id": "emp_nope",
+            "need_id": need["id"],
+            "amount": "1.00",
+        },
+    )
     assert_validation_error(r, "owner_id")
     assert count(db, Opportunity, Opportunity.customer_id == customer["id"]) == 0
 
@@ -389,10 +472,10 @@ async def test_refused_advance_is_409_and_changes_nothing(api: Api, db: Engine) 
         {"actor_id": other["id"], "to_stage": "searching", "evidence": {"realtor": "Jane"}},
     ):
         assert_error(await api.post(path, body), 409, "invalid_transition")
-    await api.post(path, {"actor_id": dan["id"], "to_stage": "searching", "evidence": {"realtor": "Jane"}},
-                   expect=200)
-    assert_error(await api.post(path, {"actor_id": dan["id"], "to_stage": "applied", "evidence": {}}),
-                 409, "invalid_transition")
+    await api.post(path, {"actor_id": dan["id"], "to_stage": "searching", "evidence": {"realtor": "Jane"}}, expect=200)
+    assert_error(
+        await api.post(path, {"actor_id": dan["id"], "to_stage": "applied", "evidence": {}}), 409, "invalid_transition"
+    )
     # an unknown actor is a wrong field, not a refused transition
     assert_validation_error(
         await api.post(path, {"actor_id": "emp_nope", "to_stage": "applied", "evidence": {}}), "actor_id"
@@ -404,8 +487,10 @@ async def test_refused_advance_is_409_and_changes_nothing(api: Api, db: Engine) 
 
 async def test_advance_on_unknown_opportunity_is_404(api: Api) -> None:
     dan = await api.employee()
-    r = await api.post("/v1/opportunities/opp_nope/advance",
-                       {"actor_id": dan["id"], "to_stage": "searching", "evidence": {"realtor": "Jane"}})
+    r = await api.post(
+        "/v1/opportunities/opp_nope/advance",
+        {"actor_id": dan["id"], "to_stage": "searching", "evidence": {"realtor": "Jane"}},
+    )
     assert_error(r, 404, "not_found")
 
 
@@ -418,8 +503,10 @@ async def test_no_authorization_header_is_401(api: Api, db: Engine) -> None:
     assert_error(r, 401, "unauthenticated")
     r = await api.http.get("/v1/customers/cus_whatever")
     assert_error(r, 401, "unauthenticated")
-    r = await api.http.post("/v1/events", json={"id": unique("evt"), "type": "nps.response",
-                                                "occurred_at": OCCURRED_AT, "customer_id": "x", "data": {}})
+    r = await api.http.post(
+        "/v1/events",
+        json={"id": unique("evt"), "type": "nps.response", "occurred_at": OCCURRED_AT, "customer_id": "x", "data": {}},
+    )
     assert_error(r, 401, "unauthenticated")
     assert count(db, Customer, Customer.name == name) == 0
 
@@ -428,8 +515,7 @@ async def test_unknown_or_malformed_key_is_401(api: Api, db: Engine) -> None:
     name = unique("Unknown Key")
     r = await api.post("/v1/customers", {"name": name}, key="nf_this-key-was-never-issued")
     assert_error(r, 401, "unauthenticated")
-    r = await api.http.post("/v1/customers", json={"name": name},
-                            headers={"Authorization": f"Basic {api.key}"})
+    r = await api.http.post("/v1/customers", json={"name": name}, headers={"Authorization": f"Basic {api.key}"})
     assert_error(r, 401, "unauthenticated")
     assert count(db, Customer, Customer.name == name) == 0
 
@@ -437,9 +523,17 @@ async def test_unknown_or_malformed_key_is_401(api: Api, db: Engine) -> None:
 async def test_key_without_the_scope_is_403(api: Api, db: Engine, keys: dict[str, str]) -> None:
     opp = await api.opportunity()
     event_id = unique("evt-reader")
-    r = await api.post("/v1/events", {"id": event_id, "type": "mortgage.application_submitted",
-                                      "occurred_at": OCCURRED_AT, "opportunity_id": opp["id"],
-                                      "data": {"application_id": "APP-1"}}, key=keys["reports:read"])
+    r = await api.post(
+        "/v1/events",
+        {
+            "id": event_id,
+            "type": "mortgage.application_submitted",
+            "occurred_at": OCCURRED_AT,
+            "opportunity_id": opp["id"],
+            "data": {"application_id": "APP-1"},
+        },
+        key=keys["reports:read"],
+    )
     assert_error(r, 403, "forbidden")
     assert count(db, ProcessedEvent, ProcessedEvent.id == event_id) == 0
 
@@ -454,10 +548,11 @@ async def test_key_without_the_scope_is_403(api: Api, db: Engine, keys: dict[str
     assert_error(await api.post("/v1/employees", body, key=keys["events:write"]), 403, "forbidden")
     assert count(db, Employee, Employee.email == body["email"]) == 0
 
-    r = await api.post(f"/v1/opportunities/{opp['id']}/advance",
-                       {"actor_id": opp["owner_id"], "to_stage": "searching",
-                        "evidence": {"realtor": "Jane"}},
-                       key=keys["events:write"])
+    r = await api.post(
+        f"/v1/opportunities/{opp['id']}/advance",
+        {"actor_id": opp["owner_id"], "to_stage": "searching", "evidence": {"realtor": "Jane"}},
+        key=keys["events:write"],
+    )
     assert_error(r, 403, "forbidden")
     assert (await api.get(f"/v1/opportunities/{opp['id']}")).json()["stage"] == "interested"
 
@@ -465,10 +560,18 @@ async def test_key_without_the_scope_is_403(api: Api, db: Engine, keys: dict[str
 async def test_keys_with_the_scope_are_let_in(api: Api, keys: dict[str, str]) -> None:
     r = await api.post("/v1/customers", {"name": unique("Crm Writer")}, key=keys["crm:write"], expect=201)
     assert r.json()["id"]
-    r = await api.post("/v1/events", {"id": unique("evt-nps"), "type": "nps.response",
-                                      "occurred_at": OCCURRED_AT, "customer_id": r.json()["id"],
-                                      "data": {"score": 9}},
-                       key=keys["events:write"], expect=202)
+    r = await api.post(
+        "/v1/events",
+        {
+            "id": unique("evt-nps"),
+            "type": "nps.response",
+            "occurred_at": OCCURRED_AT,
+            "customer_id": r.json()["id"],
+            "data": {"score": 9},
+        },
+        key=keys["events:write"],
+        expect=202,
+    )
     assert r.json()["result"] == "applied"
 
 
@@ -485,8 +588,9 @@ async def test_unknown_customer_and_opportunity_are_404(api: Api) -> None:
 async def test_needs_and_interactions_on_unknown_customer_are_404(api: Api, db: Engine) -> None:
     dan = await api.employee()
     needs, interactions = count(db, Need), count(db, Interaction)
-    r = await api.post("/v1/customers/cus_nope/needs",
-                       {"kind": "buy_home", "description": "A home", "recorded_by": dan["id"]})
+    r = await api.post(
+        "/v1/customers/cus_nope/needs", {"kind": "buy_home", "description": "A home", "recorded_by": dan["id"]}
+    )
     assert_error(r, 404, "not_found")
     r = await api.post("/v1/customers/cus_nope/interactions", {"channel": "call", "summary": "Called"})
     assert_error(r, 404, "not_found")
@@ -496,8 +600,10 @@ async def test_needs_and_interactions_on_unknown_customer_are_404(api: Api, db: 
 async def test_need_recorded_by_unknown_employee_is_422(api: Api, db: Engine) -> None:
     dan = await api.employee()
     customer, _ = await api.customer_with_need(dan["id"])
-    r = await api.post(f"/v1/customers/{customer['id']}/needs",
-                       {"kind": "retire", "description": "Retire early", "recorded_by": "emp_nope"})
+    r = await api.post(
+        f"/v1/customers/{customer['id']}/needs",
+        {"kind": "retire", "description": "Retire early", "recorded_by": "emp_nope"},
+    )
     assert_validation_error(r, "recorded_by")
     assert count(db, Need, Need.customer_id == customer["id"]) == 1
 
@@ -509,8 +615,7 @@ async def test_customers_get_a_new_household_unless_one_is_given(api: Api, db: E
     a = (await api.post("/v1/customers", {"name": unique("Ann")}, expect=201)).json()
     b = (await api.post("/v1/customers", {"name": unique("Bob")}, expect=201)).json()
     assert a["household_id"] and b["household_id"] and a["household_id"] != b["household_id"]
-    c = (await api.post("/v1/customers", {"name": unique("Cat"), "household_id": a["household_id"]},
-                        expect=201)).json()
+    c = (await api.post("/v1/customers", {"name": unique("Cat"), "household_id": a["household_id"]}, expect=201)).json()
     assert c["household_id"] == a["household_id"]
     assert (await api.get(f"/v1/customers/{c['id']}")).json()["household_id"] == a["household_id"]
     assert count(db, Customer, Customer.household_id == a["household_id"]) == 2
@@ -539,8 +644,7 @@ async def test_customer_city_and_state_as_long_as_openapi_allows_are_stored(api:
     state = "S" * published_max_length(doc, "CustomerCreate", "state")
     name = unique("Longtown Lou")
     # An exception out of the in-process app is what a real client sees as a 500.
-    created = (await api.post("/v1/customers", {"name": name, "city": city, "state": state},
-                              expect=201)).json()
+    created = (await api.post("/v1/customers", {"name": name, "city": city, "state": state}, expect=201)).json()
     assert (created["city"], created["state"]) == (city, state)
     again = (await api.get(f"/v1/customers/{created['id']}")).json()
     assert (again["city"], again["state"]) == (city, state)
@@ -548,8 +652,14 @@ async def test_customer_city_and_state_as_long_as_openapi_allows_are_stored(api:
 
 
 async def test_customer_is_read_back_as_created(api: Api) -> None:
-    body = {"name": unique("Rachel"), "email": "r@example.com", "phone": "+12125550100", "employer": "Acme",
-            "city": "New York", "state": "NY"}
+    body = {
+        "name": unique("Rachel"),
+        "email": "r@example.com",
+        "phone": "+12125550100",
+        "employer": "Acme",
+        "city": "New York",
+        "state": "NY",
+    }
     created = (await api.post("/v1/customers", body, expect=201)).json()
     assert {k: created[k] for k in body} == body
     assert (await api.get(f"/v1/customers/{created['id']}")).json() == created
@@ -562,8 +672,10 @@ NAIVE = "2026-11-25T10:00:00"  # no offset: API.md's times are "ISO-8601 with of
 
 async def test_interaction_time_without_offset_is_422(api: Api, db: Engine) -> None:
     customer = (await api.post("/v1/customers", {"name": unique("Naive Nick")}, expect=201)).json()
-    r = await api.post(f"/v1/customers/{customer['id']}/interactions",
-                       {"channel": "call", "summary": "Called about a mortgage", "occurred_at": NAIVE})
+    r = await api.post(
+        f"/v1/customers/{customer['id']}/interactions",
+        {"channel": "call", "summary": "Called about a mortgage", "occurred_at": NAIVE},
+    )
     assert_validation_error(r, "occurred_at")
     assert count(db, Interaction, Interaction.customer_id == customer["id"]) == 0
 
@@ -571,8 +683,16 @@ async def test_interaction_time_without_offset_is_422(api: Api, db: Engine) -> N
 async def test_customer_event_time_without_offset_is_422(api: Api, db: Engine) -> None:
     customer = (await api.post("/v1/customers", {"name": unique("Naive Nora")}, expect=201)).json()
     event_id = unique("evt-naive")
-    r = await api.post("/v1/events", {"id": event_id, "type": "nps.response", "occurred_at": NAIVE,
-                                      "customer_id": customer["id"], "data": {"score": 8}})
+    r = await api.post(
+        "/v1/events",
+        {
+            "id": event_id,
+            "type": "nps.response",
+            "occurred_at": NAIVE,
+            "customer_id": customer["id"],
+            "data": {"score": 8},
+        },
+    )
     assert_validation_error(r, "occurred_at")
     assert count(db, ProcessedEvent, ProcessedEvent.id == event_id) == 0
 
@@ -580,8 +700,16 @@ async def test_customer_event_time_without_offset_is_422(api: Api, db: Engine) -
 async def test_opportunity_event_time_without_offset_is_422(api: Api, db: Engine) -> None:
     opp = await checking_opportunity(api)
     event_id = unique("evt-naive")
-    r = await api.post("/v1/events", {"id": event_id, "type": "consent.sms_authorization",
-                                      "occurred_at": NAIVE, "opportunity_id": opp["id"], "data": sms_data()})
+    r = await api.post(
+        "/v1/events",
+        {
+            "id": event_id,
+            "type": "consent.sms_authorization",
+            "occurred_at": NAIVE,
+            "opportunity_id": opp["id"],
+            "data": sms_data(),
+        },
+    )
     assert_validation_error(r, "occurred_at")
     assert count(db, ProcessedEvent, ProcessedEvent.id == event_id) == 0
     assert count(db, Checkpoint, Checkpoint.opportunity_id == opp["id"]) == 1
@@ -593,12 +721,17 @@ async def test_opportunity_event_time_without_offset_is_422(api: Api, db: Engine
 async def test_journey_lists_needs_interactions_opportunities_and_consents(api: Api) -> None:
     opp = await checking_opportunity(api)
     customer_id = opp["customer_id"]
-    await api.post(f"/v1/customers/{customer_id}/interactions",
-                   {"channel": "branch", "employee_id": opp["owner_id"],
-                    "summary": "Walked in for an account",
-                    "occurred_at": "2026-11-20T15:00:00+00:00"}, expect=201)
-    await api.post(f"/v1/customers/{customer_id}/interactions", {"channel": "sms", "summary": "Texted"},
-                   expect=201)
+    await api.post(
+        f"/v1/customers/{customer_id}/interactions",
+        {
+            "channel": "branch",
+            "employee_id": opp["owner_id"],
+            "summary": "Walked in for an account",
+            "occurred_at": "2026-11-20T15:00:00+00:00",
+        },
+        expect=201,
+    )
+    await api.post(f"/v1/customers/{customer_id}/interactions", {"channel": "sms", "summary": "Texted"}, expect=201)
     data = sms_data()
     r = await api.event("consent.sms_authorization", opp["id"], data)
     assert r.json()["opportunity"]["stage"] == "authorised"
@@ -618,8 +751,9 @@ async def test_journey_lists_needs_interactions_opportunities_and_consents(api: 
     [consent] = journey["consents"]
     assert consent["channel"] == "sms" and consent["opportunity_id"] == opp["id"]
     assert consent["product"] == "checking" and consent["customer_id"] == customer_id
-    assert {k: consent["evidence"][k] for k in ("phone", "message_id", "text")} == \
-        {k: data[k] for k in ("phone", "message_id", "text")}
+    assert {k: consent["evidence"][k] for k in ("phone", "message_id", "text")} == {
+        k: data[k] for k in ("phone", "message_id", "text")
+    }
 
 
 # ---------------------------------------------------------------- employees

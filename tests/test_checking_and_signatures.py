@@ -12,13 +12,18 @@ from tests.conftest import Api
 
 
 async def test_checking_account_journey_records_sms_consent(api: Api) -> None:
-    matt = await api.employee(role="banker", lob="retail", name="Matt", email="matt@bank.example",
-                              products=["checking"])
+    matt = await api.employee(
+        role="banker", lob="retail", name="Matt", email="matt@bank.example", products=["checking"]
+    )
     opp = await api.opportunity(product="checking", amount=None, owner=matt)
     assert (opp["stage"], opp["probability"]) == ("interested", 10)
 
-    sms = {"phone": "+12125550100", "message_id": "SM-77", "text": "YES open my account",
-           "received_at": "2026-11-25T09:59:00+00:00"}
+    sms = {
+        "phone": "+12125550100",
+        "message_id": "SM-77",
+        "text": "YES open my account",
+        "received_at": "2026-11-25T09:59:00+00:00",
+    }
     r = await api.event("consent.sms_authorization", opp["id"], sms)
     opp = r.json()["opportunity"]
     assert (opp["stage"], opp["probability"]) == ("authorised", 60)
@@ -33,13 +38,19 @@ async def test_checking_account_journey_records_sms_consent(api: Api) -> None:
     [consent] = journey["consents"]
     assert consent["channel"] == "sms" and consent["product"] == "checking"
     assert {k: consent["evidence"][k] for k in ("phone", "message_id", "text")} == {
-        "phone": "+12125550100", "message_id": "SM-77", "text": "YES open my account"}
+        "phone": "+12125550100",
+        "message_id": "SM-77",
+        "text": "YES open my account",
+    }
 
 
 async def _approved(api: Api) -> dict:
     opp = await api.opportunity()
-    await api.post(f"/v1/opportunities/{opp['id']}/advance",
-                   {"actor_id": opp["owner_id"], "to_stage": "searching", "evidence": {"realtor": "R"}}, expect=200)
+    await api.post(
+        f"/v1/opportunities/{opp['id']}/advance",
+        {"actor_id": opp["owner_id"], "to_stage": "searching", "evidence": {"realtor": "R"}},
+        expect=200,
+    )
     await api.event("mortgage.application_submitted", opp["id"], {"application_id": "APP-3"})
     return (await api.event("mortgage.application_approved", opp["id"], {"approval_id": "APR-3"})).json()["opportunity"]
 
@@ -60,8 +71,9 @@ async def test_signing_link_is_single_use(api: Api) -> None:
 async def test_unknown_or_incomplete_signature_changes_nothing(api: Api) -> None:
     opp = await _approved(api)
     assert (await api.sign("http://testserver/sign/not-a-token")).status_code == 404
-    r = await api.http.post(opp["signature"]["signing_url"].removeprefix("http://testserver"),
-                            data={"full_name": "Rachel Adams"})  # did not tick "I agree"
+    r = await api.http.post(
+        opp["signature"]["signing_url"].removeprefix("http://testserver"), data={"full_name": "Rachel Adams"}
+    )  # did not tick "I agree"
     assert r.status_code == 422
     assert (await api.get(f"/v1/opportunities/{opp['id']}")).json()["stage"] == "approved"
 

@@ -60,8 +60,13 @@ async def searching_mortgage(api: Api) -> tuple[dict, dict]:
 async def opening_body(api: Api) -> dict:
     dan = await api.employee()
     customer, need = await api.customer_with_need(dan["id"], name=unique("Opening Olga"))
-    return {"customer_id": customer["id"], "product": "mortgage", "owner_id": dan["id"],
-            "need_id": need["id"], "amount": "450000.00"}
+    return {
+        "customer_id": customer["id"],
+        "product": "mortgage",
+        "owner_id": dan["id"],
+        "need_id": need["id"],
+        "amount": "450000.00",
+    }
 
 
 # ---------------------------------------------------------------- customers
@@ -92,9 +97,7 @@ async def test_same_key_different_body_is_409_conflict_and_creates_nothing(api: 
     assert again.json() == first
 
 
-async def test_keyed_request_that_failed_answers_the_same_failure_and_creates_nothing(
-    api: Api, db: Engine
-) -> None:
+async def test_keyed_request_that_failed_answers_the_same_failure_and_creates_nothing(api: Api, db: Engine) -> None:
     key = unique("idem-bad-household")
     body = {"name": unique("Hana Homeless"), "household_id": "hh_nope"}
     first = await api.post("/v1/customers", body, idem=key)
@@ -120,17 +123,23 @@ async def test_same_key_for_needs_records_one_need(api: Api, db: Engine) -> None
 async def test_same_key_for_employees_creates_one_employee(api: Api, db: Engine) -> None:
     key = unique("idem-employee")
     email = f"{unique('eve')}@bank.example"
-    body = {"name": "Eve", "email": email, "role": "advisor", "line_of_business": "wealth",
-            "products": ["wealth"], "cities": [], "states": [], "capacity": 5}
+    body = {
+        "name": "Eve",
+        "email": email,
+        "role": "advisor",
+        "line_of_business": "wealth",
+        "products": ["wealth"],
+        "cities": [],
+        "states": [],
+        "capacity": 5,
+    }
     first = await api.post("/v1/employees", body, idem=key, expect=201)
     second = await api.post("/v1/employees", body, idem=key, expect=201)
     assert second.json() == first.json()
     assert count(db, Employee, Employee.email == email) == 1
 
 
-async def test_the_same_key_under_two_api_keys_is_two_requests(
-    api: Api, db: Engine, keys: dict[str, str]
-) -> None:
+async def test_the_same_key_under_two_api_keys_is_two_requests(api: Api, db: Engine, keys: dict[str, str]) -> None:
     key = unique("idem-shared")
     name = unique("Twin Tess")
     a = await api.post("/v1/customers", {"name": name}, idem=key, key=keys["all"], expect=201)
@@ -139,10 +148,10 @@ async def test_the_same_key_under_two_api_keys_is_two_requests(
     assert a.json()["household_id"] != b.json()["household_id"]
     assert count(db, Customer, Customer.name == name) == 2
     # Each API key replays its own first response...
-    assert (await api.post("/v1/customers", {"name": name}, idem=key, key=keys["all"],
-                           expect=201)).json() == a.json()
-    assert (await api.post("/v1/customers", {"name": name}, idem=key, key=keys["crm:write"],
-                           expect=201)).json() == b.json()
+    assert (await api.post("/v1/customers", {"name": name}, idem=key, key=keys["all"], expect=201)).json() == a.json()
+    assert (
+        await api.post("/v1/customers", {"name": name}, idem=key, key=keys["crm:write"], expect=201)
+    ).json() == b.json()
     assert count(db, Customer, Customer.name == name) == 2
 
     # ...and another API key's different body under the same key is no conflict.
@@ -201,9 +210,7 @@ async def test_opening_twice_with_the_same_key_makes_one_opportunity_and_one_wor
     assert [o["id"] for o in journey["opportunities"]] == [opp["id"]]
 
 
-async def test_concurrent_repeats_of_a_keyed_opening_make_one_opportunity(
-    api: Api, db: Engine, client: Client
-) -> None:
+async def test_concurrent_repeats_of_a_keyed_opening_make_one_opportunity(api: Api, db: Engine, client: Client) -> None:
     body = await opening_body(api)
     key = unique("idem-open-race")
     answers = await asyncio.gather(
@@ -231,9 +238,7 @@ async def test_opening_with_the_same_key_and_another_body_is_409_and_opens_nothi
     assert await workflow_count(client, f'CustomerId = "{body["customer_id"]}"') == 1
 
 
-async def test_advancing_twice_with_the_same_key_answers_the_first_and_enters_once(
-    api: Api, db: Engine
-) -> None:
+async def test_advancing_twice_with_the_same_key_answers_the_first_and_enters_once(api: Api, db: Engine) -> None:
     dan = await api.employee()
     opp = await api.opportunity(owner=dan)
     path = f"/v1/opportunities/{opp['id']}/advance"
@@ -287,11 +292,11 @@ async def test_close_lost_twice_with_the_same_key_closes_once(api: Api, db: Engi
 async def test_the_same_event_twice_is_duplicate_and_enters_the_stage_once(api: Api, db: Engine) -> None:
     _, opp = await searching_mortgage(api)
     event_id = unique("evt-submitted")
-    first = await api.event("mortgage.application_submitted", opp["id"], {"application_id": "APP-9"},
-                            event_id=event_id)
+    first = await api.event("mortgage.application_submitted", opp["id"], {"application_id": "APP-9"}, event_id=event_id)
     assert first.json()["result"] == "applied" and first.json()["id"] == event_id
-    second = await api.event("mortgage.application_submitted", opp["id"], {"application_id": "APP-9"},
-                             event_id=event_id)
+    second = await api.event(
+        "mortgage.application_submitted", opp["id"], {"application_id": "APP-9"}, event_id=event_id
+    )
     assert second.status_code == 202
     assert second.json()["result"] == "duplicate" and second.json()["id"] == event_id
     assert second.json()["opportunity"]["id"] == opp["id"]
@@ -303,8 +308,7 @@ async def test_the_same_event_twice_is_duplicate_and_enters_the_stage_once(api: 
 
     # Still a duplicate once the opportunity has moved on.
     await api.event("mortgage.application_approved", opp["id"], {"approval_id": "APR-1"})
-    third = await api.event("mortgage.application_submitted", opp["id"], {"application_id": "APP-9"},
-                            event_id=event_id)
+    third = await api.event("mortgage.application_submitted", opp["id"], {"application_id": "APP-9"}, event_id=event_id)
     assert third.json()["result"] == "duplicate"
     assert third.json()["opportunity"]["stage"] == "approved"
     assert checkpoints_in(db, opp["id"], "applied") == 1
@@ -314,9 +318,16 @@ async def test_the_same_event_twice_is_duplicate_and_enters_the_stage_once(api: 
 async def test_a_repeated_event_after_the_opportunity_is_won_is_duplicate(api: Api, db: Engine) -> None:
     banker = await api.employee(role="banker", lob="retail", products=["checking"])
     opp = await api.opportunity(product="checking", amount=None, owner=banker)
-    await api.event("consent.sms_authorization", opp["id"],
-                    {"phone": "+12125550100", "message_id": unique("SM"), "text": "YES",
-                     "received_at": "2026-11-25T09:59:00+00:00"})
+    await api.event(
+        "consent.sms_authorization",
+        opp["id"],
+        {
+            "phone": "+12125550100",
+            "message_id": unique("SM"),
+            "text": "YES",
+            "received_at": "2026-11-25T09:59:00+00:00",
+        },
+    )
     event_id = unique("evt-opened")
     first = await api.event("account.opened", opp["id"], {"account_number": "ACC-1"}, event_id=event_id)
     assert first.json()["result"] == "applied" and first.json()["opportunity"]["status"] == "won"
@@ -329,8 +340,12 @@ async def test_concurrent_copies_of_an_event_enter_the_stage_once(api: Api, db: 
     _, opp = await searching_mortgage(api)
     event_id = unique("evt-race")
     answers = await asyncio.gather(
-        *(api.event("mortgage.application_submitted", opp["id"], {"application_id": "APP-9"},
-                    event_id=event_id, expect=None) for _ in range(3)),
+        *(
+            api.event(
+                "mortgage.application_submitted", opp["id"], {"application_id": "APP-9"}, event_id=event_id, expect=None
+            )
+            for _ in range(3)
+        ),
         return_exceptions=True,
     )
     assert not [a for a in answers if isinstance(a, BaseException)], answers
@@ -341,27 +356,35 @@ async def test_concurrent_copies_of_an_event_enter_the_stage_once(api: Api, db: 
     assert count(db, ProcessedEvent, ProcessedEvent.id == event_id) == 1
 
 
-async def test_the_same_event_id_for_another_type_is_409_conflict_and_changes_nothing(
-    api: Api, db: Engine
-) -> None:
+async def test_the_same_event_id_for_another_type_is_409_conflict_and_changes_nothing(api: Api, db: Engine) -> None:
     _, opp = await searching_mortgage(api)
     event_id = unique("evt-reused")
-    await api.event("mortgage.application_submitted", opp["id"], {"application_id": "APP-9"},
-                    event_id=event_id)
-    r = await api.event("mortgage.application_approved", opp["id"], {"approval_id": "APR-1"},
-                        event_id=event_id, expect=None)
+    await api.event("mortgage.application_submitted", opp["id"], {"application_id": "APP-9"}, event_id=event_id)
+    r = await api.event(
+        "mortgage.application_approved", opp["id"], {"approval_id": "APR-1"}, event_id=event_id, expect=None
+    )
     assert_error(r, 409, "conflict")
     now = (await api.get(f"/v1/opportunities/{opp['id']}")).json()
     assert now["stage"] == "applied" and now["signature"] is None
     assert checkpoints_in(db, opp["id"], "approved") == 0
     assert checkpoints_in(db, opp["id"]) == 3
     with db.connect() as conn:
-        assert conn.scalar(select(ProcessedEvent.type).where(ProcessedEvent.id == event_id)) == \
-            "mortgage.application_submitted"
+        assert (
+            conn.scalar(select(ProcessedEvent.type).where(ProcessedEvent.id == event_id))
+            == "mortgage.application_submitted"
+        )
 
     # Reusing it for a customer event is just as much a conflict.
-    r = await api.post("/v1/events", {"id": event_id, "type": "nps.response", "occurred_at": OCCURRED_AT,
-                                      "customer_id": opp["customer_id"], "data": {"score": 10}})
+    r = await api.post(
+        "/v1/events",
+        {
+            "id": event_id,
+            "type": "nps.response",
+            "occurred_at": OCCURRED_AT,
+            "customer_id": opp["customer_id"],
+            "data": {"score": 10},
+        },
+    )
     assert_error(r, 409, "conflict")
     assert count(db, CustomerSignal, CustomerSignal.event_id == event_id) == 0
 
@@ -373,11 +396,13 @@ async def test_the_same_event_id_for_another_opportunity_or_data_is_409_conflict
     event_id = unique("evt-reused")
     await api.event("mortgage.application_submitted", first["id"], {"application_id": "APP-1"}, event_id=event_id)
 
-    r = await api.event("mortgage.application_submitted", second["id"], {"application_id": "APP-1"},
-                        event_id=event_id, expect=None)
+    r = await api.event(
+        "mortgage.application_submitted", second["id"], {"application_id": "APP-1"}, event_id=event_id, expect=None
+    )
     assert_error(r, 409, "conflict")
-    r = await api.event("mortgage.application_submitted", first["id"], {"application_id": "APP-2"},
-                        event_id=event_id, expect=None)
+    r = await api.event(
+        "mortgage.application_submitted", first["id"], {"application_id": "APP-2"}, event_id=event_id, expect=None
+    )
     assert_error(r, 409, "conflict")
     assert (await api.get(f"/v1/opportunities/{second['id']}")).json()["stage"] == "searching"
     assert checkpoints_in(db, second["id"], "applied") == 0
@@ -387,8 +412,13 @@ async def test_the_same_event_id_for_another_opportunity_or_data_is_409_conflict
 async def test_the_same_customer_event_twice_is_duplicate_and_recorded_once(api: Api, db: Engine) -> None:
     customer = (await api.post("/v1/customers", {"name": unique("Nina Nps")}, expect=201)).json()
     event_id = unique("evt-nps")
-    body = {"id": event_id, "type": "nps.response", "occurred_at": OCCURRED_AT, "customer_id": customer["id"],
-            "data": {"score": 9, "comment": "Great"}}
+    body = {
+        "id": event_id,
+        "type": "nps.response",
+        "occurred_at": OCCURRED_AT,
+        "customer_id": customer["id"],
+        "data": {"score": 9, "comment": "Great"},
+    }
     first = await api.post("/v1/events", body, expect=202)
     assert first.json()["result"] == "applied" and first.json()["customer_id"] == customer["id"]
     second = await api.post("/v1/events", body, expect=202)
@@ -397,9 +427,10 @@ async def test_the_same_customer_event_twice_is_duplicate_and_recorded_once(api:
     assert count(db, ProcessedEvent, ProcessedEvent.id == event_id) == 1
 
     # Reused for another customer event type: a conflict, nothing recorded.
-    r = await api.post("/v1/events", {**body, "type": "account.activity",
-                                      "data": {"product": "checking", "period": "2026-11",
-                                               "transactions": 3}})
+    r = await api.post(
+        "/v1/events",
+        {**body, "type": "account.activity", "data": {"product": "checking", "period": "2026-11", "transactions": 3}},
+    )
     assert_error(r, 409, "conflict")
     assert count(db, CustomerSignal, CustomerSignal.customer_id == customer["id"]) == 1
 
@@ -407,8 +438,13 @@ async def test_the_same_customer_event_twice_is_duplicate_and_recorded_once(api:
 async def test_concurrent_copies_of_a_customer_event_are_recorded_once(api: Api, db: Engine) -> None:
     customer = (await api.post("/v1/customers", {"name": unique("Rita Race")}, expect=201)).json()
     event_id = unique("evt-nps-race")
-    body = {"id": event_id, "type": "nps.response", "occurred_at": OCCURRED_AT, "customer_id": customer["id"],
-            "data": {"score": 7}}
+    body = {
+        "id": event_id,
+        "type": "nps.response",
+        "occurred_at": OCCURRED_AT,
+        "customer_id": customer["id"],
+        "data": {"score": 7},
+    }
     answers = await asyncio.gather(*(api.post("/v1/events", body) for _ in range(3)), return_exceptions=True)
     assert not [a for a in answers if isinstance(a, BaseException)], answers
     assert [a.status_code for a in answers] == [202] * 3, [a.text for a in answers]

@@ -38,9 +38,7 @@ def test_head_matches_models(database_url: str, engine: Engine) -> None:
     upgrade(database_url)
     with engine.connect() as conn:
         diff = compare_metadata(MigrationContext.configure(conn, opts={"compare_type": True}), Base.metadata)
-    assert diff == [], "models and migrations disagree; see migrations/README.md:\n" + "\n".join(
-        map(repr, diff)
-    )
+    assert diff == [], "models and migrations disagree; see migrations/README.md:\n" + "\n".join(map(repr, diff))
 
 
 def test_downgrade_to_base_and_back(database_url: str, engine: Engine) -> None:
@@ -58,14 +56,31 @@ def test_checkpoint_round_trip(database_url: str, engine: Engine) -> None:
     rows = [
         Household(id="h1", name="Doe"),
         Customer(id="c1", household_id="h1", name="Jane Doe"),
-        Employee(id="e1", name="Sam", email="sam@bank.test", role="banker", line_of_business="retail",
-                 capacity=10),
+        Employee(id="e1", name="Sam", email="sam@bank.test", role="banker", line_of_business="retail", capacity=10),
         Need(id="n1", customer_id="c1", kind="mortgage", description="first home", recorded_by="e1"),
-        Opportunity(id="o1", customer_id="c1", product="mortgage", process_version=1, owner_id="e1",
-                    need_id="n1", amount=Decimal("250000.00"), stage="discovery", probability=10,
-                    status="open", workflow_id="opportunity-o1", opened_at=entered_at),
-        Checkpoint(opportunity_id="o1", seq=1, stage="discovery", entered_at=entered_at, trigger="signal",
-                   actor="e1", evidence=evidence),
+        Opportunity(
+            id="o1",
+            customer_id="c1",
+            product="mortgage",
+            process_version=1,
+            owner_id="e1",
+            need_id="n1",
+            amount=Decimal("250000.00"),
+            stage="discovery",
+            probability=10,
+            status="open",
+            workflow_id="opportunity-o1",
+            opened_at=entered_at,
+        ),
+        Checkpoint(
+            opportunity_id="o1",
+            seq=1,
+            stage="discovery",
+            entered_at=entered_at,
+            trigger="signal",
+            actor="e1",
+            evidence=evidence,
+        ),
     ]
     with Session(engine) as session, session.begin():
         for row in rows:  # the models declare no relationships to order the inserts by

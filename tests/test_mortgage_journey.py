@@ -14,15 +14,20 @@ async def test_mortgage_from_interested_to_closed_won(api: Api, keys: dict[str, 
     assert opp["process_version"] == 1 and opp["amount"] == "500000.00"
     assert [c["stage"] for c in opp["checkpoints"]] == ["interested"]
 
-    opp = (await api.post(f"/v1/opportunities/{opp['id']}/advance",
-                          {"actor_id": dan["id"], "to_stage": "searching", "evidence": {"realtor": "Jane Realty"}},
-                          expect=200)).json()
+    opp = (
+        await api.post(
+            f"/v1/opportunities/{opp['id']}/advance",
+            {"actor_id": dan["id"], "to_stage": "searching", "evidence": {"realtor": "Jane Realty"}},
+            expect=200,
+        )
+    ).json()
     assert (opp["stage"], opp["probability"]) == ("searching", 20)
     assert opp["checkpoints"][-1]["evidence"] == {"realtor": "Jane Realty"}
     assert opp["checkpoints"][-1]["trigger"] == "manual" and opp["checkpoints"][-1]["actor"] == dan["id"]
 
-    r = await api.event("mortgage.application_submitted", opp["id"], {"application_id": "APP-9"},
-                        event_id=f"sub-{opp['id']}")
+    r = await api.event(
+        "mortgage.application_submitted", opp["id"], {"application_id": "APP-9"}, event_id=f"sub-{opp['id']}"
+    )
     assert r.json()["result"] == "applied"
     opp = r.json()["opportunity"]
     assert (opp["stage"], opp["probability"]) == ("applied", 50)

@@ -13,8 +13,9 @@ async def _history_length(client: Client, opp: dict) -> int:
     return len(history.events)
 
 
-async def _assert_refused(api: Api, client: Client, opp: dict, method: str, path: str, body: dict,
-                          message_part: str) -> dict:
+async def _assert_refused(
+    api: Api, client: Client, opp: dict, method: str, path: str, body: dict, message_part: str
+) -> dict:
     before = (await api.get(f"/v1/opportunities/{opp['id']}")).json()
     events_before = await _history_length(client, opp)
     if method == "event":
@@ -44,20 +45,29 @@ async def test_refused_moves_change_nothing(api: Api, client: Client) -> None:
     err = await _assert_refused(api, client, opp, "post", "advance", advance("searching"), "needs evidence")
     assert err["details"]["missing_evidence"] == ["realtor"]
     # An event out of order, and an event of another product's process.
-    await _assert_refused(api, client, opp, "event", "mortgage.application_approved", {"approval_id": "A"},
-                          "not the next stage")
-    await _assert_refused(api, client, opp, "event", "account.opened", {"account_number": "1"},
-                          "does not apply to a mortgage")
-    await _assert_refused(api, client, opp, "event", "mortgage.application_declined", {"reason": "x"},
-                          "applies only in stage applied")
+    await _assert_refused(
+        api, client, opp, "event", "mortgage.application_approved", {"approval_id": "A"}, "not the next stage"
+    )
+    await _assert_refused(
+        api, client, opp, "event", "account.opened", {"account_number": "1"}, "does not apply to a mortgage"
+    )
+    await _assert_refused(
+        api, client, opp, "event", "mortgage.application_declined", {"reason": "x"}, "applies only in stage applied"
+    )
     # Nothing to resend yet.
-    await _assert_refused(api, client, opp, "post", "resend-signature", {"actor_id": dan["id"]},
-                          "declined or voided")
+    await _assert_refused(api, client, opp, "post", "resend-signature", {"actor_id": dan["id"]}, "declined or voided")
 
     await api.post(f"/v1/opportunities/{opp['id']}/advance", advance("searching", realtor="Jane Realty"), expect=200)
     # A manual move into a stage only an event may enter.
-    err = await _assert_refused(api, client, opp, "post", "advance", advance("applied", application_id="APP-1"),
-                                "entered only by the event 'mortgage.application_submitted'")
+    err = await _assert_refused(
+        api,
+        client,
+        opp,
+        "post",
+        "advance",
+        advance("applied", application_id="APP-1"),
+        "entered only by the event 'mortgage.application_submitted'",
+    )
     assert err["details"]["entered_by"] == "event"
 
 
@@ -68,8 +78,9 @@ async def test_only_owner_or_manager_may_act(api: Api, client: Client) -> None:
     opp = await api.opportunity(owner=dan)
     body = {"actor_id": bob["id"], "to_stage": "searching", "evidence": {"realtor": "R"}}
     await _assert_refused(api, client, opp, "post", "advance", body, "only the owner")
-    await _assert_refused(api, client, opp, "post", "close-lost", {"actor_id": bob["id"], "reason": "x"},
-                          "only the owner")
+    await _assert_refused(
+        api, client, opp, "post", "close-lost", {"actor_id": bob["id"], "reason": "x"}, "only the owner"
+    )
     # A manager may.
     r = await api.post(f"/v1/opportunities/{opp['id']}/advance", {**body, "actor_id": kevin["id"]}, expect=200)
     assert r.json()["checkpoints"][-1]["actor"] == kevin["id"]
@@ -78,25 +89,42 @@ async def test_only_owner_or_manager_may_act(api: Api, client: Client) -> None:
 async def test_closed_won_only_through_signature(api: Api, client: Client) -> None:
     dan = await api.employee(name="Dan")
     opp = await api.opportunity(owner=dan)
-    await api.post(f"/v1/opportunities/{opp['id']}/advance",
-                   {"actor_id": dan["id"], "to_stage": "searching", "evidence": {"realtor": "R"}}, expect=200)
+    await api.post(
+        f"/v1/opportunities/{opp['id']}/advance",
+        {"actor_id": dan["id"], "to_stage": "searching", "evidence": {"realtor": "R"}},
+        expect=200,
+    )
     await api.event("mortgage.application_submitted", opp["id"], {"application_id": "APP-1"})
     await api.event("mortgage.application_approved", opp["id"], {"approval_id": "APR-1"})
-    await _assert_refused(api, client, opp, "post", "advance",
-                          {"actor_id": dan["id"], "to_stage": "closed_won", "evidence": {}},
-                          "entered only by the customer's completed e-signature")
+    await _assert_refused(
+        api,
+        client,
+        opp,
+        "post",
+        "advance",
+        {"actor_id": dan["id"], "to_stage": "closed_won", "evidence": {}},
+        "entered only by the customer's completed e-signature",
+    )
 
 
 async def test_close_lost_from_any_open_stage_then_nothing_more(api: Api, client: Client) -> None:
     dan = await api.employee(name="Dan")
     opp = await api.opportunity(owner=dan)
-    await api.post(f"/v1/opportunities/{opp['id']}/advance",
-                   {"actor_id": dan["id"], "to_stage": "searching", "evidence": {"realtor": "R"}}, expect=200)
-    r = await api.post(f"/v1/opportunities/{opp['id']}/close-lost",
-                       {"actor_id": dan["id"], "reason": "customer withdrew"}, expect=200)
+    await api.post(
+        f"/v1/opportunities/{opp['id']}/advance",
+        {"actor_id": dan["id"], "to_stage": "searching", "evidence": {"realtor": "R"}},
+        expect=200,
+    )
+    r = await api.post(
+        f"/v1/opportunities/{opp['id']}/close-lost", {"actor_id": dan["id"], "reason": "customer withdrew"}, expect=200
+    )
     lost = r.json()
     assert (lost["status"], lost["stage"], lost["probability"], lost["lost_reason"]) == (
-        "lost", "closed_lost", 0, "customer withdrew")
+        "lost",
+        "closed_lost",
+        0,
+        "customer withdrew",
+    )
     assert lost["checkpoints"][-1]["evidence"] == {"reason": "customer withdrew"}
     assert lost["closed_at"] is not None
 
@@ -114,8 +142,11 @@ async def test_close_lost_from_any_open_stage_then_nothing_more(api: Api, client
 async def test_declined_by_underwriting_closes_lost(api: Api) -> None:
     opp = await api.opportunity()
     owner = opp["owner_id"]
-    await api.post(f"/v1/opportunities/{opp['id']}/advance",
-                   {"actor_id": owner, "to_stage": "searching", "evidence": {"realtor": "R"}}, expect=200)
+    await api.post(
+        f"/v1/opportunities/{opp['id']}/advance",
+        {"actor_id": owner, "to_stage": "searching", "evidence": {"realtor": "R"}},
+        expect=200,
+    )
     await api.event("mortgage.application_submitted", opp["id"], {"application_id": "APP-2"})
     r = await api.event("mortgage.application_declined", opp["id"], {"reason": "declined by underwriting"})
     opp = r.json()["opportunity"]

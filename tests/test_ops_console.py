@@ -35,8 +35,11 @@ async def test_search_attributes_follow_the_stage(api: Api, client: Client) -> N
     state = await handle.query(OpportunityWorkflow.current_state, result_type=OpportunityState)
     assert state.stage == "interested" and len(state.checkpoints) == 1
 
-    await api.post(f"/v1/opportunities/{opp['id']}/advance",
-                   {"actor_id": opp["owner_id"], "to_stage": "searching", "evidence": {"realtor": "R"}}, expect=200)
+    await api.post(
+        f"/v1/opportunities/{opp['id']}/advance",
+        {"actor_id": opp["owner_id"], "to_stage": "searching", "evidence": {"realtor": "R"}},
+        expect=200,
+    )
     desc = await handle.describe()
     assert desc.typed_search_attributes.get(SA_STAGE) == "searching"
     details = await handle.query("__temporal_workflow_metadata")

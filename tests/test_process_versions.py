@@ -36,11 +36,13 @@ async def test_running_opportunity_keeps_its_version(
             assert (old["process_version"], new["process_version"]) == (1, 2)
 
             realtor_only = {"to_stage": "searching", "evidence": {"realtor": "Jane Realty"}}
-            r = await tightened.post(f"/v1/opportunities/{new['id']}/advance",
-                                     {"actor_id": new["owner_id"], **realtor_only})
+            r = await tightened.post(
+                f"/v1/opportunities/{new['id']}/advance", {"actor_id": new["owner_id"], **realtor_only}
+            )
             assert r.status_code == 409
             assert r.json()["error"]["details"]["missing_evidence"] == ["pre_approval_letter"]
 
-            r = await tightened.post(f"/v1/opportunities/{old['id']}/advance",
-                                     {"actor_id": old["owner_id"], **realtor_only}, expect=200)
+            r = await tightened.post(
+                f"/v1/opportunities/{old['id']}/advance", {"actor_id": old["owner_id"], **realtor_only}, expect=200
+            )
             assert r.json()["stage"] == "searching"

@@ -3,6 +3,7 @@ file stops the service at start with a message naming the file, the stage and th
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -21,8 +22,11 @@ def test_shipped_processes_match_the_product() -> None:
     mortgage = catalog.latest(Product.mortgage)
     assert mortgage is not None
     assert [(s.key, s.probability, s.entry.kind) for s in mortgage.stages] == [
-        ("interested", 10, "create"), ("searching", 20, "manual"), ("applied", 50, "event"),
-        ("approved", 80, "event"), ("closed_won", 100, "signature"),
+        ("interested", 10, "create"),
+        ("searching", 20, "manual"),
+        ("applied", 50, "event"),
+        ("approved", 80, "event"),
+        ("closed_won", 100, "signature"),
     ]
     assert mortgage.stage("searching").evidence == ("realtor",)
     assert mortgage.creation_requires == ("amount",)
@@ -36,7 +40,7 @@ def test_shipped_processes_match_the_product() -> None:
     assert catalog.latest(Product.savings) is None
 
 
-def _write(tmp_path: Path, mutate) -> Path:
+def _write(tmp_path: Path, mutate: Callable[[dict], object]) -> Path:
     raw = yaml.safe_load((SHIPPED / "mortgage.v1.yaml").read_text())
     mutate(raw)
     (tmp_path / "mortgage.v1.yaml").write_text(yaml.safe_dump(raw))
@@ -62,7 +66,7 @@ def test_a_bad_field_names_file_stage_and_field(tmp_path: Path) -> None:
         (lambda raw: raw["stages"][1].update(colour="red"), "'colour'"),
     ],
 )
-def test_incoherent_processes_are_refused(tmp_path: Path, mutate, expected: str) -> None:
+def test_incoherent_processes_are_refused(tmp_path: Path, mutate: Callable[[dict], object], expected: str) -> None:
     _write(tmp_path, mutate)
     with pytest.raises(ProcessError, match="mortgage.v1.yaml") as err:
         load_catalog(tmp_path)

@@ -19,8 +19,9 @@ from tests.test_referrals import refer, staff, territory
 
 
 @pytest_asyncio.fixture
-async def fast_api(client: Client, settings: Settings, task_queue: str, keys: dict[str, str],
-                   worker: None) -> AsyncIterator[Api]:
+async def fast_api(
+    client: Client, settings: Settings, task_queue: str, keys: dict[str, str], worker: None
+) -> AsyncIterator[Api]:
     fast = settings.model_copy(update={"referral_accept_sla": 1.5, "referral_followup_sla": 1.5})
     app = create_app(fast, client=client, task_queue=task_queue)
     async with app.router.lifespan_context(app):
@@ -29,8 +30,8 @@ async def fast_api(client: Client, settings: Settings, task_queue: str, keys: di
             yield Api(http, keys["all"])
 
 
-async def _until(check, timeout: float = 15.0):  # noqa: ANN001, ANN202
-    deadline = asyncio.get_running_loop().time() + timeout
+async def _until(check, limit: float = 15.0):  # noqa: ANN001, ANN202
+    deadline = asyncio.get_running_loop().time() + limit
     while True:
         value = await check()
         if value or asyncio.get_running_loop().time() > deadline:
@@ -63,11 +64,20 @@ async def test_acceptance_sla_lapse_reroutes_and_tells_the_manager_once(fast_api
 
     now = await _until(queued)
     assert now and now["assignee_id"] is None
-    assert [h["status"] for h in now["history"]] == ["created", "assigned", "lapsed", "assigned", "lapsed", "unassigned"]
+    assert [h["status"] for h in now["history"]] == [
+        "created",
+        "assigned",
+        "lapsed",
+        "assigned",
+        "lapsed",
+        "unassigned",
+    ]
 
     await asyncio.sleep(2)  # long enough for a second (wrong) lapse notice to have arrived
     kevin = people["kevin"]["email"]
-    lapse_notices = [m for m in smtp_inbox.to(kevin) if "not accepted in time" in m["Subject"] and ref["id"] in m["Subject"]]
+    lapse_notices = [
+        m for m in smtp_inbox.to(kevin) if "not accepted in time" in m["Subject"] and ref["id"] in m["Subject"]
+    ]
     # Bob's manager (Kevin) about Bob; Ann has no manager, so every manager (Kevin) about Ann.
     assert len(lapse_notices) == 2
     outbox = (await api.get(f"/v1/outbox?to_employee_id={people['kevin']['id']}")).json()["items"]
@@ -84,8 +94,11 @@ async def test_follow_up_reminder_then_escalation(fast_api: Api, smtp_inbox: Inb
     await api.post(f"/v1/referrals/{ref['id']}/accept", {"actor_id": bob["id"]}, expect=200)
 
     async def escalated():  # noqa: ANN202
-        return [m for m in smtp_inbox.to(people["kevin"]["email"]) if "not followed up" in m["Subject"]
-                and ref["id"] in m["Subject"]]
+        return [
+            m
+            for m in smtp_inbox.to(people["kevin"]["email"])
+            if "not followed up" in m["Subject"] and ref["id"] in m["Subject"]
+        ]
 
     assert await _until(escalated), "no escalation reached the manager"
     reminders = [m for m in smtp_inbox.to(bob["email"]) if m["Subject"].startswith("Follow up on your referral")]

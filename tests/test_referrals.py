@@ -19,21 +19,53 @@ def territory() -> str:
 
 
 async def staff(api: Api, state: str, city: str = "San Francisco") -> dict[str, dict]:
-    kevin = await api.employee(role="manager", lob="mortgage", name="Kevin", email=f"kevin.{state}@bank.example",
-                               products=[], states=[state])
-    ryan = await api.employee(role="advisor", lob="wealth", name="Ryan", email=f"ryan.{state}@bank.example",
-                              products=["wealth"], states=[state], cities=[city])
-    bob = await api.employee(name="Bob", email=f"bob.{state}@bank.example", products=["mortgage"], states=[state],
-                             cities=[city], manager_id=kevin["id"])
+    kevin = await api.employee(
+        role="manager", lob="mortgage", name="Kevin", email=f"kevin.{state}@bank.example", products=[], states=[state]
+    )
+    ryan = await api.employee(
+        role="advisor",
+        lob="wealth",
+        name="Ryan",
+        email=f"ryan.{state}@bank.example",
+        products=["wealth"],
+        states=[state],
+        cities=[city],
+    )
+    bob = await api.employee(
+        name="Bob",
+        email=f"bob.{state}@bank.example",
+        products=["mortgage"],
+        states=[state],
+        cities=[city],
+        manager_id=kevin["id"],
+    )
     return {"kevin": kevin, "ryan": ryan, "bob": bob}
 
 
-async def refer(api: Api, referrer: dict, state: str, *, city: str = "San Francisco", value: str | None = "500000.00",
-                name: str = "Kiara Jones", interest: str = "mortgage", idem: str | None = None) -> dict:
-    body = {"referrer": {"type": "employee", "id": referrer["id"]},
-            "prospect": {"name": name, "phone": "+14155550123", "email": "kiara@example.com",
-                         "employer": "Acme", "city": city, "state": state},
-            "expressed_interest": interest, "notes": "Wants to buy her first home"}
+async def refer(
+    api: Api,
+    referrer: dict,
+    state: str,
+    *,
+    city: str = "San Francisco",
+    value: str | None = "500000.00",
+    name: str = "Kiara Jones",
+    interest: str = "mortgage",
+    idem: str | None = None,
+) -> dict:
+    body = {
+        "referrer": {"type": "employee", "id": referrer["id"]},
+        "prospect": {
+            "name": name,
+            "phone": "+14155550123",
+            "email": "kiara@example.com",
+            "employer": "Acme",
+            "city": city,
+            "state": state,
+        },
+        "expressed_interest": interest,
+        "notes": "Wants to buy her first home",
+    }
     if value:
         body["value"] = value
     return (await api.post("/v1/referrals", body, idem=idem, expect=201)).json()
@@ -44,8 +76,9 @@ async def test_kiaras_referral_from_ryan_to_bob_converts(api: Api, smtp_inbox: I
     people = await staff(api, state)
     ryan, bob = people["ryan"], people["bob"]
     # Another broker in the state but not the city: Kiara's city decides.
-    await api.employee(name="Bea", email=f"bea.{state}@bank.example", products=["mortgage"], states=[state],
-                       cities=["Oakland"])
+    await api.employee(
+        name="Bea", email=f"bea.{state}@bank.example", products=["mortgage"], states=[state], cities=["Oakland"]
+    )
 
     ref = await refer(api, ryan, state)
     assert (ref["status"], ref["assignee_id"]) == ("assigned", bob["id"])
@@ -71,20 +104,30 @@ async def test_kiaras_referral_from_ryan_to_bob_converts(api: Api, smtp_inbox: I
     assert [r["id"] for r in listed] == [ref["id"]]
 
     score_before = accepted["referrer_score"]
-    converted = (await api.post(f"/v1/referrals/{ref['id']}/convert",
-                                {"actor_id": bob["id"], "need": {"kind": "buy_home",
-                                                                 "description": "Buy her first home in San Francisco"}},
-                                expect=200)).json()
+    converted = (
+        await api.post(
+            f"/v1/referrals/{ref['id']}/convert",
+            {"actor_id": bob["id"], "need": {"kind": "buy_home", "description": "Buy her first home in San Francisco"}},
+            expect=200,
+        )
+    ).json()
     assert converted["status"] == "converted" and converted["opportunity_id"]
     assert converted["referrer_score"] > score_before  # Ryan's referrals convert: his score rises
 
     opp = (await api.get(f"/v1/opportunities/{converted['opportunity_id']}")).json()
-    assert (opp["product"], opp["stage"], opp["owner_id"], opp["amount"]) == ("mortgage", "interested", bob["id"],
-                                                                             "500000.00")
+    assert (opp["product"], opp["stage"], opp["owner_id"], opp["amount"]) == (
+        "mortgage",
+        "interested",
+        bob["id"],
+        "500000.00",
+    )
     assert opp["referral_id"] == ref["id"] and opp["customer_id"] == converted["customer_id"]
     customer = (await api.get(f"/v1/customers/{converted['customer_id']}")).json()
     assert (customer["name"], customer["city"], customer["household_id"] is not None) == (
-        "Kiara Jones", "San Francisco", True)
+        "Kiara Jones",
+        "San Francisco",
+        True,
+    )
     journey = (await api.get(f"/v1/customers/{customer['id']}/journey")).json()
     assert [n["kind"] for n in journey["needs"]] == ["buy_home"]
     assert journey["needs"][0]["id"] == opp["need_id"]
@@ -107,8 +150,9 @@ async def test_least_loaded_then_round_robin(api: Api) -> None:
 
     # Closing one of Ann's referrals makes her the least loaded.
     refs = (await api.get(f"/v1/employees/{ann['id']}/referrals")).json()["items"]
-    await api.post(f"/v1/referrals/{refs[0]['id']}/close", {"actor_id": ann["id"], "reason": "not interested"},
-                   expect=200)
+    await api.post(
+        f"/v1/referrals/{refs[0]['id']}/close", {"actor_id": ann["id"], "reason": "not interested"}, expect=200
+    )
     assert (await refer(api, ryan, state, city="Sacramento", name="Next"))["assignee_id"] == ann["id"]
 
 
@@ -116,8 +160,14 @@ async def test_capacity_is_respected(api: Api) -> None:
     state = territory()
     people = await staff(api, state)
     bob = people["bob"]
-    full = await api.employee(name="Full", email=f"full.{state}@bank.example", products=["mortgage"],
-                              states=[state], cities=["San Francisco"], capacity=1)
+    full = await api.employee(
+        name="Full",
+        email=f"full.{state}@bank.example",
+        products=["mortgage"],
+        states=[state],
+        cities=["San Francisco"],
+        capacity=1,
+    )
     assignees = [(await refer(api, people["ryan"], state, name=f"P{i}"))["assignee_id"] for i in range(4)]
     # One each while both have room; then Full is at capacity (1 of 1) and Bob takes the rest,
     # although Full's lighter load would win the fourth if capacity were ignored.
@@ -145,31 +195,40 @@ async def test_reject_reroutes_never_back(api: Api, smtp_inbox: Inbox) -> None:
 
     r = await api.post(f"/v1/referrals/{ref['id']}/reject", {"actor_id": people["bob"]["id"], "reason": ""})
     assert r.status_code == 422  # a rejection needs a reason
-    r = await api.post(f"/v1/referrals/{ref['id']}/reject",
-                       {"actor_id": people["bob"]["id"], "reason": "too busy this week"}, expect=200)
+    r = await api.post(
+        f"/v1/referrals/{ref['id']}/reject",
+        {"actor_id": people["bob"]["id"], "reason": "too busy this week"},
+        expect=200,
+    )
     ref = r.json()
     assert (ref["status"], ref["assignee_id"]) == ("assigned", ann["id"])
     assert [h["status"] for h in ref["history"]] == ["created", "assigned", "rejected", "assigned"]
     assert ref["history"][2]["note"] == "rejected: too busy this week"
 
     # Ann rejects too: nobody is left who has not rejected it, so it waits for a manager.
-    ref = (await api.post(f"/v1/referrals/{ref['id']}/reject", {"actor_id": ann["id"], "reason": "conflict"},
-                          expect=200)).json()
+    ref = (
+        await api.post(f"/v1/referrals/{ref['id']}/reject", {"actor_id": ann["id"], "reason": "conflict"}, expect=200)
+    ).json()
     assert (ref["status"], ref["assignee_id"], ref["queue"]) == ("unassigned", None, "unassigned-referrals")
     assert any(ref["id"] in m.get_content() for m in smtp_inbox.to(people["kevin"]["email"]))
 
     # A manager may still hand it to someone explicitly.
-    ref = (await api.post(f"/v1/referrals/{ref['id']}/reassign",
-                          {"actor_id": people["kevin"]["id"], "to_employee_id": people["bob"]["id"],
-                           "reason": "Bob has room now"}, expect=200)).json()
+    ref = (
+        await api.post(
+            f"/v1/referrals/{ref['id']}/reassign",
+            {"actor_id": people["kevin"]["id"], "to_employee_id": people["bob"]["id"], "reason": "Bob has room now"},
+            expect=200,
+        )
+    ).json()
     assert (ref["status"], ref["assignee_id"]) == ("assigned", people["bob"]["id"])
 
 
 async def test_no_rule_matches_fallback_queue_and_managers_told(api: Api, smtp_inbox: Inbox) -> None:
     state = territory()
     people = await staff(api, state)
-    elsewhere = await api.employee(role="manager", name="Olga", email=f"olga.{state}@bank.example", products=[],
-                                   states=[territory()])
+    elsewhere = await api.employee(
+        role="manager", name="Olga", email=f"olga.{state}@bank.example", products=[], states=[territory()]
+    )
     ref = await refer(api, people["ryan"], state, interest="insurance")  # nobody sells insurance here
     assert (ref["status"], ref["assignee_id"], ref["queue"]) == ("unassigned", None, "unassigned-referrals")
     assert "fallback queue" in ref["history"][-1]["note"]
@@ -196,8 +255,11 @@ async def test_close_needs_a_reason_and_ends_it(api: Api) -> None:
     people = await staff(api, state)
     ref = await refer(api, people["ryan"], state)
     bob = people["bob"]
-    closed = (await api.post(f"/v1/referrals/{ref['id']}/close", {"actor_id": bob["id"], "reason": "no longer moving"},
-                             expect=200)).json()
+    closed = (
+        await api.post(
+            f"/v1/referrals/{ref['id']}/close", {"actor_id": bob["id"], "reason": "no longer moving"}, expect=200
+        )
+    ).json()
     assert (closed["status"], closed["close_reason"]) == ("closed", "no longer moving")
     r = await api.post(f"/v1/referrals/{ref['id']}/accept", {"actor_id": bob["id"]})
     assert r.status_code == 409 and r.json()["error"]["code"] == "invalid_transition"
@@ -210,8 +272,10 @@ async def test_converting_a_product_without_a_process_is_refused(api: Api) -> No
     ref = await refer(api, people["ryan"], state, interest="savings", value=None)
     assert ref["assignee_id"] == saver["id"]
     await api.post(f"/v1/referrals/{ref['id']}/accept", {"actor_id": saver["id"]}, expect=200)
-    r = await api.post(f"/v1/referrals/{ref['id']}/convert",
-                       {"actor_id": saver["id"], "need": {"kind": "save", "description": "Save for a car"}})
+    r = await api.post(
+        f"/v1/referrals/{ref['id']}/convert",
+        {"actor_id": saver["id"], "need": {"kind": "save", "description": "Save for a car"}},
+    )
     assert r.status_code == 409 and "no sales process" in r.json()["error"]["message"]
     assert (await api.get(f"/v1/referrals/{ref['id']}")).json()["status"] == "accepted"
 
@@ -221,13 +285,17 @@ async def test_open_referrals_in_documented_priority_order(api: Api) -> None:
     people = await staff(api, state)
     bob = people["bob"]
     # Referrers with different track records give different referrer scores.
-    good = await api.employee(role="advisor", lob="wealth", name="Good", email=f"good.{state}@bank.example",
-                              products=[], states=[state])
+    good = await api.employee(
+        role="advisor", lob="wealth", name="Good", email=f"good.{state}@bank.example", products=[], states=[state]
+    )
     for i in range(3):
         done = await refer(api, good, state, name=f"Won {i}")
         await api.post(f"/v1/referrals/{done['id']}/accept", {"actor_id": bob["id"]}, expect=200)
-        await api.post(f"/v1/referrals/{done['id']}/convert",
-                       {"actor_id": bob["id"], "need": {"kind": "buy_home", "description": "A home"}}, expect=200)
+        await api.post(
+            f"/v1/referrals/{done['id']}/convert",
+            {"actor_id": bob["id"], "need": {"kind": "buy_home", "description": "A home"}},
+            expect=200,
+        )
     low = await refer(api, people["ryan"], state, name="From Ryan")
     high = await refer(api, good, state, name="From Good")
 

@@ -34,14 +34,19 @@ def _replayer() -> Replayer:
 
 @pytest.mark.parametrize("path", sorted(HISTORIES.glob("*.json")), ids=lambda p: p.stem)
 async def test_saved_history_replays(path: Path) -> None:
-    history = WorkflowHistory.from_json(path.stem, path.read_text())
+    history = WorkflowHistory.from_json(path.stem, path.read_text())  # noqa: ASYNC240 (a small local file)
     await _replayer().replay_workflow(history)
 
 
 def test_histories_are_saved() -> None:
     names = {p.stem for p in HISTORIES.glob("*.json")}
-    assert {"mortgage-closed-won", "mortgage-declined-resent-won", "checking-opened", "referral-converted",
-            "referral-rejected-reassigned-closed"} <= names
+    assert {
+        "mortgage-closed-won",
+        "mortgage-declined-resent-won",
+        "checking-opened",
+        "referral-converted",
+        "referral-rejected-reassigned-closed",
+    } <= names
 
 
 async def test_fresh_journeys_replay(api: Api, client: Client) -> None:

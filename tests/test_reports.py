@@ -33,19 +33,39 @@ def db(database_url: str) -> Iterator[Engine]:
     engine.dispose()
 
 
-def insert_referral(db: Engine, *, referrer: tuple[str, str], created_ago: timedelta, status: str = "unassigned",
-                    decided_ago: timedelta | None = None, assignee_id: str | None = None) -> str:
+def insert_referral(
+    db: Engine,
+    *,
+    referrer: tuple[str, str],
+    created_ago: timedelta,
+    status: str = "unassigned",
+    decided_ago: timedelta | None = None,
+    assignee_id: str | None = None,
+) -> str:
     """A referral row written straight to the store (test data with a past created_at)."""
     now = datetime.now(UTC)
     rid = f"ref_test_{uuid.uuid4().hex}"
     with Session(db) as session, session.begin():
-        session.add(Referral(
-            id=rid, status=status, referrer_type=referrer[0], referrer_id=referrer[1], referrer_line_of_business=None,
-            prospect={"name": "Old Prospect"}, expressed_interest="mortgage", source=referrer[0],
-            assignee_id=assignee_id, lead_score=30, lead_score_factors=[], features={},
-            workflow_id=f"referral-{rid}", last_seq=1, created_at=now - created_ago,
-            decided_at=(now - decided_ago) if decided_ago is not None else None,
-        ))
+        session.add(
+            Referral(
+                id=rid,
+                status=status,
+                referrer_type=referrer[0],
+                referrer_id=referrer[1],
+                referrer_line_of_business=None,
+                prospect={"name": "Old Prospect"},
+                expressed_interest="mortgage",
+                source=referrer[0],
+                assignee_id=assignee_id,
+                lead_score=30,
+                lead_score_factors=[],
+                features={},
+                workflow_id=f"referral-{rid}",
+                last_seq=1,
+                created_at=now - created_ago,
+                decided_at=(now - decided_ago) if decided_ago is not None else None,
+            )
+        )
     return rid
 
 
@@ -63,19 +83,29 @@ def row(report: dict, referrer_id: str) -> dict | None:
 async def decide(api: Api, ref: dict, actor: dict, *, convert: bool) -> None:
     if convert:
         await api.post(f"/v1/referrals/{ref['id']}/accept", {"actor_id": actor["id"]}, expect=200)
-        await api.post(f"/v1/referrals/{ref['id']}/convert",
-                       {"actor_id": actor["id"], "need": {"kind": "buy_home", "description": "A home"}}, expect=200)
+        await api.post(
+            f"/v1/referrals/{ref['id']}/convert",
+            {"actor_id": actor["id"], "need": {"kind": "buy_home", "description": "A home"}},
+            expect=200,
+        )
     else:
-        await api.post(f"/v1/referrals/{ref['id']}/close", {"actor_id": actor["id"], "reason": "not moving"},
-                       expect=200)
+        await api.post(
+            f"/v1/referrals/{ref['id']}/close", {"actor_id": actor["id"], "reason": "not moving"}, expect=200
+        )
 
 
 async def test_referrer_rows_counts_score_and_order(api: Api) -> None:
     state = territory()
     people = await staff(api, state)
     ryan, bob, kevin = people["ryan"], people["bob"], people["kevin"]
-    good = await api.employee(role="advisor", lob="wealth", name="Good Referrer", email=f"good.{state}@bank.example",
-                              products=[], states=[state])
+    good = await api.employee(
+        role="advisor",
+        lob="wealth",
+        name="Good Referrer",
+        email=f"good.{state}@bank.example",
+        products=[],
+        states=[state],
+    )
     before = await referrers(api)
 
     # Good (wealth): 2 converted and 1 closed of 4, all to Bob (mortgage): every one cross-LOB.
@@ -136,13 +166,25 @@ async def test_window_days_leaves_older_referrals_out(api: Api, db: Engine) -> N
     partner = f"partner-{state}"
     dormant = f"dormant-{state}"
     # Made and converted long ago, then a new (open) one through the API.
-    insert_referral(db, referrer=("partner", partner), status="converted", created_ago=timedelta(days=200),
-                    decided_ago=timedelta(days=150))
-    insert_referral(db, referrer=("partner", dormant), status="closed", created_ago=timedelta(days=200),
-                    decided_ago=timedelta(days=150))
-    body = {"referrer": {"type": "partner", "id": partner},
-            "prospect": {"name": "Partner Lead", "city": "San Francisco", "state": state},
-            "expressed_interest": "mortgage"}
+    insert_referral(
+        db,
+        referrer=("partner", partner),
+        status="converted",
+        created_ago=timedelta(days=200),
+        decided_ago=timedelta(days=150),
+    )
+    insert_referral(
+        db,
+        referrer=("partner", dormant),
+        status="closed",
+        created_ago=timedelta(days=200),
+        decided_ago=timedelta(days=150),
+    )
+    body = {
+        "referrer": {"type": "partner", "id": partner},
+        "prospect": {"name": "Partner Lead", "city": "San Francisco", "state": state},
+        "expressed_interest": "mortgage",
+    }
     fresh = (await api.post("/v1/referrals", body, expect=201)).json()
     assert fresh["assignee_id"] == people["bob"]["id"]
 
@@ -196,16 +238,21 @@ async def test_pipeline_referrals_by_status_and_age(api: Api, db: Engine) -> Non
     insert_referral(db, referrer=waiting, created_ago=timedelta(days=30) + minutes)  # >=30d
     oldest = insert_referral(db, referrer=waiting, created_ago=timedelta(days=1000))  # >=30d
     # Decided long ago: by status only, never by age.
-    insert_referral(db, referrer=waiting, status="closed", created_ago=timedelta(days=1000),
-                    decided_ago=timedelta(days=999))
+    insert_referral(
+        db, referrer=waiting, status="closed", created_ago=timedelta(days=1000), decided_ago=timedelta(days=999)
+    )
 
     after = (await api.get(PIPELINE)).json()["referrals"]
-    delta = {s: after["by_status"].get(s, 0) - before["by_status"].get(s, 0)
-             for s in ("assigned", "unassigned", "accepted", "converted", "closed")}
+    delta = {
+        s: after["by_status"].get(s, 0) - before["by_status"].get(s, 0)
+        for s in ("assigned", "unassigned", "accepted", "converted", "closed")
+    }
     assert delta == {"assigned": 1, "unassigned": 6, "accepted": 1, "converted": 0, "closed": 2}
 
     assert [b["band"] for b in after["by_age_band"]] == ["<1d", "1-7d", "7-30d", ">=30d"]
-    band_delta = {a["band"]: a["open"] - b["open"] for a, b in zip(after["by_age_band"], before["by_age_band"])}
+    band_delta = {
+        a["band"]: a["open"] - b["open"] for a, b in zip(after["by_age_band"], before["by_age_band"], strict=False)
+    }
     assert band_delta == {"<1d": 3, "1-7d": 2, "7-30d": 1, ">=30d": 2}
     assert after["open_total"] - before["open_total"] == 8
     assert after["open_total"] == sum(b["open"] for b in after["by_age_band"])
@@ -214,8 +261,14 @@ async def test_pipeline_referrals_by_status_and_age(api: Api, db: Engine) -> Non
     cb, ca = _cells(before), _cells(after)
     assert set(ca) == {(s, b) for s in ("assigned", "unassigned", "accepted") for b in BAND_NAMES}
     changed = {cell: ca[cell] - cb.get(cell, 0) for cell in ca if ca[cell] != cb.get(cell, 0)}
-    assert changed == {("assigned", "<1d"): 1, ("accepted", "<1d"): 1, ("unassigned", "<1d"): 1,
-                       ("unassigned", "1-7d"): 2, ("unassigned", "7-30d"): 1, ("unassigned", ">=30d"): 2}
+    assert changed == {
+        ("assigned", "<1d"): 1,
+        ("accepted", "<1d"): 1,
+        ("unassigned", "<1d"): 1,
+        ("unassigned", "1-7d"): 2,
+        ("unassigned", "7-30d"): 1,
+        ("unassigned", ">=30d"): 2,
+    }
 
     o = after["oldest_open"]
     assert (o["id"], o["status"], o["assignee_id"]) == (oldest, "unassigned", None)
@@ -224,26 +277,32 @@ async def test_pipeline_referrals_by_status_and_age(api: Api, db: Engine) -> Non
 
 async def test_pipeline_opportunities_by_product_and_stage(api: Api) -> None:
     def cells(report: dict) -> dict[tuple[str, str], tuple[int, Decimal]]:
-        return {(c["product"], c["stage"]): (c["count"], Decimal(c["amount"]))
-                for c in report["opportunities"]["by_product_and_stage"]}
+        return {
+            (c["product"], c["stage"]): (c["count"], Decimal(c["amount"]))
+            for c in report["opportunities"]["by_product_and_stage"]
+        }
 
     before = (await api.get(PIPELINE)).json()
     owner = await api.employee(name="Olga", email=f"olga.{uuid.uuid4().hex[:6]}@bank.example")
     await api.opportunity(amount="500000.00", owner=owner)
     lost = await api.opportunity(amount="250000.50", owner=owner)
-    await api.post(f"/v1/opportunities/{lost['id']}/close-lost", {"actor_id": owner["id"], "reason": "rates"},
-                   expect=200)
+    await api.post(
+        f"/v1/opportunities/{lost['id']}/close-lost", {"actor_id": owner["id"], "reason": "rates"}, expect=200
+    )
     await api.opportunity(product="checking", amount=None, owner=owner)
     after = (await api.get(PIPELINE)).json()
 
     for c in after["opportunities"]["by_product_and_stage"]:
         assert isinstance(c["amount"], str) and Decimal(c["amount"]) == Decimal(c["amount"]).quantize(Decimal("0.01"))
     cb, ca = cells(before), cells(after)
-    changed = {k: (ca[k][0] - cb.get(k, (0, 0))[0], ca[k][1] - cb.get(k, (0, Decimal(0)))[1])
-               for k in ca if ca[k] != cb.get(k)}
-    assert changed == {("mortgage", "interested"): (1, Decimal("500000.00")),
-                       ("mortgage", "closed_lost"): (1, Decimal("250000.50")),
-                       ("checking", "interested"): (1, Decimal("0"))}
+    changed = {
+        k: (ca[k][0] - cb.get(k, (0, 0))[0], ca[k][1] - cb.get(k, (0, Decimal(0)))[1]) for k in ca if ca[k] != cb.get(k)
+    }
+    assert changed == {
+        ("mortgage", "interested"): (1, Decimal("500000.00")),
+        ("mortgage", "closed_lost"): (1, Decimal("250000.50")),
+        ("checking", "interested"): (1, Decimal("0")),
+    }
     sb, sa = before["opportunities"]["by_status"], after["opportunities"]["by_status"]
     assert {s: sa[s] - sb[s] for s in ("open", "won", "lost")} == {"open": 2, "won": 0, "lost": 1}
 

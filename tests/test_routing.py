@@ -175,8 +175,11 @@ def test_never_back_to_one_who_rejected() -> None:
 
 def test_first_matching_rule_decides() -> None:
     r = rules(
-        {"name": "mortgages-to-brokers", "match": {"expressed_interest": ["mortgage"]},
-         "pool": {"roles": ["mortgage_broker"], "territory": "any"}},
+        {
+            "name": "mortgages-to-brokers",
+            "match": {"expressed_interest": ["mortgage"]},
+            "pool": {"roles": ["mortgage_broker"], "territory": "any"},
+        },
         {"name": "everyone", "pool": {"territory": "referral_state"}},
     )
     team = [cand("advisor", load=0), cand("broker", role=Role.mortgage_broker, states=("BC",), load=9)]
@@ -223,8 +226,11 @@ def test_referrer_line_of_business_city_and_state_matching() -> None:
 
 def test_empty_pool_falls_through_to_next_rule() -> None:
     r = rules(
-        {"name": "specialists", "match": {"expressed_interest": ["mortgage"]},
-         "pool": {"roles": ["mortgage_broker"], "lines_of_business": ["mortgage"], "products": ["mortgage"]}},
+        {
+            "name": "specialists",
+            "match": {"expressed_interest": ["mortgage"]},
+            "pool": {"roles": ["mortgage_broker"], "lines_of_business": ["mortgage"], "products": ["mortgage"]},
+        },
         {"name": "generalists", "pool": {"territory": "referral_state"}},
     )
     broker = cand("broker", role=Role.mortgage_broker, lob=LineOfBusiness.mortgage, load=3, capacity=3)
@@ -237,14 +243,14 @@ def test_empty_pool_falls_through_to_next_rule() -> None:
 
 def test_pool_product_list_matches_any_listed_product() -> None:
     r = rules({"name": "lenders", "pool": {"products": ["mortgage", "personal_loan"], "territory": "any"}})
-    team = [cand("loans", products=("personal_loan",), states=("BC",)),
-            cand("cards", products=("credit_card",))]
+    team = [cand("loans", products=("personal_loan",), states=("BC",)), cand("cards", products=("credit_card",))]
     assert route(r, facts(expressed_interest=Product.wealth), team).assignee_id == "loans"
 
 
 def test_fallback_queue_when_no_rule_matches() -> None:
-    r = rules({"name": "insurance-only", "match": {"expressed_interest": ["insurance"]}, "queue": "ins"},
-              fallback="triage")
+    r = rules(
+        {"name": "insurance-only", "match": {"expressed_interest": ["insurance"]}, "queue": "ins"}, fallback="triage"
+    )
     d = route(r, facts(), [cand("a")])
     assert d.model_dump() == {
         "assignee_id": None,
@@ -265,12 +271,14 @@ def test_shipped_file_and_its_commented_examples_are_valid() -> None:
     assert (pool.products, pool.territory) == ("referral", "referral_state_and_city_if_listed")
     # Uncommenting the examples gives a valid file whose rules come first.
     text = DEFAULT_ROUTING_RULES.read_text()
-    body = text[text.index("rules:"):]
+    body = text[text.index("rules:") :]
     uncommented = re.sub(r"(?m)^  # ( *[-a-z])", r"  \1", body)
     raw = yaml.safe_load(text[: text.index("rules:")] + uncommented)
     with_examples = RoutingRules.model_validate(raw)
     assert [r.name for r in with_examples.rules] == [
-        "large-mortgages-to-brokers", "quebec-insurance-desk", "product-in-territory"
+        "large-mortgages-to-brokers",
+        "quebec-insurance-desk",
+        "product-in-territory",
     ]
 
 
@@ -286,24 +294,43 @@ GOOD_RULE = {"name": "ok", "pool": {"products": "referral", "territory": "referr
 @pytest.mark.parametrize(
     ("bad_rule", "where", "message"),
     [
-        ({"name": "big", "match": {"min_value": 10, "max_value": 5}, "queue": "q"},
-         "rule 'big' (#2), field 'match.max_value'", "max_value 5 is below min_value 10"),
-        ({"name": "both", "pool": {}, "queue": "q"},
-         "rule 'both' (#2), field 'queue'", "exactly one of 'pool' (employees) or 'queue'"),
-        ({"name": "neither"},
-         "rule 'neither' (#2), field 'queue'", "exactly one of 'pool' (employees) or 'queue'"),
-        ({"name": "where", "pool": {"territory": "country"}},
-         "rule 'where' (#2), field 'pool.territory'", "'referral_state_and_city_if_listed'"),
-        ({"name": "what", "pool": {"products": ["mortgage", "boat"]}},
-         "rule 'what' (#2), field 'pool.products'", "item #2 'boat' is not a product"),
-        ({"name": "typo", "match": {"city": ["Toronto"]}, "queue": "q"},
-         "rule 'typo' (#2), field 'match.city'", "Extra inputs are not permitted"),
-        ({"name": "ontario", "match": {"states": [True]}, "queue": "q"},
-         "rule 'ontario' (#2), field 'match.states'", "put codes such as ON or NO in quotes"),
-        ({"name": "interest", "match": {"expressed_interest": ["yacht"]}, "queue": "q"},
-         "rule 'interest' (#2), field 'match.expressed_interest.0'", "Input should be 'mortgage'"),
-        ({"name": "q", "queue": "Bad Queue"},
-         "rule 'q' (#2), field 'queue'", "String should match pattern"),
+        (
+            {"name": "big", "match": {"min_value": 10, "max_value": 5}, "queue": "q"},
+            "rule 'big' (#2), field 'match.max_value'",
+            "max_value 5 is below min_value 10",
+        ),
+        (
+            {"name": "both", "pool": {}, "queue": "q"},
+            "rule 'both' (#2), field 'queue'",
+            "exactly one of 'pool' (employees) or 'queue'",
+        ),
+        ({"name": "neither"}, "rule 'neither' (#2), field 'queue'", "exactly one of 'pool' (employees) or 'queue'"),
+        (
+            {"name": "where", "pool": {"territory": "country"}},
+            "rule 'where' (#2), field 'pool.territory'",
+            "'referral_state_and_city_if_listed'",
+        ),
+        (
+            {"name": "what", "pool": {"products": ["mortgage", "boat"]}},
+            "rule 'what' (#2), field 'pool.products'",
+            "item #2 'boat' is not a product",
+        ),
+        (
+            {"name": "typo", "match": {"city": ["Toronto"]}, "queue": "q"},
+            "rule 'typo' (#2), field 'match.city'",
+            "Extra inputs are not permitted",
+        ),
+        (
+            {"name": "ontario", "match": {"states": [True]}, "queue": "q"},
+            "rule 'ontario' (#2), field 'match.states'",
+            "put codes such as ON or NO in quotes",
+        ),
+        (
+            {"name": "interest", "match": {"expressed_interest": ["yacht"]}, "queue": "q"},
+            "rule 'interest' (#2), field 'match.expressed_interest.0'",
+            "Input should be 'mortgage'",
+        ),
+        ({"name": "q", "queue": "Bad Queue"}, "rule 'q' (#2), field 'queue'", "String should match pattern"),
         ({"match": {}, "queue": "q"}, "rule #2, field 'name'", "Field required"),
         ({"name": "ok", "queue": "q"}, "field 'rules'", "rule name 'ok' is used by #1 and #2"),
     ],
@@ -320,8 +347,9 @@ def test_invalid_rule_names_file_rule_and_field(
 
 
 def test_unquoted_ontario_in_yaml_is_explained(tmp_path: Path) -> None:
-    path = _write(tmp_path, "version: 1\nfallback_queue: f\nrules:\n"
-                            "  - name: on\n    match: {states: [ON]}\n    queue: q\n")
+    path = _write(
+        tmp_path, "version: 1\nfallback_queue: f\nrules:\n  - name: on\n    match: {states: [ON]}\n    queue: q\n"
+    )
     with pytest.raises(RoutingRulesError) as exc:
         load_routing_rules(path)
     assert str(exc.value).splitlines() == [
@@ -336,8 +364,7 @@ def test_unquoted_ontario_in_yaml_is_explained(tmp_path: Path) -> None:
     ("doc", "message"),
     [
         ({"version": 1, "rules": [GOOD_RULE]}, "field 'fallback_queue': Field required"),
-        ({"version": 1, "fallback_queue": "f", "rules": []},
-         "field 'rules': List should have at least 1 item"),
+        ({"version": 1, "fallback_queue": "f", "rules": []}, "field 'rules': List should have at least 1 item"),
         ("rules: [unclosed", "cannot read routing rules"),
         ("- just\n- a list\n", "routing rules: Input should be a valid dictionary"),
     ],
@@ -360,10 +387,7 @@ def test_the_api_refuses_to_start_on_invalid_routing_rules(tmp_path: Path) -> No
     from config import Settings
 
     bad = tmp_path / "routing.yaml"
-    bad.write_text(
-        "version: 1\nfallback_queue: q\nrules:\n"
-        "  - name: brokers\n    pool: {territory: everywhere}\n"
-    )
+    bad.write_text("version: 1\nfallback_queue: q\nrules:\n  - name: brokers\n    pool: {territory: everywhere}\n")
     with pytest.raises(RoutingRulesError) as err:
         create_app(Settings(routing_rules=bad, database_url="sqlite:///:memory:"))
     message = str(err.value)

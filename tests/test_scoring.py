@@ -31,8 +31,13 @@ def feats(**kw: str) -> LeadFeatures:
 
 
 MORTGAGE_FROM_WEALTH = feats()
-SAVINGS_FROM_PARTNER = feats(expressed_interest="savings", value_band="<50k", referrer_type="partner",
-                             referrer_line_of_business="unknown", source="app")
+SAVINGS_FROM_PARTNER = feats(
+    expressed_interest="savings",
+    value_band="<50k",
+    referrer_type="partner",
+    referrer_line_of_business="unknown",
+    source="app",
+)
 
 
 def trained() -> LeadModel:
@@ -51,12 +56,22 @@ def trained() -> LeadModel:
 
 
 def test_features_from_facts() -> None:
-    facts = ReferralFacts(expressed_interest=Product.mortgage, city=" North  York", state="ON",
-                          value=Decimal("500000"), referrer_type="employee",
-                          referrer_line_of_business=LineOfBusiness.wealth)
+    facts = ReferralFacts(
+        expressed_interest=Product.mortgage,
+        city=" North  York",
+        state="ON",
+        value=Decimal("500000"),
+        referrer_type="employee",
+        referrer_line_of_business=LineOfBusiness.wealth,
+    )
     assert LeadFeatures.from_facts(facts, "Branch") == LeadFeatures(
-        expressed_interest="mortgage", value_band="250k-1M", city="north york", state="on",
-        referrer_type="employee", referrer_line_of_business="wealth", source="branch",
+        expressed_interest="mortgage",
+        value_band="250k-1M",
+        city="north york",
+        state="on",
+        referrer_type="employee",
+        referrer_line_of_business="wealth",
+        source="branch",
     )
     prospect = ReferralFacts(expressed_interest=Product.savings, referrer_type="customer")
     f = LeadFeatures.from_facts(prospect, "customer")
@@ -65,8 +80,17 @@ def test_features_from_facts() -> None:
 
 @pytest.mark.parametrize(
     ("value", "band"),
-    [(None, "unknown"), ("0", "<50k"), ("49999.99", "<50k"), ("50000", "50k-250k"), ("249999", "50k-250k"),
-     ("250000", "250k-1M"), ("999999.99", "250k-1M"), ("1000000", ">=1M"), ("25000000", ">=1M")],
+    [
+        (None, "unknown"),
+        ("0", "<50k"),
+        ("49999.99", "<50k"),
+        ("50000", "50k-250k"),
+        ("249999", "50k-250k"),
+        ("250000", "250k-1M"),
+        ("999999.99", "250k-1M"),
+        ("1000000", ">=1M"),
+        ("25000000", ">=1M"),
+    ],
 )
 def test_value_bands(value: str | None, band: str) -> None:
     assert value_band(None if value is None else Decimal(value)) == band
@@ -84,8 +108,13 @@ def test_no_history_scores_the_prior_with_no_factors() -> None:
 
 def test_hand_computed_lead_score() -> None:
     won = feats()
-    lost = feats(expressed_interest="savings", value_band="<50k", referrer_type="partner",
-                 referrer_line_of_business="unknown", source="app")
+    lost = feats(
+        expressed_interest="savings",
+        value_band="<50k",
+        referrer_type="partner",
+        referrer_line_of_business="unknown",
+        source="app",
+    )
     model = LeadModel.from_outcomes([(won, True), (won, True), (lost, False)])
     # W = 2, L = 1. Every feature but city and state has 2 seen values (V = 3) and the referral
     # has the won value: (2+1)/(2+3) / ((0+1)/(1+3)) = 2.4. City: Ottawa unseen, toronto seen
@@ -110,8 +139,13 @@ def test_converting_profile_scores_higher_and_says_why() -> None:
     good, bad = model.score(MORTGAGE_FROM_WEALTH), model.score(SAVINGS_FROM_PARTNER)
     assert good.score > 70 > 30 > bad.score
     assert good.factors[0].effect == "raises"
-    assert good.factors[0].feature in {"expressed_interest", "referrer_line_of_business", "referrer_type",
-                                       "value_band", "source"}
+    assert good.factors[0].feature in {
+        "expressed_interest",
+        "referrer_line_of_business",
+        "referrer_type",
+        "value_band",
+        "source",
+    }
     assert all(f.effect == "lowers" for f in bad.factors)
     assert len(good.factors) == len(bad.factors) == 3
     # The weights are |llr| in nats, strongest first.
@@ -121,8 +155,7 @@ def test_converting_profile_scores_higher_and_says_why() -> None:
 def test_top_factor_names_the_feature_that_differs() -> None:
     # Only the product tells won from lost.
     model = LeadModel.from_outcomes(
-        [(feats(expressed_interest="mortgage"), True)] * 30
-        + [(feats(expressed_interest="savings"), False)] * 30
+        [(feats(expressed_interest="mortgage"), True)] * 30 + [(feats(expressed_interest="savings"), False)] * 30
     )
     top = model.score(feats(expressed_interest="mortgage")).factors[0]
     assert (top.feature, top.value, top.effect) == ("expressed_interest", "mortgage", "raises")
@@ -138,8 +171,9 @@ def test_laplace_keeps_unseen_and_one_sided_values_finite() -> None:
         assert 1 <= s.score <= 99
         assert all(math.isfinite(x.weight) for x in s.factors)
     # Unseen product: (0+1)/(10+2) over (0+1)/(0+2) = 1/6.
-    unseen = next(x for x in only_won.score(feats(expressed_interest="wealth")).factors
-                  if x.feature == "expressed_interest")
+    unseen = next(
+        x for x in only_won.score(feats(expressed_interest="wealth")).factors if x.feature == "expressed_interest"
+    )
     assert (unseen.effect, unseen.weight) == ("lowers", round(abs(math.log(1 / 6)), 3))
 
 
@@ -165,9 +199,13 @@ def test_scores_stay_within_1_and_99() -> None:
 def test_incremental_and_serialised_models_score_the_same() -> None:
     batch = trained()
     step = LeadModel()
-    for f, won in [(MORTGAGE_FROM_WEALTH, True)] * 40 + [(MORTGAGE_FROM_WEALTH, False)] * 10 \
-            + [(SAVINGS_FROM_PARTNER, True)] * 5 + [(SAVINGS_FROM_PARTNER, False)] * 45 \
-            + [(feats(city="ottawa", expressed_interest="checking"), False)] * 20:
+    for f, won in (
+        [(MORTGAGE_FROM_WEALTH, True)] * 40
+        + [(MORTGAGE_FROM_WEALTH, False)] * 10
+        + [(SAVINGS_FROM_PARTNER, True)] * 5
+        + [(SAVINGS_FROM_PARTNER, False)] * 45
+        + [(feats(city="ottawa", expressed_interest="checking"), False)] * 20
+    ):
         step.add(f, won)
     data = json.loads(json.dumps(batch.to_dict()))
     assert data == step.to_dict()
@@ -182,8 +220,10 @@ def test_incremental_and_serialised_models_score_the_same() -> None:
     ("data", "message"),
     [
         ({"won": 1, "lost": 0, "counts": {"colour": {"red": [1, 0]}}}, "unknown feature 'colour'"),
-        ({"won": 2, "lost": 0, "counts": {"city": {"a": [1, 0]}}},
-         "feature 'expressed_interest' counts 0 won / 0 lost, but the totals are 2 won / 0 lost"),
+        (
+            {"won": 2, "lost": 0, "counts": {"city": {"a": [1, 0]}}},
+            "feature 'expressed_interest' counts 0 won / 0 lost, but the totals are 2 won / 0 lost",
+        ),
         ({"won": 0, "lost": 0, "counts": {"city": {"a": [-1, 1]}}}, "negative count"),
     ],
 )
@@ -242,7 +282,7 @@ def test_priority_is_monotone_in_each_input() -> None:
             assert row == sorted(row) and row[0] < row[-1]
     for lead in (1, 50, 99):
         for age in ages:
-            row = [priority(lead, ref, age, sla) for ref in range(0, 101)]
+            row = [priority(lead, ref, age, sla) for ref in range(101)]
             assert row == sorted(row) and row[0] < row[-1]
         row = [priority(lead, 50, age, sla) for age in ages]
         assert row == sorted(row) and row[0] < row[-1]

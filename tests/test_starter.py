@@ -40,7 +40,7 @@ MORTGAGE_STAGES = ["interested", "searching", "applied", "approved", "closed_won
 class LiveStack:
     """API (uvicorn on a free port) and worker, served from a thread until stop()."""
 
-    def __init__(self, settings: Settings, temporal_address: str, namespace: str):
+    def __init__(self, settings: Settings, temporal_address: str, namespace: str) -> None:
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self.sock.bind(("127.0.0.1", 0))
         port = self.sock.getsockname()[1]
@@ -159,7 +159,7 @@ def person(run: Run, name: str) -> str:
 def section(out: str, start: str, end: str | None = None) -> str:
     """The output from the line `start` to the line `end` (or the end)."""
     begin = out.index(f"\n{start}")
-    return out[begin:out.index(f"\n{end}", begin + 1)] if end else out[begin:]
+    return out[begin : out.index(f"\n{end}", begin + 1)] if end else out[begin:]
 
 
 # ------------------------------------------------------------------------------ demo
@@ -186,7 +186,7 @@ def test_demo_plays_rachels_journey_to_closed_won(demo: tuple[Run, str]) -> None
     assert "→ authorised (60%)" in out[checking:mortgage] and "→ opened (100%, won)" in out[checking:mortgage]
 
     # The journey: the mortgage's checkpoints table, and her two consents.
-    table = out[out.index(f"  mortgage {opp_id}"):out.index("\n  consents")].splitlines()
+    table = out[out.index(f"  mortgage {opp_id}") : out.index("\n  consents")].splitlines()
     assert [line.split()[0] for line in table[2:]] == MORTGAGE_STAGES
     consents = [line.split() for line in section(out, "  consents\n", "referral people").splitlines()[3:]]
     assert [c[:2] for c in consents] == [["sms", "checking"], ["esignature", "mortgage"]]
@@ -295,7 +295,7 @@ def test_the_demo_again_with_its_run_id_duplicates_nothing(demo: tuple[Run, str]
     assert [person(again, n) for n in staff] == [person(first, n) for n in staff]
     assert "  accepted  by Bob in an earlier run\n" in again.out
     assert "    none: Kiara's was converted in an earlier run\n" in again.out
-    assert '  converted by Bob in an earlier run: need buy_home' in again.out
+    assert "  converted by Bob in an earlier run: need buy_home" in again.out
     assert "  referred  by Ryan (in an earlier run) · Kiara Jones" in again.out
     scores = r"\n  referrer  Ryan.s referrer score \d+ → \d+ \(up: his referral converted\), in an earlier"
     assert re.search(scores, again.out)
@@ -345,7 +345,7 @@ def test_demo_kiara_with_a_key_that_may_not_read_the_outbox(stack: LiveStack, ke
 # ------------------------------------------------------------------------------ referral show
 
 
-def test_referral_show_prints_status_scores_and_history(cli, demo: tuple[Run, str], stack: LiveStack,
+def test_referral_show_prints_status_scores_and_history(cli: Callable[..., Run], demo: tuple[Run, str], stack: LiveStack,
                                                        keys: dict[str, str]) -> None:  # fmt: skip
     run_id = demo[1]
     ref_id, opp_id = referral_of(demo[0])
@@ -374,7 +374,7 @@ def test_referral_show_prints_status_scores_and_history(cli, demo: tuple[Run, st
     assert lines[9].endswith(f"opportunity {opp_id}")
 
 
-def test_referral_show_of_an_unassigned_referral_names_its_queue(cli, stack: LiveStack,
+def test_referral_show_of_an_unassigned_referral_names_its_queue(cli: Callable[..., Run], stack: LiveStack,
                                                                  keys: dict[str, str]) -> None:  # fmt: skip
     state = f"S-{uuid.uuid4().hex[:6]}"  # nobody sells insurance in a state of its own
     with stack.http(keys["all"]) as http:
@@ -394,7 +394,7 @@ def test_referral_show_of_an_unassigned_referral_names_its_queue(cli, stack: Liv
     assert "sent to the fallback queue 'unassigned-referrals'" in lines[-1]
 
 
-def test_referral_show_of_an_unknown_referral_is_a_404(cli) -> None:
+def test_referral_show_of_an_unknown_referral_is_a_404(cli: Callable[..., Run]) -> None:
     run = cli("referral", "show", "ref_nope")
     assert run.code == 1 and run.out == ""
     assert "404 not_found" in run.err and "ref_nope" in run.err
@@ -403,7 +403,7 @@ def test_referral_show_of_an_unknown_referral_is_a_404(cli) -> None:
 # ------------------------------------------------------------------------------ timeline
 
 
-def test_timeline_shows_the_checkpoints_and_signature(cli, demo: tuple[Run, str]) -> None:
+def test_timeline_shows_the_checkpoints_and_signature(cli: Callable[..., Run], demo: tuple[Run, str]) -> None:
     opp_id = opportunity_of(demo[0])
     run = cli("timeline", opp_id)
     assert run.code == 0, run.err
@@ -420,7 +420,7 @@ def test_timeline_shows_the_checkpoints_and_signature(cli, demo: tuple[Run, str]
     assert lines[8].startswith("signature: local envelope") and "· completed" in lines[8]
 
 
-def test_timeline_of_an_unknown_opportunity_is_a_404(cli) -> None:
+def test_timeline_of_an_unknown_opportunity_is_a_404(cli: Callable[..., Run]) -> None:
     run = cli("timeline", "opp_nope")
     assert run.code == 1 and run.out == ""
     assert "404 not_found" in run.err and "opp_nope" in run.err
@@ -438,19 +438,25 @@ def searching_mortgage(stack: LiveStack, key: str) -> dict:
             "capacity": 5,
         }).json()  # fmt: skip
         cus = http.post("/v1/customers", json={"name": "Kiara"}).json()
-        need = http.post(f"/v1/customers/{cus['id']}/needs",
-                         json={"kind": "buy_home", "description": "A flat", "recorded_by": emp["id"]}).json()
+        need = http.post(
+            f"/v1/customers/{cus['id']}/needs",
+            json={"kind": "buy_home", "description": "A flat", "recorded_by": emp["id"]},
+        ).json()
         opp = http.post("/v1/opportunities", json={"customer_id": cus["id"], "product": "mortgage",
                                                    "owner_id": emp["id"], "need_id": need["id"],
                                                    "amount": "250000.00"})  # fmt: skip
         assert opp.status_code == 201, opp.text
-        r = http.post(f"/v1/opportunities/{opp.json()['id']}/advance",
-                      json={"actor_id": emp["id"], "to_stage": "searching", "evidence": {"realtor": "R"}})
+        r = http.post(
+            f"/v1/opportunities/{opp.json()['id']}/advance",
+            json={"actor_id": emp["id"], "to_stage": "searching", "evidence": {"realtor": "R"}},
+        )
         assert r.status_code == 200, r.text
         return r.json()
 
 
-def test_event_send_applies_once_then_answers_duplicate(cli, stack: LiveStack, keys: dict[str, str]) -> None:
+def test_event_send_applies_once_then_answers_duplicate(
+    cli: Callable[..., Run], stack: LiveStack, keys: dict[str, str]
+) -> None:
     opp = searching_mortgage(stack, keys["all"])
     evt = f"evt-{uuid.uuid4().hex}"
     send = ("event", "send", "--type", "mortgage.application_submitted", "--opportunity", opp["id"],
@@ -471,7 +477,9 @@ def test_event_send_applies_once_then_answers_duplicate(cli, stack: LiveStack, k
     assert run.out.startswith("applied: event evt-") and f"customer {opp['customer_id']}" in run.out
 
 
-def test_event_send_prints_the_apis_refusal_and_exits_1(cli, stack: LiveStack, keys: dict[str, str]) -> None:
+def test_event_send_prints_the_apis_refusal_and_exits_1(
+    cli: Callable[..., Run], stack: LiveStack, keys: dict[str, str]
+) -> None:
     opp = searching_mortgage(stack, keys["all"])
     submitted = ("event", "send", "--type", "mortgage.application_submitted", "--opportunity", opp["id"])
 
@@ -502,7 +510,9 @@ def test_api_key_create_rejects_unknown_scopes(stack: LiveStack) -> None:
     assert "unknown scope(s) root" in run.err and "crm:write" in run.err
 
 
-def test_api_key_create_makes_a_key_that_authenticates(cli, demo: tuple[Run, str], stack: LiveStack) -> None:
+def test_api_key_create_makes_a_key_that_authenticates(
+    cli: Callable[..., Run], demo: tuple[Run, str], stack: LiveStack
+) -> None:
     run = run_cli(["api-key", "create", "--name", "cli-test", "--scopes", "crm:write"], stack.settings)
     assert run.code == 0, run.err
     key = run.out.strip()

@@ -25,9 +25,11 @@ async def test_journey_survives_a_worker_restart(client: Client, settings: Setti
             api = Api(http, keys["all"])
             async with build_worker(client, settings, queue):
                 opp = await api.opportunity()
-                await api.post(f"/v1/opportunities/{opp['id']}/advance",
-                               {"actor_id": opp["owner_id"], "to_stage": "searching",
-                                "evidence": {"realtor": "Jane Realty"}}, expect=200)
+                await api.post(
+                    f"/v1/opportunities/{opp['id']}/advance",
+                    {"actor_id": opp["owner_id"], "to_stage": "searching", "evidence": {"realtor": "Jane Realty"}},
+                    expect=200,
+                )
                 await api.event("mortgage.application_submitted", opp["id"], {"application_id": "APP-R"})
 
             # No worker now: the event waits in Temporal, it is not lost.

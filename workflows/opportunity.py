@@ -54,6 +54,7 @@ with workflow.unsafe.imports_passed_through():
     from workflows import SA_CUSTOMER_ID, SA_OPPORTUNITY_STATUS, SA_OWNER_ID, SA_PRODUCT, SA_STAGE
     from workflows.common import ACTIVITY_RETRY, ACTIVITY_TIMEOUT, refuse
 
+
 def workflow_id(opportunity_id: str) -> str:
     return f"opportunity-{opportunity_id}"
 
@@ -303,8 +304,9 @@ class OpportunityWorkflow:
         self._publish()
         await workflow.wait_condition(lambda: self._opened)
         async with self._write_lock:
-            await self._record(checkpoint, consent=consent, processed_event=processed_event,
-                               signature_completion=signature_completion)
+            await self._record(
+                checkpoint, consent=consent, processed_event=processed_event, signature_completion=signature_completion
+            )
             if stage.request_signature is not None:
                 await self._request_signature(stage)
 
@@ -380,9 +382,7 @@ class OpportunityWorkflow:
                 SA_OPPORTUNITY_STATUS.value_set(s.status.value),
             ]
         )
-        stage_name = (
-            "Closed Lost" if s.stage == CLOSED_LOST_STAGE else self.process.stage(s.stage).name
-        )
+        stage_name = "Closed Lost" if s.stage == CLOSED_LOST_STAGE else self.process.stage(s.stage).name
         lines = [
             f"**{stage_name}** ({s.probability} %) · status **{s.status.value}**",
             f"{self.process.name} process v{self.process.version} · owner `{s.owner_id}` · "

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 from datetime import datetime, timedelta
+from typing import Any
 
 from temporalio import workflow
 
@@ -58,7 +59,7 @@ def opportunity_id_for(referral_id: str) -> str:
     return f"opp_{referral_id.removeprefix('ref_')}"
 
 
-async def _act(name: str, arg: object, result_type: type | None = None):
+async def _act(name: str, arg: object, result_type: type | None = None) -> Any:
     return await workflow.execute_activity(
         name, arg, result_type=result_type, start_to_close_timeout=ACTIVITY_TIMEOUT, retry_policy=ACTIVITY_RETRY
     )
@@ -162,8 +163,11 @@ class ReferralWorkflow:
             conversion: records.Conversion = await _act(
                 records.PREPARE_CONVERSION,
                 records.PrepareConversion(
-                    referral_id=self.input.referral_id, need_kind=cmd.need.kind,
-                    need_description=cmd.need.description, recorded_by=cmd.actor.id, at=at,
+                    referral_id=self.input.referral_id,
+                    need_kind=cmd.need.kind,
+                    need_description=cmd.need.description,
+                    recorded_by=cmd.actor.id,
+                    at=at,
                 ),
                 records.Conversion,
             )
@@ -172,19 +176,22 @@ class ReferralWorkflow:
             await _act(
                 records.START_OPPORTUNITY,
                 OpportunityInput(
-                    opportunity_id=opportunity_id, customer_id=conversion.customer_id, owner_id=owner,
-                    need_id=conversion.need_id, product=self.input.expressed_interest,
+                    opportunity_id=opportunity_id,
+                    customer_id=conversion.customer_id,
+                    owner_id=owner,
+                    need_id=conversion.need_id,
+                    product=self.input.expressed_interest,
                     amount=cmd.amount if cmd.amount is not None else self.input.value,
-                    referral_id=self.input.referral_id, opened_by=cmd.actor.id, process=cmd.process,
+                    referral_id=self.input.referral_id,
+                    opened_by=cmd.actor.id,
+                    process=cmd.process,
                 ),
             )
             self.state.customer_id = conversion.customer_id
             self.state.opportunity_id = opportunity_id
             done = self._change("converted", cmd.actor.id, f"opportunity {opportunity_id}", self.state.assignee_id)
             self.state.sla_deadline = None
-            await self._record_locked(
-                done, opportunity_id=opportunity_id, customer_id=conversion.customer_id, won=True
-            )
+            await self._record_locked(done, opportunity_id=opportunity_id, customer_id=conversion.customer_id, won=True)
         return self.state
 
     @convert.validator
@@ -228,7 +235,7 @@ class ReferralWorkflow:
                 timeout=max(timeout, timedelta(milliseconds=1)) if timeout is not None else None,
             )
             return
-        except asyncio.TimeoutError:
+        except TimeoutError:
             if self._changes != seen:
                 return
         if s.status == "assigned":
@@ -260,7 +267,11 @@ class ReferralWorkflow:
 
     def _entry(self, status: str, actor: str, note: str | None, assignee_id: str | None = None) -> HistoryEntry:
         entry = HistoryEntry(
-            seq=len(self.state.history) + 1, status=status, at=workflow.now(), actor=actor, note=note,
+            seq=len(self.state.history) + 1,
+            status=status,
+            at=workflow.now(),
+            actor=actor,
+            note=note,
             assignee_id=assignee_id,
         )
         self.state.history.append(entry)
@@ -280,9 +291,15 @@ class ReferralWorkflow:
         self.state.status = "routing"
         now = workflow.now()
         return records.RouteReferral(
-            referral_id=self.input.referral_id, preceding=preceding, rules=self.input.rules,
-            facts=self.input.facts(), exclude=list(self.state.excluded), seq=len(self.state.history) + 1,
-            at=now, actor=actor, accept_deadline=now + timedelta(seconds=self.input.sla.accept_seconds),
+            referral_id=self.input.referral_id,
+            preceding=preceding,
+            rules=self.input.rules,
+            facts=self.input.facts(),
+            exclude=list(self.state.excluded),
+            seq=len(self.state.history) + 1,
+            at=now,
+            actor=actor,
+            accept_deadline=now + timedelta(seconds=self.input.sla.accept_seconds),
         )
 
     async def _route(self, actor: str, preceding: HistoryEntry | None = None) -> None:
@@ -296,9 +313,11 @@ class ReferralWorkflow:
         self.state.assignee_id = d.assignee_id
         self.state.queue = d.queue
         self.state.sla_deadline = req.accept_deadline if d.assignee_id else None
-        self.state.history.append(HistoryEntry(
-            seq=req.seq, status=status, at=req.at, actor=req.actor, note=d.reason, assignee_id=d.assignee_id
-        ))
+        self.state.history.append(
+            HistoryEntry(
+                seq=req.seq, status=status, at=req.at, actor=req.actor, note=d.reason, assignee_id=d.assignee_id
+            )
+        )
         self.state.status = status  # type: ignore[assignment]
         self._changes += 1
         self._publish()
@@ -317,8 +336,13 @@ class ReferralWorkflow:
         await _act(
             records.RECORD_REFERRAL_CHANGE,
             records.ReferralChange(
-                referral_id=s.referral_id, entry=entry, status=s.status,
-                assignee_id=s.assignee_id, queue=s.queue, sla_deadline=s.sla_deadline, **extra,
+                referral_id=s.referral_id,
+                entry=entry,
+                status=s.status,
+                assignee_id=s.assignee_id,
+                queue=s.queue,
+                sla_deadline=s.sla_deadline,
+                **extra,
             ),
         )
 
@@ -338,11 +362,13 @@ class ReferralWorkflow:
     def _publish(self) -> None:
         """Search attributes and current details: where the Web UI shows this referral."""
         s = self.state
-        workflow.upsert_search_attributes([
-            SA_REFERRAL_STATUS.value_set(s.status),
-            SA_ASSIGNEE_ID.value_set(s.assignee_id or ""),
-            SA_EXPRESSED_INTEREST.value_set(self.input.expressed_interest.value),
-        ])
+        workflow.upsert_search_attributes(
+            [
+                SA_REFERRAL_STATUS.value_set(s.status),
+                SA_ASSIGNEE_ID.value_set(s.assignee_id or ""),
+                SA_EXPRESSED_INTEREST.value_set(self.input.expressed_interest.value),
+            ]
+        )
         who = f"`{s.assignee_id}`" if s.assignee_id else f"queue `{s.queue}`" if s.queue else "nobody yet"
         lines = [f"**{s.status}** · {self.input.expressed_interest.value} · {who}"]
         if s.sla_deadline is not None:

@@ -4,6 +4,8 @@ open one workflow from another (a converted referral opens its opportunity)."""
 
 from __future__ import annotations
 
+import contextlib
+
 from temporalio.client import Client, WithStartWorkflowOperation
 from temporalio.common import SearchAttributePair, TypedSearchAttributes, WorkflowIDConflictPolicy
 from temporalio.exceptions import WorkflowAlreadyStartedError
@@ -49,12 +51,11 @@ async def open_opportunity(client: Client, task_queue: str, wf_input: Opportunit
         + (f" (referral {wf_input.referral_id})" if wf_input.referral_id else ""),
         static_details=f"Owner `{wf_input.owner_id}` · {process.name} process v{process.version}",
     )
-    try:
+    # WorkflowAlreadyStartedError: a repeat after the opportunity's workflow has already finished.
+    with contextlib.suppress(WorkflowAlreadyStartedError):
         await client.execute_update_with_start_workflow(
             opportunity.OpportunityWorkflow.opened, start_workflow_operation=start, result_type=OpportunityState
         )
-    except WorkflowAlreadyStartedError:
-        pass  # a repeat after the opportunity's workflow has already finished
 
 
 async def open_referral(client: Client, task_queue: str, wf_input: ReferralInput) -> ReferralState:
@@ -68,10 +69,12 @@ async def open_referral(client: Client, task_queue: str, wf_input: ReferralInput
         id=referral.workflow_id(ref.referral_id),
         task_queue=task_queue,
         id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
-        search_attributes=TypedSearchAttributes([
-            SearchAttributePair(SA_REFERRAL_STATUS, "routing"),
-            SearchAttributePair(SA_EXPRESSED_INTEREST, ref.expressed_interest.value),
-        ]),
+        search_attributes=TypedSearchAttributes(
+            [
+                SearchAttributePair(SA_REFERRAL_STATUS, "routing"),
+                SearchAttributePair(SA_EXPRESSED_INTEREST, ref.expressed_interest.value),
+            ]
+        ),
         static_summary=f"Referral {ref.referral_id}: {ref.expressed_interest.value} "
         f"from {ref.referrer.type} {ref.referrer.id}",
         static_details=f"Routing rules v{ref.rules.version} · acceptance SLA {ref.sla.accept_seconds:g} s · "

@@ -41,7 +41,9 @@ async def create_customer(
                 household_id = new_id("hh", who, key)
                 session.add(Household(id=household_id, name=f"{body.name} household"))
                 await session.flush()
-            customer = Customer(id=new_id("cus", who, key), household_id=household_id, **body.model_dump(exclude={"household_id"}))
+            customer = Customer(
+                id=new_id("cus", who, key), household_id=household_id, **body.model_dump(exclude={"household_id"})
+            )
             session.add(customer)
         return customer_out(customer)
 
@@ -67,7 +69,9 @@ async def record_need(
                 raise not_found("customer", customer_id)
             if await session.get(Employee, body.recorded_by) is None:
                 raise invalid(f"no employee {body.recorded_by!r}", field="recorded_by")
-            need = Need(id=new_id("need", who, key), customer_id=customer_id, recorded_at=datetime.now(UTC), **body.model_dump())
+            need = Need(
+                id=new_id("need", who, key), customer_id=customer_id, recorded_at=datetime.now(UTC), **body.model_dump()
+            )
             session.add(need)
         return need_out(need)
 

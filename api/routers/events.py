@@ -14,7 +14,7 @@ from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 from sqlalchemy.exc import IntegrityError
 
-from api.deps import EventWriter, ServicesDep
+from api.deps import EventWriter, Services, ServicesDep
 from api.errors import ApiError, invalid, not_found
 from api.routers.opportunities import read_opportunity
 from api.schemas import EVENT_DATA, EventIn, EventOut
@@ -62,11 +62,16 @@ async def receive_event(body: EventIn, svc: ServicesDep, who: EventWriter):
     return _accepted(EventOut(id=body.id, result=result.result, opportunity=await read_opportunity(svc, subject)))
 
 
-async def _duplicate(svc, body: EventIn, subject: str, data: dict, seen: ProcessedEvent) -> EventOut:
+async def _duplicate(svc: Services, body: EventIn, subject: str, data: dict, seen: ProcessedEvent) -> EventOut:
     """The same id again: a duplicate if it is the same event, a conflict if it is another."""
-    if (seen.type, seen.subject_id, seen.body_sha256) != (body.type.value, subject, event_body_sha256(body.type.value, data)):
+    if (seen.type, seen.subject_id, seen.body_sha256) != (
+        body.type.value,
+        subject,
+        event_body_sha256(body.type.value, data),
+    ):
         raise ApiError(
-            409, "conflict",
+            409,
+            "conflict",
             f"event id {body.id!r} was already used for another event ({seen.type} on {seen.subject_id})",
             {"id": body.id},
         )
@@ -75,7 +80,7 @@ async def _duplicate(svc, body: EventIn, subject: str, data: dict, seen: Process
     return EventOut(id=body.id, result="duplicate", opportunity=await read_opportunity(svc, seen.subject_id))
 
 
-async def _customer_event(svc, body: EventIn, customer_id: str, data: dict) -> EventOut:
+async def _customer_event(svc: Services, body: EventIn, customer_id: str, data: dict) -> EventOut:
     digest = event_body_sha256(body.type.value, data)
     try:
         async with svc.sessions.begin() as session:
@@ -85,7 +90,10 @@ async def _customer_event(svc, body: EventIn, customer_id: str, data: dict) -> E
             await session.flush()
             session.add(
                 CustomerSignal(
-                    event_id=body.id, customer_id=customer_id, type=body.type.value, data=data,
+                    event_id=body.id,
+                    customer_id=customer_id,
+                    type=body.type.value,
+                    data=data,
                     occurred_at=body.occurred_at,
                 )
             )

@@ -108,8 +108,12 @@ async def advance(
         actor = await _existing(svc, opportunity_id, body.actor_id)
         cmd = AdvanceCommand(actor=actor, to_stage=body.to_stage, evidence=body.evidence)
         await update_opportunity(
-            svc, opportunity_id, OpportunityWorkflow.advance, cmd,
-            update_id=update_id(who, key), result_type=OpportunityState,
+            svc,
+            opportunity_id,
+            OpportunityWorkflow.advance,
+            cmd,
+            update_id=update_id(who, key),
+            result_type=OpportunityState,
         )
         return await read_opportunity(svc, opportunity_id)
 
@@ -123,8 +127,12 @@ async def close_lost(
     async def run() -> OpportunityOut:
         actor = await _existing(svc, opportunity_id, body.actor_id)
         await update_opportunity(
-            svc, opportunity_id, OpportunityWorkflow.close_lost, CloseLostCommand(actor=actor, reason=body.reason),
-            update_id=update_id(who, key), result_type=OpportunityState,
+            svc,
+            opportunity_id,
+            OpportunityWorkflow.close_lost,
+            CloseLostCommand(actor=actor, reason=body.reason),
+            update_id=update_id(who, key),
+            result_type=OpportunityState,
         )
         return await read_opportunity(svc, opportunity_id)
 
@@ -138,8 +146,12 @@ async def resend_signature(
     async def run() -> OpportunityOut:
         actor = await _existing(svc, opportunity_id, body.actor_id)
         await update_opportunity(
-            svc, opportunity_id, OpportunityWorkflow.resend_signature, ResendSignatureCommand(actor=actor),
-            update_id=update_id(who, key), result_type=OpportunityState,
+            svc,
+            opportunity_id,
+            OpportunityWorkflow.resend_signature,
+            ResendSignatureCommand(actor=actor),
+            update_id=update_id(who, key),
+            result_type=OpportunityState,
         )
         return await read_opportunity(svc, opportunity_id)
 

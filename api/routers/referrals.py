@@ -122,73 +122,118 @@ async def get_referral(referral_id: str, svc: ServicesDep, who: CrmWriter):
 Make = Callable[[AsyncSession, Referral, Actor], Awaitable[Any]]
 
 
-async def _command(svc: Services, referral_id: str, actor_id: str, update: Any, make: Make,
-                   *, key: str | None, who: Principal) -> ReferralOut:
+async def _command(
+    svc: Services, referral_id: str, actor_id: str, update: Any, make: Make, *, key: str | None, who: Principal
+) -> ReferralOut:
     async with svc.sessions() as session:
         row = await session.get(Referral, referral_id)
         if row is None:
             raise not_found("referral", referral_id)
         cmd = await make(session, row, await resolve_actor(session, actor_id))
     await run_update(
-        svc, workflow_id(referral_id), update, cmd, update_id=update_id(who, key), result_type=ReferralState,
+        svc,
+        workflow_id(referral_id),
+        update,
+        cmd,
+        update_id=update_id(who, key),
+        result_type=ReferralState,
         closed_message="this referral is converted or closed; nothing more can happen to it",
     )
     return await read_referral(svc, referral_id)
 
 
 @router.post("/v1/referrals/{referral_id}/accept", response_model=ReferralOut)
-async def accept(referral_id: str, body: ActorOnly, request: Request, svc: ServicesDep, who: CrmWriter,
-                 key: IdempotencyKey = None):
+async def accept(
+    referral_id: str, body: ActorOnly, request: Request, svc: ServicesDep, who: CrmWriter, key: IdempotencyKey = None
+):
     async def make(session: AsyncSession, row: Referral, actor: Actor) -> AcceptCommand:
         return AcceptCommand(actor=actor)
 
-    return await idempotent(request, svc, who, key, 200, lambda: _command(
-        svc, referral_id, body.actor_id, ReferralWorkflow.accept, make, key=key, who=who))
+    return await idempotent(
+        request,
+        svc,
+        who,
+        key,
+        200,
+        lambda: _command(svc, referral_id, body.actor_id, ReferralWorkflow.accept, make, key=key, who=who),
+    )
 
 
 @router.post("/v1/referrals/{referral_id}/reject", response_model=ReferralOut)
-async def reject(referral_id: str, body: Reject, request: Request, svc: ServicesDep, who: CrmWriter,
-                 key: IdempotencyKey = None):
+async def reject(
+    referral_id: str, body: Reject, request: Request, svc: ServicesDep, who: CrmWriter, key: IdempotencyKey = None
+):
     async def make(session: AsyncSession, row: Referral, actor: Actor) -> RejectCommand:
         return RejectCommand(actor=actor, reason=body.reason)
 
-    return await idempotent(request, svc, who, key, 200, lambda: _command(
-        svc, referral_id, body.actor_id, ReferralWorkflow.reject, make, key=key, who=who))
+    return await idempotent(
+        request,
+        svc,
+        who,
+        key,
+        200,
+        lambda: _command(svc, referral_id, body.actor_id, ReferralWorkflow.reject, make, key=key, who=who),
+    )
 
 
 @router.post("/v1/referrals/{referral_id}/reassign", response_model=ReferralOut)
-async def reassign(referral_id: str, body: Reassign, request: Request, svc: ServicesDep, who: CrmWriter,
-                   key: IdempotencyKey = None):
+async def reassign(
+    referral_id: str, body: Reassign, request: Request, svc: ServicesDep, who: CrmWriter, key: IdempotencyKey = None
+):
     async def make(session: AsyncSession, row: Referral, actor: Actor) -> ReassignCommand:
         if await session.get(Employee, body.to_employee_id) is None:
             raise invalid(f"no employee {body.to_employee_id!r}", field="to_employee_id")
         return ReassignCommand(actor=actor, to_employee_id=body.to_employee_id, reason=body.reason)
 
-    return await idempotent(request, svc, who, key, 200, lambda: _command(
-        svc, referral_id, body.actor_id, ReferralWorkflow.reassign, make, key=key, who=who))
+    return await idempotent(
+        request,
+        svc,
+        who,
+        key,
+        200,
+        lambda: _command(svc, referral_id, body.actor_id, ReferralWorkflow.reassign, make, key=key, who=who),
+    )
 
 
 @router.post("/v1/referrals/{referral_id}/convert", response_model=ReferralOut)
-async def convert(referral_id: str, body: Convert, request: Request, svc: ServicesDep, who: CrmWriter,
-                  key: IdempotencyKey = None):
+async def convert(
+    referral_id: str, body: Convert, request: Request, svc: ServicesDep, who: CrmWriter, key: IdempotencyKey = None
+):
     async def make(session: AsyncSession, row: Referral, actor: Actor) -> ConvertCommand:
         # The product's current process; None is refused by the workflow's validator (409).
         process = svc.catalog.latest(Product(row.expressed_interest))
-        return ConvertCommand(actor=actor, amount=body.amount, need=NeedSpec(**body.need.model_dump()),
-                              process=process)
+        return ConvertCommand(actor=actor, amount=body.amount, need=NeedSpec(**body.need.model_dump()), process=process)
 
-    return await idempotent(request, svc, who, key, 200, lambda: _command(
-        svc, referral_id, body.actor_id, ReferralWorkflow.convert, make, key=key, who=who))
+    return await idempotent(
+        request,
+        svc,
+        who,
+        key,
+        200,
+        lambda: _command(svc, referral_id, body.actor_id, ReferralWorkflow.convert, make, key=key, who=who),
+    )
 
 
 @router.post("/v1/referrals/{referral_id}/close", response_model=ReferralOut)
-async def close(referral_id: str, body: CloseReferral, request: Request, svc: ServicesDep, who: CrmWriter,
-                key: IdempotencyKey = None):
+async def close(
+    referral_id: str,
+    body: CloseReferral,
+    request: Request,
+    svc: ServicesDep,
+    who: CrmWriter,
+    key: IdempotencyKey = None,
+):
     async def make(session: AsyncSession, row: Referral, actor: Actor) -> CloseCommand:
         return CloseCommand(actor=actor, reason=body.reason)
 
-    return await idempotent(request, svc, who, key, 200, lambda: _command(
-        svc, referral_id, body.actor_id, ReferralWorkflow.close, make, key=key, who=who))
+    return await idempotent(
+        request,
+        svc,
+        who,
+        key,
+        200,
+        lambda: _command(svc, referral_id, body.actor_id, ReferralWorkflow.close, make, key=key, who=who),
+    )
 
 
 @router.get("/v1/employees/{employee_id}/referrals", response_model=ReferralList, tags=["employees"])
@@ -197,9 +242,11 @@ async def employee_referrals(employee_id: str, svc: ServicesDep, who: CrmWriter)
     async with svc.sessions() as session:
         if await session.get(Employee, employee_id) is None:
             raise not_found("employee", employee_id)
-        rows = list(await session.scalars(
-            select(Referral).where(Referral.assignee_id == employee_id, Referral.status.in_(WORKING_STATUSES))
-        ))
+        rows = list(
+            await session.scalars(
+                select(Referral).where(Referral.assignee_id == employee_id, Referral.status.in_(WORKING_STATUSES))
+            )
+        )
         recs = await referral_records(session, rows, **referral_context(svc))
     recs.sort(key=lambda r: (-r.priority, r.referral.created_at, r.referral.id))
     return ReferralList(items=[referral_out(r) for r in recs])

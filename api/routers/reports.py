@@ -31,8 +31,12 @@ router = APIRouter(prefix="/v1/reports", tags=["reports"])
 
 
 def _counts(c: Counts) -> dict:
-    return {"referrals": c.referrals, "decided": c.decided, "converted": c.converted,
-            "conversion_rate": c.conversion_rate}
+    return {
+        "referrals": c.referrals,
+        "decided": c.decided,
+        "converted": c.converted,
+        "conversion_rate": c.conversion_rate,
+    }
 
 
 @router.get("/referrers", response_model=ReferrerReportOut)
@@ -97,8 +101,12 @@ async def pipeline(svc: ServicesDep, who: ReportReader):
             ],
             open_total=report.open_total,
             oldest_open=(
-                OldestOpenReferral(id=oldest.id, age_hours=oldest.age_hours, status=oldest.status,  # type: ignore[arg-type]
-                                   assignee_id=oldest.assignee_id)
+                OldestOpenReferral(
+                    id=oldest.id,
+                    age_hours=oldest.age_hours,
+                    status=oldest.status,  # type: ignore[arg-type]
+                    assignee_id=oldest.assignee_id,
+                )
                 if oldest
                 else None
             ),
