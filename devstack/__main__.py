@@ -1,5 +1,5 @@
-"""`python -m devstack`: the whole local stack (see devstack/__init__.py)."""
+"""`python -m devstack`: the whole local stack (see devstack/stack.py)."""
 
-from devstack import main
+from devstack.stack import main
 
 raise SystemExit(main())

@@ -1,0 +1,169 @@
+"""What each command does, as functions of an HTTP client and an `Out`: send an event,
+show an opportunity's timeline or a referral, create an API key; and where the API and
+its key come from (flag, environment, settings, the dev stack's key file). Kept apart
+from argv parsing (`cli.main`) so tests and scripts can call a command directly."""
+
+from __future__ import annotations
+
+import json
+import secrets
+from collections.abc import Mapping, Sequence
+
+import httpx
+
+from cli import CliError, Json, Out
+from cli.http import get, now, post
+from cli.render import checkpoint_table, factors_text, history_table, prospect_text, signature_line, stage_text, when
+from config import Settings
+
+
+def parse_event_data(data_json: str | None, assignments: Sequence[str] | None) -> Json:
+    """`--data '{"a": 1}'` (typed JSON) or `--set a=1 --set b=x` (string values)."""
+    if data_json is not None:
+        try:
+            data = json.loads(data_json)
+        except json.JSONDecodeError as exc:
+            raise CliError(f"--data is not valid JSON: {exc}") from exc
+        if not isinstance(data, dict):
+            raise CliError('--data must be a JSON object, e.g. \'{"application_id": "APP-9"}\'')
+        return data
+    data = {}
+    for item in assignments or ():
+        name, sep, value = item.partition("=")
+        if not sep or not name.strip():
+            raise CliError(f"--set expects key=value, got {item!r}")
+        data[name.strip()] = value
+    return data
+
+
+def send_event(
+    http: httpx.Client,
+    out: Out,
+    *,
+    type_: str,
+    opportunity_id: str | None = None,
+    customer_id: str | None = None,
+    event_id: str | None = None,
+    data: Json | None = None,
+    occurred_at: str | None = None,
+) -> Json:
+    """POST /v1/events; prints `applied`/`duplicate` and where the subject now stands."""
+    if (opportunity_id is None) == (customer_id is None):
+        raise CliError("an event names exactly one subject: an opportunity or a customer")
+    body: Json = {"id": event_id or f"evt-{secrets.token_hex(8)}", "type": type_,
+                  "occurred_at": occurred_at or now(), "data": data or {}}  # fmt: skip
+    if opportunity_id is not None:
+        body["opportunity_id"] = opportunity_id
+    else:
+        body["customer_id"] = customer_id
+    answer = post(http, "/v1/events", body, expect=202)
+    opp = answer.get("opportunity")
+    where = (
+        f"opportunity {opp['id']} is in stage {stage_text(opp)}"
+        if opp
+        else f"recorded for customer {answer.get('customer_id') or customer_id}"
+    )
+    out(f"{answer['result']}: event {answer['id']} ({type_}); {where}")
+    return answer
+
+
+def show_timeline(http: httpx.Client, out: Out, opportunity_id: str) -> Json:
+    """GET /v1/opportunities/{id}, printed for a person."""
+    opp = get(http, f"/v1/opportunities/{opportunity_id}")
+    head = f"opportunity {opp['id']} · {opp['product']} (process v{opp['process_version']})"
+    head += f" · customer {opp['customer_id']} · owner {opp['owner_id']}"
+    if opp.get("amount"):
+        head += f" · amount {opp['amount']}"
+    out(head)
+    status = f"stage {opp['stage']} ({opp['probability']}%) · status {opp['status']}"
+    if opp.get("lost_reason"):
+        status += f" ({opp['lost_reason']})"
+    out(f"{status} · workflow {opp['workflow_id']}")
+    for line in checkpoint_table(opp["checkpoints"]):
+        out(line)
+    sig = signature_line(opp.get("signature"))
+    if sig:
+        out(sig)
+    return opp
+
+
+def show_referral(http: httpx.Client, out: Out, referral_id: str) -> Json:
+    """GET /v1/referrals/{id}, printed for a person."""
+    ref = get(http, f"/v1/referrals/{referral_id}")
+    head = f"referral {ref['id']} · {ref['expressed_interest']}"
+    if ref.get("value"):
+        head += f" · value {ref['value']}"
+    head += f" · referred by {ref['referrer']['type']} {ref['referrer']['id']}"
+    head += f" · created {when(ref['created_at'])}"
+    out(head)
+    whom = [prospect_text(ref["prospect"])] if ref.get("prospect") else []
+    if ref.get("customer_id"):
+        whom.append(f"customer {ref['customer_id']}")
+    out(f"for {' · '.join(whom) or '-'}")
+    if ref.get("notes"):
+        out(f"notes: {ref['notes']}")
+    status = f"status {ref['status']}"
+    if ref.get("close_reason"):
+        status += f" ({ref['close_reason']})"
+    status += f" · assignee {ref.get('assignee_id') or '-'}"
+    if ref.get("queue"):
+        status += f" · queue {ref['queue']}"
+    if ref.get("sla_deadline"):
+        status += f" · SLA {when(ref['sla_deadline'])}"
+    if ref.get("opportunity_id"):
+        status += f" · opportunity {ref['opportunity_id']}"
+    out(f"{status} · workflow {ref['workflow_id']}")
+    scores = f"referrer score {ref['referrer_score']}/100 · priority {ref['priority']:.2f}"
+    out(f"lead score {ref['lead_score']}/99 ({factors_text(ref)}) · {scores}")
+    for line in history_table(ref["history"]):
+        out(line)
+    return ref
+
+
+def create_api_key(database_url: str, name: str, scopes: Sequence[str]) -> str:
+    """Register a new key straight in the database; returns it (only its hash is kept)."""
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from store.db import make_sync_engine
+    from store.keys import ALL_SCOPES, register_api_key
+
+    unknown = sorted(set(scopes) - set(ALL_SCOPES))
+    if unknown or not scopes:
+        problem = f"unknown scope(s) {', '.join(unknown)}" if unknown else "give at least one scope"
+        raise CliError(f"{problem}; known scopes: {', '.join(ALL_SCOPES)}")
+    engine = make_sync_engine(database_url)
+    try:
+        return register_api_key(engine, name, list(scopes))
+    except SQLAlchemyError as exc:
+        where = engine.url.render_as_string(hide_password=True)
+        raise CliError(
+            f"could not store the key in {where}: {type(exc).__name__}: {str(exc).splitlines()[0]}. "
+            "Is this the stack's database (DATABASE_URL, NEEDFLOW_DATA_DIR), with its migrations "
+            "applied (`make run` applies them)?",
+            exit_code=1,
+        ) from exc
+    finally:
+        engine.dispose()
+
+
+# ------------------------------------------------------------------------------ connection
+
+
+def api_url(arg: str | None, settings: Settings, environ: Mapping[str, str]) -> str:
+    """--api, NEEDFLOW_API_URL, then the local API on NEEDFLOW_API_PORT."""
+    return (arg or environ.get("NEEDFLOW_API_URL") or f"http://127.0.0.1:{settings.api_port}").rstrip("/")
+
+
+def api_key(arg: str | None, settings: Settings, environ: Mapping[str, str]) -> str:
+    """--key, NEEDFLOW_API_KEY, NEEDFLOW_DEV_API_KEY, then the dev stack's key file."""
+    key = arg or environ.get("NEEDFLOW_API_KEY") or settings.dev_api_key
+    if key:
+        return key.strip()
+    path = settings.dev_api_key_file
+    if path.is_file() and path.read_text().strip():
+        return path.read_text().strip()
+    raise CliError(
+        f"no API key: pass --key KEY or set NEEDFLOW_API_KEY. The dev stack (`make run`) writes one "
+        f"with every scope to {path.resolve()} (set NEEDFLOW_DATA_DIR if yours is elsewhere); or make one "
+        "with `python starter.py api-key create --name me --scopes events:write,crm:write,reports:read`."
+    )

