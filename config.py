@@ -28,6 +28,9 @@ class Settings(BaseSettings):
     api_port: int = 8000
     api_host: str = "127.0.0.1"
     namespace: str = "default"
+    # False only for a Temporal server that cannot register needflow's custom search
+    # attributes (Temporal's time-skipping test server): workflows then carry none.
+    search_attributes: bool = True
     dev_api_key: str | None = None
     # Where the API is reachable from a customer's browser (signing links).
     public_base_url: str | None = None
@@ -47,6 +50,12 @@ class Settings(BaseSettings):
         if self.database_url:
             return self.database_url
         return f"sqlite:///{(self.data_dir / 'needflow.db').resolve()}"
+
+    @property
+    def dev_api_key_file(self) -> Path:
+        """Where the dev stack keeps the key it generates (unless NEEDFLOW_DEV_API_KEY is
+        set) and where the command-line client looks for it: one path for both."""
+        return self.data_dir / "dev-api-key"
 
     @property
     def resolved_temporal_address(self) -> str:

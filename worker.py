@@ -10,7 +10,6 @@ import contextlib
 import logging
 
 from temporalio.client import Client
-from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.worker import Worker
 
 from activities.mail import Mailer, SmtpSettings
@@ -21,8 +20,10 @@ from esign.local import LocalSigningProvider
 from esign.provider import ESignatureProvider
 from store.db import make_async_engine, make_session_factory
 from workflows import TASK_QUEUE
+from workflows.client import connect
 from workflows.opportunity import OpportunityWorkflow
 from workflows.referral import ReferralWorkflow
+from workflows.starts import Starts
 
 WORKFLOWS = [OpportunityWorkflow, ReferralWorkflow]
 
@@ -31,19 +32,12 @@ def esign_provider(settings: Settings) -> ESignatureProvider:
     return LocalSigningProvider(settings.resolved_public_base_url)
 
 
-async def connect(settings: Settings) -> Client:
-    return await Client.connect(
-        settings.resolved_temporal_address,
-        namespace=settings.namespace,
-        data_converter=pydantic_data_converter,
-    )
-
-
 def build_worker(client: Client, settings: Settings, task_queue: str = TASK_QUEUE) -> Worker:
     sessions = make_session_factory(make_async_engine(settings.resolved_database_url))
     mailer = Mailer(SmtpSettings.from_url(settings.smtp_url) if settings.smtp_url else None, settings.mail_from)
     opportunity = OpportunityActivities(sessions, esign_provider(settings), mailer)
-    referral = ReferralActivities(sessions, mailer, client, task_queue, settings.referrer_window_days)
+    starts = Starts(client, task_queue, settings.search_attributes)
+    referral = ReferralActivities(sessions, mailer, starts, settings.referrer_window_days)
     return Worker(client, task_queue=task_queue, workflows=WORKFLOWS, activities=[*opportunity.all(), *referral.all()])
 
 

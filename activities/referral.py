@@ -16,7 +16,6 @@ from datetime import datetime, timedelta
 from sqlalchemy import Select, bindparam, case, func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from temporalio import activity
-from temporalio.client import Client
 
 from activities.mail import Mailer
 from domain import records
@@ -37,7 +36,7 @@ from store.models import (
     UTCDateTime,
 )
 from store.queries import referrer_tallies, score_from_tallies
-from workflows import starts
+from workflows.starts import Starts
 
 TOTAL = "*"
 
@@ -148,14 +147,12 @@ class ReferralActivities:
         self,
         sessions: async_sessionmaker[AsyncSession],
         mailer: Mailer,
-        client: Client,
-        task_queue: str,
+        starts: Starts,
         referrer_window_days: int,
     ) -> None:
         self.sessions = sessions
         self.mailer = mailer
-        self.client = client
-        self.task_queue = task_queue
+        self.starts = starts
         self.window = timedelta(days=referrer_window_days)
         # Caches for routing speed; each is checked against the store on every use.
         self._team: tuple[int, list[Candidate]] | None = None
@@ -410,7 +407,7 @@ class ReferralActivities:
 
     @activity.defn(name=records.START_OPPORTUNITY)
     async def start_opportunity(self, wf_input: OpportunityInput) -> None:
-        await starts.open_opportunity(self.client, self.task_queue, wf_input)
+        await self.starts.open_opportunity(wf_input)
 
     @activity.defn(name=records.NOTIFY_REFERRAL)
     async def notify(self, notice: records.ReferralNotice) -> int:

@@ -11,7 +11,6 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 from temporalio.client import Client
-from temporalio.contrib.pydantic import pydantic_data_converter
 
 from api import errors
 from api.deps import Services
@@ -21,6 +20,8 @@ from domain.process import load_catalog
 from domain.routing import load_routing_rules
 from store.db import make_async_engine, make_session_factory
 from workflows import TASK_QUEUE
+from workflows.client import connect
+from workflows.starts import Starts
 
 
 def create_app(
@@ -34,16 +35,14 @@ def create_app(
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         engine = make_async_engine(settings.resolved_database_url)
-        temporal = client or await Client.connect(
-            settings.resolved_temporal_address, namespace=settings.namespace, data_converter=pydantic_data_converter
-        )
+        temporal = client or await connect(settings)
         app.state.services = Services(
             settings=settings,
             sessions=make_session_factory(engine),
             client=temporal,
             catalog=catalog,
             routing_rules=routing_rules,
-            task_queue=task_queue,
+            starts=Starts(temporal, task_queue, settings.search_attributes),
         )
         yield
         await engine.dispose()

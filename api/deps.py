@@ -17,6 +17,7 @@ from domain.process import ProcessCatalog
 from domain.routing import RoutingRules
 from store.keys import hash_key
 from store.models import ApiKey
+from workflows.starts import Starts
 
 
 @dataclass
@@ -26,7 +27,7 @@ class Services:
     client: Client
     catalog: ProcessCatalog
     routing_rules: RoutingRules
-    task_queue: str
+    starts: Starts
 
 
 @dataclass(frozen=True)

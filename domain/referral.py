@@ -11,7 +11,7 @@ back to anyone who rejected or let the acceptance SLA lapse.
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Literal
 
@@ -199,6 +199,37 @@ def check_close(state: ReferralState, cmd: CloseCommand) -> None:
     _check_actor(state, cmd.actor)
     if not cmd.reason.strip():
         raise TransitionRefused("closing a referral needs a reason")
+
+
+# ---------------------------------------------------------------- SLAs
+
+SlaKind = Literal["lapse", "reminder", "escalation"]
+
+
+class SlaDue(BaseModel):
+    """The SLA running now and when it falls due."""
+
+    kind: SlaKind
+    at: datetime
+
+
+def next_sla(
+    state: ReferralState, sla: ReferralSla, accepted_at: datetime | None, followups_sent: int
+) -> SlaDue | None:
+    """Which SLA runs for a referral in this state, and its deadline; None when none runs.
+
+    - assigned: the acceptance SLA, due at `state.sla_deadline` (set when it was routed or
+      reassigned); when it lapses the referral is re-routed and the manager told;
+    - accepted: the follow-up SLA, a reminder to the assignee one period after acceptance,
+      then an escalation to the manager after a second; nothing more after that;
+    - any other status: none.
+    """
+    if state.status == "assigned" and state.sla_deadline is not None:
+        return SlaDue(kind="lapse", at=state.sla_deadline)
+    if state.status == "accepted" and accepted_at is not None and followups_sent < 2:
+        due = accepted_at + timedelta(seconds=sla.followup_seconds * (followups_sent + 1))
+        return SlaDue(kind="reminder" if followups_sent == 0 else "escalation", at=due)
+    return None
 
 
 class Routed(BaseModel):

@@ -1,14 +1,25 @@
-"""What every needflow workflow does the same way: activity options, and how a refused
-command leaves a validator (an ApplicationError the API answers with 409)."""
+"""What every needflow workflow does the same way, so both read as business decisions:
+
+- `validate`: run a pure `check_*` rule in an update validator and turn its refusal into
+  the contract's error (an ApplicationError the API answers with 409), so a refused
+  command writes nothing to history;
+- `record`: run a recording activity with the standard timeout and retry policy (the
+  activities are idempotent, so they may retry until they succeed);
+- `Console`: the search attributes and current details the Web UI shows.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from datetime import timedelta
+from typing import Any
 
-from temporalio.common import RetryPolicy
+from temporalio import workflow
+from temporalio.common import RetryPolicy, SearchAttributeKey, SearchAttributeUpdate
 from temporalio.exceptions import ApplicationError
 
-from domain.opportunity import TransitionRefused
+with workflow.unsafe.imports_passed_through():
+    from domain.opportunity import TransitionRefused
 
 ACTIVITY_TIMEOUT = timedelta(seconds=30)
 #: Activities are idempotent, so they retry until they succeed; the wait tops out at 30 s.
@@ -20,3 +31,44 @@ INVALID_TRANSITION = "InvalidTransition"
 
 def refuse(exc: TransitionRefused) -> ApplicationError:
     return ApplicationError(exc.message, exc.details, type=INVALID_TRANSITION, non_retryable=True)
+
+
+def validate(check: Callable[..., object], *args: Any) -> None:
+    """An update validator's body: `check(*args)` (a pure rule of `domain/`), its refusal
+    raised as the contract's error. Validators return nothing: the handler runs the same
+    check again and uses what it returns."""
+    try:
+        check(*args)
+    except TransitionRefused as exc:
+        raise refuse(exc) from None
+
+
+async def record(activity: str, arg: object, result_type: type | None = None) -> Any:
+    """Run a recording activity by name with the standard timeout and retry policy."""
+    return await workflow.execute_activity(
+        activity,
+        arg,
+        result_type=result_type,
+        start_to_close_timeout=ACTIVITY_TIMEOUT,
+        retry_policy=ACTIVITY_RETRY,
+    )
+
+
+class Console:
+    """Where the Web UI shows a workflow: its search attributes and current details.
+
+    Search attributes are upserted only when the workflow was started with `marker` set:
+    the client sets them at start when the namespace has needflow's attributes registered
+    (`Starts(search_attributes=True)`, the default). A workflow started without them —
+    on Temporal's time-skipping test server, which cannot register custom attributes —
+    shows its current details but upserts nothing, instead of failing its workflow task.
+    Decided once, from the start event, so replay takes the same path.
+    """
+
+    def __init__(self, marker: SearchAttributeKey) -> None:
+        self.search_attributes = workflow.info().typed_search_attributes.get(marker) is not None
+
+    def publish(self, attributes: Sequence[SearchAttributeUpdate], details: str) -> None:
+        if self.search_attributes:
+            workflow.upsert_search_attributes(list(attributes))
+        workflow.set_current_details(details)

@@ -40,7 +40,6 @@ with workflow.unsafe.imports_passed_through():
         ResendSignatureCommand,
         SignatureOutcome,
         SignatureState,
-        TransitionRefused,
         check_advance,
         check_close_lost,
         check_event,
@@ -52,7 +51,7 @@ with workflow.unsafe.imports_passed_through():
     from domain.process import Stage
     from domain.types import ConsentChannel, OpportunityStatus, Trigger
     from workflows import SA_CUSTOMER_ID, SA_OPPORTUNITY_STATUS, SA_OWNER_ID, SA_PRODUCT, SA_STAGE
-    from workflows.common import ACTIVITY_RETRY, ACTIVITY_TIMEOUT, refuse
+    from workflows.common import Console, record, validate
 
 
 def workflow_id(opportunity_id: str) -> str:
@@ -77,6 +76,7 @@ class OpportunityWorkflow:
             probability=first.probability,
         )
         self._opened = False
+        self._console = Console(SA_OPPORTUNITY_STATUS)
         # Persisting in the order the state changed: an asyncio.Lock is FIFO.
         self._write_lock = asyncio.Lock()
 
@@ -86,7 +86,7 @@ class OpportunityWorkflow:
         checkpoint = self._append_checkpoint(first, Trigger.manual, input.opened_by, {"need_id": input.need_id})
         self._publish()
         async with self._write_lock:
-            await workflow.execute_activity(
+            await record(
                 records.OPEN_OPPORTUNITY,
                 records.OpenOpportunity(
                     opportunity_id=input.opportunity_id,
@@ -102,8 +102,6 @@ class OpportunityWorkflow:
                     probability=first.probability,
                     first_checkpoint=checkpoint,
                 ),
-                start_to_close_timeout=ACTIVITY_TIMEOUT,
-                retry_policy=ACTIVITY_RETRY,
             )
         self._opened = True
         await workflow.wait_condition(
@@ -130,10 +128,7 @@ class OpportunityWorkflow:
 
     @advance.validator
     def _validate_advance(self, cmd: AdvanceCommand) -> None:
-        try:
-            check_advance(self.process, self.state, cmd)
-        except TransitionRefused as exc:
-            raise refuse(exc) from None
+        validate(check_advance, self.process, self.state, cmd)
 
     @workflow.update
     async def apply_event(self, cmd: EventCommand) -> EventResult:
@@ -166,10 +161,7 @@ class OpportunityWorkflow:
     def _validate_event(self, cmd: EventCommand) -> None:
         if cmd.event_id in self.state.applied_events:
             return
-        try:
-            check_event(self.process, self.state, cmd)
-        except TransitionRefused as exc:
-            raise refuse(exc) from None
+        validate(check_event, self.process, self.state, cmd)
 
     @workflow.update
     async def signature_outcome(self, outcome: SignatureOutcome) -> OpportunityState:
@@ -180,7 +172,7 @@ class OpportunityWorkflow:
             sig.status = outcome.status
             self._publish()
             async with self._write_lock:
-                await workflow.execute_activity(
+                await record(
                     records.RECORD_SIGNATURE_FAILURE,
                     records.SignatureFailureRecord(
                         opportunity_id=self.state.opportunity_id,
@@ -189,8 +181,6 @@ class OpportunityWorkflow:
                         reason=outcome.reason,
                         owner_id=self.state.owner_id,
                     ),
-                    start_to_close_timeout=ACTIVITY_TIMEOUT,
-                    retry_policy=ACTIVITY_RETRY,
                 )
             return self.state
         sig.status = "completed"
@@ -221,10 +211,7 @@ class OpportunityWorkflow:
 
     @signature_outcome.validator
     def _validate_signature_outcome(self, outcome: SignatureOutcome) -> None:
-        try:
-            check_signature_outcome(self.process, self.state, outcome)
-        except TransitionRefused as exc:
-            raise refuse(exc) from None
+        validate(check_signature_outcome, self.process, self.state, outcome)
 
     @workflow.update
     async def resend_signature(self, cmd: ResendSignatureCommand) -> OpportunityState:
@@ -237,10 +224,7 @@ class OpportunityWorkflow:
 
     @resend_signature.validator
     def _validate_resend(self, cmd: ResendSignatureCommand) -> None:
-        try:
-            check_resend(self.state, cmd)
-        except TransitionRefused as exc:
-            raise refuse(exc) from None
+        validate(check_resend, self.state, cmd)
 
     @workflow.update
     async def close_lost(self, cmd: CloseLostCommand) -> OpportunityState:
@@ -250,10 +234,7 @@ class OpportunityWorkflow:
 
     @close_lost.validator
     def _validate_close_lost(self, cmd: CloseLostCommand) -> None:
-        try:
-            check_close_lost(self.state, cmd)
-        except TransitionRefused as exc:
-            raise refuse(exc) from None
+        validate(check_close_lost, self.state, cmd)
 
     # ------------------------------------------------------------ state changes
     # Each changes the in-memory state at once (so the next validator sees it), then
@@ -329,7 +310,8 @@ class OpportunityWorkflow:
             await self._record(checkpoint, processed_event=processed_event)
 
     async def _record(self, checkpoint: CheckpointView, **extra: Any) -> None:
-        await workflow.execute_activity(
+        """Record a checkpoint and what changes with it (consent, event, signature)."""
+        await record(
             records.RECORD_STAGE_CHANGE,
             records.StageChange(
                 opportunity_id=self.state.opportunity_id,
@@ -339,8 +321,6 @@ class OpportunityWorkflow:
                 lost_reason=self.state.lost_reason,
                 **extra,
             ),
-            start_to_close_timeout=ACTIVITY_TIMEOUT,
-            retry_policy=ACTIVITY_RETRY,
         )
 
     def _start_signature_request(self) -> None:
@@ -351,7 +331,7 @@ class OpportunityWorkflow:
         spec = stage.request_signature
         sig = self.state.signature
         assert spec is not None and sig is not None
-        sent: records.SignatureSent = await workflow.execute_activity(
+        sent: records.SignatureSent = await record(
             records.REQUEST_SIGNATURE,
             records.SignatureRequestInput(
                 opportunity_id=self.state.opportunity_id,
@@ -359,9 +339,7 @@ class OpportunityWorkflow:
                 template=spec.template,
                 subject=spec.subject,
             ),
-            result_type=records.SignatureSent,
-            start_to_close_timeout=ACTIVITY_TIMEOUT,
-            retry_policy=ACTIVITY_RETRY,
+            records.SignatureSent,
         )
         sig.provider = sent.provider
         sig.envelope_id = sent.envelope_id
@@ -373,15 +351,6 @@ class OpportunityWorkflow:
     def _publish(self) -> None:
         """Search attributes and current details: where the Web UI shows this opportunity."""
         s = self.state
-        workflow.upsert_search_attributes(
-            [
-                SA_PRODUCT.value_set(s.product.value),
-                SA_STAGE.value_set(s.stage),
-                SA_OWNER_ID.value_set(s.owner_id),
-                SA_CUSTOMER_ID.value_set(s.customer_id),
-                SA_OPPORTUNITY_STATUS.value_set(s.status.value),
-            ]
-        )
         stage_name = "Closed Lost" if s.stage == CLOSED_LOST_STAGE else self.process.stage(s.stage).name
         lines = [
             f"**{stage_name}** ({s.probability} %) · status **{s.status.value}**",
@@ -392,4 +361,11 @@ class OpportunityWorkflow:
             lines.append(f"signature #{s.signature.request_no}: {s.signature.status} ({s.signature.provider})")
         if s.lost_reason:
             lines.append(f"lost: {s.lost_reason}")
-        workflow.set_current_details("\n\n".join(lines))
+        attributes = [
+            SA_PRODUCT.value_set(s.product.value),
+            SA_STAGE.value_set(s.stage),
+            SA_OWNER_ID.value_set(s.owner_id),
+            SA_CUSTOMER_ID.value_set(s.customer_id),
+            SA_OPPORTUNITY_STATUS.value_set(s.status.value),
+        ]
+        self._console.publish(attributes, "\n\n".join(lines))

@@ -20,13 +20,12 @@ from __future__ import annotations
 
 import asyncio
 from datetime import datetime, timedelta
-from typing import Any
 
 from temporalio import workflow
 
 with workflow.unsafe.imports_passed_through():
     from domain import records
-    from domain.opportunity import OpportunityInput, TransitionRefused
+    from domain.opportunity import OpportunityInput
     from domain.referral import (
         AcceptCommand,
         CloseCommand,
@@ -42,10 +41,12 @@ with workflow.unsafe.imports_passed_through():
         check_convert,
         check_reassign,
         check_reject,
+        next_sla,
     )
     from domain.scoring import Factor
     from workflows import SA_ASSIGNEE_ID, SA_EXPRESSED_INTEREST, SA_REFERRAL_STATUS
-    from workflows.common import ACTIVITY_RETRY, ACTIVITY_TIMEOUT, refuse
+    from workflows.common import Console, record, validate
+    from workflows.timers import RearmableTimer
 
 SYSTEM = "needflow"
 
@@ -59,12 +60,6 @@ def opportunity_id_for(referral_id: str) -> str:
     return f"opp_{referral_id.removeprefix('ref_')}"
 
 
-async def _act(name: str, arg: object, result_type: type | None = None) -> Any:
-    return await workflow.execute_activity(
-        name, arg, result_type=result_type, start_to_close_timeout=ACTIVITY_TIMEOUT, retry_policy=ACTIVITY_RETRY
-    )
-
-
 @workflow.defn
 class ReferralWorkflow:
     @workflow.init
@@ -72,7 +67,8 @@ class ReferralWorkflow:
         self.input = input
         self.state = ReferralState(referral_id=input.referral_id, status="routing", customer_id=input.customer_id)
         self._ready = False
-        self._changes = 0  # bumped by every status change, so the SLA loop sees them
+        self._sla = RearmableTimer()  # re-armed by every status change
+        self._console = Console(SA_REFERRAL_STATUS)
         self._accepted_at: datetime | None = None
         self._followups_sent = 0
         self._write_lock = asyncio.Lock()
@@ -82,7 +78,7 @@ class ReferralWorkflow:
         async with self._write_lock:
             created = self._entry("created", input.referrer.id, None)
             route = self._route_request(SYSTEM, None)
-            opened: records.ReferralOpened = await _act(
+            opened: records.ReferralOpened = await record(
                 records.OPEN_REFERRAL,
                 records.OpenReferral(
                     input=input, workflow_id=workflow.info().workflow_id, created=created, route=route
@@ -121,7 +117,7 @@ class ReferralWorkflow:
 
     @accept.validator
     def _validate_accept(self, cmd: AcceptCommand) -> None:
-        self._validate(check_accept, cmd)
+        validate(check_accept, self.state, cmd)
 
     @workflow.update
     async def reject(self, cmd: RejectCommand) -> ReferralState:
@@ -135,7 +131,7 @@ class ReferralWorkflow:
 
     @reject.validator
     def _validate_reject(self, cmd: RejectCommand) -> None:
-        self._validate(check_reject, cmd)
+        validate(check_reject, self.state, cmd)
 
     @workflow.update
     async def reassign(self, cmd: ReassignCommand) -> ReferralState:
@@ -150,17 +146,17 @@ class ReferralWorkflow:
 
     @reassign.validator
     def _validate_reassign(self, cmd: ReassignCommand) -> None:
-        self._validate(check_reassign, cmd)
+        validate(check_reassign, self.state, cmd)
 
     @workflow.update
     async def convert(self, cmd: ConvertCommand) -> ReferralState:
         assert cmd.process is not None
         self.state.status = "converting"  # refuses other commands until it is done
-        self._changes += 1
+        self._sla.rearm()
         self._publish()
         at = workflow.now()
         async with self._write_lock:
-            conversion: records.Conversion = await _act(
+            conversion: records.Conversion = await record(
                 records.PREPARE_CONVERSION,
                 records.PrepareConversion(
                     referral_id=self.input.referral_id,
@@ -173,7 +169,7 @@ class ReferralWorkflow:
             )
             opportunity_id = opportunity_id_for(self.input.referral_id)
             owner = self.state.assignee_id or cmd.actor.id
-            await _act(
+            await record(
                 records.START_OPPORTUNITY,
                 OpportunityInput(
                     opportunity_id=opportunity_id,
@@ -196,10 +192,7 @@ class ReferralWorkflow:
 
     @convert.validator
     def _validate_convert(self, cmd: ConvertCommand) -> None:
-        try:
-            check_convert(self.state, cmd, self.input.expressed_interest, self.input.value)
-        except TransitionRefused as exc:
-            raise refuse(exc) from None
+        validate(check_convert, self.state, cmd, self.input.expressed_interest, self.input.value)
 
     @workflow.update
     async def close(self, cmd: CloseCommand) -> ReferralState:
@@ -210,37 +203,20 @@ class ReferralWorkflow:
 
     @close.validator
     def _validate_close(self, cmd: CloseCommand) -> None:
-        self._validate(check_close, cmd)
-
-    def _validate(self, check, cmd) -> None:  # noqa: ANN001
-        try:
-            check(self.state, cmd)
-        except TransitionRefused as exc:
-            raise refuse(exc) from None
+        validate(check_close, self.state, cmd)
 
     # ------------------------------------------------------------ SLAs
 
     async def _watch_slas(self) -> None:
-        seen = self._changes
-        s = self.state
-        timeout: timedelta | None = None
-        if s.status == "assigned" and s.sla_deadline is not None:
-            timeout = s.sla_deadline - workflow.now()
-        elif s.status == "accepted" and self._accepted_at is not None and self._followups_sent < 2:
-            due = self._accepted_at + timedelta(seconds=self.input.sla.followup_seconds * (self._followups_sent + 1))
-            timeout = due - workflow.now()
-        try:
-            await workflow.wait_condition(
-                lambda: self._changes != seen,
-                timeout=max(timeout, timedelta(milliseconds=1)) if timeout is not None else None,
-            )
+        """Wait for the SLA running now (`domain.referral.next_sla`) to fall due, and act on
+        it; return early when the status changes, so the caller waits on the new one."""
+        due = next_sla(self.state, self.input.sla, self._accepted_at, self._followups_sent)
+        if not await self._sla.wait(due.at if due else None):
             return
-        except TimeoutError:
-            if self._changes != seen:
-                return
-        if s.status == "assigned":
+        assert due is not None
+        if due.kind == "lapse":
             await self._lapse()
-        elif s.status == "accepted":
+        else:
             await self._follow_up()
 
     async def _lapse(self) -> None:
@@ -253,6 +229,7 @@ class ReferralWorkflow:
             await self._notify_locked("lapsed", str(entry.seq), lapsed)
 
     async def _follow_up(self) -> None:
+        """The follow-up SLA fell due: a reminder to the assignee, then an escalation."""
         self._followups_sent += 1
         kind = "reminder" if self._followups_sent == 1 else "escalation"
         assignee = self.state.assignee_id
@@ -282,7 +259,7 @@ class ReferralWorkflow:
     ) -> HistoryEntry:
         """Change the status now (the next validator sees it) and add its history entry."""
         self.state.status = status  # type: ignore[assignment]
-        self._changes += 1
+        self._sla.rearm()
         entry = self._entry(record_status or status, actor, note, assignee_id)
         self._publish()
         return entry
@@ -305,7 +282,7 @@ class ReferralWorkflow:
     async def _route(self, actor: str, preceding: HistoryEntry | None = None) -> None:
         """Re-route the referral and tell whoever must know. Holds the write lock."""
         req = self._route_request(actor, preceding)
-        await self._routed(req, await _act(records.ROUTE_REFERRAL, req, Routed))
+        await self._routed(req, await record(records.ROUTE_REFERRAL, req, Routed))
 
     async def _routed(self, req: records.RouteReferral, routed: Routed) -> None:
         d = routed.decision
@@ -319,7 +296,7 @@ class ReferralWorkflow:
             )
         )
         self.state.status = status  # type: ignore[assignment]
-        self._changes += 1
+        self._sla.rearm()
         self._publish()
         if d.assignee_id:
             await self._notify_locked("assigned", str(req.seq), d.assignee_id)
@@ -333,7 +310,7 @@ class ReferralWorkflow:
 
     async def _record_locked(self, entry: HistoryEntry, **extra) -> None:  # noqa: ANN003
         s = self.state
-        await _act(
+        await record(
             records.RECORD_REFERRAL_CHANGE,
             records.ReferralChange(
                 referral_id=s.referral_id,
@@ -352,7 +329,7 @@ class ReferralWorkflow:
             await self._notify_locked(kind, occasion, employee_id, note)
 
     async def _notify_locked(self, kind: str, occasion: str, employee_id: str | None, note: str | None = None) -> None:
-        await _act(
+        await record(
             records.NOTIFY_REFERRAL,
             records.ReferralNotice(
                 referral_id=self.input.referral_id, kind=kind, occasion=occasion, employee_id=employee_id, note=note
@@ -362,13 +339,6 @@ class ReferralWorkflow:
     def _publish(self) -> None:
         """Search attributes and current details: where the Web UI shows this referral."""
         s = self.state
-        workflow.upsert_search_attributes(
-            [
-                SA_REFERRAL_STATUS.value_set(s.status),
-                SA_ASSIGNEE_ID.value_set(s.assignee_id or ""),
-                SA_EXPRESSED_INTEREST.value_set(self.input.expressed_interest.value),
-            ]
-        )
         who = f"`{s.assignee_id}`" if s.assignee_id else f"queue `{s.queue}`" if s.queue else "nobody yet"
         lines = [f"**{s.status}** · {self.input.expressed_interest.value} · {who}"]
         if s.sla_deadline is not None:
@@ -378,4 +348,9 @@ class ReferralWorkflow:
             lines.append(f"lead score {s.lead_score}/99 · referrer score {s.referrer_score}/100")
         if s.opportunity_id:
             lines.append(f"opportunity `{s.opportunity_id}`")
-        workflow.set_current_details("\n\n".join(lines))
+        attributes = [
+            SA_REFERRAL_STATUS.value_set(s.status),
+            SA_ASSIGNEE_ID.value_set(s.assignee_id or ""),
+            SA_EXPRESSED_INTEREST.value_set(self.input.expressed_interest.value),
+        ]
+        self._console.publish(attributes, "\n\n".join(lines))

@@ -5,6 +5,7 @@ open one workflow from another (a converted referral opens its opportunity)."""
 from __future__ import annotations
 
 import contextlib
+from dataclasses import dataclass
 
 from temporalio.client import Client, WithStartWorkflowOperation
 from temporalio.common import SearchAttributePair, TypedSearchAttributes, WorkflowIDConflictPolicy
@@ -25,61 +26,76 @@ from workflows import (
 )
 
 
-async def open_opportunity(client: Client, task_queue: str, wf_input: OpportunityInput) -> None:
-    """Start the opportunity's workflow (or find it started) and wait until it is recorded.
+@dataclass(frozen=True)
+class Starts:
+    """Opens needflow's workflows on one task queue.
 
-    The workflow id is the opportunity id, so a repeat — a retried request or activity —
-    lands on the same workflow instead of opening a second opportunity.
+    `search_attributes=False` is for a Temporal server that cannot register needflow's
+    search attributes (the time-skipping test server): workflows then start without them
+    and, seeing that, never upsert them (`workflows.common.Console`).
     """
-    process = wf_input.process
-    start = WithStartWorkflowOperation(
-        opportunity.OpportunityWorkflow.run,
-        wf_input,
-        id=opportunity.workflow_id(wf_input.opportunity_id),
-        task_queue=task_queue,
-        id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
-        search_attributes=TypedSearchAttributes(
-            [
-                SearchAttributePair(SA_PRODUCT, wf_input.product.value),
-                SearchAttributePair(SA_STAGE, process.stages[0].key),
-                SearchAttributePair(SA_OWNER_ID, wf_input.owner_id),
-                SearchAttributePair(SA_CUSTOMER_ID, wf_input.customer_id),
-                SearchAttributePair(SA_OPPORTUNITY_STATUS, "open"),
-            ]
-        ),
-        static_summary=f"{process.name} opportunity {wf_input.opportunity_id} for customer {wf_input.customer_id}"
-        + (f" (referral {wf_input.referral_id})" if wf_input.referral_id else ""),
-        static_details=f"Owner `{wf_input.owner_id}` · {process.name} process v{process.version}",
-    )
-    # WorkflowAlreadyStartedError: a repeat after the opportunity's workflow has already finished.
-    with contextlib.suppress(WorkflowAlreadyStartedError):
-        await client.execute_update_with_start_workflow(
-            opportunity.OpportunityWorkflow.opened, start_workflow_operation=start, result_type=OpportunityState
+
+    client: Client
+    task_queue: str
+    search_attributes: bool = True
+
+    def _attributes(self, pairs: list[SearchAttributePair]) -> TypedSearchAttributes:
+        return TypedSearchAttributes(pairs if self.search_attributes else [])
+
+    async def open_opportunity(self, wf_input: OpportunityInput) -> None:
+        """Start the opportunity's workflow (or find it started) and wait until it is recorded.
+
+        The workflow id is the opportunity id, so a repeat — a retried request or activity —
+        lands on the same workflow instead of opening a second opportunity.
+        """
+        process = wf_input.process
+        start = WithStartWorkflowOperation(
+            opportunity.OpportunityWorkflow.run,
+            wf_input,
+            id=opportunity.workflow_id(wf_input.opportunity_id),
+            task_queue=self.task_queue,
+            id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
+            search_attributes=self._attributes(
+                [
+                    SearchAttributePair(SA_PRODUCT, wf_input.product.value),
+                    SearchAttributePair(SA_STAGE, process.stages[0].key),
+                    SearchAttributePair(SA_OWNER_ID, wf_input.owner_id),
+                    SearchAttributePair(SA_CUSTOMER_ID, wf_input.customer_id),
+                    SearchAttributePair(SA_OPPORTUNITY_STATUS, "open"),
+                ]
+            ),
+            static_summary=f"{process.name} opportunity {wf_input.opportunity_id} for customer {wf_input.customer_id}"
+            + (f" (referral {wf_input.referral_id})" if wf_input.referral_id else ""),
+            static_details=f"Owner `{wf_input.owner_id}` · {process.name} process v{process.version}",
         )
+        # WorkflowAlreadyStartedError: a repeat after the opportunity's workflow has already finished.
+        with contextlib.suppress(WorkflowAlreadyStartedError):
+            await self.client.execute_update_with_start_workflow(
+                opportunity.OpportunityWorkflow.opened, start_workflow_operation=start, result_type=OpportunityState
+            )
 
-
-async def open_referral(client: Client, task_queue: str, wf_input: ReferralInput) -> ReferralState:
-    """Start the referral's workflow (or find it started) and wait until it is recorded,
-    scored, routed and the recipient told. The workflow id is the referral id, so a
-    repeated create lands on the same referral."""
-    ref = wf_input
-    start = WithStartWorkflowOperation(
-        referral.ReferralWorkflow.run,
-        ref,
-        id=referral.workflow_id(ref.referral_id),
-        task_queue=task_queue,
-        id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
-        search_attributes=TypedSearchAttributes(
-            [
-                SearchAttributePair(SA_REFERRAL_STATUS, "routing"),
-                SearchAttributePair(SA_EXPRESSED_INTEREST, ref.expressed_interest.value),
-            ]
-        ),
-        static_summary=f"Referral {ref.referral_id}: {ref.expressed_interest.value} "
-        f"from {ref.referrer.type} {ref.referrer.id}",
-        static_details=f"Routing rules v{ref.rules.version} · acceptance SLA {ref.sla.accept_seconds:g} s · "
-        f"follow-up SLA {ref.sla.followup_seconds:g} s",
-    )
-    return await client.execute_update_with_start_workflow(
-        referral.ReferralWorkflow.created, start_workflow_operation=start, result_type=ReferralState
-    )
+    async def open_referral(self, wf_input: ReferralInput) -> ReferralState:
+        """Start the referral's workflow (or find it started) and wait until it is recorded,
+        scored, routed and the recipient told. The workflow id is the referral id, so a
+        repeated create lands on the same referral."""
+        ref = wf_input
+        start = WithStartWorkflowOperation(
+            referral.ReferralWorkflow.run,
+            ref,
+            id=referral.workflow_id(ref.referral_id),
+            task_queue=self.task_queue,
+            id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
+            search_attributes=self._attributes(
+                [
+                    SearchAttributePair(SA_REFERRAL_STATUS, "routing"),
+                    SearchAttributePair(SA_EXPRESSED_INTEREST, ref.expressed_interest.value),
+                ]
+            ),
+            static_summary=f"Referral {ref.referral_id}: {ref.expressed_interest.value} "
+            f"from {ref.referrer.type} {ref.referrer.id}",
+            static_details=f"Routing rules v{ref.rules.version} · acceptance SLA {ref.sla.accept_seconds:g} s · "
+            f"follow-up SLA {ref.sla.followup_seconds:g} s",
+        )
+        return await self.client.execute_update_with_start_workflow(
+            referral.ReferralWorkflow.created, start_workflow_operation=start, result_type=ReferralState
+        )

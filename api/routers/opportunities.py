@@ -29,7 +29,6 @@ from domain.opportunity import (
 )
 from store.models import Customer, Employee, Need, Opportunity
 from store.queries import opportunity_record
-from workflows import starts
 from workflows.opportunity import OpportunityWorkflow
 
 router = APIRouter(prefix="/v1/opportunities", tags=["opportunities"])
@@ -89,7 +88,7 @@ async def open_opportunity(
             opened_by=owner.id,
             process=process,
         )
-        await starts.open_opportunity(svc.client, svc.task_queue, wf_input)
+        await svc.starts.open_opportunity(wf_input)
         return await read_opportunity(svc, opportunity_id)
 
     return await idempotent(request, svc, who, key, 201, create)

@@ -41,7 +41,6 @@ from domain.referral import (
 from domain.types import LineOfBusiness, Product
 from store.models import Customer, Employee, Referral
 from store.queries import referral_records
-from workflows import starts
 from workflows.referral import ReferralWorkflow, workflow_id
 
 router = APIRouter(tags=["referrals"])
@@ -108,7 +107,7 @@ async def create_referral(
                 accept_seconds=svc.settings.referral_accept_sla, followup_seconds=svc.settings.referral_followup_sla
             ),
         )
-        await starts.open_referral(svc.client, svc.task_queue, wf_input)
+        await svc.starts.open_referral(wf_input)
         return await read_referral(svc, referral_id)
 
     return await idempotent(request, svc, who, key, 201, create)
