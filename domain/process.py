@@ -2,7 +2,8 @@
 
 A process file (YAML, one per product and version, in `processes/`) is validated here
 at load. A malformed file stops the process that loads it with a message naming the
-file, the stage and the field. Workflows receive the whole validated definition in
+file, the stage and the field, rendered by `domain.validation` in the same form as a
+routing rules file's. Workflows receive the whole validated definition in
 their input, so a process edited tomorrow never changes an opportunity started today.
 """
 
@@ -15,6 +16,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from domain.types import ConsentChannel, EventType, Product
+from domain.validation import ItemList, describe_errors, file_message
 
 StageKey = str
 
@@ -142,35 +144,19 @@ class ProcessDefinition(BaseModel):
         return next((e for e in self.lost_events if e.event == event), None)
 
 
-def _describe(path: Path, raw: object, err: ValidationError) -> str:
-    lines = []
-    stages = raw.get("stages") if isinstance(raw, dict) else None
-    for e in err.errors():
-        loc = list(e["loc"])
-        where = []
-        if len(loc) >= 2 and loc[0] == "stages" and isinstance(loc[1], int):
-            i = loc[1]
-            key = None
-            if isinstance(stages, list) and i < len(stages) and isinstance(stages[i], dict):
-                key = stages[i].get("key")
-            where.append(f"stage {key!r} (#{i + 1})" if key else f"stage #{i + 1}")
-            loc = loc[2:]
-        field = ".".join(str(p) for p in loc)
-        if field:
-            where.append(f"field {field!r}")
-        lines.append(f"{path}: {', '.join(where) or 'process'}: {e['msg']}")
-    return "\n".join(lines)
+#: How a process file's messages name a stage: by key and position.
+STAGES = ItemList(field="stages", noun="stage", name_field="key")
 
 
 def load_process(path: Path) -> ProcessDefinition:
     try:
         raw = yaml.safe_load(path.read_text())
     except (OSError, yaml.YAMLError) as exc:
-        raise ProcessError(f"{path}: cannot read process file: {exc}") from exc
+        raise ProcessError(file_message(path, (), f"cannot read process file: {exc}")) from exc
     try:
         return ProcessDefinition.model_validate(raw)
     except ValidationError as exc:
-        raise ProcessError(_describe(path, raw, exc)) from exc
+        raise ProcessError(describe_errors(path, raw, exc, items=STAGES, whole="process")) from exc
 
 
 class ProcessCatalog:
@@ -197,5 +183,5 @@ class ProcessCatalog:
 def load_catalog(directory: Path) -> ProcessCatalog:
     files = sorted(directory.glob("*.yaml")) + sorted(directory.glob("*.yml"))
     if not files:
-        raise ProcessError(f"{directory}: no process files (*.yaml) found")
+        raise ProcessError(file_message(directory, (), "no process files (*.yaml) found"))
     return ProcessCatalog([load_process(f) for f in files])

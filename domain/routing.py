@@ -2,7 +2,7 @@
 
 A rules file (YAML, `rules/routing.yaml` by default) is validated at load; a malformed
 file stops the loader with a message naming the file, the rule (name and #position) and
-the field. `route` is pure and deterministic: the caller passes the referral's facts, the
+the field, rendered by `domain.validation` in the same form as a process file's. `route` is pure and deterministic: the caller passes the referral's facts, the
 candidate employees with their current open work, and who may not receive it.
 
 Semantics of `route`:
@@ -58,6 +58,7 @@ from pydantic import (
 )
 
 from domain.types import LineOfBusiness, Product, Role
+from domain.validation import ItemList, describe_errors, file_message
 
 #: The rules shipped with needflow.
 DEFAULT_ROUTING_RULES = Path(__file__).resolve().parent.parent / "rules" / "routing.yaml"
@@ -210,29 +211,8 @@ class RoutingRules(BaseModel):
         return rules
 
 
-def _describe(path: Path, raw: object, err: ValidationError) -> str:
-    lines = []
-    rules = raw.get("rules") if isinstance(raw, dict) else None
-    errors = err.errors()
-    rule_errors = any(len(e["loc"]) >= 2 and e["loc"][0] == "rules" for e in errors)
-    for e in errors:
-        loc = list(e["loc"])
-        if rule_errors and loc == ["rules"] and e["type"] == "too_short":
-            continue  # pydantic's echo of the invalid rules themselves
-        where = []
-        if len(loc) >= 2 and loc[0] == "rules" and isinstance(loc[1], int):
-            i = loc[1]
-            name = None
-            if isinstance(rules, list) and i < len(rules) and isinstance(rules[i], dict):
-                name = rules[i].get("name")
-            where.append(f"rule {name!r} (#{i + 1})" if isinstance(name, str) and name else f"rule #{i + 1}")
-            loc = loc[2:]
-        field = ".".join(str(p) for p in loc)
-        if field:
-            where.append(f"field {field!r}")
-        msg = e["msg"].replace("Tuple should", "List should")  # the file has lists
-        lines.append(f"{path}: {', '.join(where) or 'routing rules'}: {msg}")
-    return "\n".join(lines)
+#: How a rules file's messages name a rule: by name and position.
+RULES = ItemList(field="rules", noun="rule", name_field="name")
 
 
 def load_routing_rules(path: Path = DEFAULT_ROUTING_RULES) -> RoutingRules:
@@ -240,11 +220,11 @@ def load_routing_rules(path: Path = DEFAULT_ROUTING_RULES) -> RoutingRules:
     try:
         raw = yaml.safe_load(Path(path).read_text())
     except (OSError, yaml.YAMLError) as exc:
-        raise RoutingRulesError(f"{path}: cannot read routing rules: {exc}") from exc
+        raise RoutingRulesError(file_message(path, (), f"cannot read routing rules: {exc}")) from exc
     try:
         return RoutingRules.model_validate(raw)
     except ValidationError as exc:
-        raise RoutingRulesError(_describe(Path(path), raw, exc)) from exc
+        raise RoutingRulesError(describe_errors(path, raw, exc, items=RULES, whole="routing rules")) from exc
 
 
 class ReferralFacts(BaseModel):
