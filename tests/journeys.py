@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from tests.conftest import Api
+from tests.helpers import Api, territory
 
 
 async def mortgage_to_closed_won(api: Api, *, decline_first: bool = False) -> dict:
@@ -37,11 +37,10 @@ async def checking_to_opened(api: Api) -> dict:
 
 async def referral_converted(api: Api) -> dict:
     """Kiara's referral: routed to Bob, accepted, converted."""
-    from tests.test_referrals import refer, staff, territory
 
     state = territory()
-    people = await staff(api, state)
-    ref = await refer(api, people["ryan"], state)
+    people = await api.staff(state)
+    ref = await api.refer(people["ryan"], state)
     bob = people["bob"]
     await api.post(f"/v1/referrals/{ref['id']}/accept", {"actor_id": bob["id"]}, expect=200)
     return (
@@ -54,11 +53,10 @@ async def referral_converted(api: Api) -> dict:
 
 
 async def referral_rejected_reassigned_closed(api: Api) -> dict:
-    from tests.test_referrals import refer, staff, territory
 
     state = territory()
-    people = await staff(api, state)
-    ref = await refer(api, people["ryan"], state)
+    people = await api.staff(state)
+    ref = await api.refer(people["ryan"], state)
     ref = (
         await api.post(
             f"/v1/referrals/{ref['id']}/reject", {"actor_id": people["bob"]["id"], "reason": "too busy"}, expect=200

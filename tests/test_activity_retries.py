@@ -9,6 +9,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest_asyncio
 from sqlalchemy import Engine
+from temporalio.client import Client
 
 from activities.mail import Mailer
 from activities.referral import ReferralActivities
@@ -18,17 +19,19 @@ from domain.routing import load_routing_rules
 from domain.types import Product
 from store.db import make_async_engine, make_session_factory
 from store.models import EmployeeWorkload, LeadFeatureCount, Notification, Referral, ReferralHistory
-from tests.conftest import Api, count
+from tests.helpers import Api, count
+from workflows.starts import Starts
 
 
 @pytest_asyncio.fixture
-async def acts(database_url: str) -> AsyncIterator[ReferralActivities]:
+async def acts(database_url: str, client: Client, task_queue: str, worker: None) -> AsyncIterator[ReferralActivities]:
+    """The referral activities, called directly (as a retrying worker would), on the test
+    database; conversions open their opportunity on the session's worker."""
     engine = make_async_engine(database_url)
     yield ReferralActivities(
         make_session_factory(engine),
         Mailer(None, "test@localhost"),
-        client=None,  # type: ignore[arg-type]
-        task_queue="unused",
+        Starts(client, task_queue),
         referrer_window_days=90,
     )
     await engine.dispose()

@@ -26,8 +26,8 @@ from store.models import (
     Opportunity,
     ProcessedEvent,
 )
-from tests.conftest import Api, assert_error, count, unique
 from tests.dbutil import test_database_base_url
+from tests.helpers import Api, assert_error, assert_validation_error, count, unique
 
 OCCURRED_AT = "2026-11-25T10:00:00+00:00"
 
@@ -37,23 +37,6 @@ OCCURRED_AT = "2026-11-25T10:00:00+00:00"
 
 def on_postgres() -> bool:
     return (test_database_base_url() or "").startswith("postgres")
-
-
-def named_fields(err: dict) -> set[str]:
-    details = err["details"]
-    fields = {details["field"]} if isinstance(details.get("field"), str) else set()
-    fields |= {e["field"] for e in details.get("errors", []) if isinstance(e, dict) and "field" in e}
-    return fields
-
-
-def assert_validation_error(r: httpx.Response, field: str | None = None) -> dict:
-    err = assert_error(r, 422, "validation_error")
-    if field is not None:
-        fields = named_fields(err)
-        assert any(f == field or f.startswith(field + ".") for f in fields) or field in err["message"], (
-            f"the 422 does not name {field!r}: {err}"
-        )
-    return err
 
 
 async def post_raw(api: Api, path: str, content: bytes, key: str | None = None) -> httpx.Response:

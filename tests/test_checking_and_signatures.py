@@ -8,7 +8,7 @@ from sqlalchemy.orm import Session
 
 from store.db import make_sync_engine
 from store.models import Notification
-from tests.conftest import Api
+from tests.helpers import Api
 
 
 async def test_checking_account_journey_records_sms_consent(api: Api) -> None:

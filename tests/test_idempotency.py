@@ -23,7 +23,7 @@ from store.models import (
     Opportunity,
     ProcessedEvent,
 )
-from tests.conftest import Api, assert_error, count, unique
+from tests.helpers import Api, assert_error, count, unique
 
 OCCURRED_AT = "2026-11-25T10:00:00+00:00"
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 
-from tests.conftest import Api
+from tests.helpers import Api
 
 
 async def test_mortgage_from_interested_to_closed_won(api: Api, keys: dict[str, str]) -> None:

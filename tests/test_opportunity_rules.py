@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from temporalio.client import Client
 
-from tests.conftest import Api
+from tests.helpers import Api
 
 
 async def _history_length(client: Client, opp: dict) -> int:

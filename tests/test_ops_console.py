@@ -9,7 +9,7 @@ import asyncio
 from temporalio.client import Client
 
 from domain.opportunity import OpportunityState
-from tests.conftest import Api
+from tests.helpers import Api
 from tests.journeys import mortgage_to_closed_won
 from workflows import SA_CUSTOMER_ID, SA_OPPORTUNITY_STATUS, SA_OWNER_ID, SA_PRODUCT, SA_STAGE
 from workflows.opportunity import OpportunityWorkflow

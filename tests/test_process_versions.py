@@ -12,7 +12,7 @@ from temporalio.client import Client
 
 from api.app import create_app
 from config import PROJECT_ROOT, Settings
-from tests.conftest import Api
+from tests.helpers import Api
 
 
 async def test_running_opportunity_keeps_its_version(

@@ -1,108 +1,229 @@
 """SLAs as durable workflow timers: an unattended referral cannot be missed.
 
-These run a second API app whose settings give SLAs of seconds; the SLAs travel in the
-workflow's input, so the session's worker serves them as it would in production."""
+The SLAs here are production length (an hour to accept, a day to follow up) and run on
+Temporal's time-skipping test server: `stack.env.sleep(timedelta(hours=1))` fires an
+hour of timers at once, while the activities, the database and the SMTP server stay
+real. One short real-time smoke test runs on the dev server, as production does.
+"""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+import uuid
+from datetime import datetime, timedelta
+from pathlib import Path
 
-import httpx
-import pytest_asyncio
+import yaml
 from temporalio.client import Client
 
-from api.app import create_app
 from config import Settings
-from tests.conftest import Api, Inbox
-from tests.test_referrals import refer, staff, territory
+from tests.conftest import SkippingStack, serve_app
+from tests.helpers import Api, Inbox, territory, until
+from worker import build_worker
+
+LAPSE = "not accepted in time"
+ESCALATION = "not followed up"
+REMINDER = "Follow up on your referral"
 
 
-@pytest_asyncio.fixture
-async def fast_api(
-    client: Client, settings: Settings, task_queue: str, keys: dict[str, str], worker: None
-) -> AsyncIterator[Api]:
-    fast = settings.model_copy(update={"referral_accept_sla": 1.5, "referral_followup_sla": 1.5})
-    app = create_app(fast, client=client, task_queue=task_queue)
-    async with app.router.lifespan_context(app):
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://testserver", timeout=30) as http:
-            yield Api(http, keys["all"])
+def _at(iso: str) -> datetime:
+    return datetime.fromisoformat(iso)
 
 
-async def _until(check, limit: float = 15.0):  # noqa: ANN001, ANN202
-    deadline = asyncio.get_running_loop().time() + limit
-    while True:
-        value = await check()
-        if value or asyncio.get_running_loop().time() > deadline:
-            return value
-        await asyncio.sleep(0.2)
+def _statuses(referral: dict) -> list[str]:
+    return [h["status"] for h in referral["history"]]
 
 
-async def test_acceptance_sla_lapse_reroutes_and_tells_the_manager_once(fast_api: Api, smtp_inbox: Inbox) -> None:
-    api = fast_api
+async def _assigned_to(api: Api, referral_id: str, employee_id: str | None, status: str = "assigned") -> dict:
+    async def check() -> dict | None:
+        now = await api.referral(referral_id)
+        return now if (now["status"], now["assignee_id"]) == (status, employee_id) else None
+
+    return await until(check, f"referral {referral_id} {status} to {employee_id}")
+
+
+async def _settled(_stack: SkippingStack) -> None:
+    """Let the activities a fired timer started finish (they run in real time)."""
+    await asyncio.sleep(0.3)
+
+
+async def test_lapse_reroutes_away_and_tells_the_manager_once(skipping_stack: SkippingStack, smtp_inbox: Inbox) -> None:
+    stack, api = skipping_stack, skipping_stack.api
+    async with stack.worker():
+        state = territory()
+        people = await api.staff(state)
+        bob, kevin = people["bob"], people["kevin"]
+        ann = await api.employee(name="Ann", email=f"ann.{state}@bank.example", products=["mortgage"], states=[state])
+        ref = await api.refer(people["ryan"], state)
+        assert ref["assignee_id"] == bob["id"]
+        assert _at(ref["sla_deadline"]) - _at(ref["history"][-1]["at"]) == timedelta(hours=1)
+
+        await stack.env.sleep(timedelta(minutes=59))
+        await _settled(stack)
+        assert _statuses(await api.referral(ref["id"])) == ["created", "assigned"], "lapsed before its hour"
+
+        await stack.env.sleep(timedelta(minutes=2))
+        now = await _assigned_to(api, ref["id"], ann["id"])
+        assert _statuses(now) == ["created", "assigned", "lapsed", "assigned"]
+        assert now["history"][2]["assignee_id"] == bob["id"]
+
+        # Ann lets it lapse too: it goes to the queue, never back to Bob.
+        await stack.env.sleep(timedelta(hours=1, minutes=1))
+        now = await _assigned_to(api, ref["id"], None, status="unassigned")
+        assert _statuses(now) == ["created", "assigned", "lapsed", "assigned", "lapsed", "unassigned"]
+        assert now["queue"] == "unassigned-referrals" and now["sla_deadline"] is None
+
+        # A day later nothing more has happened: no timer runs for an unassigned referral.
+        await stack.env.sleep(timedelta(days=1))
+        await _settled(stack)
+        assert _statuses(await api.referral(ref["id"])) == _statuses(now)
+
+    # Bob's manager (Kevin) about Bob; Ann has no manager, so the managers of the
+    # referral's state (Kevin again) about Ann: two notices, one per lapse.
+    assert len(smtp_inbox.about(kevin["email"], LAPSE, ref["id"])) == 2
+    outbox = (await api.get(f"/v1/outbox?to_employee_id={kevin['id']}")).json()["items"]
+    mine = [m for m in outbox if LAPSE in m["subject"] and ref["id"] in m["subject"]]
+    assert len(mine) == 2 and all(m["sent_at"] is not None for m in mine)
+
+
+async def test_accept_racing_the_lapse_timer_is_one_or_the_other(skipping_stack: SkippingStack) -> None:
+    stack, api = skipping_stack, skipping_stack.api
+    async with stack.worker():
+        state = territory()
+        people = await api.staff(state)
+        bob = people["bob"]
+        await api.employee(name="Ann", email=f"ann.{state}@bank.example", products=["mortgage"], states=[state])
+        ref = await api.refer(people["ryan"], state)
+        await stack.env.sleep(timedelta(minutes=59, seconds=59))
+
+        # Bob accepts as the hour runs out: the accept and the timer race.
+        accept = asyncio.create_task(api.post(f"/v1/referrals/{ref['id']}/accept", {"actor_id": bob["id"]}))
+        await stack.env.sleep(timedelta(seconds=2))
+        answer = await accept
+        await _settled(stack)
+        now = await api.referral(ref["id"])
+        if answer.status_code == 200:  # the accept won: the timer is void
+            assert _statuses(now) == ["created", "assigned", "accepted"]
+            assert now["assignee_id"] == bob["id"]
+        else:  # the lapse won: the accept is refused, and re-routed away from Bob
+            assert answer.status_code == 409, answer.text
+            assert _statuses(now) == ["created", "assigned", "lapsed", "assigned"]
+            assert now["assignee_id"] != bob["id"]
+        # Either way no second outcome follows (the next SLA is at least an hour away).
+        await stack.env.sleep(timedelta(minutes=30))
+        await _settled(stack)
+        assert _statuses(await api.referral(ref["id"])) == _statuses(now)
+
+
+async def test_accepted_just_in_time_never_lapses(skipping_stack: SkippingStack, smtp_inbox: Inbox) -> None:
+    stack, api = skipping_stack, skipping_stack.api
+    async with stack.worker():
+        state = territory()
+        people = await api.staff(state)
+        bob, kevin = people["bob"], people["kevin"]
+        ref = await api.refer(people["ryan"], state)
+        await stack.env.sleep(timedelta(minutes=59, seconds=30))
+        accepted = (await api.post(f"/v1/referrals/{ref['id']}/accept", {"actor_id": bob["id"]}, expect=200)).json()
+        assert _at(accepted["sla_deadline"]) - _at(accepted["history"][-1]["at"]) == timedelta(days=1)
+        await stack.env.sleep(timedelta(hours=2))
+        await _settled(stack)
+        assert _statuses(await api.referral(ref["id"])) == ["created", "assigned", "accepted"]
+    assert smtp_inbox.about(kevin["email"], LAPSE, ref["id"]) == []
+
+
+async def test_lapse_and_escalation_reach_every_manager_when_none_lists_the_state(
+    skipping_stack: SkippingStack, smtp_inbox: Inbox
+) -> None:
+    stack, api = skipping_stack, skipping_stack.api
+    async with stack.worker():
+        state, elsewhere = territory(), territory()
+        # Nobody manages this state's brokers, and no manager lists the state.
+        mia = await api.employee(
+            role="manager", name="Mia", email=f"mia.{elsewhere}@bank.example", products=[], states=[elsewhere]
+        )
+        ryan = await api.employee(
+            role="advisor", lob="wealth", name="Ryan", email=f"ryan.{state}@bank.example", products=["wealth"]
+        )
+        bob = await api.employee(name="Bob", email=f"bob.{state}@bank.example", states=[state])
+        ann = await api.employee(name="Ann", email=f"ann.{state}@bank.example", states=[state])
+        ref = await api.refer(ryan, state)
+        first = ref["assignee_id"]
+        second = ann["id"] if first == bob["id"] else bob["id"]
+
+        await stack.env.sleep(timedelta(hours=1, minutes=1))
+        await _assigned_to(api, ref["id"], second)
+        await api.post(f"/v1/referrals/{ref['id']}/accept", {"actor_id": second}, expect=200)
+        second_email = ann["email"] if second == ann["id"] else bob["email"]
+
+        await stack.env.sleep(timedelta(days=1, minutes=1))
+        await until(lambda: _mail(smtp_inbox, second_email, REMINDER, ""), "the reminder to the assignee")
+        await stack.env.sleep(timedelta(days=1))
+        await until(lambda: _mail(smtp_inbox, mia["email"], ESCALATION, ref["id"]), "the escalation to Mia")
+        await stack.env.sleep(timedelta(days=3))
+        await _settled(stack)
+        assert _statuses(await api.referral(ref["id"])) == ["created", "assigned", "lapsed", "assigned", "accepted"]
+
+    assert len(smtp_inbox.about(mia["email"], LAPSE, ref["id"])) == 1
+    assert len(smtp_inbox.about(mia["email"], ESCALATION, ref["id"])) == 1
+    assert len(smtp_inbox.about(second_email, REMINDER)) == 1
+
+
+async def _mail(inbox: Inbox, address: str, part: str, part_2: str) -> list:
+    return inbox.about(address, part, part_2)
+
+
+async def test_a_running_referral_keeps_its_rules_and_slas_after_they_change(
+    skipping_stack: SkippingStack, tmp_path: Path
+) -> None:
+    stack, api = skipping_stack, skipping_stack.api
     state = territory()
-    people = await staff(api, state)
-    ann = await api.employee(name="Ann", email=f"ann.{state}@bank.example", products=["mortgage"], states=[state])
-    ref = await refer(api, people["ryan"], state)
-    assert ref["assignee_id"] == people["bob"]["id"] and ref["sla_deadline"] is not None
+    # The bank's new rules send every referral to a desk queue, with four hours to accept.
+    new_rules = tmp_path / "routing.yaml"
+    new_rules.write_text(
+        yaml.safe_dump(
+            {"version": 2, "fallback_queue": "nobody", "rules": [{"name": "desk", "queue": "mortgage-desk"}]}
+        )
+    )
+    async with stack.worker():
+        people = await api.staff(state)
+        ann = await api.employee(name="Ann", email=f"ann.{state}@bank.example", products=["mortgage"], states=[state])
+        old = await api.refer(people["ryan"], state)
+        assert old["assignee_id"] == people["bob"]["id"]
 
-    async def rerouted():  # noqa: ANN202
-        now = (await api.get(f"/v1/referrals/{ref['id']}")).json()
-        return now if now["assignee_id"] == ann["id"] else None
+        async with stack.app(routing_rules=new_rules, referral_accept_sla=4 * 3600) as new_api:
+            new = await new_api.refer(people["ryan"], state)
+            assert (new["status"], new["queue"]) == ("unassigned", "mortgage-desk")
 
-    now = await _until(rerouted)
-    assert now, "the referral was not re-routed when Bob let the acceptance SLA lapse"
-    statuses = [h["status"] for h in now["history"]]
-    assert statuses[:4] == ["created", "assigned", "lapsed", "assigned"]
-    assert now["history"][2]["assignee_id"] == people["bob"]["id"]
-
-    # Ann lets it lapse too: it goes to the queue, never back to Bob.
-    async def queued():  # noqa: ANN202
-        now = (await api.get(f"/v1/referrals/{ref['id']}")).json()
-        return now if now["status"] == "unassigned" else None
-
-    now = await _until(queued)
-    assert now and now["assignee_id"] is None
-    assert [h["status"] for h in now["history"]] == [
-        "created",
-        "assigned",
-        "lapsed",
-        "assigned",
-        "lapsed",
-        "unassigned",
-    ]
-
-    await asyncio.sleep(2)  # long enough for a second (wrong) lapse notice to have arrived
-    kevin = people["kevin"]["email"]
-    lapse_notices = [
-        m for m in smtp_inbox.to(kevin) if "not accepted in time" in m["Subject"] and ref["id"] in m["Subject"]
-    ]
-    # Bob's manager (Kevin) about Bob; Ann has no manager, so every manager (Kevin) about Ann.
-    assert len(lapse_notices) == 2
-    outbox = (await api.get(f"/v1/outbox?to_employee_id={people['kevin']['id']}")).json()["items"]
-    assert len([m for m in outbox if "not accepted in time" in m["subject"] and ref["id"] in m["subject"]]) == 2
-    assert all(m["sent_at"] is not None for m in outbox)
+            await stack.env.sleep(timedelta(hours=1, minutes=1))
+            # The old referral lapsed after its own hour and was re-routed by its own rules.
+            now = await _assigned_to(api, old["id"], ann["id"])
+            assert _statuses(now) == ["created", "assigned", "lapsed", "assigned"]
+            assert _at(now["sla_deadline"]) - _at(now["history"][-1]["at"]) == timedelta(hours=1)
 
 
-async def test_follow_up_reminder_then_escalation(fast_api: Api, smtp_inbox: Inbox) -> None:
-    api = fast_api
-    state = territory()
-    people = await staff(api, state)
-    bob = people["bob"]
-    ref = await refer(api, people["ryan"], state)
-    await api.post(f"/v1/referrals/{ref['id']}/accept", {"actor_id": bob["id"]}, expect=200)
+async def test_real_time_a_timer_that_fires_while_no_worker_runs_acts_when_one_returns(
+    client: Client, settings: Settings, keys: dict[str, str]
+) -> None:
+    """The real-time smoke test, on the dev server as in production: a 1.5-second SLA
+    lapses while the worker is down; the worker that comes back re-routes the referral
+    (once). On its own task queue, so stopping its worker stops no other test's."""
+    queue = f"needflow-down-{uuid.uuid4().hex[:8]}"
+    fast = settings.model_copy(update={"referral_accept_sla": 1.5})
+    async with serve_app(fast, client, queue) as http:
+        api = Api(http, keys["all"])
+        state = territory()
+        async with build_worker(client, fast, queue):
+            people = await api.staff(state)
+            ann = await api.employee(
+                name="Ann", email=f"ann.{state}@bank.example", products=["mortgage"], states=[state]
+            )
+            ref = await api.refer(people["ryan"], state)
+            assert ref["assignee_id"] == people["bob"]["id"]
 
-    async def escalated():  # noqa: ANN202
-        return [
-            m
-            for m in smtp_inbox.to(people["kevin"]["email"])
-            if "not followed up" in m["Subject"] and ref["id"] in m["Subject"]
-        ]
+        await asyncio.sleep(2.0)  # the SLA lapses with no worker running
+        assert _statuses(await api.referral(ref["id"])) == ["created", "assigned"]
 
-    assert await _until(escalated), "no escalation reached the manager"
-    reminders = [m for m in smtp_inbox.to(bob["email"]) if m["Subject"].startswith("Follow up on your referral")]
-    assert len(reminders) == 1
-    await asyncio.sleep(2)
-    assert len(await escalated()) == 1  # no more after the escalation
-    assert (await api.get(f"/v1/referrals/{ref['id']}")).json()["status"] == "accepted"
+        async with build_worker(client, fast, queue):
+            now = await _assigned_to(api, ref["id"], ann["id"])
+            assert _statuses(now)[:4] == ["created", "assigned", "lapsed", "assigned"]
+            assert now["history"][2]["assignee_id"] == people["bob"]["id"]

@@ -9,78 +9,20 @@ from datetime import UTC, datetime, timedelta
 from temporalio.client import Client
 
 from domain.scoring import priority
-from tests.conftest import Api, Inbox
+from tests.helpers import Api, Inbox, territory
 from workflows import SA_ASSIGNEE_ID, SA_EXPRESSED_INTEREST, SA_REFERRAL_STATUS
-
-
-def territory() -> str:
-    """A state of its own for each test, so other tests' employees are never candidates."""
-    return f"S-{uuid.uuid4().hex[:6]}"
-
-
-async def staff(api: Api, state: str, city: str = "San Francisco") -> dict[str, dict]:
-    kevin = await api.employee(
-        role="manager", lob="mortgage", name="Kevin", email=f"kevin.{state}@bank.example", products=[], states=[state]
-    )
-    ryan = await api.employee(
-        role="advisor",
-        lob="wealth",
-        name="Ryan",
-        email=f"ryan.{state}@bank.example",
-        products=["wealth"],
-        states=[state],
-        cities=[city],
-    )
-    bob = await api.employee(
-        name="Bob",
-        email=f"bob.{state}@bank.example",
-        products=["mortgage"],
-        states=[state],
-        cities=[city],
-        manager_id=kevin["id"],
-    )
-    return {"kevin": kevin, "ryan": ryan, "bob": bob}
-
-
-async def refer(
-    api: Api,
-    referrer: dict,
-    state: str,
-    *,
-    city: str = "San Francisco",
-    value: str | None = "500000.00",
-    name: str = "Kiara Jones",
-    interest: str = "mortgage",
-    idem: str | None = None,
-) -> dict:
-    body = {
-        "referrer": {"type": "employee", "id": referrer["id"]},
-        "prospect": {
-            "name": name,
-            "phone": "+14155550123",
-            "email": "kiara@example.com",
-            "employer": "Acme",
-            "city": city,
-            "state": state,
-        },
-        "expressed_interest": interest,
-        "notes": "Wants to buy her first home",
-    }
-    if value:
-        body["value"] = value
-    return (await api.post("/v1/referrals", body, idem=idem, expect=201)).json()
 
 
 async def test_kiaras_referral_from_ryan_to_bob_converts(api: Api, smtp_inbox: Inbox, client: Client) -> None:
     state = territory()
-    people = await staff(api, state)
+    people = await api.staff(state)
     ryan, bob = people["ryan"], people["bob"]
     # Another broker in the state but not the city: Kiara's city decides.
     await api.employee(
         name="Bea", email=f"bea.{state}@bank.example", products=["mortgage"], states=[state], cities=["Oakland"]
     )
 
-    ref = await refer(api, ryan, state)
+    ref = await api.refer(ryan, state)
     assert (ref["status"], ref["assignee_id"]) == ("assigned", bob["id"])
     assert ref["prospect"]["name"] == "Kiara Jones" and ref["value"] == "500000.00"
     assert 1 <= ref["lead_score"] <= 99 and 0 <= ref["referrer_score"] <= 100
@@ -138,12 +80,12 @@ async def test_kiaras_referral_from_ryan_to_bob_converts(api: Api, smtp_inbox: I
 
 async def test_least_loaded_then_round_robin(api: Api) -> None:
     state = territory()
-    people = await staff(api, state, city="Fresno")
+    people = await api.staff(state, city="Fresno")
     ryan, bob = people["ryan"], people["bob"]
     ann = await api.employee(name="Ann", email=f"ann.{state}@bank.example", products=["mortgage"], states=[state])
     cal = await api.employee(name="Cal", email=f"cal.{state}@bank.example", products=["mortgage"], states=[state])
     # Referrals from a city no broker lists: the whole state's brokers are eligible.
-    assignees = [(await refer(api, ryan, state, city="Sacramento", name=f"P{i}"))["assignee_id"] for i in range(6)]
+    assignees = [(await api.refer(ryan, state, city="Sacramento", name=f"P{i}"))["assignee_id"] for i in range(6)]
     # Equal loads take turns: each broker once per round, in the same order both rounds.
     assert sorted(assignees[:3]) == sorted([bob["id"], ann["id"], cal["id"]])
     assert assignees[3:] == assignees[:3]
@@ -153,12 +95,12 @@ async def test_least_loaded_then_round_robin(api: Api) -> None:
     await api.post(
         f"/v1/referrals/{refs[0]['id']}/close", {"actor_id": ann["id"], "reason": "not interested"}, expect=200
     )
-    assert (await refer(api, ryan, state, city="Sacramento", name="Next"))["assignee_id"] == ann["id"]
+    assert (await api.refer(ryan, state, city="Sacramento", name="Next"))["assignee_id"] == ann["id"]
 
 
 async def test_capacity_is_respected(api: Api) -> None:
     state = territory()
-    people = await staff(api, state)
+    people = await api.staff(state)
     bob = people["bob"]
     full = await api.employee(
         name="Full",
@@ -168,7 +110,7 @@ async def test_capacity_is_respected(api: Api) -> None:
         cities=["San Francisco"],
         capacity=1,
     )
-    assignees = [(await refer(api, people["ryan"], state, name=f"P{i}"))["assignee_id"] for i in range(4)]
+    assignees = [(await api.refer(people["ryan"], state, name=f"P{i}"))["assignee_id"] for i in range(4)]
     # One each while both have room; then Full is at capacity (1 of 1) and Bob takes the rest,
     # although Full's lighter load would win the fourth if capacity were ignored.
     assert sorted(assignees[:2]) == sorted([bob["id"], full["id"]])
@@ -177,8 +119,8 @@ async def test_capacity_is_respected(api: Api) -> None:
 
 async def test_only_the_assignee_or_a_manager_may_accept(api: Api) -> None:
     state = territory()
-    people = await staff(api, state)
-    ref = await refer(api, people["ryan"], state)
+    people = await api.staff(state)
+    ref = await api.refer(people["ryan"], state)
     r = await api.post(f"/v1/referrals/{ref['id']}/accept", {"actor_id": people["ryan"]["id"]})
     assert r.status_code == 409 and r.json()["error"]["code"] == "invalid_transition"
     assert (await api.get(f"/v1/referrals/{ref['id']}")).json() == ref
@@ -188,9 +130,9 @@ async def test_only_the_assignee_or_a_manager_may_accept(api: Api) -> None:
 
 async def test_reject_reroutes_never_back(api: Api, smtp_inbox: Inbox) -> None:
     state = territory()
-    people = await staff(api, state)
+    people = await api.staff(state)
     ann = await api.employee(name="Ann", email=f"ann.{state}@bank.example", products=["mortgage"], states=[state])
-    ref = await refer(api, people["ryan"], state)
+    ref = await api.refer(people["ryan"], state)
     assert ref["assignee_id"] == people["bob"]["id"]
 
     r = await api.post(f"/v1/referrals/{ref['id']}/reject", {"actor_id": people["bob"]["id"], "reason": ""})
@@ -225,11 +167,11 @@ async def test_reject_reroutes_never_back(api: Api, smtp_inbox: Inbox) -> None:
 
 async def test_no_rule_matches_fallback_queue_and_managers_told(api: Api, smtp_inbox: Inbox) -> None:
     state = territory()
-    people = await staff(api, state)
+    people = await api.staff(state)
     elsewhere = await api.employee(
         role="manager", name="Olga", email=f"olga.{state}@bank.example", products=[], states=[territory()]
     )
-    ref = await refer(api, people["ryan"], state, interest="insurance")  # nobody sells insurance here
+    ref = await api.refer(people["ryan"], state, interest="insurance")  # nobody sells insurance here
     assert (ref["status"], ref["assignee_id"], ref["queue"]) == ("unassigned", None, "unassigned-referrals")
     assert "fallback queue" in ref["history"][-1]["note"]
     told = [m for m in smtp_inbox.to(people["kevin"]["email"]) if ref["id"] in m.get_content()]
@@ -240,10 +182,10 @@ async def test_no_rule_matches_fallback_queue_and_managers_told(api: Api, smtp_i
 
 async def test_same_idempotency_key_makes_one_referral(api: Api, client: Client) -> None:
     state = territory()
-    people = await staff(api, state)
+    people = await api.staff(state)
     key = f"ref-{uuid.uuid4().hex}"
-    first = await refer(api, people["ryan"], state, idem=key)
-    again = await refer(api, people["ryan"], state, idem=key)
+    first = await api.refer(people["ryan"], state, idem=key)
+    again = await api.refer(people["ryan"], state, idem=key)
     assert again == first
     found = [wf.id async for wf in client.list_workflows(f'WorkflowId = "{first["workflow_id"]}"')]
     assert len(found) == 1
@@ -252,8 +194,8 @@ async def test_same_idempotency_key_makes_one_referral(api: Api, client: Client)
 
 async def test_close_needs_a_reason_and_ends_it(api: Api) -> None:
     state = territory()
-    people = await staff(api, state)
-    ref = await refer(api, people["ryan"], state)
+    people = await api.staff(state)
+    ref = await api.refer(people["ryan"], state)
     bob = people["bob"]
     closed = (
         await api.post(
@@ -267,9 +209,9 @@ async def test_close_needs_a_reason_and_ends_it(api: Api) -> None:
 
 async def test_converting_a_product_without_a_process_is_refused(api: Api) -> None:
     state = territory()
-    people = await staff(api, state)
+    people = await api.staff(state)
     saver = await api.employee(name="Sam", email=f"sam.{state}@bank.example", products=["savings"], states=[state])
-    ref = await refer(api, people["ryan"], state, interest="savings", value=None)
+    ref = await api.refer(people["ryan"], state, interest="savings", value=None)
     assert ref["assignee_id"] == saver["id"]
     await api.post(f"/v1/referrals/{ref['id']}/accept", {"actor_id": saver["id"]}, expect=200)
     r = await api.post(
@@ -282,22 +224,22 @@ async def test_converting_a_product_without_a_process_is_refused(api: Api) -> No
 
 async def test_open_referrals_in_documented_priority_order(api: Api) -> None:
     state = territory()
-    people = await staff(api, state)
+    people = await api.staff(state)
     bob = people["bob"]
     # Referrers with different track records give different referrer scores.
     good = await api.employee(
         role="advisor", lob="wealth", name="Good", email=f"good.{state}@bank.example", products=[], states=[state]
     )
     for i in range(3):
-        done = await refer(api, good, state, name=f"Won {i}")
+        done = await api.refer(good, state, name=f"Won {i}")
         await api.post(f"/v1/referrals/{done['id']}/accept", {"actor_id": bob["id"]}, expect=200)
         await api.post(
             f"/v1/referrals/{done['id']}/convert",
             {"actor_id": bob["id"], "need": {"kind": "buy_home", "description": "A home"}},
             expect=200,
         )
-    low = await refer(api, people["ryan"], state, name="From Ryan")
-    high = await refer(api, good, state, name="From Good")
+    low = await api.refer(people["ryan"], state, name="From Ryan")
+    high = await api.refer(good, state, name="From Good")
 
     items = (await api.get(f"/v1/employees/{bob['id']}/referrals")).json()["items"]
     assert [r["id"] for r in items] == [high["id"], low["id"]]

@@ -16,7 +16,7 @@ from temporalio.client import Client, WorkflowHistory
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.worker import Replayer
 
-from tests.conftest import Api
+from tests.helpers import Api
 from tests.journeys import (
     checking_to_opened,
     mortgage_to_closed_won,

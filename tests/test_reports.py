@@ -19,8 +19,7 @@ from sqlalchemy.orm import Session
 from store.db import make_sync_engine
 from store.models import Referral
 from store.reports import AGE_BANDS, BAND_NAMES, TOP_AGE_BAND, age_band
-from tests.conftest import Api
-from tests.test_referrals import refer, staff, territory
+from tests.helpers import Api, territory
 
 REFERRERS = "/v1/reports/referrers"
 PIPELINE = "/v1/reports/pipeline"
@@ -96,7 +95,7 @@ async def decide(api: Api, ref: dict, actor: dict, *, convert: bool) -> None:
 
 async def test_referrer_rows_counts_score_and_order(api: Api) -> None:
     state = territory()
-    people = await staff(api, state)
+    people = await api.staff(state)
     ryan, bob, kevin = people["ryan"], people["bob"], people["kevin"]
     good = await api.employee(
         role="advisor",
@@ -109,15 +108,15 @@ async def test_referrer_rows_counts_score_and_order(api: Api) -> None:
     before = await referrers(api)
 
     # Good (wealth): 2 converted and 1 closed of 4, all to Bob (mortgage): every one cross-LOB.
-    made = [await refer(api, good, state, name=f"Prospect {i}") for i in range(4)]
+    made = [await api.refer(good, state, name=f"Prospect {i}") for i in range(4)]
     await decide(api, made[0], bob, convert=True)
     await decide(api, made[1], bob, convert=True)
     await decide(api, made[2], bob, convert=False)
     # Kevin (mortgage) -> Bob (mortgage): same line of business; closed, none converted.
-    await decide(api, await refer(api, kevin, state, name="From Kevin"), bob, convert=False)
+    await decide(api, await api.refer(kevin, state, name="From Kevin"), bob, convert=False)
     # Ryan (wealth): one to Bob (cross-LOB), one nobody sells here (unassigned: not cross-LOB).
-    await refer(api, ryan, state, name="From Ryan")
-    await refer(api, ryan, state, name="Insured", interest="insurance")
+    await api.refer(ryan, state, name="From Ryan")
+    await api.refer(ryan, state, name="Insured", interest="insurance")
 
     report = await referrers(api)
     assert report["window_days"] == 90  # settings.referrer_window_days
@@ -162,7 +161,7 @@ async def test_referrer_rows_counts_score_and_order(api: Api) -> None:
 
 async def test_window_days_leaves_older_referrals_out(api: Api, db: Engine) -> None:
     state = territory()
-    people = await staff(api, state)
+    people = await api.staff(state)
     partner = f"partner-{state}"
     dormant = f"dormant-{state}"
     # Made and converted long ago, then a new (open) one through the API.
@@ -221,15 +220,15 @@ def _cells(report: dict) -> dict[tuple[str, str], int]:
 
 async def test_pipeline_referrals_by_status_and_age(api: Api, db: Engine) -> None:
     state = territory()
-    people = await staff(api, state)
+    people = await api.staff(state)
     ryan, bob = people["ryan"], people["bob"]
     before = (await api.get(PIPELINE)).json()["referrals"]
 
-    await refer(api, ryan, state, name="Assigned")
-    accepted = await refer(api, ryan, state, name="Accepted")
+    await api.refer(ryan, state, name="Assigned")
+    accepted = await api.refer(ryan, state, name="Accepted")
     await api.post(f"/v1/referrals/{accepted['id']}/accept", {"actor_id": bob["id"]}, expect=200)
-    await decide(api, await refer(api, ryan, state, name="Closed"), bob, convert=False)
-    await refer(api, ryan, state, name="Queued", interest="insurance")  # nobody sells it: unassigned
+    await decide(api, await api.refer(ryan, state, name="Closed"), bob, convert=False)
+    await api.refer(ryan, state, name="Queued", interest="insurance")  # nobody sells it: unassigned
     waiting = ("partner", f"old-{state}")
     minutes = timedelta(minutes=5)
     insert_referral(db, referrer=waiting, created_ago=timedelta(days=1) + minutes)  # 1-7d

@@ -12,7 +12,7 @@ from temporalio.client import Client
 
 from api.app import create_app
 from config import Settings
-from tests.conftest import Api
+from tests.helpers import Api
 from worker import build_worker
 
 

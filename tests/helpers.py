@@ -1,0 +1,299 @@
+"""What the tests share: the HTTP API wrapper, deadlines and polling, the error shape,
+staff and territories, and a mortgage brought up to Approved.
+
+Fixtures live in conftest.py; whole journeys (the ones the replay corpus records) in
+journeys.py. No test module imports another test module: what two tests share is here.
+
+Every wait has a deadline. A regression that leaves a workflow waiting must fail the
+test in seconds with a message saying what never happened, not hang CI.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email
+import email.message
+import email.policy
+import uuid
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+import httpx
+from sqlalchemy import Engine, func, select
+
+T = TypeVar("T")
+
+#: The longest a single HTTP call, update, query or result may take in a test.
+DEADLINE = 15.0
+
+
+async def within(aw: Awaitable[T], what: str, seconds: float = DEADLINE) -> T:
+    """`await aw`, failing the test (not hanging it) when it takes longer than `seconds`."""
+    try:
+        return await asyncio.wait_for(aw, seconds)
+    except TimeoutError:
+        raise AssertionError(f"{what}: no answer within {seconds:g} s") from None
+
+
+async def until(check: Callable[[], Awaitable[T]], what: str, seconds: float = DEADLINE, interval: float = 0.05) -> T:
+    """Poll `check()` until it returns something truthy and return that; fail naming `what`
+    when it has not happened within `seconds` (visibility, mail, a timer's effect)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + seconds
+    while True:
+        value = await check()
+        if value:
+            return value
+        if loop.time() > deadline:
+            raise AssertionError(f"{what}: not within {seconds:g} s (last seen: {value!r})")
+        await asyncio.sleep(interval)
+
+
+def count(db: Engine, model: Any, *where: Any) -> int:
+    """Rows of `model` matching `where`: what a test checks was, or was not, written."""
+    with db.connect() as conn:
+        return conn.scalar(select(func.count()).select_from(model).where(*where)) or 0
+
+
+def unique(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:10]}"
+
+
+def territory() -> str:
+    """A state of its own for each test, so other tests' employees are never candidates."""
+    return f"S-{uuid.uuid4().hex[:6]}"
+
+
+# ---------------------------------------------------------------- the error shape
+
+
+def assert_error(r: httpx.Response, status: int, code: str) -> dict:
+    """The one error shape: {"error": {"code", "message", "details"}}."""
+    assert r.status_code == status, f"expected {status} {code}, got {r.status_code} {r.text}"
+    body = r.json()
+    assert set(body) == {"error"} and body["error"]["code"] == code, body
+    assert set(body["error"]) == {"code", "message", "details"}, body
+    assert isinstance(body["error"]["message"], str) and body["error"]["message"], body
+    assert isinstance(body["error"]["details"], dict), body
+    return body["error"]
+
+
+def named_fields(err: dict) -> set[str]:
+    """The dotted field paths a 422's details name: `details.field`, or the `field` of
+    each of `details.errors`."""
+    details = err["details"]
+    fields = {details["field"]} if isinstance(details.get("field"), str) else set()
+    fields |= {e["field"] for e in details.get("errors", []) if isinstance(e, dict) and "field" in e}
+    return fields
+
+
+def assert_validation_error(r: httpx.Response, field: str | None = None) -> dict:
+    """A 422 `validation_error`; with `field`, one that names exactly that field (or a
+    field inside it) in its details — never a match on the message's wording."""
+    err = assert_error(r, 422, "validation_error")
+    if field is not None:
+        fields = named_fields(err)
+        assert any(f == field or f.startswith(field + ".") for f in fields), f"the 422 does not name {field!r}: {err}"
+    return err
+
+
+# ---------------------------------------------------------------- mail
+
+
+class Inbox:
+    """A real SMTP server's mailbox: what needflow's e-mails look like on arrival."""
+
+    def __init__(self) -> None:
+        self.messages: list[email.message.EmailMessage] = []
+        self.url = ""
+
+    async def handle_DATA(self, server: object, session: object, envelope: Any) -> str:  # noqa: N802 (aiosmtpd's name)
+        self.messages.append(email.message_from_bytes(envelope.content, policy=email.policy.default))
+        return "250 OK"
+
+    def to(self, address: str) -> list[email.message.EmailMessage]:
+        return [m for m in self.messages if m["To"] == address]
+
+    def about(self, address: str, subject_part: str, subject_part_2: str = "") -> list[email.message.EmailMessage]:
+        """Messages to `address` whose subject holds both parts (e.g. a kind and an id)."""
+        return [m for m in self.to(address) if subject_part in m["Subject"] and subject_part_2 in m["Subject"]]
+
+
+# ---------------------------------------------------------------- the HTTP API
+
+
+class Api:
+    """A thin, readable wrapper over the HTTP API for tests; every call has a deadline."""
+
+    def __init__(self, http: httpx.AsyncClient, key: str) -> None:
+        self.http = http
+        self.key = key
+
+    def headers(self, key: str | None = None, idempotency_key: str | None = None) -> dict[str, str]:
+        h = {"Authorization": f"Bearer {key or self.key}"}
+        if idempotency_key:
+            h["Idempotency-Key"] = idempotency_key
+        return h
+
+    async def request(self, method: str, path: str, **kw: Any) -> httpx.Response:
+        """Any request, with the test deadline (the in-process transport ignores httpx's)."""
+        return await within(self.http.request(method, path, **kw), f"{method} {path}")
+
+    async def post(
+        self, path: str, body: Any = None, *, key: str | None = None, idem: str | None = None, expect: int | None = None
+    ) -> httpx.Response:
+        r = await self.request("POST", path, json=body, headers=self.headers(key, idem))
+        if expect is not None:
+            assert r.status_code == expect, f"POST {path} -> {r.status_code} {r.text}"
+        return r
+
+    async def get(self, path: str, *, key: str | None = None, expect: int | None = 200) -> httpx.Response:
+        r = await self.request("GET", path, headers=self.headers(key))
+        if expect is not None:
+            assert r.status_code == expect, f"GET {path} -> {r.status_code} {r.text}"
+        return r
+
+    async def employee(self, role: str = "mortgage_broker", lob: str = "mortgage", **kw: Any) -> dict:
+        body = {
+            "name": kw.pop("name", "Dan Banker"),
+            "email": kw.pop("email", "dan@bank.example"),
+            "role": role,
+            "line_of_business": lob,
+            "products": kw.pop("products", ["mortgage"]),
+            "cities": [],
+            "states": [],
+            "capacity": 20,
+            **kw,
+        }
+        return (await self.post("/v1/employees", body, expect=201)).json()
+
+    async def customer_with_need(self, recorded_by: str, name: str = "Rachel Adams") -> tuple[dict, dict]:
+        customer = (
+            await self.post(
+                "/v1/customers",
+                {
+                    "name": name,
+                    "email": "rachel@example.com",
+                    "phone": "+12125550100",
+                    "city": "New York",
+                    "state": "NY",
+                },
+                expect=201,
+            )
+        ).json()
+        need = (
+            await self.post(
+                f"/v1/customers/{customer['id']}/needs",
+                {"kind": "buy_home", "description": "Buy a home in New York", "recorded_by": recorded_by},
+                expect=201,
+            )
+        ).json()
+        return customer, need
+
+    async def opportunity(
+        self, product: str = "mortgage", amount: str | None = "500000.00", owner: dict | None = None
+    ) -> dict:
+        owner = owner or await self.employee()
+        customer, need = await self.customer_with_need(owner["id"])
+        body = {"customer_id": customer["id"], "product": product, "owner_id": owner["id"], "need_id": need["id"]}
+        if amount:
+            body["amount"] = amount
+        return (await self.post("/v1/opportunities", body, expect=201)).json()
+
+    async def advance(self, opp: dict, to_stage: str, evidence: dict, actor_id: str | None = None) -> dict:
+        body = {"actor_id": actor_id or opp["owner_id"], "to_stage": to_stage, "evidence": evidence}
+        return (await self.post(f"/v1/opportunities/{opp['id']}/advance", body, expect=200)).json()
+
+    async def event(
+        self, type_: str, opportunity_id: str, data: dict, *, event_id: str | None = None, expect: int | None = 202
+    ) -> httpx.Response:
+        body = {
+            "id": event_id or f"evt-{uuid.uuid4().hex}",
+            "type": type_,
+            "occurred_at": "2026-11-25T10:00:00+00:00",
+            "opportunity_id": opportunity_id,
+            "data": data,
+        }
+        return await self.post("/v1/events", body, expect=expect)
+
+    async def sign(self, signing_url: str, full_name: str = "Rachel Adams", **form: str) -> httpx.Response:
+        path = httpx.URL(signing_url).path
+        return await self.request("POST", path, data={"full_name": full_name, "agree": "yes", **form})
+
+    async def mortgage_to_approved(self, owner: dict | None = None) -> dict:
+        """A mortgage brought to Approved (the signature requested): searching with a
+        realtor, the application submitted, then approved. Returns the opportunity."""
+        opp = await self.opportunity(owner=owner)
+        await self.advance(opp, "searching", {"realtor": "Jane Realty"})
+        await self.event("mortgage.application_submitted", opp["id"], {"application_id": "APP-9"})
+        r = await self.event("mortgage.application_approved", opp["id"], {"approval_id": "APR-9"})
+        return r.json()["opportunity"]
+
+    # ------------------------------------------------------------ referrals
+
+    async def staff(self, state: str, city: str = "San Francisco") -> dict[str, dict]:
+        """Kiara's bank in one state (seed 003): Kevin the manager, Ryan the wealth advisor
+        who refers, Bob the mortgage broker in Ryan's city who reports to Kevin."""
+        kevin = await self.employee(
+            role="manager",
+            lob="mortgage",
+            name="Kevin",
+            email=f"kevin.{state}@bank.example",
+            products=[],
+            states=[state],
+        )
+        ryan = await self.employee(
+            role="advisor",
+            lob="wealth",
+            name="Ryan",
+            email=f"ryan.{state}@bank.example",
+            products=["wealth"],
+            states=[state],
+            cities=[city],
+        )
+        bob = await self.employee(
+            name="Bob",
+            email=f"bob.{state}@bank.example",
+            products=["mortgage"],
+            states=[state],
+            cities=[city],
+            manager_id=kevin["id"],
+        )
+        return {"kevin": kevin, "ryan": ryan, "bob": bob}
+
+    async def refer(
+        self,
+        referrer: dict,
+        state: str,
+        *,
+        city: str = "San Francisco",
+        value: str | None = "500000.00",
+        name: str = "Kiara Jones",
+        interest: str = "mortgage",
+        idem: str | None = None,
+        customer_id: str | None = None,
+    ) -> dict:
+        """A referral of a prospect (Kiara, by default) or, with `customer_id`, of an
+        existing customer; answers once it is routed."""
+        body: dict[str, Any] = {
+            "referrer": {"type": "employee", "id": referrer["id"]},
+            "expressed_interest": interest,
+            "notes": "Wants to buy her first home",
+        }
+        if customer_id:
+            body["customer_id"] = customer_id
+        else:
+            body["prospect"] = {
+                "name": name,
+                "phone": "+14155550123",
+                "email": "kiara@example.com",
+                "employer": "Acme",
+                "city": city,
+                "state": state,
+            }
+        if value:
+            body["value"] = value
+        return (await self.post("/v1/referrals", body, idem=idem, expect=201)).json()
+
+    async def referral(self, referral_id: str) -> dict:
+        return (await self.get(f"/v1/referrals/{referral_id}")).json()
