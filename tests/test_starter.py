@@ -26,13 +26,13 @@ import httpx
 import pytest
 import uvicorn
 from temporalio.client import Client
-from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
 
 import starter
 from api.app import create_app
 from config import Settings
 from worker import build_worker
+from workflows.client import DATA_CONVERTER
 
 MORTGAGE_STAGES = ["interested", "searching", "applied", "approved", "closed_won"]
 
@@ -60,9 +60,7 @@ class LiveStack:
             self.error = exc
 
     async def _serve(self) -> None:
-        client = await Client.connect(
-            self.temporal_address, namespace=self.namespace, data_converter=pydantic_data_converter
-        )
+        client = await Client.connect(self.temporal_address, namespace=self.namespace, data_converter=DATA_CONVERTER)
         app = create_app(self.settings, client=client, task_queue=self.task_queue)
         self.server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on"))
         async with build_worker(client, self.settings, self.task_queue):
