@@ -172,7 +172,9 @@ def check_actor(state: OpportunityState, actor: Actor) -> None:
 
 
 def _missing(stage: Stage, supplied: dict[str, Any]) -> list[str]:
-    return [k for k in stage.evidence if supplied.get(k) in (None, "")]
+    """The stage's evidence fields not supplied; blank text counts as not supplied (as a
+    blank reason does), so "   " is no realtor."""
+    return [k for k in stage.evidence if supplied.get(k) is None or str(supplied[k]).strip() == ""]
 
 
 def check_advance(process: ProcessDefinition, state: OpportunityState, cmd: AdvanceCommand) -> Stage:

@@ -189,9 +189,9 @@ def check_convert(state: ReferralState, cmd: ConvertCommand, product: Product, v
             f"only an accepted referral can be converted; it is {state.status}", status=state.status
         )
     _check_actor(state, cmd.actor)
-    process = check_opening(cmd.process, product, cmd.amount if cmd.amount is not None else value)
-    if process.product != product:
-        raise TransitionRefused(f"the process given is for {process.product.value}, not {product.value}")
+    if cmd.process is not None and cmd.process.product != product:
+        raise TransitionRefused(f"the process given is for {cmd.process.product.value}, not {product.value}")
+    check_opening(cmd.process, product, cmd.amount if cmd.amount is not None else value)
 
 
 def check_close(state: ReferralState, cmd: CloseCommand) -> None:

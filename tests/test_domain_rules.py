@@ -12,9 +12,6 @@ the loader the service uses.
 `TransitionRefused` has no code of its own (the code is always `invalid_transition`): a
 refusal is told apart by its `details` (which stage, which evidence is missing, which
 status, which actor) and its message, both compared exactly.
-
-A test marked `xfail(strict=True)` shows a rule that does not do what its documentation
-says; it turns into a failure the day the rule is fixed, so the mark goes with the fix.
 """
 
 from __future__ import annotations
@@ -368,11 +365,6 @@ def test_advance_into_the_next_manual_stage_with_its_evidence(
     assert check_advance(process, opportunity(process, stage), cmd) == process.stage(entered)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="_missing() counts only None and '' as missing: whitespace-only evidence passes, while "
-    "blank reasons are refused (close-lost, reject, close) and the API does not strip evidence values",
-)
 def test_blank_evidence_is_missing_evidence() -> None:
     state = opportunity(MORTGAGE, "interested")
     assert refusal(check_advance, MORTGAGE, state, advance("searching", realtor="   ")) == (
@@ -1068,12 +1060,6 @@ def test_convert_an_accepted_referral(cmd: ConvertCommand, product: Product, val
     assert check_convert(referral("accepted"), cmd, product, value) is None
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="check_convert checks the amount against the referral's product before checking that the "
-    "process is that product's: a mortgage process for a checking referral is refused as "
-    "'a checking opportunity needs the desired amount' (field amount), which checking does not",
-)
 def test_a_mismatched_process_is_refused_as_a_mismatch() -> None:
     cmd = convert(process=MORTGAGE)
     assert refusal(check_convert, referral("accepted"), cmd, Product.checking, None) == (
