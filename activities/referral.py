@@ -19,6 +19,7 @@ from temporalio import activity
 
 from activities.mail import Mailer
 from domain import records
+from domain.ids import referral_customer_id, referral_household_id, referral_need_id
 from domain.opportunity import OpportunityInput
 from domain.referral import OPEN_STATUSES, WORKING_STATUSES, HistoryEntry, Routed
 from domain.routing import Candidate, RoutingDecision, place_key, reachable, route
@@ -39,14 +40,6 @@ from store.queries import referrer_tallies, score_from_tallies
 from workflows.starts import Starts
 
 TOTAL = "*"
-
-
-def referral_customer_id(referral_id: str) -> str:
-    return f"cus_{referral_id}"
-
-
-def referral_need_id(referral_id: str) -> str:
-    return f"need_{referral_id}"
 
 
 async def learn(session: AsyncSession, features: dict[str, str], won: bool) -> None:
@@ -374,7 +367,7 @@ class ReferralActivities:
                 customer_id = referral_customer_id(row.id)
                 if await session.get(Customer, customer_id) is None:
                     p = row.prospect or {}
-                    household_id = f"hh_{row.id}"
+                    household_id = referral_household_id(row.id)
                     session.add(Household(id=household_id, name=f"{p.get('name', 'Prospect')} household"))
                     await session.flush()
                     session.add(

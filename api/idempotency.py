@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -26,19 +25,9 @@ from api.deps import Principal, Services
 from api.errors import ApiError
 from store.models import IdempotencyRecord
 
-_NAMESPACE = uuid.UUID("6f1c1d3e-5d0b-4b8e-9a57-0d7c8f7d2a11")
 _IN_PROGRESS = 0
 #: How long a repeat waits for the first request's answer before it gives up (409).
 WAIT_FOR_FIRST_SECONDS = 60.0
-
-
-def derived_id(principal: Principal, key: str, prefix: str) -> str:
-    """A stable resource id for a keyed create: the same key always names the same thing."""
-    return f"{prefix}{uuid.uuid5(_NAMESPACE, f'{principal.id}:{key}').hex}"
-
-
-def update_id(principal: Principal, key: str | None) -> str | None:
-    return f"{principal.id}:{key}" if key else None
 
 
 def _conflict(key: str) -> ApiError:

@@ -14,8 +14,8 @@ from temporalio.service import RPCError, RPCStatusCode
 
 from api.deps import Services
 from api.errors import ApiError, invalid_transition
+from domain.ids import opportunity_workflow_id
 from workflows.common import INVALID_TRANSITION
-from workflows.opportunity import workflow_id
 
 
 def _as_api_error(exc: Exception, closed_message: str) -> ApiError | None:
@@ -56,7 +56,7 @@ async def update_opportunity(
 ) -> Any:
     return await run_update(
         svc,
-        workflow_id(opportunity_id),
+        opportunity_workflow_id(opportunity_id),
         update,
         arg,
         update_id=update_id,

@@ -28,6 +28,7 @@ from temporalio import workflow
 
 with workflow.unsafe.imports_passed_through():
     from domain import records
+    from domain.ids import consent_id
     from domain.opportunity import (
         CLOSED_LOST_STAGE,
         AdvanceCommand,
@@ -52,10 +53,6 @@ with workflow.unsafe.imports_passed_through():
     from domain.types import ConsentChannel, OpportunityStatus, Trigger
     from workflows import SA_CUSTOMER_ID, SA_OPPORTUNITY_STATUS, SA_OWNER_ID, SA_PRODUCT, SA_STAGE
     from workflows.common import Console, record, validate
-
-
-def workflow_id(opportunity_id: str) -> str:
-    return f"opportunity-{opportunity_id}"
 
 
 @workflow.defn
@@ -256,7 +253,7 @@ class OpportunityWorkflow:
         self, channel: ConsentChannel, evidence: dict[str, Any], granted_at: Any = None
     ) -> records.ConsentRecord:
         return records.ConsentRecord(
-            consent_id=f"{self.state.opportunity_id}-consent-{len(self.state.checkpoints) + 1}",
+            consent_id=consent_id(self.state.opportunity_id, len(self.state.checkpoints) + 1),
             customer_id=self.state.customer_id,
             product=self.state.product,
             channel=channel,

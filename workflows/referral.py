@@ -25,6 +25,7 @@ from temporalio import workflow
 
 with workflow.unsafe.imports_passed_through():
     from domain import records
+    from domain.ids import referral_opportunity_id
     from domain.opportunity import OpportunityInput
     from domain.referral import (
         AcceptCommand,
@@ -49,15 +50,6 @@ with workflow.unsafe.imports_passed_through():
     from workflows.timers import RearmableTimer
 
 SYSTEM = "needflow"
-
-
-def workflow_id(referral_id: str) -> str:
-    return f"referral-{referral_id}"
-
-
-def opportunity_id_for(referral_id: str) -> str:
-    """The opportunity a referral converts into: one per referral, whatever retries."""
-    return f"opp_{referral_id.removeprefix('ref_')}"
 
 
 @workflow.defn
@@ -167,7 +159,7 @@ class ReferralWorkflow:
                 ),
                 records.Conversion,
             )
-            opportunity_id = opportunity_id_for(self.input.referral_id)
+            opportunity_id = referral_opportunity_id(self.input.referral_id)
             owner = self.state.assignee_id or cmd.actor.id
             await record(
                 records.START_OPPORTUNITY,

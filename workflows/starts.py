@@ -11,6 +11,7 @@ from temporalio.client import Client, WithStartWorkflowOperation
 from temporalio.common import SearchAttributePair, TypedSearchAttributes, WorkflowIDConflictPolicy
 from temporalio.exceptions import WorkflowAlreadyStartedError
 
+from domain.ids import opportunity_workflow_id, referral_workflow_id
 from domain.opportunity import OpportunityInput, OpportunityState
 from domain.referral import ReferralInput, ReferralState
 from workflows import (
@@ -52,7 +53,7 @@ class Starts:
         start = WithStartWorkflowOperation(
             opportunity.OpportunityWorkflow.run,
             wf_input,
-            id=opportunity.workflow_id(wf_input.opportunity_id),
+            id=opportunity_workflow_id(wf_input.opportunity_id),
             task_queue=self.task_queue,
             id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
             search_attributes=self._attributes(
@@ -82,7 +83,7 @@ class Starts:
         start = WithStartWorkflowOperation(
             referral.ReferralWorkflow.run,
             ref,
-            id=referral.workflow_id(ref.referral_id),
+            id=referral_workflow_id(ref.referral_id),
             task_queue=self.task_queue,
             id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
             search_attributes=self._attributes(

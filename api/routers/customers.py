@@ -9,7 +9,6 @@ from fastapi import APIRouter, Request
 from api.deps import CrmWriter, IdempotencyKey, ReportReader, ServicesDep
 from api.errors import invalid, not_found
 from api.idempotency import idempotent
-from api.ids import new_id
 from api.routers.referrals import referral_context
 from api.schemas import (
     CustomerCreate,
@@ -21,6 +20,7 @@ from api.schemas import (
     NeedOut,
 )
 from api.views import customer_out, interaction_out, journey_out, need_out
+from domain.ids import resource_id
 from store.models import Customer, Employee, Household, Interaction, Need
 from store.queries import customer_journey, referral_records
 
@@ -38,11 +38,13 @@ async def create_customer(
                     raise invalid(f"no household {body.household_id!r}", field="household_id")
                 household_id = body.household_id
             else:
-                household_id = new_id("hh", who, key)
+                household_id = resource_id("hh", who.id, key)
                 session.add(Household(id=household_id, name=f"{body.name} household"))
                 await session.flush()
             customer = Customer(
-                id=new_id("cus", who, key), household_id=household_id, **body.model_dump(exclude={"household_id"})
+                id=resource_id("cus", who.id, key),
+                household_id=household_id,
+                **body.model_dump(exclude={"household_id"}),
             )
             session.add(customer)
         return customer_out(customer)
@@ -70,7 +72,10 @@ async def record_need(
             if await session.get(Employee, body.recorded_by) is None:
                 raise invalid(f"no employee {body.recorded_by!r}", field="recorded_by")
             need = Need(
-                id=new_id("need", who, key), customer_id=customer_id, recorded_at=datetime.now(UTC), **body.model_dump()
+                id=resource_id("need", who.id, key),
+                customer_id=customer_id,
+                recorded_at=datetime.now(UTC),
+                **body.model_dump(),
             )
             session.add(need)
         return need_out(need)
@@ -95,7 +100,7 @@ async def log_interaction(
                 raise invalid(f"no employee {body.employee_id!r}", field="employee_id")
             now = datetime.now(UTC)
             interaction = Interaction(
-                id=new_id("int", who, key),
+                id=resource_id("int", who.id, key),
                 customer_id=customer_id,
                 channel=body.channel.value,
                 employee_id=body.employee_id,

@@ -7,9 +7,9 @@ from fastapi import APIRouter, Request
 from api.deps import CrmWriter, IdempotencyKey, ServicesDep
 from api.errors import ApiError, invalid
 from api.idempotency import idempotent
-from api.ids import new_id
 from api.schemas import EmployeeCreate, EmployeeOut
 from api.views import employee_out
+from domain.ids import resource_id
 from store.models import Employee
 
 router = APIRouter(prefix="/v1/employees", tags=["employees"])
@@ -21,7 +21,7 @@ async def create_employee(
 ):
     async def create() -> EmployeeOut:
         async with svc.sessions.begin() as session:
-            employee_id = body.id or new_id("emp", who, key)
+            employee_id = body.id or resource_id("emp", who.id, key)
             if await session.get(Employee, employee_id) is not None:
                 raise ApiError(409, "conflict", f"employee {employee_id!r} exists already", {"id": employee_id})
             if body.manager_id and await session.get(Employee, body.manager_id) is None:

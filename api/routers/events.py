@@ -19,6 +19,7 @@ from api.errors import ApiError, invalid, not_found
 from api.routers.opportunities import read_opportunity
 from api.schemas import EVENT_DATA, EventIn, EventOut
 from api.workflows import update_opportunity
+from domain.ids import event_update_id
 from domain.opportunity import EventCommand, EventResult, event_body_sha256
 from store.models import Customer, CustomerSignal, Opportunity, ProcessedEvent
 from workflows.opportunity import OpportunityWorkflow
@@ -57,7 +58,7 @@ async def receive_event(body: EventIn, svc: ServicesDep, who: EventWriter):
             raise not_found("opportunity", subject)
     cmd = EventCommand(event_id=body.id, type=body.type, occurred_at=body.occurred_at, data=data, source=who.name)
     result: EventResult = await update_opportunity(
-        svc, subject, OpportunityWorkflow.apply_event, cmd, update_id=f"event:{body.id}", result_type=EventResult
+        svc, subject, OpportunityWorkflow.apply_event, cmd, update_id=event_update_id(body.id), result_type=EventResult
     )
     return _accepted(EventOut(id=body.id, result=result.result, opportunity=await read_opportunity(svc, subject)))
 

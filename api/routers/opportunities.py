@@ -12,11 +12,11 @@ from fastapi import APIRouter, Request
 from api.actors import resolve_actor
 from api.deps import CrmWriter, IdempotencyKey, Services, ServicesDep
 from api.errors import invalid, not_found
-from api.idempotency import idempotent, update_id
-from api.ids import new_id
+from api.idempotency import idempotent
 from api.schemas import ActorOnly, Advance, CloseLost, OpportunityCreate, OpportunityOut
 from api.views import opportunity_out
 from api.workflows import update_opportunity
+from domain.ids import keyed_update_id, resource_id
 from domain.opportunity import (
     Actor,
     AdvanceCommand,
@@ -75,7 +75,7 @@ async def open_opportunity(
             owner = await session.get(Employee, body.owner_id)
             if owner is None:
                 raise invalid(f"no employee {body.owner_id!r}", field="owner_id")
-        opportunity_id = new_id("opp", who, key)
+        opportunity_id = resource_id("opp", who.id, key)
         wf_input = OpportunityInput(
             opportunity_id=opportunity_id,
             customer_id=customer.id,
@@ -111,7 +111,7 @@ async def advance(
             opportunity_id,
             OpportunityWorkflow.advance,
             cmd,
-            update_id=update_id(who, key),
+            update_id=keyed_update_id(who.id, key),
             result_type=OpportunityState,
         )
         return await read_opportunity(svc, opportunity_id)
@@ -130,7 +130,7 @@ async def close_lost(
             opportunity_id,
             OpportunityWorkflow.close_lost,
             CloseLostCommand(actor=actor, reason=body.reason),
-            update_id=update_id(who, key),
+            update_id=keyed_update_id(who.id, key),
             result_type=OpportunityState,
         )
         return await read_opportunity(svc, opportunity_id)
@@ -149,7 +149,7 @@ async def resend_signature(
             opportunity_id,
             OpportunityWorkflow.resend_signature,
             ResendSignatureCommand(actor=actor),
-            update_id=update_id(who, key),
+            update_id=keyed_update_id(who.id, key),
             result_type=OpportunityState,
         )
         return await read_opportunity(svc, opportunity_id)

@@ -18,11 +18,11 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from api.actors import resolve_actor
 from api.deps import CrmWriter, IdempotencyKey, Principal, Services, ServicesDep
 from api.errors import invalid, not_found
-from api.idempotency import idempotent, update_id
-from api.ids import new_id
+from api.idempotency import idempotent
 from api.schemas import ActorOnly, CloseReferral, Convert, Reassign, ReferralCreate, ReferralList, ReferralOut, Reject
 from api.views import referral_out
 from api.workflows import run_update
+from domain.ids import keyed_update_id, referral_workflow_id, resource_id
 from domain.opportunity import Actor
 from domain.referral import (
     WORKING_STATUSES,
@@ -41,7 +41,7 @@ from domain.referral import (
 from domain.types import LineOfBusiness, Product
 from store.models import Customer, Employee, Referral
 from store.queries import referral_records
-from workflows.referral import ReferralWorkflow, workflow_id
+from workflows.referral import ReferralWorkflow
 
 router = APIRouter(tags=["referrals"])
 
@@ -89,7 +89,7 @@ async def create_referral(
             else:
                 assert body.prospect is not None
                 city, state = body.prospect.city, body.prospect.state
-        referral_id = new_id("ref", who, key)
+        referral_id = resource_id("ref", who.id, key)
         wf_input = ReferralInput(
             referral_id=referral_id,
             referrer=Referrer(type=body.referrer.type, id=body.referrer.id),
@@ -131,10 +131,10 @@ async def _command(
         cmd = await make(session, row, await resolve_actor(session, actor_id))
     await run_update(
         svc,
-        workflow_id(referral_id),
+        referral_workflow_id(referral_id),
         update,
         cmd,
-        update_id=update_id(who, key),
+        update_id=keyed_update_id(who.id, key),
         result_type=ReferralState,
         closed_message="this referral is converted or closed; nothing more can happen to it",
     )
