@@ -1,31 +1,52 @@
 """Determinism: saved histories of finished workflows replay against the current code.
 
-The histories in tests/histories/ were recorded from real runs. A change to workflow
-code that would break running workflows makes these fail; such a change needs
-`workflow.patched` (or a new workflow type), not new histories. To record histories of
-the current code (after adding a journey, say): NEEDFLOW_RECORD_HISTORIES=1 make test.
+tests/histories/ holds one history per path a workflow can take, recorded from real
+runs: won by signature (mortgage, insurance, wealth), declined then resent, opened by
+SMS consent, closed lost by hand and by a backend event; converted, rejected and
+reassigned, lapsed (the acceptance timer fired), escalated (the follow-up timers fired).
+A change to workflow code that would break a running workflow makes these fail: such a
+change needs `workflow.patched` (or a new workflow type), never a re-recorded history.
+
+Recording only ever adds: `NEEDFLOW_RECORD_HISTORIES=1 make test PYTEST_ARGS='-k fresh'`
+writes the history of a journey that has no file yet and leaves every saved one alone —
+the old ones are the point. To record a new path, add its journey below.
 """
 
 from __future__ import annotations
 
+import asyncio
 import os
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+import pytest_asyncio
 from temporalio.client import Client, WorkflowHistory
 from temporalio.worker import Replayer
 
-from tests.helpers import Api
-from tests.journeys import (
-    checking_to_opened,
-    mortgage_to_closed_won,
-    referral_converted,
-    referral_rejected_reassigned_closed,
-)
+from config import Settings
+from tests import journeys
+from tests.conftest import serve_app
+from tests.helpers import Api, Inbox, within
 from worker import WORKFLOWS
 from workflows.client import DATA_CONVERTER
 
 HISTORIES = Path(__file__).parent / "histories"
+
+#: Every path the corpus must keep (a file per name in tests/histories/).
+PATHS = [
+    "mortgage-closed-won",
+    "mortgage-declined-resent-won",
+    "mortgage-closed-lost-by-owner",
+    "mortgage-lost-by-event",
+    "insurance-closed-won",
+    "wealth-closed-won",
+    "checking-opened",
+    "referral-converted",
+    "referral-rejected-reassigned-closed",
+    "referral-lapsed-closed",
+    "referral-escalated-closed",
+]
 
 
 def _replayer() -> Replayer:
@@ -35,32 +56,45 @@ def _replayer() -> Replayer:
 @pytest.mark.parametrize("path", sorted(HISTORIES.glob("*.json")), ids=lambda p: p.stem)
 async def test_saved_history_replays(path: Path) -> None:
     history = WorkflowHistory.from_json(path.stem, path.read_text())  # noqa: ASYNC240 (a small local file)
-    await _replayer().replay_workflow(history)
+    await within(_replayer().replay_workflow(history), f"replaying {path.name}", seconds=30)
 
 
-def test_histories_are_saved() -> None:
-    names = {p.stem for p in HISTORIES.glob("*.json")}
-    assert {
-        "mortgage-closed-won",
-        "mortgage-declined-resent-won",
-        "checking-opened",
-        "referral-converted",
-        "referral-rejected-reassigned-closed",
-    } <= names
+def test_every_path_has_a_saved_history() -> None:
+    assert sorted(p.stem for p in HISTORIES.glob("*.json")) == sorted(PATHS)
 
 
-async def test_fresh_journeys_replay(api: Api, client: Client) -> None:
-    journeys = {
-        "mortgage-closed-won": await mortgage_to_closed_won(api),
-        "mortgage-declined-resent-won": await mortgage_to_closed_won(api, decline_first=True),
-        "checking-opened": await checking_to_opened(api),
-        "referral-converted": await referral_converted(api),
-        "referral-rejected-reassigned-closed": await referral_rejected_reassigned_closed(api),
+@pytest_asyncio.fixture
+async def fast_api(client: Client, settings: Settings, task_queue: str, worker: None, api: Api) -> AsyncIterator[Api]:
+    """The API with SLAs short enough for their timers to fire during the test (the
+    session's worker serves them: SLAs travel in the workflow's input)."""
+    fast = settings.model_copy(update={"referral_accept_sla": 0.3, "referral_followup_sla": 0.3})
+    async with serve_app(fast, client, task_queue) as http:
+        yield Api(http, api.key)
+
+
+async def test_fresh_journeys_replay(api: Api, fast_api: Api, client: Client, smtp_inbox: Inbox) -> None:
+    runs = {
+        "mortgage-closed-won": journeys.mortgage_to_closed_won(api),
+        "mortgage-declined-resent-won": journeys.mortgage_to_closed_won(api, decline_first=True),
+        "mortgage-closed-lost-by-owner": journeys.mortgage_closed_lost_by_owner(api),
+        "mortgage-lost-by-event": journeys.mortgage_lost_by_event(api),
+        "insurance-closed-won": journeys.proposal_to_closed_won(api, "insurance"),
+        "wealth-closed-won": journeys.proposal_to_closed_won(api, "wealth"),
+        "checking-opened": journeys.checking_to_opened(api),
+        "referral-converted": journeys.referral_converted(api),
+        "referral-rejected-reassigned-closed": journeys.referral_rejected_reassigned_closed(api),
+        "referral-lapsed-closed": journeys.referral_lapsed_closed(fast_api),
+        "referral-escalated-closed": journeys.referral_escalated_closed(fast_api, smtp_inbox),
     }
-    for name, opp in journeys.items():
-        handle = client.get_workflow_handle(opp["workflow_id"])
-        await handle.result()
-        history = await handle.fetch_history()
-        await _replayer().replay_workflow(history)
-        if os.environ.get("NEEDFLOW_RECORD_HISTORIES"):
-            (HISTORIES / f"{name}.json").write_text(history.to_json())
+    assert sorted(runs) == sorted(PATHS)
+    # Side by side (each journey has its own staff and territory): the timer paths wait.
+    finished = dict(zip(runs, await asyncio.gather(*runs.values()), strict=True))
+    record = bool(os.environ.get("NEEDFLOW_RECORD_HISTORIES"))
+    for name, resource in finished.items():
+        handle = client.get_workflow_handle(resource["workflow_id"])
+        await within(handle.result(), f"the {name} workflow to finish")
+        history = await within(handle.fetch_history(), f"the {name} history")
+        await within(_replayer().replay_workflow(history), f"replaying the fresh {name}", seconds=30)
+        saved = HISTORIES / f"{name}.json"
+        if record and not saved.exists():  # never overwrite: old histories must keep replaying
+            saved.write_text(history.to_json())  # noqa: ASYNC240 (a small local file)
