@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from temporalio import activity
 
@@ -96,6 +96,14 @@ class OpportunityActivities:
                 opp.lost_reason = change.lost_reason
                 if change.status != "open":
                     opp.closed_at = cp.entered_at
+            if change.status == "lost":
+                # A lost opportunity's outstanding signing link dies with it: the customer
+                # can no longer consent to what the bank no longer offers.
+                await session.execute(
+                    update(SignatureRequest)
+                    .where(SignatureRequest.opportunity_id == opp.id, SignatureRequest.status == "sent")
+                    .values(status="voided")
+                )
             if change.consent and await session.get(Consent, change.consent.consent_id) is None:
                 c = change.consent
                 session.add(

@@ -301,6 +301,8 @@ class OpportunityWorkflow:
         self.state.probability = 0
         self.state.status = OpportunityStatus.lost
         self.state.lost_reason = reason
+        if self.state.signature is not None and self.state.signature.status == "sent":
+            self.state.signature.status = "voided"  # its link dies with the opportunity (the store voids it)
         self._publish()
         await workflow.wait_condition(lambda: self._opened)
         async with self._write_lock:
