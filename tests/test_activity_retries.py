@@ -6,20 +6,48 @@ from __future__ import annotations
 import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from pathlib import Path
 
 import pytest_asyncio
 from sqlalchemy import Engine
 from temporalio.client import Client
 
 from activities.mail import Mailer
+from activities.opportunity import OpportunityActivities
 from activities.referral import ReferralActivities
 from domain import records
+from domain.ids import (
+    consent_id,
+    opportunity_workflow_id,
+    referral_customer_id,
+    referral_need_id,
+    referral_opportunity_id,
+)
+from domain.opportunity import CheckpointView, OpportunityInput
+from domain.process import load_catalog
 from domain.referral import HistoryEntry, Prospect, ReferralInput, ReferralSla, Referrer
 from domain.routing import load_routing_rules
-from domain.types import Product
+from domain.types import ConsentChannel, Product, Trigger
+from esign.local import LocalSigningProvider
 from store.db import make_async_engine, make_session_factory
-from store.models import EmployeeWorkload, LeadFeatureCount, Notification, Referral, ReferralHistory
-from tests.helpers import Api, count
+from store.models import (
+    Checkpoint,
+    Consent,
+    Customer,
+    EmployeeWorkload,
+    Household,
+    LeadFeatureCount,
+    Need,
+    Notification,
+    Opportunity,
+    ProcessedEvent,
+    Referral,
+    ReferralHistory,
+    SignatureRequest,
+)
+from tests.helpers import Api, count, within
+from workflows.opportunity import OpportunityWorkflow
 from workflows.starts import Starts
 
 
@@ -132,3 +160,135 @@ def _load(db: Engine, employee_id: str) -> int:
     with db.connect() as c:
         row = c.execute(EmployeeWorkload.__table__.select().where(EmployeeWorkload.employee_id == employee_id)).first()
     return row.open_referrals if row else 0
+
+
+# ---------------------------------------------------------------- conversion
+
+
+async def test_conversion_twice_makes_one_customer_household_need_and_opportunity(
+    acts: ReferralActivities, api: Api, db: Engine, client: Client
+) -> None:
+    state = f"S-{uuid.uuid4().hex[:6]}"
+    bob = await api.employee(name="Bob", email=f"bob.{state}@bank.example", states=[state])
+    rec = _open(bob["id"], state)
+    rid = rec.input.referral_id
+    await acts.open_referral(rec)
+    households, customers = count(db, Household), count(db, Customer)
+
+    prepare = records.PrepareConversion(
+        referral_id=rid, need_kind="buy_home", need_description="A first home", recorded_by=bob["id"], at=_NOW
+    )
+    first = await acts.prepare_conversion(prepare)
+    assert await acts.prepare_conversion(prepare) == first
+    assert (first.customer_id, first.need_id) == (referral_customer_id(rid), referral_need_id(rid))
+    assert (count(db, Customer), count(db, Household)) == (customers + 1, households + 1)
+    assert count(db, Need, Need.id == first.need_id) == 1
+
+    opening = OpportunityInput(
+        opportunity_id=referral_opportunity_id(rid),
+        customer_id=first.customer_id,
+        owner_id=bob["id"],
+        need_id=first.need_id,
+        product=Product.mortgage,
+        amount=Decimal("500000.00"),
+        referral_id=rid,
+        opened_by=bob["id"],
+        process=load_catalog(PROCESSES).latest(Product.mortgage),
+    )
+    await acts.start_opportunity(opening)
+    await acts.start_opportunity(opening)
+    assert count(db, Opportunity, Opportunity.referral_id == rid) == 1
+    assert count(db, Checkpoint, Checkpoint.opportunity_id == opening.opportunity_id) == 1
+    # One workflow, still open: the repeat found the first instead of starting another.
+    handle = client.get_workflow_handle(opportunity_workflow_id(opening.opportunity_id))
+    state = await within(handle.query(OpportunityWorkflow.current_state), "the opportunity's state")
+    assert (state.stage, len(state.checkpoints)) == ("interested", 1)
+
+
+# ---------------------------------------------------------------- opportunity activities
+
+
+@pytest_asyncio.fixture
+async def opp_acts(database_url: str) -> AsyncIterator[OpportunityActivities]:
+    engine = make_async_engine(database_url)
+    yield OpportunityActivities(
+        make_session_factory(engine), LocalSigningProvider("http://testserver"), Mailer(None, "test@localhost")
+    )
+    await engine.dispose()
+
+
+async def test_every_opportunity_activity_twice_writes_once(
+    opp_acts: OpportunityActivities, api: Api, db: Engine
+) -> None:
+    owner = await api.employee(name="Olga", email=f"olga-{uuid.uuid4().hex[:6]}@bank.example")
+    customer, need = await api.customer_with_need(owner["id"])
+    oid = f"opp_retry_{uuid.uuid4().hex}"
+
+    opening = records.OpenOpportunity(
+        opportunity_id=oid,
+        workflow_id=f"opportunity-{oid}",
+        customer_id=customer["id"],
+        owner_id=owner["id"],
+        need_id=need["id"],
+        product=Product.mortgage,
+        process_version=1,
+        amount=Decimal("300000.00"),
+        referral_id=None,
+        campaign_id=None,
+        probability=10,
+        first_checkpoint=_checkpoint(1, "interested"),
+    )
+    await opp_acts.open_opportunity(opening)
+    await opp_acts.open_opportunity(opening)
+    assert count(db, Opportunity, Opportunity.id == oid) == 1
+    assert _checkpoints(db, oid) == ["interested"]
+
+    # An event's stage change, with the event and a consent: one of each however often.
+    change = records.StageChange(
+        opportunity_id=oid,
+        checkpoint=_checkpoint(2, "searching"),
+        probability=20,
+        status="open",
+        consent=records.ConsentRecord(
+            consent_id=consent_id(oid, 2),
+            customer_id=customer["id"],
+            product=Product.mortgage,
+            channel=ConsentChannel.sms,
+            evidence={"message_id": "SM-1"},
+            granted_at=_NOW,
+        ),
+        processed_event=records.ProcessedEventRecord(event_id=f"evt-{oid}", type="x", body_sha256="0" * 64),
+    )
+    await opp_acts.record_stage_change(change)
+    await opp_acts.record_stage_change(change)
+    assert _checkpoints(db, oid) == ["interested", "searching"]
+    assert count(db, Consent, Consent.opportunity_id == oid) == 1
+    assert count(db, ProcessedEvent, ProcessedEvent.subject_id == oid) == 1
+
+    ask = records.SignatureRequestInput(opportunity_id=oid, request_no=1, template="mortgage_closing", subject="Sign")
+    sent = await opp_acts.request_signature(ask)
+    assert await opp_acts.request_signature(ask) == sent
+    assert count(db, SignatureRequest, SignatureRequest.opportunity_id == oid) == 1
+
+    failure = records.SignatureFailureRecord(
+        opportunity_id=oid, envelope_id=sent.envelope_id, status="declined", reason="no", owner_id=owner["id"]
+    )
+    await opp_acts.record_signature_failure(failure)
+    await opp_acts.record_signature_failure(failure)
+    assert count(db, Notification, Notification.id.like(f"signature-declined-{sent.envelope_id}:%")) == 1
+
+
+_NOW = datetime(2026, 11, 25, 10, 0, tzinfo=UTC)
+PROCESSES = Path(__file__).resolve().parent.parent / "processes"
+
+
+def _checkpoint(seq: int, stage: str) -> CheckpointView:
+    return CheckpointView(seq=seq, stage=stage, entered_at=_NOW, trigger=Trigger.manual, actor="someone")
+
+
+def _checkpoints(db: Engine, opportunity_id: str) -> list[str]:
+    with db.connect() as c:
+        rows = c.execute(
+            Checkpoint.__table__.select().where(Checkpoint.opportunity_id == opportunity_id).order_by(Checkpoint.seq)
+        )
+        return [r.stage for r in rows]
