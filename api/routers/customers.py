@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from typing import TypeVar
 
 from fastapi import APIRouter, Request
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from api.deps import CrmWriter, IdempotencyKey, ReportReader, ServicesDep
 from api.errors import invalid, not_found
@@ -26,13 +28,26 @@ from store.queries import customer_journey, referral_records
 
 router = APIRouter(prefix="/v1/customers", tags=["customers"])
 
+T = TypeVar("T")
+
+
+async def _keyed_done(session: AsyncSession, model: type[T], row_id: str, key: str | None) -> T | None:
+    """A keyed create's row, if an earlier attempt with this key committed it but failed
+    before its answer was stored (a 5xx releases the key): the retry answers from it
+    instead of inserting the same id again. The idempotency layer has already checked
+    that the key came with the same request."""
+    return await session.get(model, row_id) if key else None
+
 
 @router.post("", status_code=201, response_model=CustomerOut)
 async def create_customer(
     body: CustomerCreate, request: Request, svc: ServicesDep, who: CrmWriter, key: IdempotencyKey = None
 ):
     async def create() -> CustomerOut:
+        customer_id = resource_id("cus", who.id, key)
         async with svc.sessions.begin() as session:
+            if (done := await _keyed_done(session, Customer, customer_id, key)) is not None:
+                return customer_out(done)
             if body.household_id:
                 if await session.get(Household, body.household_id) is None:
                     raise invalid(f"no household {body.household_id!r}", field="household_id")
@@ -41,13 +56,10 @@ async def create_customer(
                 household_id = resource_id("hh", who.id, key)
                 session.add(Household(id=household_id, name=f"{body.name} household"))
                 await session.flush()
-            customer = Customer(
-                id=resource_id("cus", who.id, key),
-                household_id=household_id,
-                **body.model_dump(exclude={"household_id"}),
-            )
+            customer = Customer(id=customer_id, household_id=household_id, **body.model_dump(exclude={"household_id"}))
             session.add(customer)
-        return customer_out(customer)
+            await session.flush()
+            return customer_out(customer)  # inside the transaction: no answer, no row
 
     return await idempotent(request, svc, who, key, 201, create)
 
@@ -66,19 +78,18 @@ async def record_need(
     customer_id: str, body: NeedCreate, request: Request, svc: ServicesDep, who: CrmWriter, key: IdempotencyKey = None
 ):
     async def create() -> NeedOut:
+        need_id = resource_id("need", who.id, key)
         async with svc.sessions.begin() as session:
+            if (done := await _keyed_done(session, Need, need_id, key)) is not None:
+                return need_out(done)
             if await session.get(Customer, customer_id) is None:
                 raise not_found("customer", customer_id)
             if await session.get(Employee, body.recorded_by) is None:
                 raise invalid(f"no employee {body.recorded_by!r}", field="recorded_by")
-            need = Need(
-                id=resource_id("need", who.id, key),
-                customer_id=customer_id,
-                recorded_at=datetime.now(UTC),
-                **body.model_dump(),
-            )
+            need = Need(id=need_id, customer_id=customer_id, recorded_at=datetime.now(UTC), **body.model_dump())
             session.add(need)
-        return need_out(need)
+            await session.flush()
+            return need_out(need)
 
     return await idempotent(request, svc, who, key, 201, create)
 
@@ -93,14 +104,17 @@ async def log_interaction(
     key: IdempotencyKey = None,
 ):
     async def create() -> InteractionOut:
+        interaction_id = resource_id("int", who.id, key)
         async with svc.sessions.begin() as session:
+            if (done := await _keyed_done(session, Interaction, interaction_id, key)) is not None:
+                return interaction_out(done)
             if await session.get(Customer, customer_id) is None:
                 raise not_found("customer", customer_id)
             if body.employee_id and await session.get(Employee, body.employee_id) is None:
                 raise invalid(f"no employee {body.employee_id!r}", field="employee_id")
             now = datetime.now(UTC)
             interaction = Interaction(
-                id=resource_id("int", who.id, key),
+                id=interaction_id,
                 customer_id=customer_id,
                 channel=body.channel.value,
                 employee_id=body.employee_id,
@@ -109,7 +123,8 @@ async def log_interaction(
                 recorded_at=now,
             )
             session.add(interaction)
-        return interaction_out(interaction)
+            await session.flush()
+            return interaction_out(interaction)
 
     return await idempotent(request, svc, who, key, 201, create)
 
