@@ -209,7 +209,7 @@ class ReferralWorkflow:
         if due.kind == "lapse":
             await self._lapse()
         else:
-            await self._follow_up()
+            await self._follow_up(due.kind)
 
     async def _lapse(self) -> None:
         lapsed = self.state.assignee_id
@@ -220,17 +220,13 @@ class ReferralWorkflow:
             await self._route(SYSTEM, preceding=entry)
             await self._notify_locked("lapsed", str(entry.seq), lapsed)
 
-    async def _follow_up(self) -> None:
+    async def _follow_up(self, kind: str) -> None:
         """The follow-up SLA fell due: a reminder to the assignee, then an escalation."""
         self._followups_sent += 1
-        kind = "reminder" if self._followups_sent == 1 else "escalation"
-        assignee = self.state.assignee_id
-        if self._followups_sent == 1 and self._accepted_at is not None:
-            self.state.sla_deadline = self._accepted_at + timedelta(seconds=2 * self.input.sla.followup_seconds)
-        else:
-            self.state.sla_deadline = None
+        after = next_sla(self.state, self.input.sla, self._accepted_at, self._followups_sent)
+        self.state.sla_deadline = after.at if after else None  # the escalation's, then none
         self._publish()
-        await self._notify(kind, f"{self.state.history[-1].seq}-{self._followups_sent}", assignee)
+        await self._notify(kind, f"{self.state.history[-1].seq}-{self._followups_sent}", self.state.assignee_id)
 
     # ------------------------------------------------------------ state changes
 
