@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -53,6 +53,7 @@ from domain.referral import (
     ConvertCommand,
     NeedSpec,
     ReassignCommand,
+    ReferralSla,
     ReferralState,
     RejectCommand,
     check_accept,
@@ -60,6 +61,7 @@ from domain.referral import (
     check_convert,
     check_reassign,
     check_reject,
+    next_sla,
 )
 from domain.types import ConsentChannel, EventType, OpportunityStatus, Product, Role
 
@@ -1066,3 +1068,37 @@ def test_a_mismatched_process_is_refused_as_a_mismatch() -> None:
         "the process given is for mortgage, not checking",
         {},
     )
+
+
+# ================================================================ next_sla: which SLA runs, and when
+
+SLA = ReferralSla(accept_seconds=3600, followup_seconds=86400)
+T0 = datetime(2026, 11, 25, 9, 0, tzinfo=UTC)
+
+
+@pytest.mark.parametrize(
+    ("status", "deadline", "accepted_at", "followups", "expected"),
+    [
+        ("assigned", T0 + timedelta(hours=1), None, 0, ("lapse", T0 + timedelta(hours=1))),
+        ("assigned", None, None, 0, None),  # no deadline recorded: nothing to lapse
+        ("accepted", None, T0, 0, ("reminder", T0 + timedelta(days=1))),
+        ("accepted", None, T0, 1, ("escalation", T0 + timedelta(days=2))),
+        ("accepted", None, T0, 2, None),  # after the escalation, nothing more
+        ("accepted", None, None, 0, None),
+        ("unassigned", None, None, 0, None),
+        ("routing", T0, None, 0, None),
+        ("converting", None, T0, 0, None),
+        ("converted", None, T0, 0, None),
+        ("closed", T0, T0, 0, None),
+    ],
+)
+def test_next_sla(
+    status: str,
+    deadline: datetime | None,
+    accepted_at: datetime | None,
+    followups: int,
+    expected: tuple[str, datetime] | None,
+) -> None:
+    state = ReferralState(referral_id="ref-1", status=status, assignee_id="bob", sla_deadline=deadline)  # type: ignore[arg-type]
+    due = next_sla(state, SLA, accepted_at, followups)
+    assert (None if due is None else (due.kind, due.at)) == expected
