@@ -20,6 +20,7 @@ from typing import Any, TypeVar
 
 import httpx
 from sqlalchemy import Engine, func, select
+from temporalio.client import Client
 
 T = TypeVar("T")
 
@@ -47,6 +48,35 @@ async def until(check: Callable[[], Awaitable[T]], what: str, seconds: float = D
         if loop.time() > deadline:
             raise AssertionError(f"{what}: not within {seconds:g} s (last seen: {value!r})")
         await asyncio.sleep(interval)
+
+
+class _Matches:
+    """A polled value for `until`: truthy when it equals what is expected; shows both."""
+
+    def __init__(self, value: object, expected: object) -> None:
+        self.value, self.expected = value, expected
+
+    def __bool__(self) -> bool:
+        return self.value == self.expected
+
+    def __repr__(self) -> str:
+        return f"{self.value!r}, expected {self.expected!r}"
+
+
+async def until_equal(get: Callable[[], Awaitable[T]], expected: T, what: str, seconds: float = DEADLINE) -> T:
+    """Poll `get()` until it returns exactly `expected` (visibility, mail), and return it;
+    the failure shows what was last seen beside what was expected."""
+
+    async def check() -> _Matches:
+        return _Matches(await get(), expected)
+
+    return (await until(check, what, seconds)).value  # type: ignore[return-value]
+
+
+async def workflow_ids(client: Client, query: str) -> list[str]:
+    """The ids of the workflows visibility lists for `query`, sorted (a multiset: a
+    duplicate shows). Visibility lags behind a start: wait with `until_equal`."""
+    return sorted([wf.id async for wf in client.list_workflows(query)])
 
 
 def count(db: Engine, model: Any, *where: Any) -> int:

@@ -3,12 +3,17 @@ a decline that keeps the opportunity where it is and tells the owner, and a rese
 
 from __future__ import annotations
 
-from sqlalchemy import select
-from sqlalchemy.orm import Session
+import httpx
+from sqlalchemy import Engine, select
 
-from store.db import make_sync_engine
 from store.models import Notification
-from tests.helpers import Api
+from tests.helpers import Api, until
+
+NO_LONGER_VALID = "<h1>This signing link is no longer valid</h1>"
+
+
+def page_path(url: str) -> str:
+    return httpx.URL(url).path
 
 
 async def test_checking_account_journey_records_sms_consent(api: Api) -> None:
@@ -25,18 +30,24 @@ async def test_checking_account_journey_records_sms_consent(api: Api) -> None:
         "received_at": "2026-11-25T09:59:00+00:00",
     }
     r = await api.event("consent.sms_authorization", opp["id"], sms)
+    assert r.json()["result"] == "applied"
     opp = r.json()["opportunity"]
-    assert (opp["stage"], opp["probability"]) == ("authorised", 60)
+    assert (opp["stage"], opp["probability"], opp["status"]) == ("authorised", 60, "open")
 
     r = await api.event("account.opened", opp["id"], {"account_number": "CHK-001"})
     opp = r.json()["opportunity"]
-    assert (opp["stage"], opp["status"]) == ("opened", "won")
+    assert (opp["stage"], opp["probability"], opp["status"]) == ("opened", 100, "won")
     assert [c["stage"] for c in opp["checkpoints"]] == ["interested", "authorised", "opened"]
     assert [c["trigger"] for c in opp["checkpoints"]] == ["manual", "event", "event"]
 
     journey = (await api.get(f"/v1/customers/{opp['customer_id']}/journey")).json()
     [consent] = journey["consents"]
-    assert consent["channel"] == "sms" and consent["product"] == "checking"
+    assert (consent["channel"], consent["product"], consent["opportunity_id"], consent["customer_id"]) == (
+        "sms",
+        "checking",
+        opp["id"],
+        opp["customer_id"],
+    )
     assert {k: consent["evidence"][k] for k in ("phone", "message_id", "text")} == {
         "phone": "+12125550100",
         "message_id": "SM-77",
@@ -60,25 +71,32 @@ async def test_signing_link_is_single_use(api: Api) -> None:
     url = opp["signature"]["signing_url"]
     assert (await api.sign(url)).status_code == 200
     again = await api.sign(url, "Someone Else")
-    assert again.status_code == 409 and "no longer valid" in again.text
-    assert (await api.http.get(url.removeprefix("http://testserver"))).status_code == 409
+    # An HTML page for the customer: the page is where the fact lives.
+    already = "This document was already completed. Ask your adviser if you need a new link."
+    assert again.status_code == 409 and NO_LONGER_VALID in again.text and already in again.text
+    shown = await api.http.get(page_path(url))
+    assert shown.status_code == 409 and NO_LONGER_VALID in shown.text and already in shown.text
     journey = (await api.get(f"/v1/customers/{opp['customer_id']}/journey")).json()
     assert [c["evidence"]["signer_name"] for c in journey["consents"]] == ["Rachel Adams"]
     won = (await api.get(f"/v1/opportunities/{opp['id']}")).json()
-    assert [c["stage"] for c in won["checkpoints"]].count("closed_won") == 1
+    assert [c["stage"] for c in won["checkpoints"]] == ["interested", "searching", "applied", "approved", "closed_won"]
+    assert won["checkpoints"][-1]["evidence"]["signer_name"] == "Rachel Adams"
 
 
 async def test_unknown_or_incomplete_signature_changes_nothing(api: Api) -> None:
     opp = await _approved(api)
-    assert (await api.sign("http://testserver/sign/not-a-token")).status_code == 404
+    unknown = await api.sign("http://testserver/sign/not-a-token")
+    assert unknown.status_code == 404 and "<h1>Unknown signing link</h1>" in unknown.text
     r = await api.http.post(
-        opp["signature"]["signing_url"].removeprefix("http://testserver"), data={"full_name": "Rachel Adams"}
+        page_path(opp["signature"]["signing_url"]), data={"full_name": "Rachel Adams"}
     )  # did not tick "I agree"
     assert r.status_code == 422
-    assert (await api.get(f"/v1/opportunities/{opp['id']}")).json()["stage"] == "approved"
+    assert "To sign, type your full name and tick the box to say you agree." in r.text
+    after = (await api.get(f"/v1/opportunities/{opp['id']}")).json()
+    assert after == opp  # still approved, the same envelope still out for signature
 
 
-async def test_decline_keeps_approved_tells_owner_and_resend_works(api: Api, database_url: str) -> None:
+async def test_decline_keeps_approved_tells_owner_and_resend_works(api: Api, db: Engine) -> None:
     opp = await _approved(api)
     first = opp["signature"]
     declined = await api.sign(first["signing_url"], action="decline")
@@ -87,11 +105,14 @@ async def test_decline_keeps_approved_tells_owner_and_resend_works(api: Api, dat
     assert (opp["stage"], opp["status"], opp["signature"]["status"]) == ("approved", "open", "declined")
     assert opp["signature"]["signing_url"] is None
 
-    engine = make_sync_engine(database_url)
-    with Session(engine) as s:
-        told = s.scalars(select(Notification).where(Notification.to_employee_id == opp["owner_id"])).all()
-    engine.dispose()
-    assert len(told) == 1 and "declined" in told[0].subject
+    async def told() -> list[str]:
+        with db.connect() as conn:
+            return list(
+                conn.scalars(select(Notification.subject).where(Notification.to_employee_id == opp["owner_id"]))
+            )
+
+    subjects = await until(told, "the owner told of the decline")
+    assert subjects == [f"Signature declined on opportunity {opp['id']}"]
 
     r = await api.post(f"/v1/opportunities/{opp['id']}/resend-signature", {"actor_id": opp["owner_id"]}, expect=200)
     second = r.json()["signature"]

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 
+import pytest
 from sqlalchemy import Engine, select
 from temporalio.client import Client
 
@@ -23,7 +24,7 @@ from store.models import (
     Opportunity,
     ProcessedEvent,
 )
-from tests.helpers import Api, assert_error, count, unique
+from tests.helpers import Api, assert_error, assert_validation_error, count, unique, until_equal, workflow_ids
 
 OCCURRED_AT = "2026-11-25T10:00:00+00:00"
 
@@ -31,15 +32,9 @@ OCCURRED_AT = "2026-11-25T10:00:00+00:00"
 # ---------------------------------------------------------------- helpers
 
 
-async def workflow_count(client: Client, query: str, at_least: int = 1) -> int:
-    """How many workflows match; waits (briefly) for visibility to show at least `at_least`."""
-    n = 0
-    for _ in range(100):
-        n = len([w async for w in client.list_workflows(query)])
-        if n >= at_least:
-            return n
-        await asyncio.sleep(0.1)
-    return n
+async def until_listed(client: Client, query: str, expected: list[str]) -> None:
+    """Wait until visibility (which lags behind a start) lists exactly `expected` for `query`."""
+    await until_equal(lambda: workflow_ids(client, query), sorted(expected), f"visibility listing {query}")
 
 
 def checkpoints_in(db: Engine, opportunity_id: str, stage: str | None = None) -> int:
@@ -89,7 +84,8 @@ async def test_same_key_different_body_is_409_conflict_and_creates_nothing(api: 
     other_name = unique("Carl Second")
     households = count(db, Household)
     err = assert_error(await api.post("/v1/customers", {"name": other_name}, idem=key), 409, "conflict")
-    assert err["message"]
+    assert err["details"] == {"idempotency_key": key}
+    assert err["message"] == "this Idempotency-Key was used with a different request"
     assert count(db, Customer, Customer.name == other_name) == 0
     assert count(db, Household) == households
     # The key still answers with its first response.
@@ -101,7 +97,7 @@ async def test_keyed_request_that_failed_answers_the_same_failure_and_creates_no
     key = unique("idem-bad-household")
     body = {"name": unique("Hana Homeless"), "household_id": "hh_nope"}
     first = await api.post("/v1/customers", body, idem=key)
-    assert_error(first, 422, "validation_error")
+    assert_validation_error(first, "household_id")
     second = await api.post("/v1/customers", body, idem=key)
     assert (second.status_code, second.json()) == (first.status_code, first.json())
     assert count(db, Customer, Customer.name == body["name"]) == 0
@@ -204,8 +200,8 @@ async def test_opening_twice_with_the_same_key_makes_one_opportunity_and_one_wor
     assert second.json() == opp
     assert count(db, Opportunity, Opportunity.customer_id == body["customer_id"]) == 1
     assert checkpoints_in(db, opp["id"]) == 1
-    assert await workflow_count(client, f'WorkflowId = "opportunity-{opp["id"]}"') == 1
-    assert await workflow_count(client, f'CustomerId = "{body["customer_id"]}"') == 1
+    await until_listed(client, f'CustomerId = "{body["customer_id"]}"', [f"opportunity-{opp['id']}"])
+    assert opp["workflow_id"] == f"opportunity-{opp['id']}"
     journey = (await api.get(f"/v1/customers/{body['customer_id']}/journey")).json()
     assert [o["id"] for o in journey["opportunities"]] == [opp["id"]]
 
@@ -222,7 +218,7 @@ async def test_concurrent_repeats_of_a_keyed_opening_make_one_opportunity(api: A
     opp_id = answers[0].json()["id"]
     assert count(db, Opportunity, Opportunity.customer_id == body["customer_id"]) == 1
     assert checkpoints_in(db, opp_id) == 1
-    assert await workflow_count(client, f'WorkflowId = "opportunity-{opp_id}"') == 1
+    await until_listed(client, f'CustomerId = "{body["customer_id"]}"', [f"opportunity-{opp_id}"])
 
 
 async def test_opening_with_the_same_key_and_another_body_is_409_and_opens_nothing(
@@ -235,7 +231,7 @@ async def test_opening_with_the_same_key_and_another_body_is_409_and_opens_nothi
     assert_error(r, 409, "conflict")
     assert count(db, Opportunity, Opportunity.customer_id == body["customer_id"]) == 1
     assert (await api.get(f"/v1/opportunities/{opp['id']}")).json()["amount"] == "450000.00"
-    assert await workflow_count(client, f'CustomerId = "{body["customer_id"]}"') == 1
+    await until_listed(client, f'CustomerId = "{body["customer_id"]}"', [opp["workflow_id"]])
 
 
 async def test_advancing_twice_with_the_same_key_answers_the_first_and_enters_once(api: Api, db: Engine) -> None:
@@ -269,7 +265,8 @@ async def test_advance_key_is_per_api_key(api: Api, db: Engine, keys: dict[str, 
     await api.post(path, body, idem=key, key=keys["all"], expect=200)
     # Another API key's request with the same key is a request of its own: it is refused
     # because `searching` is no longer next, rather than replaying the other key's answer.
-    assert_error(await api.post(path, body, idem=key, key=keys["crm:write"]), 409, "invalid_transition")
+    err = assert_error(await api.post(path, body, idem=key, key=keys["crm:write"]), 409, "invalid_transition")
+    assert err["details"] == {"current_stage": "searching", "next_stage": "applied"}
     assert checkpoints_in(db, opp["id"], "searching") == 1
 
 
@@ -336,7 +333,9 @@ async def test_a_repeated_event_after_the_opportunity_is_won_is_duplicate(api: A
     assert checkpoints_in(db, opp["id"], "opened") == 1
 
 
-async def test_concurrent_copies_of_an_event_enter_the_stage_once(api: Api, db: Engine) -> None:
+async def concurrent_copies_of_an_event(api: Api, db: Engine) -> list[str]:
+    """Three copies of one event at once: each answered 202 with the opportunity in
+    `applied`, the stage entered once, the event recorded once. Returns their results."""
     _, opp = await searching_mortgage(api)
     event_id = unique("evt-race")
     answers = await asyncio.gather(
@@ -350,10 +349,24 @@ async def test_concurrent_copies_of_an_event_enter_the_stage_once(api: Api, db: 
     )
     assert not [a for a in answers if isinstance(a, BaseException)], answers
     assert [a.status_code for a in answers] == [202] * 3, [a.text for a in answers]
-    assert {a.json()["result"] for a in answers} <= {"applied", "duplicate"}
-    assert all(a.json()["opportunity"]["stage"] == "applied" for a in answers)
+    assert [(a.json()["id"], a.json()["opportunity"]["stage"]) for a in answers] == [(event_id, "applied")] * 3
     assert checkpoints_in(db, opp["id"], "applied") == 1
     assert count(db, ProcessedEvent, ProcessedEvent.id == event_id) == 1
+    return sorted(a.json()["result"] for a in answers)
+
+
+async def test_concurrent_copies_of_an_event_enter_the_stage_once(api: Api, db: Engine) -> None:
+    await concurrent_copies_of_an_event(api, db)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="production bug: concurrent copies of an opportunity event all answer 'applied' (Temporal de-duplicates "
+    "the update by its id and hands every caller the one result); API.md: the same id twice is 'duplicate'",
+)
+async def test_concurrent_copies_of_an_event_are_applied_once_and_duplicate_after(api: Api, db: Engine) -> None:
+    # As for customer events (below): one copy applied, every other one a duplicate.
+    assert await concurrent_copies_of_an_event(api, db) == ["applied", "duplicate", "duplicate"]
 
 
 async def test_the_same_event_id_for_another_type_is_409_conflict_and_changes_nothing(api: Api, db: Engine) -> None:

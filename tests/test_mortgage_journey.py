@@ -46,6 +46,7 @@ async def test_mortgage_from_interested_to_closed_won(api: Api, keys: dict[str, 
 
     signed = await api.sign(sig["signing_url"], "Rachel Adams")
     assert signed.status_code == 200, signed.text
+    assert "<h1>Signed — thank you</h1>" in signed.text and "Signed by Rachel Adams at " in signed.text
 
     opp = (await api.get(f"/v1/opportunities/{opp['id']}")).json()
     assert (opp["stage"], opp["probability"], opp["status"]) == ("closed_won", 100, "won")
@@ -54,7 +55,13 @@ async def test_mortgage_from_interested_to_closed_won(api: Api, keys: dict[str, 
     journey = (await api.get(f"/v1/customers/{opp['customer_id']}/journey")).json()
     assert [n["kind"] for n in journey["needs"]] == ["buy_home"]
     [consent] = journey["consents"]
-    assert consent["channel"] == "esignature" and consent["opportunity_id"] == opp["id"]
+    assert (consent["channel"], consent["product"], consent["opportunity_id"], consent["customer_id"]) == (
+        "esignature",
+        "mortgage",
+        opp["id"],
+        opp["customer_id"],
+    )
+    assert (consent["evidence"]["provider"], consent["evidence"]["envelope_id"]) == ("local", sig["envelope_id"])
     assert consent["evidence"]["signer_name"] == "Rachel Adams"
     assert consent["evidence"]["client_address"] == "203.0.113.7"
     # The consent's hash is the hash of exactly the document the customer was shown.

@@ -4,19 +4,13 @@ and a query answering the workflow's full state."""
 
 from __future__ import annotations
 
-import asyncio
-
 from temporalio.client import Client
 
 from domain.opportunity import OpportunityState
-from tests.helpers import Api
+from tests.helpers import Api, until_equal, workflow_ids
 from tests.journeys import mortgage_to_closed_won
 from workflows import SA_CUSTOMER_ID, SA_OPPORTUNITY_STATUS, SA_OWNER_ID, SA_PRODUCT, SA_STAGE
 from workflows.opportunity import OpportunityWorkflow
-
-
-async def _ids(client: Client, query: str) -> set[str]:
-    return {wf.id async for wf in client.list_workflows(query)}
 
 
 async def test_search_attributes_follow_the_stage(api: Api, client: Client) -> None:
@@ -28,8 +22,16 @@ async def test_search_attributes_follow_the_stage(api: Api, client: Client) -> N
     assert sa.get(SA_PRODUCT) == "mortgage" and sa.get(SA_STAGE) == "interested"
     assert sa.get(SA_OWNER_ID) == opp["owner_id"] and sa.get(SA_CUSTOMER_ID) == opp["customer_id"]
     assert sa.get(SA_OPPORTUNITY_STATUS) == "open"
-    assert "Mortgage opportunity" in (await desc.static_summary() or "")
-    # No personal data: neither the customer's name nor e-mail is searchable.
+    assert await desc.static_summary() == f"Mortgage opportunity {opp['id']} for customer {opp['customer_id']}"
+    # No personal data: neither the customer's name nor e-mail is searchable; only these ids and states.
+    custom = {k: v for k, v in desc.search_attributes.items() if k != "BuildIds"}
+    assert custom == {
+        "Product": ["mortgage"],
+        "Stage": ["interested"],
+        "OwnerId": [opp["owner_id"]],
+        "CustomerId": [opp["customer_id"]],
+        "OpportunityStatus": ["open"],
+    }
     assert all("Rachel" not in str(v) and "@" not in str(v) for v in desc.search_attributes.values())
 
     state = await handle.query(OpportunityWorkflow.current_state, result_type=OpportunityState)
@@ -43,15 +45,22 @@ async def test_search_attributes_follow_the_stage(api: Api, client: Client) -> N
     desc = await handle.describe()
     assert desc.typed_search_attributes.get(SA_STAGE) == "searching"
     details = await handle.query("__temporal_workflow_metadata")
-    assert "Searching" in details.current_details and "20 %" in details.current_details
+    assert details.current_details == (
+        f"**Searching** (20 %) · status **open**\n\nMortgage process v1 · owner `{opp['owner_id']}` · 2 checkpoint(s)"
+    )
 
     won = await mortgage_to_closed_won(api)
     await client.get_workflow_handle(won["workflow_id"]).result()
-    # Visibility is eventually consistent: poll briefly for the listing.
-    for _ in range(50):
-        found = await _ids(client, 'Stage = "closed_won" AND OpportunityStatus = "won" AND Product = "mortgage"')
-        if won["workflow_id"] in found:
-            break
-        await asyncio.sleep(0.1)
-    assert won["workflow_id"] in found
-    assert opp["workflow_id"] not in found
+    # Visibility is eventually consistent: wait until the search finds exactly the won one of
+    # these two customers' opportunities (and keeps the open one out).
+    customers = f'CustomerId IN ("{opp["customer_id"]}", "{won["customer_id"]}")'
+    query = f'Stage = "closed_won" AND OpportunityStatus = "won" AND Product = "mortgage" AND {customers}'
+
+    await until_equal(lambda: workflow_ids(client, query), [won["workflow_id"]], "the won mortgage in visibility")
+
+    # The open one is found under its own stage.
+    await until_equal(
+        lambda: workflow_ids(client, f'Stage = "searching" AND {customers}'),
+        [opp["workflow_id"]],
+        "the searching mortgage in visibility",
+    )

@@ -12,7 +12,7 @@ from temporalio.client import Client
 
 from api.app import create_app
 from config import PROJECT_ROOT, Settings
-from tests.helpers import Api
+from tests.helpers import Api, assert_error
 
 
 async def test_running_opportunity_keeps_its_version(
@@ -39,10 +39,14 @@ async def test_running_opportunity_keeps_its_version(
             r = await tightened.post(
                 f"/v1/opportunities/{new['id']}/advance", {"actor_id": new["owner_id"], **realtor_only}
             )
-            assert r.status_code == 409
-            assert r.json()["error"]["details"]["missing_evidence"] == ["pre_approval_letter"]
+            err = assert_error(r, 409, "invalid_transition")
+            assert (err["message"], err["details"]) == (
+                "entering 'searching' needs evidence: pre_approval_letter",
+                {"missing_evidence": ["pre_approval_letter"]},
+            )
+            assert (await tightened.get(f"/v1/opportunities/{new['id']}")).json()["stage"] == "interested"
 
             r = await tightened.post(
                 f"/v1/opportunities/{old['id']}/advance", {"actor_id": old["owner_id"], **realtor_only}, expect=200
             )
-            assert r.json()["stage"] == "searching"
+            assert (r.json()["stage"], r.json()["process_version"]) == ("searching", 1)

@@ -10,9 +10,10 @@ import pytest
 import yaml
 
 from api.app import create_app
-from config import PROJECT_ROOT, Settings
+from config import PROJECT_ROOT
 from domain.process import ProcessError, load_catalog
 from domain.types import Product
+from tests.conftest import IsolatedSettings
 
 SHIPPED = PROJECT_ROOT / "processes"
 
@@ -51,29 +52,57 @@ def test_a_bad_field_names_file_stage_and_field(tmp_path: Path) -> None:
     _write(tmp_path, lambda raw: raw["stages"][1].update(probability=120))
     with pytest.raises(ProcessError) as err:
         load_catalog(tmp_path)
-    message = str(err.value)
-    assert "mortgage.v1.yaml" in message and "stage 'searching' (#2)" in message and "'probability'" in message
+    assert str(err.value) == (
+        f"{tmp_path / 'mortgage.v1.yaml'}: stage 'searching' (#2), field 'probability': "
+        "Input should be less than or equal to 100"
+    )
 
 
 @pytest.mark.parametrize(
-    ("mutate", "expected"),
+    ("mutate", "where", "expected"),
     [
-        (lambda raw: raw["stages"][2]["entry"].pop("event"), "must name its event"),
-        (lambda raw: raw["stages"][2]["entry"].update(event="mortgage.unheard_of"), "'entry.event'"),
-        (lambda raw: raw["stages"][3].pop("request_signature"), "must request one"),
-        (lambda raw: raw["stages"].pop(0), "first stage must be entered by 'create'"),
-        (lambda raw: raw["stages"][1].update(key="applied"), "unique"),
-        (lambda raw: raw["stages"][1].update(colour="red"), "'colour'"),
+        (
+            lambda raw: raw["stages"][2]["entry"].pop("event"),
+            "stage 'applied' (#3), field 'entry'",
+            "an entry of kind 'event' must name its event",
+        ),
+        (
+            lambda raw: raw["stages"][2]["entry"].update(event="mortgage.unheard_of"),
+            "stage 'applied' (#3), field 'entry.event'",
+            "Input should be 'mortgage.application_submitted'",
+        ),
+        (
+            lambda raw: raw["stages"][3].pop("request_signature"),
+            "process",
+            "stage 'closed_won' is entered by signature, so the stage before it must request one",
+        ),
+        (lambda raw: raw["stages"].pop(0), "process", "the first stage must be entered by 'create'"),
+        (
+            lambda raw: raw["stages"][1].update(key="applied"),
+            "process",
+            "stage keys must be unique, got ['interested', 'applied', 'applied', 'approved', 'closed_won']",
+        ),
+        (
+            lambda raw: raw["stages"][1].update(colour="red"),
+            "stage 'searching' (#2), field 'colour'",
+            "Extra inputs are not permitted",
+        ),
     ],
 )
-def test_incoherent_processes_are_refused(tmp_path: Path, mutate: Callable[[dict], object], expected: str) -> None:
+def test_incoherent_processes_are_refused(
+    tmp_path: Path, mutate: Callable[[dict], object], where: str, expected: str
+) -> None:
     _write(tmp_path, mutate)
-    with pytest.raises(ProcessError, match="mortgage.v1.yaml") as err:
+    with pytest.raises(ProcessError) as err:
         load_catalog(tmp_path)
-    assert expected in str(err.value)
+    text = str(err.value)
+    # The file, the stage (or the process as a whole) and the field; then the wording.
+    assert text.startswith(f"{tmp_path / 'mortgage.v1.yaml'}: {where}: "), text
+    assert expected in text, text
 
 
 def test_the_api_refuses_to_start_on_a_malformed_process(tmp_path: Path) -> None:
     _write(tmp_path, lambda raw: raw["stages"][1].update(probability="high"))
-    with pytest.raises(ProcessError, match=r"stage 'searching' \(#2\), field 'probability'"):
-        create_app(Settings(processes_dir=tmp_path, database_url="sqlite:///:memory:"))
+    with pytest.raises(ProcessError) as err:
+        create_app(IsolatedSettings(processes_dir=tmp_path, database_url="sqlite:///:memory:"))
+    assert str(err.value).startswith(f"{tmp_path / 'mortgage.v1.yaml'}: stage 'searching' (#2), field 'probability': ")

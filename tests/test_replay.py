@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import os
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import pytest
@@ -63,16 +64,34 @@ def test_every_path_has_a_saved_history() -> None:
     assert sorted(p.stem for p in HISTORIES.glob("*.json")) == sorted(PATHS)
 
 
-@pytest_asyncio.fixture
-async def fast_api(client: Client, settings: Settings, task_queue: str, worker: None, api: Api) -> AsyncIterator[Api]:
-    """The API with SLAs short enough for their timers to fire during the test (the
-    session's worker serves them: SLAs travel in the workflow's input)."""
-    fast = settings.model_copy(update={"referral_accept_sla": 0.3, "referral_followup_sla": 0.3})
-    async with serve_app(fast, client, task_queue) as http:
+@asynccontextmanager
+async def _api_with(api: Api, client: Client, settings: Settings, task_queue: str, **slas: float) -> AsyncIterator[Api]:
+    """The API with one SLA short enough for its timer to fire during the test (the
+    session's worker serves it: SLAs travel in the workflow's input). Only one: a short
+    acceptance SLA would race the accept of the follow-up journey."""
+    async with serve_app(settings.model_copy(update=slas), client, task_queue) as http:
         yield Api(http, api.key)
 
 
-async def test_fresh_journeys_replay(api: Api, fast_api: Api, client: Client, smtp_inbox: Inbox) -> None:
+@pytest_asyncio.fixture
+async def lapsing_api(
+    client: Client, settings: Settings, task_queue: str, worker: None, api: Api
+) -> AsyncIterator[Api]:
+    async with _api_with(api, client, settings, task_queue, referral_accept_sla=0.3) as fast:
+        yield fast
+
+
+@pytest_asyncio.fixture
+async def following_up_api(
+    client: Client, settings: Settings, task_queue: str, worker: None, api: Api
+) -> AsyncIterator[Api]:
+    async with _api_with(api, client, settings, task_queue, referral_followup_sla=0.3) as fast:
+        yield fast
+
+
+async def test_fresh_journeys_replay(
+    api: Api, lapsing_api: Api, following_up_api: Api, client: Client, smtp_inbox: Inbox
+) -> None:
     runs = {
         "mortgage-closed-won": journeys.mortgage_to_closed_won(api),
         "mortgage-declined-resent-won": journeys.mortgage_to_closed_won(api, decline_first=True),
@@ -83,8 +102,8 @@ async def test_fresh_journeys_replay(api: Api, fast_api: Api, client: Client, sm
         "checking-opened": journeys.checking_to_opened(api),
         "referral-converted": journeys.referral_converted(api),
         "referral-rejected-reassigned-closed": journeys.referral_rejected_reassigned_closed(api),
-        "referral-lapsed-closed": journeys.referral_lapsed_closed(fast_api),
-        "referral-escalated-closed": journeys.referral_escalated_closed(fast_api, smtp_inbox),
+        "referral-lapsed-closed": journeys.referral_lapsed_closed(lapsing_api),
+        "referral-escalated-closed": journeys.referral_escalated_closed(following_up_api, smtp_inbox),
     }
     assert sorted(runs) == sorted(PATHS)
     # Side by side (each journey has its own staff and territory): the timer paths wait.

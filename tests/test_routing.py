@@ -79,7 +79,7 @@ def test_default_rules_route_by_interest_and_state() -> None:
     ]
     d = route(DEFAULT, facts(), team)
     assert (d.assignee_id, d.queue, d.rule) == ("mortgage-on", None, "product-in-territory")
-    assert "least open work (7 of capacity 10)" in d.reason
+    assert d.reason == "rule 'product-in-territory' (#1): least open work (7 of capacity 10) among 1 eligible in ON"
 
     d = route(DEFAULT, facts(expressed_interest=Product.savings), team)
     assert d.assignee_id == "savings-on"
@@ -92,7 +92,9 @@ def test_city_is_preferred_only_when_someone_available_lists_it() -> None:
     # Someone lists Toronto: only they are considered, though busier.
     d = route(DEFAULT, facts(city="  toronto "), team)
     assert d.assignee_id == "toronto"
-    assert d.reason.endswith("among 1 eligible in toronto")
+    assert (
+        d.reason == "rule 'product-in-territory' (#1): least open work (5 of capacity 10) among 1 eligible in toronto"
+    )
     # Nobody lists Ottawa: the whole state, least loaded first.
     assert route(DEFAULT, facts(city="Ottawa"), team).assignee_id == "anywhere-on"
     # No city on the referral: the whole state.
@@ -111,7 +113,10 @@ def test_places_compare_case_insensitively() -> None:
 def test_referral_without_state_falls_back() -> None:
     d = route(DEFAULT, facts(state=None, city=None), [cand("a")])
     assert (d.assignee_id, d.queue, d.rule) == (None, "unassigned-referrals", None)
-    assert "no state" in d.reason
+    assert d.reason == (
+        "rule 'product-in-territory' (#1) matched but nobody is eligible (the referral has no state); "
+        "sent to the fallback queue 'unassigned-referrals'"
+    )
 
 
 # --- choosing within a pool ---------------------------------------------------------------
@@ -137,7 +142,10 @@ def test_ties_go_round_robin() -> None:
         # The recipient works it and closes it at once: load back to where it was.
         team[d.assignee_id].last_assigned_at = T0 + timedelta(minutes=i)
     assert seen == ["b", "c", "a", "b"]
-    assert "3 tied, least recently assigned first" in d.reason
+    assert d.reason == (
+        "rule 'product-in-territory' (#1): least open work (0 of capacity 10) among 3 eligible in ON; "
+        "3 tied, least recently assigned first"
+    )
 
 
 def test_assignments_spread_load_then_rotate() -> None:
@@ -159,7 +167,10 @@ def test_capacity_is_respected() -> None:
     team[2].open_load = 9
     d = route(DEFAULT, facts(), team)
     assert (d.assignee_id, d.queue) == (None, "unassigned-referrals")
-    assert "3 in the pool, 0 excluded, 3 at capacity" in d.reason
+    assert d.reason == (
+        "rule 'product-in-territory' (#1) matched but nobody is eligible (3 in the pool, 0 excluded, 3 at capacity); "
+        "sent to the fallback queue 'unassigned-referrals'"
+    )
 
 
 def test_never_back_to_one_who_rejected() -> None:
@@ -167,7 +178,10 @@ def test_never_back_to_one_who_rejected() -> None:
     assert route(DEFAULT, facts(), team, exclude={"rejected"}).assignee_id == "next"
     d = route(DEFAULT, facts(), team, exclude={"rejected", "next"})
     assert (d.assignee_id, d.queue) == (None, "unassigned-referrals")
-    assert "2 excluded" in d.reason
+    assert d.reason == (
+        "rule 'product-in-territory' (#1) matched but nobody is eligible (2 in the pool, 2 excluded, 0 at capacity); "
+        "sent to the fallback queue 'unassigned-referrals'"
+    )
 
 
 # --- rules ------------------------------------------------------------------------------
@@ -185,7 +199,8 @@ def test_first_matching_rule_decides() -> None:
     team = [cand("advisor", load=0), cand("broker", role=Role.mortgage_broker, states=("BC",), load=9)]
     d = route(r, facts(), team)
     assert (d.assignee_id, d.rule) == ("broker", "mortgages-to-brokers")
-    assert d.reason.startswith("rule 'mortgages-to-brokers' (#1): ")
+    # Territory `any`: no place to name.
+    assert d.reason == "rule 'mortgages-to-brokers' (#1): least open work (9 of capacity 10) among 1 eligible"
     # A savings referral does not match the first rule.
     team.append(cand("saver", products=("savings",)))
     d = route(r, facts(expressed_interest=Product.savings), team)
@@ -207,7 +222,10 @@ def test_value_range_matching() -> None:
     # No value: no value rule applies; the pool is empty, so the fallback queue.
     d = route(r, facts(value=None), [])
     assert (d.queue, d.rule) == ("unassigned-referrals", None)
-    assert "rule 'rest' (#4) matched but nobody is eligible" in d.reason
+    assert d.reason == (
+        "rule 'rest' (#4) matched but nobody is eligible (0 in the pool, 0 excluded, 0 at capacity); "
+        "sent to the fallback queue 'unassigned-referrals'"
+    )
 
 
 def test_referrer_line_of_business_city_and_state_matching() -> None:
@@ -384,14 +402,13 @@ def test_missing_file_is_named(tmp_path: Path) -> None:
 def test_the_api_refuses_to_start_on_invalid_routing_rules(tmp_path: Path) -> None:
     """A bank's typo stops the service at start, saying where, not at the first referral."""
     from api.app import create_app
-    from config import Settings
+    from tests.conftest import IsolatedSettings
 
     bad = tmp_path / "routing.yaml"
     bad.write_text("version: 1\nfallback_queue: q\nrules:\n  - name: brokers\n    pool: {territory: everywhere}\n")
     with pytest.raises(RoutingRulesError) as err:
-        create_app(Settings(routing_rules=bad, database_url="sqlite:///:memory:"))
-    message = str(err.value)
-    assert str(bad) in message and "rule 'brokers' (#1)" in message and "pool.territory" in message
+        create_app(IsolatedSettings(routing_rules=bad, database_url="sqlite:///:memory:"))
+    assert str(err.value).startswith(f"{bad}: rule 'brokers' (#1), field 'pool.territory': "), str(err.value)
 
 
 def test_reachable_is_everyone_a_matching_rule_could_pick() -> None:

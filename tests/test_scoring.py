@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 import math
 import random
+from collections import Counter
+from collections.abc import Iterable
 from datetime import timedelta
 from decimal import Decimal
 from typing import Any
@@ -13,7 +15,7 @@ from typing import Any
 import pytest
 
 from domain.routing import ReferralFacts
-from domain.scoring import LeadFeatures, LeadModel, priority, referrer_score, value_band
+from domain.scoring import FEATURES, LeadFeatures, LeadModel, priority, referrer_score, value_band
 from domain.types import LineOfBusiness, Product
 
 
@@ -40,16 +42,74 @@ SAVINGS_FROM_PARTNER = feats(
 )
 
 
-def trained() -> LeadModel:
-    """Mortgages referred by wealth advisors mostly convert; partners' savings mostly do not."""
-    outcomes = (
+#: The features in the order the module docstring lists them (the order ties are broken in).
+DOCUMENTED_FEATURES = (
+    "expressed_interest",
+    "value_band",
+    "city",
+    "state",
+    "referrer_type",
+    "referrer_line_of_business",
+    "source",
+)
+
+
+class ByHand:
+    """The lead score exactly as domain/scoring.py's docstring writes it, computed here from
+    plain counts of the outcomes: the reference the model is checked against."""
+
+    def __init__(self, outcomes: Iterable[tuple[LeadFeatures, bool]]) -> None:
+        self.won_total = self.lost_total = 0
+        self.won: dict[str, Counter[str]] = {f: Counter() for f in DOCUMENTED_FEATURES}
+        self.lost: dict[str, Counter[str]] = {f: Counter() for f in DOCUMENTED_FEATURES}
+        for features, won in outcomes:
+            self.won_total += won
+            self.lost_total += not won
+            for f in DOCUMENTED_FEATURES:
+                (self.won if won else self.lost)[f][getattr(features, f)] += 1
+
+    def score(self, referral: LeadFeatures) -> tuple[int, list[tuple[str, str, str, float]]]:
+        """(score, factors as (feature, value, effect, weight))."""
+        w, lo = self.won_total, self.lost_total
+        log_odds = math.log((w + 3) / (lo + 7))
+        llrs = []
+        for f in DOCUMENTED_FEATURES:
+            v = getattr(referral, f)
+            vocabulary = len(set(self.won[f]) | set(self.lost[f])) + 1
+            p_won = (self.won[f][v] + 1) / (w + vocabulary)
+            p_lost = (self.lost[f][v] + 1) / (lo + vocabulary)
+            llr = math.log(p_won / p_lost)
+            log_odds += llr
+            llrs.append((f, v, llr))
+        p = 1 / (1 + math.exp(-log_odds))
+        score = min(99, max(1, math.floor(100 * p + 0.5)))
+        # Strongest first; Python's sort is stable, so ties keep the documented feature order.
+        moved = sorted((x for x in llrs if round(abs(x[2]), 3)), key=lambda x: -abs(x[2]))[:3]
+        return score, [(f, v, "raises" if llr > 0 else "lowers", round(abs(llr), 3)) for f, v, llr in moved]
+
+
+def scored(model: LeadModel, referral: LeadFeatures) -> tuple[int, list[tuple[str, str, str, float]]]:
+    s = model.score(referral)
+    return s.score, [(x.feature, x.value, x.effect, x.weight) for x in s.factors]
+
+
+def test_features_are_the_documented_ones_in_order() -> None:
+    assert FEATURES == DOCUMENTED_FEATURES
+
+
+def trained_outcomes() -> list[tuple[LeadFeatures, bool]]:
+    return (
         [(MORTGAGE_FROM_WEALTH, True)] * 40
         + [(MORTGAGE_FROM_WEALTH, False)] * 10
         + [(SAVINGS_FROM_PARTNER, True)] * 5
         + [(SAVINGS_FROM_PARTNER, False)] * 45
         + [(feats(city="ottawa", expressed_interest="checking"), False)] * 20
     )
-    return LeadModel.from_outcomes(outcomes)
+
+
+def trained() -> LeadModel:
+    """Mortgages referred by wealth advisors mostly convert; partners' savings mostly do not."""
+    return LeadModel.from_outcomes(trained_outcomes())
 
 
 # --- features -----------------------------------------------------------------------------
@@ -137,6 +197,9 @@ def test_hand_computed_lead_score() -> None:
 def test_converting_profile_scores_higher_and_says_why() -> None:
     model = trained()
     good, bad = model.score(MORTGAGE_FROM_WEALTH), model.score(SAVINGS_FROM_PARTNER)
+    hand = ByHand(trained_outcomes())
+    assert scored(model, MORTGAGE_FROM_WEALTH) == hand.score(MORTGAGE_FROM_WEALTH)
+    assert scored(model, SAVINGS_FROM_PARTNER) == hand.score(SAVINGS_FROM_PARTNER)
     assert good.score > 70 > 30 > bad.score
     assert good.factors[0].effect == "raises"
     assert good.factors[0].feature in {
@@ -161,15 +224,23 @@ def test_top_factor_names_the_feature_that_differs() -> None:
     assert (top.feature, top.value, top.effect) == ("expressed_interest", "mortgage", "raises")
     top = model.score(feats(expressed_interest="savings")).factors[0]
     assert (top.feature, top.value, top.effect) == ("expressed_interest", "savings", "lowers")
+    # (31/32) / (1/32) either way: weight ln 31, and nothing else moves the score.
+    assert [(f.feature, f.weight) for f in model.score(feats(expressed_interest="savings")).factors] == [
+        ("expressed_interest", round(math.log(31), 3))
+    ]
 
 
 def test_laplace_keeps_unseen_and_one_sided_values_finite() -> None:
     only_won = LeadModel.from_outcomes([(feats(), True)] * 10)
+    hand = ByHand([(feats(), True)] * 10)
     assert only_won.counts("expressed_interest", "wealth") == (0, 0)
     for f in (feats(), feats(expressed_interest="wealth", city="halifax", state="ns")):
         s = only_won.score(f)
-        assert 1 <= s.score <= 99
+        assert scored(only_won, f) == hand.score(f)
         assert all(math.isfinite(x.weight) for x in s.factors)
+    # Seen only as won: every llr is ln((10+1)/(10+2) / ((0+1)/(0+2))) = ln(11/6); the prior is ln(13/7).
+    expected = math.floor(100 / (1 + math.exp(-(math.log(13 / 7) + 7 * math.log(11 / 6)))) + 0.5)
+    assert only_won.score(feats()).score == expected == 99  # p = 0.9923
     # Unseen product: (0+1)/(10+2) over (0+1)/(0+2) = 1/6.
     unseen = next(
         x for x in only_won.score(feats(expressed_interest="wealth")).factors if x.feature == "expressed_interest"
@@ -191,29 +262,28 @@ def test_scores_stay_within_1_and_99() -> None:
         "source": ["branch", "app", "call"],
     }
     draw = lambda: LeadFeatures(**{k: rng.choice(v) for k, v in choices.items()})  # noqa: E731
-    model = LeadModel.from_outcomes((draw(), rng.random() < 0.2) for _ in range(2_000))
+    outcomes = [(draw(), rng.random() < 0.2) for _ in range(2_000)]
+    model, hand = LeadModel.from_outcomes(outcomes), ByHand(outcomes)
     for _ in range(500):
-        assert 1 <= model.score(draw()).score <= 99
+        referral = draw()
+        assert 1 <= model.score(referral).score <= 99
+        assert scored(model, referral) == hand.score(referral)
 
 
 def test_incremental_and_serialised_models_score_the_same() -> None:
     batch = trained()
     step = LeadModel()
-    for f, won in (
-        [(MORTGAGE_FROM_WEALTH, True)] * 40
-        + [(MORTGAGE_FROM_WEALTH, False)] * 10
-        + [(SAVINGS_FROM_PARTNER, True)] * 5
-        + [(SAVINGS_FROM_PARTNER, False)] * 45
-        + [(feats(city="ottawa", expressed_interest="checking"), False)] * 20
-    ):
+    for f, won in trained_outcomes():
         step.add(f, won)
     data = json.loads(json.dumps(batch.to_dict()))
     assert data == step.to_dict()
     assert (data["won"], data["lost"]) == (45, 75)
     assert data["counts"]["city"] == {"ottawa": [0, 20], "toronto": [45, 55]}
     reloaded = LeadModel.from_dict(data)
+    hand = ByHand(trained_outcomes())
     for f in (MORTGAGE_FROM_WEALTH, SAVINGS_FROM_PARTNER, feats(state="bc")):
         assert reloaded.score(f) == batch.score(f) == step.score(f)
+        assert scored(reloaded, f) == hand.score(f)
 
 
 @pytest.mark.parametrize(

@@ -36,18 +36,22 @@ async def test_journey_survives_a_worker_restart(client: Client, settings: Setti
             pending = asyncio.create_task(
                 api.event("mortgage.application_approved", opp["id"], {"approval_id": "APR-R"}, expect=None)
             )
+            # Nothing can take it while no worker runs: a second on, it is still waiting and
+            # the opportunity has not moved. (Checking that something does not happen: a sleep.)
             await asyncio.sleep(1.0)
             assert not pending.done()
+            assert (await api.get(f"/v1/opportunities/{opp['id']}")).json()["stage"] == "applied"
 
             async with build_worker(client, settings, queue):
                 answer = await asyncio.wait_for(pending, timeout=45)
                 assert answer.status_code == 202, answer.text
+                assert answer.json()["result"] == "applied"
                 approved = answer.json()["opportunity"]
-                assert approved["stage"] == "approved"
+                assert (approved["stage"], approved["signature"]["status"]) == ("approved", "sent")
                 assert (await api.sign(approved["signature"]["signing_url"])).status_code == 200
                 await client.get_workflow_handle(opp["workflow_id"]).result()
 
             won = (await api.get(f"/v1/opportunities/{opp['id']}")).json()
-            assert won["status"] == "won"
+            assert (won["status"], won["stage"]) == ("won", "closed_won")
             stages = [c["stage"] for c in won["checkpoints"]]
             assert stages == ["interested", "searching", "applied", "approved", "closed_won"]
