@@ -43,6 +43,7 @@ async def _add_checkpoint(session: AsyncSession, opportunity_id: str, cp: Checkp
                 entered_at=cp.entered_at,
                 trigger=cp.trigger.value,
                 actor=cp.actor,
+                via=cp.via,
                 evidence=cp.evidence,
             )
         )
@@ -115,6 +116,8 @@ class OpportunityActivities:
                         channel=c.channel.value,
                         evidence=c.evidence,
                         granted_at=c.granted_at,
+                        actor=c.actor,
+                        via=c.via,
                     )
                 )
             if change.processed_event and await session.get(ProcessedEvent, change.processed_event.event_id) is None:

@@ -106,6 +106,7 @@ def _history_row(referral_id: str, entry: HistoryEntry) -> ReferralHistory:
         status=entry.status,
         at=entry.at,
         actor=entry.actor,
+        via=entry.via,
         note=entry.note,
         assignee_id=entry.assignee_id,
     )
@@ -258,6 +259,7 @@ class ReferralActivities:
                     status=row.status,
                     at=req.at,
                     actor=req.actor,
+                    via=req.via,
                     note=decision.reason,
                     assignee_id=decision.assignee_id,
                 ),

@@ -14,7 +14,17 @@ from temporalio.client import Client
 
 from api import errors
 from api.deps import Services
-from api.routers import customers, employees, events, opportunities, outbox, referrals, reports, signing
+from api.routers import (
+    api_keys,
+    customers,
+    employees,
+    events,
+    opportunities,
+    outbox,
+    referrals,
+    reports,
+    signing,
+)
 from config import Settings, get_settings
 from domain.process import load_catalog
 from domain.routing import load_routing_rules
@@ -55,6 +65,7 @@ def create_app(
     )
     errors.install(app)
     for router in (
+        api_keys.router,
         customers.router,
         employees.router,
         referrals.router,

@@ -37,6 +37,8 @@ class Principal:
     id: str
     name: str
     scopes: frozenset[str]
+    #: The employee a bound key acts as (and only as); None for a system's key.
+    employee_id: str | None = None
 
 
 def get_services(request: Request) -> Services:
@@ -59,7 +61,7 @@ def require(scope: str) -> Callable[..., Awaitable[Principal]]:
             raise ApiError(401, "unauthenticated", "unknown or revoked API key")
         if scope not in row.scopes:
             raise ApiError(403, "forbidden", f"this API key lacks the scope {scope!r}", {"required_scope": scope})
-        return Principal(id=row.id, name=row.name, scopes=frozenset(row.scopes))
+        return Principal(id=row.id, name=row.name, scopes=frozenset(row.scopes), employee_id=row.employee_id)
 
     return dependency
 
@@ -67,4 +69,5 @@ def require(scope: str) -> Callable[..., Awaitable[Principal]]:
 CrmWriter = Annotated[Principal, Depends(require("crm:write"))]
 EventWriter = Annotated[Principal, Depends(require("events:write"))]
 ReportReader = Annotated[Principal, Depends(require("reports:read"))]
+Admin = Annotated[Principal, Depends(require("admin"))]
 IdempotencyKey = Annotated[str | None, Header(alias="Idempotency-Key", max_length=200)]

@@ -9,6 +9,7 @@ from typing import Annotated, Any, Literal
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, PlainSerializer, StringConstraints
 
 from domain.types import ConsentChannel, EventType, InteractionChannel, LineOfBusiness, Product, Role
+from store.keys import ALL_SCOPES
 
 Text = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=2000)]
 Name = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200)]
@@ -17,6 +18,9 @@ Email = Annotated[str, StringConstraints(strip_whitespace=True, max_length=320, 
 Id = Annotated[
     str, StringConstraints(strip_whitespace=True, min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:\-]+$")
 ]
+#: The employee a command is made for. A key bound to an employee may leave it out (it
+#: acts as its employee); an unbound key must name one and needs `crm:act-as`.
+ActorId = Id | None
 #: Money travels as a decimal string ("500000.00").
 Money = Annotated[
     Decimal,
@@ -98,6 +102,34 @@ class EmployeeCreate(Body):
     manager_id: Id | None = None
 
 
+Scope = Literal[ALL_SCOPES]  # type: ignore[valid-type]  # the one list of scopes, in store/keys.py
+
+
+class ApiKeyCreate(Body):
+    name: Name
+    scopes: list[Scope] = Field(min_length=1, max_length=5)
+    #: Bind the key to this employee: it then acts as them and no one else.
+    employee_id: Id | None = None
+
+
+class ApiKeyOut(BaseModel):
+    id: str
+    name: str
+    scopes: list[str]
+    employee_id: str | None = None
+    created_at: datetime
+    revoked_at: datetime | None = None
+
+
+class ApiKeyIssued(ApiKeyOut):
+    #: The key itself: shown this once, stored only as its SHA-256.
+    key: str
+
+
+class ApiKeyList(BaseModel):
+    items: list[ApiKeyOut]
+
+
 class EmployeeOut(BaseModel):
     id: str
     name: str
@@ -140,12 +172,12 @@ class ReferralCreate(Body):
 
 
 class Reject(Body):
-    actor_id: Id
+    actor_id: ActorId = None
     reason: Text
 
 
 class Reassign(Body):
-    actor_id: Id
+    actor_id: ActorId = None
     to_employee_id: Id
     reason: Text | None = None
 
@@ -156,13 +188,13 @@ class NeedIn(Body):
 
 
 class Convert(Body):
-    actor_id: Id
+    actor_id: ActorId = None
     amount: Money | None = None
     need: NeedIn
 
 
 class CloseReferral(Body):
-    actor_id: Id
+    actor_id: ActorId = None
     reason: Text
 
 
@@ -177,6 +209,7 @@ class HistoryOut(BaseModel):
     status: str
     at: datetime
     actor: str
+    via: str | None = None
     note: str | None = None
     assignee_id: str | None = None
 
@@ -236,18 +269,18 @@ class OpportunityCreate(Body):
 
 
 class Advance(Body):
-    actor_id: Id
+    actor_id: ActorId = None
     to_stage: Annotated[str, StringConstraints(min_length=1, max_length=64)]
     evidence: dict[str, Annotated[str, StringConstraints(max_length=2000)]] = Field(default_factory=dict)
 
 
 class CloseLost(Body):
-    actor_id: Id
+    actor_id: ActorId = None
     reason: Text
 
 
 class ActorOnly(Body):
-    actor_id: Id
+    actor_id: ActorId = None
 
 
 class CheckpointOut(BaseModel):
@@ -255,6 +288,7 @@ class CheckpointOut(BaseModel):
     entered_at: datetime
     trigger: Literal["manual", "event"]
     actor: str
+    via: str | None = None
     evidence: dict[str, Any]
 
 
@@ -295,6 +329,8 @@ class ConsentOut(BaseModel):
     channel: ConsentChannel
     evidence: dict[str, Any]
     granted_at: datetime
+    actor: str | None = None
+    via: str | None = None
 
 
 class JourneyOut(BaseModel):

@@ -56,7 +56,14 @@ def opportunity_out(rec: OpportunityRecord) -> OpportunityOut:
         referral_id=o.referral_id,
         campaign_id=o.campaign_id,
         checkpoints=[
-            CheckpointOut(stage=c.stage, entered_at=c.entered_at, trigger=c.trigger, actor=c.actor, evidence=c.evidence)  # type: ignore[arg-type]
+            CheckpointOut(
+                stage=c.stage,
+                entered_at=c.entered_at,
+                trigger=c.trigger,  # type: ignore[arg-type]
+                actor=c.actor,
+                via=c.via,
+                evidence=c.evidence,
+            )
             for c in rec.checkpoints
         ],
         signature=(
@@ -96,7 +103,14 @@ def referral_out(rec: ReferralRecord) -> ReferralOut:
         sla_deadline=r.sla_deadline,
         created_at=r.created_at,
         history=[
-            {"status": h.status, "at": h.at, "actor": h.actor, "note": h.note, "assignee_id": h.assignee_id}  # type: ignore[misc]
+            {
+                "status": h.status,
+                "at": h.at,
+                "actor": h.actor,
+                "via": h.via,
+                "note": h.note,
+                "assignee_id": h.assignee_id,
+            }  # type: ignore[misc]
             for h in rec.history
         ],
         close_reason=r.close_reason,

@@ -36,6 +36,8 @@ class Actor(BaseModel):
 
     id: str
     role: Role
+    #: The API key (its name) the front end acted through: recorded beside the actor.
+    via: str | None = None
 
 
 class OpportunityInput(BaseModel):
@@ -48,6 +50,8 @@ class OpportunityInput(BaseModel):
     referral_id: str | None = None
     campaign_id: str | None = None
     opened_by: str
+    #: The API key (its name) the opening came through.
+    opened_via: str | None = None
     process: ProcessDefinition
 
 
@@ -96,6 +100,8 @@ class CheckpointView(BaseModel):
     entered_at: datetime
     trigger: Trigger
     actor: str
+    #: The API key (its name) the change came through; None for the workflow's own moves.
+    via: str | None = None
     evidence: dict[str, Any] = Field(default_factory=dict)
 
 

@@ -46,6 +46,10 @@ class ConsentRecord(BaseModel):
     channel: ConsentChannel
     evidence: dict[str, Any]
     granted_at: datetime
+    #: Who recorded the consent (an employee, or the system that brought the customer's
+    #: word) and through which API key.
+    actor: str | None = None
+    via: str | None = None
 
 
 class ProcessedEventRecord(BaseModel):
@@ -118,6 +122,7 @@ class RouteReferral(BaseModel):
     seq: int
     at: datetime
     actor: str
+    via: str | None = None
     #: Recorded as the acceptance deadline when someone is assigned.
     accept_deadline: datetime
 

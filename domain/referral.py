@@ -62,6 +62,8 @@ class ReferralInput(BaseModel):
     city: str | None = None
     state: str | None = None
     source: str
+    #: The API key (its name) the referral came through.
+    created_via: str | None = None
     rules: RoutingRules
     sla: ReferralSla
 
@@ -120,6 +122,8 @@ class HistoryEntry(BaseModel):
     status: str
     at: datetime
     actor: str
+    #: The API key (its name) the change came through; None for the workflow's own moves.
+    via: str | None = None
     note: str | None = None
     assignee_id: str | None = None
 

@@ -7,7 +7,19 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import JSON, DateTime, ForeignKey, Index, Integer, MetaData, Numeric, String, Text, UniqueConstraint
+from sqlalchemy import (
+    JSON,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    Numeric,
+    String,
+    Text,
+    UniqueConstraint,
+    true,
+)
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 from sqlalchemy.types import TypeDecorator
@@ -87,6 +99,8 @@ class Employee(Base):
     capacity: Mapped[int] = mapped_column(Integer)
     manager_id: Mapped[str | None] = mapped_column(ForeignKey("employees.id"))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    #: An inactive employee (left the bank) is never routed to and acts on nothing.
+    active: Mapped[bool] = mapped_column(default=True, server_default=true())
 
 
 class Need(Base):
@@ -148,6 +162,8 @@ class Checkpoint(Base):
     entered_at: Mapped[datetime] = mapped_column()
     trigger: Mapped[str] = mapped_column(String(16))
     actor: Mapped[str] = mapped_column(String(256))
+    #: The API key (its name) the change came through; None for the workflow's own moves.
+    via: Mapped[str | None] = mapped_column(String(200))
     evidence: Mapped[dict[str, Any]] = mapped_column(default=dict)
 
 
@@ -198,6 +214,8 @@ class ReferralHistory(Base):
     status: Mapped[str] = mapped_column(String(16))
     at: Mapped[datetime] = mapped_column()
     actor: Mapped[str] = mapped_column(String(256))
+    #: The API key (its name) the change came through; None for the workflow's own moves.
+    via: Mapped[str | None] = mapped_column(String(200))
     note: Mapped[str | None] = mapped_column(Text)
     assignee_id: Mapped[str | None] = mapped_column(String(64), index=True)
 
@@ -233,6 +251,10 @@ class Consent(Base):
     channel: Mapped[str] = mapped_column(String(16))
     evidence: Mapped[dict[str, Any]] = mapped_column(default=dict)
     granted_at: Mapped[datetime] = mapped_column()
+    #: Who recorded it (an employee, or the system that brought the customer's word) and
+    #: through which API key.
+    actor: Mapped[str | None] = mapped_column(String(256))
+    via: Mapped[str | None] = mapped_column(String(200))
 
 
 class SignatureRequest(Base):
@@ -299,6 +321,8 @@ class ApiKey(Base):
     name: Mapped[str] = mapped_column(String(200))
     key_sha256: Mapped[str] = mapped_column(String(64), unique=True)
     scopes: Mapped[list[str]] = mapped_column(default=list)
+    #: A key bound to an employee acts only as that employee.
+    employee_id: Mapped[str | None] = mapped_column(ForeignKey("employees.id"), index=True)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     revoked_at: Mapped[datetime | None] = mapped_column()
 

@@ -26,7 +26,7 @@ import httpx
 import pytest
 import pytest_asyncio
 from fastapi import FastAPI
-from sqlalchemy import Engine, update
+from sqlalchemy import Engine, select, update
 from temporalio.client import Client
 
 from api.app import create_app
@@ -61,7 +61,7 @@ SCOPES: dict[Route, str] = {
     ("POST", "/v1/customers/{customer_id}/needs"): "crm:write",
     ("POST", "/v1/customers/{customer_id}/interactions"): "crm:write",
     ("GET", "/v1/customers/{customer_id}/journey"): "reports:read",
-    ("POST", "/v1/employees"): "crm:write",
+    ("POST", "/v1/employees"): "admin",
     ("GET", "/v1/employees/{employee_id}/referrals"): "crm:write",
     ("POST", "/v1/referrals"): "crm:write",
     ("GET", "/v1/referrals/{referral_id}"): "crm:write",
@@ -76,7 +76,10 @@ SCOPES: dict[Route, str] = {
     ("POST", "/v1/opportunities/{opportunity_id}/close-lost"): "crm:write",
     ("POST", "/v1/opportunities/{opportunity_id}/resend-signature"): "crm:write",
     ("POST", "/v1/events"): "events:write",
-    ("GET", "/v1/outbox"): "reports:read",
+    ("GET", "/v1/outbox"): "admin",
+    ("POST", "/v1/api-keys"): "admin",
+    ("GET", "/v1/api-keys"): "admin",
+    ("DELETE", "/v1/api-keys/{key_id}"): "admin",
     ("GET", "/v1/reports/referrers"): "reports:read",
     ("GET", "/v1/reports/pipeline"): "reports:read",
 }
@@ -155,6 +158,7 @@ class Subjects:
     referrer_id: str
     assignee_id: str
     manager_id: str
+    key_id: str  # a key made for the test to revoke
 
     def path(self, template: str) -> str:
         ids = {
@@ -162,6 +166,7 @@ class Subjects:
             "employee_id": self.assignee_id,
             "opportunity_id": self.opportunity_id,
             "referral_id": self.referral_id,
+            "key_id": self.key_id,
         }
         names = re.findall(r"{(\w+)}", template)
         assert set(names) <= set(ids), f"no subject for {set(names) - set(ids)} in {template}: add one"
@@ -169,8 +174,11 @@ class Subjects:
 
 
 @pytest_asyncio.fixture(scope="module")
-async def subjects(app_client: httpx.AsyncClient, keys: dict[str, str]) -> Subjects:
+async def subjects(app_client: httpx.AsyncClient, keys: dict[str, str], db: Engine) -> Subjects:
     api = Api(app_client, keys["all"])
+    spare = register_api_key(db, unique("spare"), ["reports:read"])
+    with db.connect() as conn:
+        key_id = conn.scalar(select(ApiKey.id).where(ApiKey.key_sha256 == hash_key(spare)))
     dan = await api.employee(name="Dan Access", email="dan.access@bank.example")
     customer, need = await api.customer_with_need(dan["id"], name=unique("Ada Access"))
     opp = await api.opportunity(owner=dan)
@@ -187,6 +195,7 @@ async def subjects(app_client: httpx.AsyncClient, keys: dict[str, str]) -> Subje
         referrer_id=staff["ryan"]["id"],
         assignee_id=staff["bob"]["id"],
         manager_id=staff["kevin"]["id"],
+        key_id=key_id,
     )
 
 
@@ -263,6 +272,13 @@ WRITES: dict[Route, Write] = {
     ("POST", "/v1/opportunities/{opportunity_id}/resend-signature"): lambda s, tag: _write(
         {"actor_id": s.dan}, SignatureRequest, SignatureRequest.opportunity_id == s.opportunity_id
     ),
+    ("POST", "/v1/api-keys"): lambda s, tag: _write(
+        {"name": tag, "scopes": ["reports:read"]}, ApiKey, ApiKey.name == tag
+    ),
+    ("DELETE", "/v1/api-keys/{key_id}"): lambda s, tag: (
+        None,
+        lambda db: count(db, ApiKey, ApiKey.id == s.key_id, ApiKey.revoked_at.is_not(None)),
+    ),
     ("POST", "/v1/events"): lambda s, tag: (
         {
             "id": tag,
@@ -331,6 +347,9 @@ async def test_each_route_wants_its_key_and_its_scope(
     if method == "GET":
         r = await call(right)
         assert r.status_code == 200, r.text
+    elif method == "DELETE":  # no body to refuse: the right key does it
+        assert (await call(right)).status_code == 204
+        assert written(db) == before + 1
     else:
         assert_error(await call(f"Bearer {keys[others[0]]}", json={}), 403, "forbidden")
         assert_error(await call(right, json={}), 422, "validation_error")

@@ -80,7 +80,9 @@ class OpportunityWorkflow:
     @workflow.run
     async def run(self, input: OpportunityInput) -> OpportunityState:
         first = self.process.stages[0]
-        checkpoint = self._append_checkpoint(first, Trigger.manual, input.opened_by, {"need_id": input.need_id})
+        checkpoint = self._append_checkpoint(
+            first, Trigger.manual, input.opened_by, {"need_id": input.need_id}, via=input.opened_via
+        )
         self._publish()
         async with self._write_lock:
             await record(
@@ -120,7 +122,7 @@ class OpportunityWorkflow:
     @workflow.update
     async def advance(self, cmd: AdvanceCommand) -> OpportunityState:
         stage = check_advance(self.process, self.state, cmd)
-        await self._enter(stage, Trigger.manual, cmd.actor.id, dict(cmd.evidence))
+        await self._enter(stage, Trigger.manual, cmd.actor.id, dict(cmd.evidence), via=cmd.actor.via)
         return self.state
 
     @advance.validator
@@ -140,18 +142,20 @@ class OpportunityWorkflow:
             type=cmd.type.value,
             body_sha256=event_body_sha256(cmd.type.value, cmd.data),
         )
-        actor = cmd.source or cmd.type.value
+        actor, via = cmd.source or cmd.type.value, cmd.source
         evidence = {"event_id": cmd.event_id, "occurred_at": cmd.occurred_at.isoformat(), **cmd.data}
         if effect == "lose":
             lost = self.process.lost_event(cmd.type)
             reason = str(cmd.data.get(lost.reason_field) if lost else "") or cmd.type.value
-            await self._close_lost(reason, Trigger.event, actor, evidence, processed)
+            await self._close_lost(reason, Trigger.event, actor, evidence, processed, via=via)
         else:
             assert stage is not None
             consent = None
             if stage.consent is not None:
-                consent = self._consent(stage.consent, consent_evidence(stage.consent, cmd.data))
-            await self._enter(stage, Trigger.event, actor, evidence, consent=consent, processed_event=processed)
+                consent = self._consent(stage.consent, consent_evidence(stage.consent, cmd.data), actor, via)
+            await self._enter(
+                stage, Trigger.event, actor, evidence, via=via, consent=consent, processed_event=processed
+            )
         return EventResult(result="applied", state=self.state)
 
     @apply_event.validator
@@ -189,7 +193,8 @@ class OpportunityWorkflow:
             "client_address": outcome.client_address,
             "signed_at": outcome.at.isoformat(),
         }
-        consent = self._consent(ConsentChannel.esignature, evidence, granted_at=outcome.at)
+        signer = f"esignature:{sig.provider}"
+        consent = self._consent(ConsentChannel.esignature, evidence, signer, None, granted_at=outcome.at)
         completion = records.SignatureCompletion(
             envelope_id=outcome.envelope_id,
             signer_name=outcome.signer_name or "",
@@ -197,12 +202,7 @@ class OpportunityWorkflow:
             completed_at=outcome.at,
         )
         await self._enter(
-            stage,
-            Trigger.event,
-            f"esignature:{sig.provider}",
-            evidence,
-            consent=consent,
-            signature_completion=completion,
+            stage, Trigger.event, signer, evidence, via=None, consent=consent, signature_completion=completion
         )
         return self.state
 
@@ -226,7 +226,9 @@ class OpportunityWorkflow:
     @workflow.update
     async def close_lost(self, cmd: CloseLostCommand) -> OpportunityState:
         check_close_lost(self.state, cmd)
-        await self._close_lost(cmd.reason, Trigger.manual, cmd.actor.id, {"reason": cmd.reason}, None)
+        await self._close_lost(
+            cmd.reason, Trigger.manual, cmd.actor.id, {"reason": cmd.reason}, None, via=cmd.actor.via
+        )
         return self.state
 
     @close_lost.validator
@@ -237,20 +239,23 @@ class OpportunityWorkflow:
     # Each changes the in-memory state at once (so the next validator sees it), then
     # records it through an activity, in order, before the update answers.
 
-    def _append_checkpoint(self, stage: Stage | None, trigger: Trigger, actor: str, evidence: dict) -> CheckpointView:
+    def _append_checkpoint(
+        self, stage: Stage | None, trigger: Trigger, actor: str, evidence: dict, *, via: str | None
+    ) -> CheckpointView:
         checkpoint = CheckpointView(
             seq=len(self.state.checkpoints) + 1,
             stage=stage.key if stage else CLOSED_LOST_STAGE,
             entered_at=workflow.now(),
             trigger=trigger,
             actor=actor,
+            via=via,
             evidence=evidence,
         )
         self.state.checkpoints.append(checkpoint)
         return checkpoint
 
     def _consent(
-        self, channel: ConsentChannel, evidence: dict[str, Any], granted_at: Any = None
+        self, channel: ConsentChannel, evidence: dict[str, Any], actor: str, via: str | None, granted_at: Any = None
     ) -> records.ConsentRecord:
         return records.ConsentRecord(
             consent_id=consent_id(self.state.opportunity_id, len(self.state.checkpoints) + 1),
@@ -259,6 +264,8 @@ class OpportunityWorkflow:
             channel=channel,
             evidence=evidence,
             granted_at=granted_at or workflow.now(),
+            actor=actor,
+            via=via,
         )
 
     async def _enter(
@@ -268,11 +275,12 @@ class OpportunityWorkflow:
         actor: str,
         evidence: dict[str, Any],
         *,
+        via: str | None,
         consent: records.ConsentRecord | None = None,
         processed_event: records.ProcessedEventRecord | None = None,
         signature_completion: records.SignatureCompletion | None = None,
     ) -> None:
-        checkpoint = self._append_checkpoint(stage, trigger, actor, evidence)
+        checkpoint = self._append_checkpoint(stage, trigger, actor, evidence, via=via)
         self.state.stage = stage.key
         self.state.probability = stage.probability
         if stage.outcome == "won":
@@ -295,8 +303,10 @@ class OpportunityWorkflow:
         actor: str,
         evidence: dict[str, Any],
         processed_event: records.ProcessedEventRecord | None,
+        *,
+        via: str | None,
     ) -> None:
-        checkpoint = self._append_checkpoint(None, trigger, actor, evidence)
+        checkpoint = self._append_checkpoint(None, trigger, actor, evidence, via=via)
         self.state.stage = CLOSED_LOST_STAGE
         self.state.probability = 0
         self.state.status = OpportunityStatus.lost

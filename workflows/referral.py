@@ -68,8 +68,8 @@ class ReferralWorkflow:
     @workflow.run
     async def run(self, input: ReferralInput) -> ReferralState:
         async with self._write_lock:
-            created = self._entry("created", input.referrer.id, None)
-            route = self._route_request(SYSTEM, None)
+            created = self._entry("created", input.referrer.id, None, via=input.created_via)
+            route = self._route_request(SYSTEM, None, via=None)
             opened: records.ReferralOpened = await record(
                 records.OPEN_REFERRAL,
                 records.OpenReferral(
@@ -103,7 +103,7 @@ class ReferralWorkflow:
         self._accepted_at = workflow.now()
         self._followups_sent = 0
         self.state.sla_deadline = self._accepted_at + timedelta(seconds=self.input.sla.followup_seconds)
-        entry = self._change("accepted", cmd.actor.id, None, self.state.assignee_id)
+        entry = self._change("accepted", cmd.actor.id, None, self.state.assignee_id, via=cmd.actor.via)
         await self._record(entry, accepted_at=self._accepted_at)
         return self.state
 
@@ -116,9 +116,11 @@ class ReferralWorkflow:
         rejected_by = self.state.assignee_id
         if rejected_by and rejected_by not in self.state.excluded:
             self.state.excluded.append(rejected_by)
-        entry = self._change("routing", cmd.actor.id, f"rejected: {cmd.reason}", rejected_by, record_status="rejected")
+        entry = self._change(
+            "routing", cmd.actor.id, f"rejected: {cmd.reason}", rejected_by, record_status="rejected", via=cmd.actor.via
+        )
         async with self._write_lock:
-            await self._route(cmd.actor.id, preceding=entry)
+            await self._route(cmd.actor.id, preceding=entry, via=cmd.actor.via)
         return self.state
 
     @reject.validator
@@ -131,7 +133,9 @@ class ReferralWorkflow:
         self.state.queue = None
         self.state.sla_deadline = deadline
         self.state.assignee_id = cmd.to_employee_id
-        entry = self._change("assigned", cmd.actor.id, cmd.reason or "reassigned", cmd.to_employee_id)
+        entry = self._change(
+            "assigned", cmd.actor.id, cmd.reason or "reassigned", cmd.to_employee_id, via=cmd.actor.via
+        )
         await self._record(entry)
         await self._notify("assigned", str(entry.seq), cmd.to_employee_id)
         return self.state
@@ -172,12 +176,15 @@ class ReferralWorkflow:
                     amount=cmd.amount if cmd.amount is not None else self.input.value,
                     referral_id=self.input.referral_id,
                     opened_by=cmd.actor.id,
+                    opened_via=cmd.actor.via,
                     process=cmd.process,
                 ),
             )
             self.state.customer_id = conversion.customer_id
             self.state.opportunity_id = opportunity_id
-            done = self._change("converted", cmd.actor.id, f"opportunity {opportunity_id}", self.state.assignee_id)
+            done = self._change(
+                "converted", cmd.actor.id, f"opportunity {opportunity_id}", self.state.assignee_id, via=cmd.actor.via
+            )
             self.state.sla_deadline = None
             await self._record_locked(done, opportunity_id=opportunity_id, customer_id=conversion.customer_id, won=True)
         return self.state
@@ -189,7 +196,7 @@ class ReferralWorkflow:
     @workflow.update
     async def close(self, cmd: CloseCommand) -> ReferralState:
         self.state.sla_deadline = None
-        entry = self._change("closed", cmd.actor.id, cmd.reason, self.state.assignee_id)
+        entry = self._change("closed", cmd.actor.id, cmd.reason, self.state.assignee_id, via=cmd.actor.via)
         await self._record(entry, close_reason=cmd.reason, won=False)
         return self.state
 
@@ -215,9 +222,9 @@ class ReferralWorkflow:
         lapsed = self.state.assignee_id
         if lapsed and lapsed not in self.state.excluded:
             self.state.excluded.append(lapsed)
-        entry = self._change("routing", SYSTEM, "acceptance SLA lapsed", lapsed, record_status="lapsed")
+        entry = self._change("routing", SYSTEM, "acceptance SLA lapsed", lapsed, record_status="lapsed", via=None)
         async with self._write_lock:
-            await self._route(SYSTEM, preceding=entry)
+            await self._route(SYSTEM, preceding=entry, via=None)
             await self._notify_locked("lapsed", str(entry.seq), lapsed)
 
     async def _follow_up(self, kind: str) -> None:
@@ -230,12 +237,15 @@ class ReferralWorkflow:
 
     # ------------------------------------------------------------ state changes
 
-    def _entry(self, status: str, actor: str, note: str | None, assignee_id: str | None = None) -> HistoryEntry:
+    def _entry(
+        self, status: str, actor: str, note: str | None, assignee_id: str | None = None, *, via: str | None
+    ) -> HistoryEntry:
         entry = HistoryEntry(
             seq=len(self.state.history) + 1,
             status=status,
             at=workflow.now(),
             actor=actor,
+            via=via,
             note=note,
             assignee_id=assignee_id,
         )
@@ -243,16 +253,23 @@ class ReferralWorkflow:
         return entry
 
     def _change(
-        self, status: str, actor: str, note: str | None, assignee_id: str | None, record_status: str | None = None
+        self,
+        status: str,
+        actor: str,
+        note: str | None,
+        assignee_id: str | None,
+        record_status: str | None = None,
+        *,
+        via: str | None,
     ) -> HistoryEntry:
         """Change the status now (the next validator sees it) and add its history entry."""
         self.state.status = status  # type: ignore[assignment]
         self._sla.rearm()
-        entry = self._entry(record_status or status, actor, note, assignee_id)
+        entry = self._entry(record_status or status, actor, note, assignee_id, via=via)
         self._publish()
         return entry
 
-    def _route_request(self, actor: str, preceding: HistoryEntry | None) -> records.RouteReferral:
+    def _route_request(self, actor: str, preceding: HistoryEntry | None, *, via: str | None) -> records.RouteReferral:
         self.state.status = "routing"
         now = workflow.now()
         return records.RouteReferral(
@@ -264,12 +281,13 @@ class ReferralWorkflow:
             seq=len(self.state.history) + 1,
             at=now,
             actor=actor,
+            via=via,
             accept_deadline=now + timedelta(seconds=self.input.sla.accept_seconds),
         )
 
-    async def _route(self, actor: str, preceding: HistoryEntry | None = None) -> None:
+    async def _route(self, actor: str, preceding: HistoryEntry | None = None, *, via: str | None) -> None:
         """Re-route the referral and tell whoever must know. Holds the write lock."""
-        req = self._route_request(actor, preceding)
+        req = self._route_request(actor, preceding, via=via)
         await self._routed(req, await record(records.ROUTE_REFERRAL, req, Routed))
 
     async def _routed(self, req: records.RouteReferral, routed: Routed) -> None:
@@ -280,7 +298,13 @@ class ReferralWorkflow:
         self.state.sla_deadline = req.accept_deadline if d.assignee_id else None
         self.state.history.append(
             HistoryEntry(
-                seq=req.seq, status=status, at=req.at, actor=req.actor, note=d.reason, assignee_id=d.assignee_id
+                seq=req.seq,
+                status=status,
+                at=req.at,
+                actor=req.actor,
+                via=req.via,
+                note=d.reason,
+                assignee_id=d.assignee_id,
             )
         )
         self.state.status = status  # type: ignore[assignment]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Request
 
-from api.deps import CrmWriter, IdempotencyKey, ServicesDep
+from api.deps import Admin, IdempotencyKey, ServicesDep
 from api.errors import ApiError, invalid
 from api.idempotency import idempotent
 from api.schemas import EmployeeCreate, EmployeeOut
@@ -17,7 +17,7 @@ router = APIRouter(prefix="/v1/employees", tags=["employees"])
 
 @router.post("", status_code=201, response_model=EmployeeOut)
 async def create_employee(
-    body: EmployeeCreate, request: Request, svc: ServicesDep, who: CrmWriter, key: IdempotencyKey = None
+    body: EmployeeCreate, request: Request, svc: ServicesDep, who: Admin, key: IdempotencyKey = None
 ):
     async def create() -> EmployeeOut:
         async with svc.sessions.begin() as session:

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Request
 
-from api.actors import resolve_actor
-from api.deps import CrmWriter, IdempotencyKey, Services, ServicesDep
+from api.actors import actor_id_for, resolve_actor
+from api.deps import CrmWriter, IdempotencyKey, Principal, Services, ServicesDep
 from api.errors import invalid, not_found
 from api.idempotency import idempotent
 from api.schemas import ActorOnly, Advance, CloseLost, OpportunityCreate, OpportunityOut
@@ -42,11 +42,11 @@ async def read_opportunity(svc: Services, opportunity_id: str) -> OpportunityOut
     return opportunity_out(rec)
 
 
-async def _existing(svc: Services, opportunity_id: str, actor_id: str) -> Actor:
+async def _existing(svc: Services, opportunity_id: str, who: Principal, actor_id: str | None) -> Actor:
     async with svc.sessions() as session:
         if await session.get(Opportunity, opportunity_id) is None:
             raise not_found("opportunity", opportunity_id)
-        return await resolve_actor(session, actor_id)
+        return await resolve_actor(session, who, actor_id)
 
 
 @router.post("", status_code=201, response_model=OpportunityOut)
@@ -86,6 +86,7 @@ async def open_opportunity(
             referral_id=body.referral_id,
             campaign_id=body.campaign_id,
             opened_by=owner.id,
+            opened_via=who.name,
             process=process,
         )
         await svc.starts.open_opportunity(wf_input)
@@ -103,8 +104,10 @@ async def get_opportunity(opportunity_id: str, svc: ServicesDep, who: CrmWriter)
 async def advance(
     opportunity_id: str, body: Advance, request: Request, svc: ServicesDep, who: CrmWriter, key: IdempotencyKey = None
 ):
+    actor_id_for(who, body.actor_id)  # like the scope: before anything, never a key's stored answer
+
     async def run() -> OpportunityOut:
-        actor = await _existing(svc, opportunity_id, body.actor_id)
+        actor = await _existing(svc, opportunity_id, who, body.actor_id)
         cmd = AdvanceCommand(actor=actor, to_stage=body.to_stage, evidence=body.evidence)
         await update_opportunity(
             svc,
@@ -123,8 +126,10 @@ async def advance(
 async def close_lost(
     opportunity_id: str, body: CloseLost, request: Request, svc: ServicesDep, who: CrmWriter, key: IdempotencyKey = None
 ):
+    actor_id_for(who, body.actor_id)  # like the scope: before anything, never a key's stored answer
+
     async def run() -> OpportunityOut:
-        actor = await _existing(svc, opportunity_id, body.actor_id)
+        actor = await _existing(svc, opportunity_id, who, body.actor_id)
         await update_opportunity(
             svc,
             opportunity_id,
@@ -142,8 +147,10 @@ async def close_lost(
 async def resend_signature(
     opportunity_id: str, body: ActorOnly, request: Request, svc: ServicesDep, who: CrmWriter, key: IdempotencyKey = None
 ):
+    actor_id_for(who, body.actor_id)  # like the scope: before anything, never a key's stored answer
+
     async def run() -> OpportunityOut:
-        actor = await _existing(svc, opportunity_id, body.actor_id)
+        actor = await _existing(svc, opportunity_id, who, body.actor_id)
         await update_opportunity(
             svc,
             opportunity_id,

@@ -1,4 +1,6 @@
-"""GET /v1/outbox: every e-mail needflow sent or would send, newest first.
+"""GET /v1/outbox (admin): every e-mail needflow sent or would send, newest first.
+
+Admin only: messages carry customers' contact details (and, soon, their signing links).
 
 With no NEEDFLOW_SMTP_URL configured (the embedded default) this is where messages go;
 with SMTP they are listed too, with the time they were handed over (`sent_at`).
@@ -11,7 +13,7 @@ from typing import Annotated
 from fastapi import APIRouter, Query
 from sqlalchemy import select
 
-from api.deps import ReportReader, ServicesDep
+from api.deps import Admin, ServicesDep
 from api.schemas import OutboxList
 from api.views import outbox_item
 from store.models import Notification
@@ -22,13 +24,16 @@ router = APIRouter(prefix="/v1/outbox", tags=["outbox"])
 @router.get("", response_model=OutboxList)
 async def list_outbox(
     svc: ServicesDep,
-    who: ReportReader,
+    who: Admin,
     to_employee_id: Annotated[str | None, Query(max_length=64)] = None,
+    to: Annotated[str | None, Query(max_length=320, description="the recipient's e-mail address")] = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
 ):
     query = select(Notification).order_by(Notification.created_at.desc(), Notification.id).limit(limit)
     if to_employee_id:
         query = query.where(Notification.to_employee_id == to_employee_id)
+    if to:
+        query = query.where(Notification.to_address == to)
     async with svc.sessions() as session:
         rows = list(await session.scalars(query))
     return OutboxList(items=[outbox_item(n) for n in rows])

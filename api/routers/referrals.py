@@ -15,7 +15,7 @@ from fastapi import APIRouter, Request
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from api.actors import resolve_actor
+from api.actors import actor_id_for, resolve_actor
 from api.deps import CrmWriter, IdempotencyKey, Principal, Services, ServicesDep
 from api.errors import invalid, not_found
 from api.idempotency import idempotent
@@ -102,6 +102,7 @@ async def create_referral(
             city=city,
             state=state,
             source=body.source or body.referrer.type,
+            created_via=who.name,
             rules=svc.routing_rules,
             sla=ReferralSla(
                 accept_seconds=svc.settings.referral_accept_sla, followup_seconds=svc.settings.referral_followup_sla
@@ -122,13 +123,13 @@ Make = Callable[[AsyncSession, Referral, Actor], Awaitable[Any]]
 
 
 async def _command(
-    svc: Services, referral_id: str, actor_id: str, update: Any, make: Make, *, key: str | None, who: Principal
+    svc: Services, referral_id: str, actor_id: str | None, update: Any, make: Make, *, key: str | None, who: Principal
 ) -> ReferralOut:
     async with svc.sessions() as session:
         row = await session.get(Referral, referral_id)
         if row is None:
             raise not_found("referral", referral_id)
-        cmd = await make(session, row, await resolve_actor(session, actor_id))
+        cmd = await make(session, row, await resolve_actor(session, who, actor_id))
     await run_update(
         svc,
         referral_workflow_id(referral_id),
@@ -145,6 +146,8 @@ async def _command(
 async def accept(
     referral_id: str, body: ActorOnly, request: Request, svc: ServicesDep, who: CrmWriter, key: IdempotencyKey = None
 ):
+    actor_id_for(who, body.actor_id)  # like the scope: before anything, never a key's stored answer
+
     async def make(session: AsyncSession, row: Referral, actor: Actor) -> AcceptCommand:
         return AcceptCommand(actor=actor)
 
@@ -162,6 +165,8 @@ async def accept(
 async def reject(
     referral_id: str, body: Reject, request: Request, svc: ServicesDep, who: CrmWriter, key: IdempotencyKey = None
 ):
+    actor_id_for(who, body.actor_id)  # like the scope: before anything, never a key's stored answer
+
     async def make(session: AsyncSession, row: Referral, actor: Actor) -> RejectCommand:
         return RejectCommand(actor=actor, reason=body.reason)
 
@@ -179,6 +184,8 @@ async def reject(
 async def reassign(
     referral_id: str, body: Reassign, request: Request, svc: ServicesDep, who: CrmWriter, key: IdempotencyKey = None
 ):
+    actor_id_for(who, body.actor_id)  # like the scope: before anything, never a key's stored answer
+
     async def make(session: AsyncSession, row: Referral, actor: Actor) -> ReassignCommand:
         if await session.get(Employee, body.to_employee_id) is None:
             raise invalid(f"no employee {body.to_employee_id!r}", field="to_employee_id")
@@ -198,6 +205,8 @@ async def reassign(
 async def convert(
     referral_id: str, body: Convert, request: Request, svc: ServicesDep, who: CrmWriter, key: IdempotencyKey = None
 ):
+    actor_id_for(who, body.actor_id)  # like the scope: before anything, never a key's stored answer
+
     async def make(session: AsyncSession, row: Referral, actor: Actor) -> ConvertCommand:
         # The product's current process; None is refused by the workflow's validator (409).
         process = svc.catalog.latest(Product(row.expressed_interest))
@@ -222,6 +231,8 @@ async def close(
     who: CrmWriter,
     key: IdempotencyKey = None,
 ):
+    actor_id_for(who, body.actor_id)  # like the scope: before anything, never a key's stored answer
+
     async def make(session: AsyncSession, row: Referral, actor: Actor) -> CloseCommand:
         return CloseCommand(actor=actor, reason=body.reason)
 
