@@ -2,9 +2,17 @@
 
 Commands:
 
-  api-key create --name NAME --scopes a,b
+  api-key create --name NAME --scopes a,b [--employee EMPLOYEE_ID]
       Register a new API key in the database (DATABASE_URL / NEEDFLOW_DATA_DIR) and print
-      it once: only its SHA-256 is stored. Scopes: events:write, crm:write, reports:read.
+      it once: only its SHA-256 is stored. Scopes: events:write, crm:write, reports:read,
+      admin (keys, employees, the outbox), crm:act-as (name any employee as the actor).
+      With --employee the key acts as that employee and no one else.
+
+  api-key list
+      Every key: id, name, scopes, employee, active or revoked (never the key itself).
+
+  api-key revoke KEY_ID
+      Revoke a key: it answers 401 from its next request on.
 
   event send --type TYPE (--opportunity ID | --customer ID) [--id EVT_ID]
              [--data JSON | --set key=value ...] [--occurred-at ISO]

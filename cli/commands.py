@@ -7,13 +7,24 @@ from __future__ import annotations
 
 import json
 import secrets
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 
 import httpx
+from sqlalchemy import Engine
 
 from cli import CliError, Json, Out
 from cli.http import get, now, post
-from cli.render import checkpoint_table, factors_text, history_table, prospect_text, signature_line, stage_text, when
+from cli.render import (
+    checkpoint_table,
+    factors_text,
+    history_table,
+    prospect_text,
+    signature_line,
+    stage_text,
+    table,
+    when,
+)
 from config import Settings
 
 
@@ -120,20 +131,60 @@ def show_referral(http: httpx.Client, out: Out, referral_id: str) -> Json:
     return ref
 
 
-def create_api_key(database_url: str, name: str, scopes: Sequence[str]) -> str:
+def create_api_key(database_url: str, name: str, scopes: Sequence[str], employee_id: str | None = None) -> str:
     """Register a new key straight in the database; returns it (only its hash is kept)."""
-    from sqlalchemy.exc import SQLAlchemyError
-
-    from store.db import make_sync_engine
     from store.keys import ALL_SCOPES, register_api_key
 
     unknown = sorted(set(scopes) - set(ALL_SCOPES))
     if unknown or not scopes:
         problem = f"unknown scope(s) {', '.join(unknown)}" if unknown else "give at least one scope"
         raise CliError(f"{problem}; known scopes: {', '.join(ALL_SCOPES)}")
+    with _key_store(database_url) as engine:
+        try:
+            return register_api_key(engine, name, list(scopes), employee_id=employee_id)
+        except ValueError as exc:  # an unknown employee
+            raise CliError(str(exc)) from None
+
+
+def list_api_keys(database_url: str, out: Out) -> None:
+    """Every key's id, name, scopes, employee and state (never the key itself)."""
+    from store.keys import list_api_keys as listed
+
+    with _key_store(database_url) as engine:
+        rows = listed(engine)
+    rows_out = [
+        [
+            r.id,
+            r.name,
+            ",".join(r.scopes),
+            r.employee_id or "-",
+            f"revoked {when(r.revoked_at.isoformat())}" if r.revoked_at else "active",
+        ]
+        for r in rows
+    ]
+    for line in table(["id", "name", "scopes", "employee", "state"], rows_out):
+        out(line)
+
+
+def revoke_api_key(database_url: str, key_id: str) -> None:
+    """Revoke a key: it answers 401 from its next request on."""
+    from store.keys import revoke_api_key as revoke
+
+    with _key_store(database_url) as engine:
+        if not revoke(engine, key_id):
+            raise CliError(f"no API key {key_id!r} (`python starter.py api-key list` shows them)", exit_code=1)
+
+
+@contextmanager
+def _key_store(database_url: str) -> Iterator[Engine]:
+    """The stack's database, for managing keys without a key (the first one included)."""
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from store.db import make_sync_engine
+
     engine = make_sync_engine(database_url)
     try:
-        return register_api_key(engine, name, list(scopes))
+        yield engine
     except SQLAlchemyError as exc:
         where = engine.url.render_as_string(hide_password=True)
         raise CliError(
@@ -165,5 +216,5 @@ def api_key(arg: str | None, settings: Settings, environ: Mapping[str, str]) -> 
     raise CliError(
         f"no API key: pass --key KEY or set NEEDFLOW_API_KEY. The dev stack (`make run`) writes one "
         f"with every scope to {path.resolve()} (set NEEDFLOW_DATA_DIR if yours is elsewhere); or make one "
-        "with `python starter.py api-key create --name me --scopes events:write,crm:write,reports:read`."
+        "with `python starter.py api-key create --name me --scopes events:write,crm:write,reports:read,admin,crm:act-as`."
     )

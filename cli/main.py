@@ -12,10 +12,21 @@ from collections.abc import Mapping, Sequence
 import httpx
 
 from cli import CliError, Out
-from cli.commands import api_key, api_url, create_api_key, parse_event_data, send_event, show_referral, show_timeline
+from cli.commands import (
+    api_key,
+    api_url,
+    create_api_key,
+    list_api_keys,
+    parse_event_data,
+    revoke_api_key,
+    send_event,
+    show_referral,
+    show_timeline,
+)
 from cli.demo import STORIES, run_demo
 from cli.http import TIMEOUT
 from config import Settings, get_settings
+from store.keys import ALL_SCOPES
 
 
 def build_parser(description: str | None = None) -> argparse.ArgumentParser:
@@ -38,8 +49,11 @@ def build_parser(description: str | None = None) -> argparse.ArgumentParser:
     key_sub = key_cmd.add_subparsers(dest="action", required=True, metavar="ACTION")
     create = key_sub.add_parser("create", help="register a new API key and print it once")
     create.add_argument("--name", required=True, help="who the key is for, e.g. mobile-app")
-    create.add_argument("--scopes", required=True,
-                        help="comma-separated, of: events:write, crm:write, reports:read")  # fmt: skip
+    create.add_argument("--scopes", required=True, help=f"comma-separated, of: {', '.join(ALL_SCOPES)}")
+    create.add_argument("--employee", metavar="EMPLOYEE_ID", help="bind the key to this employee: it acts as them only")
+    key_sub.add_parser("list", help="every key: id, name, scopes, employee, active or revoked (never the key)")
+    revoke = key_sub.add_parser("revoke", help="revoke a key: it answers 401 from its next request on")
+    revoke.add_argument("key_id", metavar="KEY_ID")
 
     event = commands.add_parser("event", help="backend events")
     event_sub = event.add_subparsers(dest="action", required=True, metavar="ACTION")
@@ -78,9 +92,16 @@ def run(argv: Sequence[str] | None = None, settings: Settings | None = None,
     environ = os.environ if environ is None else environ
     out: Out = lambda line: print(line, flush=True)  # noqa: E731
     try:
+        if args.command == "api-key" and args.action == "list":
+            list_api_keys(settings.resolved_database_url, out)
+            return 0
+        if args.command == "api-key" and args.action == "revoke":
+            revoke_api_key(settings.resolved_database_url, args.key_id)
+            print(f"API key {args.key_id} revoked: it answers 401 from now on.", file=sys.stderr)
+            return 0
         if args.command == "api-key":
             scopes = [s.strip() for s in args.scopes.split(",") if s.strip()]
-            key = create_api_key(settings.resolved_database_url, args.name, scopes)
+            key = create_api_key(settings.resolved_database_url, args.name, scopes, args.employee)
             out(key)
             print(f"API key {args.name!r} ({', '.join(scopes)}) created; only its hash is stored, so keep it "
                   "now: it cannot be shown again.", file=sys.stderr)  # fmt: skip

@@ -372,14 +372,6 @@ def test_demo_only_one_story(stack: LiveStack, keys: dict[str, str], demo: tuple
     assert run.out.splitlines()[-1].endswith('search Stage="closed_won"')
 
 
-def test_demo_kiara_with_a_key_that_may_not_read_the_outbox(stack: LiveStack, keys: dict[str, str]) -> None:
-    argv = ["--api", stack.url, "--key", keys["crm:write"], "demo", "--only", "kiara"]
-    run = run_cli(argv, stack.settings)
-    assert run.code == 0, run.err
-    assert "  e-mail    not shown: reading the outbox needs a key with reports:read\n" in run.out
-    assert "is converted into opportunity" in done_line(run, "referral")
-
-
 # ------------------------------------------------------------------------------ referral show
 
 
@@ -565,6 +557,30 @@ def test_api_key_create_makes_a_key_that_authenticates(
     assert (run.code, run.err) == (1, "error: 403 forbidden: this API key lacks the scope 'events:write'\n")
     run = cli("timeline", opp_id, key="nf_not-a-key")
     assert (run.code, run.err) == (1, "error: 401 unauthenticated: unknown or revoked API key\n")
+
+
+def test_api_key_list_shows_keys_never_the_key_and_revoke_kills_it_at_once(
+    cli: Callable[..., Run], demo: tuple[Run, str], stack: LiveStack
+) -> None:
+    name = f"cli-revoke-{uuid.uuid4().hex[:6]}"
+    key = run_cli(["api-key", "create", "--name", name, "--scopes", "crm:write,reports:read"], stack.settings).out
+    key = key.strip()
+    listed = run_cli(["api-key", "list"], stack.settings)
+    assert listed.code == 0 and key not in listed.out
+    [row] = [line for line in listed.out.splitlines() if f" {name} " in line]
+    key_id = row.split()[0]
+    assert row.split()[1:] == [name, "crm:write,reports:read", "-", "active"]
+    opp_id = opportunity_of(demo[0])
+    assert cli("timeline", opp_id, key=key).code == 0
+
+    run = run_cli(["api-key", "revoke", key_id], stack.settings)
+    assert (run.code, run.err) == (0, f"API key {key_id} revoked: it answers 401 from now on.\n")
+    run = cli("timeline", opp_id, key=key)
+    assert (run.code, run.err) == (1, "error: 401 unauthenticated: unknown or revoked API key\n")
+    [row] = [line for line in run_cli(["api-key", "list"], stack.settings).out.splitlines() if f" {name} " in line]
+    assert row.split()[4] == "revoked"
+    run = run_cli(["api-key", "revoke", "no-such-key"], stack.settings)
+    assert (run.code, run.err) == (1, "error: no API key 'no-such-key' (`python starter.py api-key list` shows them)\n")
 
 
 def test_without_a_key_it_says_where_to_get_one_then_uses_the_dev_key_file(

@@ -9,7 +9,6 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from cli import CliError, Json
-from cli.http import ApiFailure
 from cli.render import factors_text, prospect_text, stage_text, table, when
 
 if TYPE_CHECKING:  # the stories are played by Demo, which imports them
@@ -46,19 +45,13 @@ def play(demo: Demo) -> Json:
     demo.out(f"  scores    lead {ref['lead_score']}/99 ({factors_text(ref)})")
     demo.out(f"            referrer {ref['referrer_score']}/100 (Ryan has no decided referral yet: the "
              f"bank-wide rate) · priority {ref['priority']:.2f}")  # fmt: skip
-    try:
-        mails = demo.get(f"/v1/outbox?to_employee_id={bob['id']}&limit=1")["items"]
-    except ApiFailure as exc:
-        if exc.status != 403:
-            raise
-        mails = None
-        demo.out("  e-mail    not shown: reading the outbox needs a key with reports:read")
+    mails = demo.get(f"/v1/outbox?to_employee_id={bob['id']}&limit=1")["items"]
     if mails:
         mail = mails[0]
         sent = mail.get("sent_at")
         how = f"sent {when(sent)}" if sent else "in the outbox: no SMTP server configured"
         demo.out(f'  e-mail    to Bob <{mail["to_address"]}>: "{mail["subject"]}" ({how})')
-    elif mails is not None:
+    else:
         demo.out("  e-mail    none to Bob in the outbox")
 
     bob_acts = {"actor_id": bob["id"]}
