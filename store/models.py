@@ -150,6 +150,24 @@ class Opportunity(Base):
     checkpoints: Mapped[list[Checkpoint]] = relationship(order_by="Checkpoint.seq", lazy="raise", viewonly=True)
 
 
+class OwnerChange(Base):
+    """Append-only: an opportunity handed from one owner to another (the previous owner
+    left the bank, or a manager moved it), with who did it and why."""
+
+    __tablename__ = "opportunity_owner_changes"
+    __table_args__ = (UniqueConstraint("opportunity_id", "seq", name="uq_owner_changes_opportunity_seq"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    opportunity_id: Mapped[str] = mapped_column(ForeignKey("opportunities.id"), index=True)
+    #: 1, 2, … per opportunity: the workflow numbers them, so a retried write is one row.
+    seq: Mapped[int] = mapped_column(Integer)
+    from_owner_id: Mapped[str] = mapped_column(String(64))
+    to_owner_id: Mapped[str] = mapped_column(ForeignKey("employees.id"))
+    at: Mapped[datetime] = mapped_column()
+    actor: Mapped[str] = mapped_column(String(256))
+    via: Mapped[str | None] = mapped_column(String(200))
+    reason: Mapped[str] = mapped_column(Text)
+
+
 class Checkpoint(Base):
     """Append-only: one row per stage change, never updated or deleted."""
 
@@ -255,6 +273,10 @@ class Consent(Base):
     #: through which API key.
     actor: Mapped[str | None] = mapped_column(String(256))
     via: Mapped[str | None] = mapped_column(String(200))
+    #: A withdrawn consent stays on record, marked with when and why.
+    withdrawn_at: Mapped[datetime | None] = mapped_column()
+    withdrawn_reason: Mapped[str | None] = mapped_column(Text)
+    withdrawn_by: Mapped[str | None] = mapped_column(String(256))
 
 
 class SignatureRequest(Base):
