@@ -177,14 +177,23 @@ def check_actor(state: OpportunityState, actor: Actor) -> None:
         )
 
 
-def _missing(stage: Stage, supplied: dict[str, Any]) -> list[str]:
+def _missing(stage: Stage, supplied: dict[str, Any], blank_is_missing: bool) -> list[str]:
     """The stage's evidence fields not supplied; blank text counts as not supplied (as a
-    blank reason does), so "   " is no realtor."""
+    blank reason does), so "   " is no realtor. Before that rule (`blank_is_missing`
+    False: workflows replaying what they did under the old rule) only "" did."""
+    if not blank_is_missing:
+        return [k for k in stage.evidence if supplied.get(k) in (None, "")]
     return [k for k in stage.evidence if supplied.get(k) is None or str(supplied[k]).strip() == ""]
 
 
-def check_advance(process: ProcessDefinition, state: OpportunityState, cmd: AdvanceCommand) -> Stage:
-    """A person's move to the next stage: allowed only into a manual stage, with its evidence."""
+def check_advance(
+    process: ProcessDefinition, state: OpportunityState, cmd: AdvanceCommand, *, blank_is_missing: bool = True
+) -> Stage:
+    """A person's move to the next stage: allowed only into a manual stage, with its evidence.
+
+    A workflow's update handler runs this again after its validator; on replay it must
+    decide as it did when it ran, so a handler passes `blank_is_missing` from
+    `workflow.patched` (see workflows/opportunity.py)."""
     check_open(state)
     check_actor(state, cmd.actor)
     try:
@@ -208,7 +217,7 @@ def check_advance(process: ProcessDefinition, state: OpportunityState, cmd: Adva
             else "the customer's completed e-signature"
         )
         raise TransitionRefused(f"{target.key!r} is entered only by {how}", entered_by=target.entry.kind)
-    missing = _missing(target, cmd.evidence)
+    missing = _missing(target, cmd.evidence, blank_is_missing)
     if missing:
         raise TransitionRefused(
             f"entering {target.key!r} needs evidence: {', '.join(missing)}", missing_evidence=missing
@@ -217,9 +226,10 @@ def check_advance(process: ProcessDefinition, state: OpportunityState, cmd: Adva
 
 
 def check_event(
-    process: ProcessDefinition, state: OpportunityState, cmd: EventCommand
+    process: ProcessDefinition, state: OpportunityState, cmd: EventCommand, *, blank_is_missing: bool = True
 ) -> tuple[Literal["enter", "lose"], Stage | None]:
-    """A backend event: either it enters the next stage or it closes the opportunity lost."""
+    """A backend event: either it enters the next stage or it closes the opportunity lost
+    (`blank_is_missing`: as in `check_advance`)."""
     check_open(state)
     lost = process.lost_event(cmd.type)
     if lost is not None:
@@ -240,7 +250,7 @@ def check_event(
             f"{cmd.type.value!r} enters {target.key!r}, which is not the next stage after {state.stage!r}",
             current_stage=state.stage,
         )
-    missing = _missing(target, cmd.data)
+    missing = _missing(target, cmd.data, blank_is_missing)
     if missing:
         raise TransitionRefused(
             f"{cmd.type.value!r} lacks evidence for {target.key!r}: {', '.join(missing)}",

@@ -60,8 +60,22 @@ async def test_saved_history_replays(path: Path) -> None:
     await within(_replayer().replay_workflow(history), f"replaying {path.name}", seconds=30)
 
 
+#: Histories recorded by the code as it was before the workflows were refactored (commit
+#: 26bffb3): the refactor and every later change must keep replaying what older code
+#: wrote — a workflow started then may still be running. They cover the paths the SLA
+#: timer rewrite touches, and a stage entered with blank evidence (allowed then, refused
+#: since, so the handlers decide it through `workflow.patched`).
+RECORDED_BY_OLDER_CODE = [
+    "v0-blank-realtor-lost",
+    "v0-closed-lost-with-signature",
+    "v0-escalated-closed",
+    "v0-lapsed-twice-closed",
+    "v0-reminded-converted",
+]
+
+
 def test_every_path_has_a_saved_history() -> None:
-    assert sorted(p.stem for p in HISTORIES.glob("*.json")) == sorted(PATHS)
+    assert sorted(p.stem for p in HISTORIES.glob("*.json")) == sorted(PATHS + RECORDED_BY_OLDER_CODE)
 
 
 @asynccontextmanager

@@ -55,6 +55,14 @@ with workflow.unsafe.imports_passed_through():
     from workflows.common import Console, record, validate
 
 
+def _blank_evidence_is_missing() -> bool:
+    """Blank evidence ("   ") counts as missing since this patch. Handlers re-run the rule
+    their validator ran (validators do not run on replay, handlers do): a workflow that
+    entered a stage with blank evidence before the patch must replay as it ran. See
+    README, "Changing workflow code"."""
+    return workflow.patched("blank-evidence-is-missing")
+
+
 @workflow.defn
 class OpportunityWorkflow:
     @workflow.init
@@ -121,7 +129,7 @@ class OpportunityWorkflow:
 
     @workflow.update
     async def advance(self, cmd: AdvanceCommand) -> OpportunityState:
-        stage = check_advance(self.process, self.state, cmd)
+        stage = check_advance(self.process, self.state, cmd, blank_is_missing=_blank_evidence_is_missing())
         await self._enter(stage, Trigger.manual, cmd.actor.id, dict(cmd.evidence), via=cmd.actor.via)
         return self.state
 
@@ -135,7 +143,7 @@ class OpportunityWorkflow:
             # Already taken: wait until its write is done so the caller reads it back.
             async with self._write_lock:
                 return EventResult(result="duplicate", state=self.state)
-        effect, stage = check_event(self.process, self.state, cmd)
+        effect, stage = check_event(self.process, self.state, cmd, blank_is_missing=_blank_evidence_is_missing())
         self.state.applied_events.append(cmd.event_id)
         processed = records.ProcessedEventRecord(
             event_id=cmd.event_id,
