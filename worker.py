@@ -8,7 +8,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from typing import Any
 
+from sqlalchemy.ext.asyncio import AsyncEngine
 from temporalio.client import Client
 from temporalio.worker import Worker
 
@@ -32,13 +34,32 @@ def esign_provider(settings: Settings) -> ESignatureProvider:
     return LocalSigningProvider(settings.resolved_public_base_url)
 
 
+class _StoreWorker(Worker):
+    """A Worker that closes its activities' database pool when it stops, so a worker
+    started and stopped (a test, a restart) leaves no connections behind."""
+
+    def __init__(self, engine: AsyncEngine, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._engine = engine
+
+    async def run(self) -> None:
+        try:
+            await super().run()
+        finally:
+            await self._engine.dispose()
+
+
 def build_worker(client: Client, settings: Settings, task_queue: str = TASK_QUEUE) -> Worker:
-    sessions = make_session_factory(make_async_engine(settings.resolved_database_url))
+    """Every workflow and activity of needflow on `task_queue`; `async with` it, or `run()`."""
+    engine = make_async_engine(settings.resolved_database_url)
+    sessions = make_session_factory(engine)
     mailer = Mailer(SmtpSettings.from_url(settings.smtp_url) if settings.smtp_url else None, settings.mail_from)
     opportunity = OpportunityActivities(sessions, esign_provider(settings), mailer)
     starts = Starts(client, task_queue, settings.search_attributes)
     referral = ReferralActivities(sessions, mailer, starts, settings.referrer_window_days)
-    return Worker(client, task_queue=task_queue, workflows=WORKFLOWS, activities=[*opportunity.all(), *referral.all()])
+    return _StoreWorker(
+        engine, client, task_queue=task_queue, workflows=WORKFLOWS, activities=[*opportunity.all(), *referral.all()]
+    )
 
 
 async def main() -> None:
