@@ -53,6 +53,9 @@ class OpportunityInput(BaseModel):
     #: The API key (its name) the opening came through.
     opened_via: str | None = None
     process: ProcessDefinition
+    #: Whether the namespace has needflow's search attributes (False only on a server that
+    #: cannot register them, Temporal's time-skipping test server): set by who starts it.
+    search_attributes: bool = True
 
 
 class AdvanceCommand(BaseModel):

@@ -66,6 +66,9 @@ class ReferralInput(BaseModel):
     created_via: str | None = None
     rules: RoutingRules
     sla: ReferralSla
+    #: Whether the namespace has needflow's search attributes (False only on a server that
+    #: cannot register them, Temporal's time-skipping test server): set by who starts it.
+    search_attributes: bool = True
 
     def facts(self) -> ReferralFacts:
         return ReferralFacts(

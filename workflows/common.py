@@ -15,7 +15,7 @@ from datetime import timedelta
 from typing import Any
 
 from temporalio import workflow
-from temporalio.common import RetryPolicy, SearchAttributeKey, SearchAttributeUpdate
+from temporalio.common import RetryPolicy, SearchAttributeUpdate
 from temporalio.exceptions import ApplicationError
 
 with workflow.unsafe.imports_passed_through():
@@ -57,16 +57,14 @@ async def record(activity: str, arg: object, result_type: type | None = None) ->
 class Console:
     """Where the Web UI shows a workflow: its search attributes and current details.
 
-    Search attributes are upserted only when the workflow was started with `marker` set:
-    the client sets them at start when the namespace has needflow's attributes registered
-    (`Starts(search_attributes=True)`, the default). A workflow started without them —
-    on Temporal's time-skipping test server, which cannot register custom attributes —
-    shows its current details but upserts nothing, instead of failing its workflow task.
-    Decided once, from the start event, so replay takes the same path.
+    `search_attributes` comes from the workflow's input, set by whoever started it
+    (`workflows.starts.Starts`): False only on a server that cannot register needflow's
+    attributes (Temporal's time-skipping test server), where the workflow still shows its
+    current details but upserts nothing, instead of failing its workflow task.
     """
 
-    def __init__(self, marker: SearchAttributeKey) -> None:
-        self.search_attributes = workflow.info().typed_search_attributes.get(marker) is not None
+    def __init__(self, search_attributes: bool) -> None:
+        self.search_attributes = search_attributes
 
     def publish(self, attributes: Sequence[SearchAttributeUpdate], details: str) -> None:
         if self.search_attributes:

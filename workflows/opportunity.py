@@ -81,7 +81,7 @@ class OpportunityWorkflow:
             probability=first.probability,
         )
         self._opened = False
-        self._console = Console(SA_OPPORTUNITY_STATUS)
+        self._console = Console(input.search_attributes)
         # Persisting in the order the state changed: an asyncio.Lock is FIFO.
         self._write_lock = asyncio.Lock()
 

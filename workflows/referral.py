@@ -60,7 +60,7 @@ class ReferralWorkflow:
         self.state = ReferralState(referral_id=input.referral_id, status="routing", customer_id=input.customer_id)
         self._ready = False
         self._sla = RearmableTimer()  # re-armed by every status change
-        self._console = Console(SA_REFERRAL_STATUS)
+        self._console = Console(input.search_attributes)
         self._accepted_at: datetime | None = None
         self._followups_sent = 0
         self._write_lock = asyncio.Lock()

@@ -33,7 +33,7 @@ class Starts:
 
     `search_attributes=False` is for a Temporal server that cannot register needflow's
     search attributes (the time-skipping test server): workflows then start without them
-    and, seeing that, never upsert them (`workflows.common.Console`).
+    and are told, in their input, never to upsert them (`workflows.common.Console`).
     """
 
     client: Client
@@ -49,6 +49,7 @@ class Starts:
         The workflow id is the opportunity id, so a repeat — a retried request or activity —
         lands on the same workflow instead of opening a second opportunity.
         """
+        wf_input = wf_input.model_copy(update={"search_attributes": self.search_attributes})
         process = wf_input.process
         start = WithStartWorkflowOperation(
             opportunity.OpportunityWorkflow.run,
@@ -79,7 +80,7 @@ class Starts:
         """Start the referral's workflow (or find it started) and wait until it is recorded,
         scored, routed and the recipient told. The workflow id is the referral id, so a
         repeated create lands on the same referral."""
-        ref = wf_input
+        ref = wf_input.model_copy(update={"search_attributes": self.search_attributes})
         start = WithStartWorkflowOperation(
             referral.ReferralWorkflow.run,
             ref,
