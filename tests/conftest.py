@@ -13,9 +13,6 @@ import contextlib
 import socket
 import uuid
 from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager
-from dataclasses import dataclass
-from typing import Any
 
 import httpx
 import pytest
@@ -24,25 +21,17 @@ from aiosmtpd.controller import Controller
 from sqlalchemy import Engine
 from temporalio.client import (
     Client,
-    Interceptor,
-    OutboundInterceptor,
-    StartWorkflowInput,
-    StartWorkflowUpdateWithStartInput,
-    WorkflowHandle,
-    WorkflowUpdateHandle,
 )
 from temporalio.service import RPCError
 from temporalio.testing import WorkflowEnvironment
-from temporalio.worker import Worker
 
-from api.app import create_app
 from config import Settings
 from devstack.temporal import temporal_cli, test_server
 from store.db import make_sync_engine
 from store.keys import ALL_SCOPES, register_api_key
 from store.migrate import upgrade
 from tests.dbutil import fresh_database_url, test_database_base_url
-from tests.helpers import Api, Inbox
+from tests.helpers import Api, Inbox, IsolatedSettings, SkippingStack, StartedWorkflows, serve_app, within
 from worker import build_worker
 from workflows import SEARCH_ATTRIBUTES
 from workflows.client import DATA_CONVERTER
@@ -92,22 +81,6 @@ def smtp_inbox() -> Iterator[Inbox]:
         controller.stop()
 
 
-class IsolatedSettings(Settings):
-    """Settings from the test's own arguments and defaults only: a NEEDFLOW_* variable in
-    the developer's environment must not change what a test sees."""
-
-    @classmethod
-    def settings_customise_sources(
-        cls,
-        settings_cls: type,
-        init_settings: Any,
-        env_settings: Any,
-        dotenv_settings: Any,
-        file_secret_settings: Any,
-    ) -> tuple:
-        return (init_settings,)
-
-
 @pytest.fixture(scope="session")
 def settings(database_url: str, tmp_path_factory: pytest.TempPathFactory, smtp_inbox: Inbox) -> Settings:
     return IsolatedSettings(
@@ -127,17 +100,6 @@ def task_queue() -> str:
 async def worker(client: Client, settings: Settings, task_queue: str) -> AsyncIterator[None]:
     async with build_worker(client, settings, task_queue):
         yield
-
-
-@asynccontextmanager
-async def serve_app(settings: Settings, client: Client, task_queue: str) -> AsyncIterator[httpx.AsyncClient]:
-    """The API app, started (lifespan) and served in-process; requests come from a
-    documentation address (203.0.113.7), which the signing page records."""
-    app = create_app(settings, client=client, task_queue=task_queue)
-    async with app.router.lifespan_context(app):
-        transport = httpx.ASGITransport(app=app, client=("203.0.113.7", 50000))
-        async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as http:
-            yield http
 
 
 @pytest_asyncio.fixture(scope="session")
@@ -190,57 +152,6 @@ async def skipping_env() -> AsyncIterator[WorkflowEnvironment]:
         await env.shutdown()
 
 
-class StartedWorkflows(Interceptor):
-    """Remembers the id of every workflow started through a client, so a test can end
-    them: on the time-skipping server, a timer that fires into a task queue no worker
-    polls any more leaves a workflow task pending, and the server stops skipping time
-    for every later test while one is pending."""
-
-    def __init__(self) -> None:
-        self.ids: set[str] = set()
-
-    def intercept_client(self, next: OutboundInterceptor) -> OutboundInterceptor:
-        return _RecordStarts(next, self.ids)
-
-
-class _RecordStarts(OutboundInterceptor):
-    def __init__(self, next: OutboundInterceptor, ids: set[str]) -> None:
-        super().__init__(next)
-        self._ids = ids
-
-    async def start_workflow(self, input: StartWorkflowInput) -> WorkflowHandle[Any, Any]:
-        self._ids.add(input.id)
-        return await super().start_workflow(input)
-
-    async def start_update_with_start_workflow(
-        self, input: StartWorkflowUpdateWithStartInput
-    ) -> WorkflowUpdateHandle[Any]:
-        self._ids.add(input.start_workflow_input.id)
-        return await super().start_update_with_start_workflow(input)
-
-
-@dataclass
-class SkippingStack:
-    """A worker and the API on the time-skipping server, sharing the test database and
-    SMTP server, with production-length SLAs unless a test asks otherwise."""
-
-    env: WorkflowEnvironment
-    client: Client
-    settings: Settings
-    task_queue: str
-    api: Api
-
-    def worker(self) -> Worker:
-        """A new worker for this stack's task queue (`async with stack.worker(): ...`)."""
-        return build_worker(self.client, self.settings, self.task_queue)
-
-    @asynccontextmanager
-    async def app(self, **settings: Any) -> AsyncIterator[Api]:
-        """Another API app on this stack, with some settings changed (e.g. new SLAs)."""
-        async with serve_app(self.settings.model_copy(update=settings), self.client, self.task_queue) as http:
-            yield Api(http, self.api.key)
-
-
 @pytest_asyncio.fixture
 async def skipping_stack(
     skipping_env: WorkflowEnvironment, settings: Settings, keys: dict[str, str]
@@ -262,4 +173,4 @@ async def skipping_stack(
     finally:
         for workflow_id in started.ids:
             with contextlib.suppress(RPCError):  # already finished
-                await client.get_workflow_handle(workflow_id).terminate("the test is over")
+                await within(client.get_workflow_handle(workflow_id).terminate("the test is over"), "terminate")

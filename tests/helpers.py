@@ -15,12 +15,28 @@ import email
 import email.message
 import email.policy
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import httpx
 from sqlalchemy import Engine, func, select
-from temporalio.client import Client
+from temporalio.client import (
+    Client,
+    Interceptor,
+    OutboundInterceptor,
+    StartWorkflowInput,
+    StartWorkflowUpdateWithStartInput,
+    WorkflowHandle,
+    WorkflowUpdateHandle,
+)
+from temporalio.testing import WorkflowEnvironment
+from temporalio.worker import Worker
+
+from api.app import create_app
+from config import Settings
+from worker import build_worker
 
 T = TypeVar("T")
 
@@ -77,6 +93,22 @@ async def workflow_ids(client: Client, query: str) -> list[str]:
     """The ids of the workflows visibility lists for `query`, sorted (a multiset: a
     duplicate shows). Visibility lags behind a start: wait with `until_equal`."""
     return sorted([wf.id async for wf in client.list_workflows(query)])
+
+
+async def history_length(client: Client, workflow_id: str) -> int:
+    """How many events a workflow's history holds: a refused command must not add one."""
+    history = await within(client.get_workflow_handle(workflow_id).fetch_history(), f"the history of {workflow_id}")
+    return len(history.events)
+
+
+def statuses(referral: dict) -> list[str]:
+    """A referral's history as its statuses, oldest first."""
+    return [h["status"] for h in referral["history"]]
+
+
+def without_priority(referral: dict) -> dict:
+    """A referral minus its priority, which grows with the referral's age between reads."""
+    return {k: v for k, v in referral.items() if k != "priority"}
 
 
 def count(db: Engine, model: Any, *where: Any) -> int:
@@ -325,5 +357,94 @@ class Api:
             body["value"] = value
         return (await self.post("/v1/referrals", body, idem=idem, expect=201)).json()
 
+    async def broker(self, state: str, name: str = "Ann") -> dict:
+        """Another mortgage broker in the state, listing no city: the staff's Bob (who lists
+        the referral's city) gets new referrals; she is next in line when he cannot."""
+        return await self.employee(
+            name=name, email=f"{name.lower()}.{state}@bank.example", products=["mortgage"], states=[state]
+        )
+
     async def referral(self, referral_id: str) -> dict:
         return (await self.get(f"/v1/referrals/{referral_id}")).json()
+
+
+# ---------------------------------------------------------------- stacks the fixtures build
+
+
+class IsolatedSettings(Settings):
+    """Settings from the test's own arguments and defaults only: a NEEDFLOW_* variable in
+    the developer's environment must not change what a test sees."""
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type,
+        init_settings: Any,
+        env_settings: Any,
+        dotenv_settings: Any,
+        file_secret_settings: Any,
+    ) -> tuple:
+        return (init_settings,)
+
+
+@asynccontextmanager
+async def serve_app(settings: Settings, client: Client, task_queue: str) -> AsyncIterator[httpx.AsyncClient]:
+    """The API app, started (lifespan) and served in-process; requests come from a
+    documentation address (203.0.113.7), which the signing page records."""
+    app = create_app(settings, client=client, task_queue=task_queue)
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app, client=("203.0.113.7", 50000))
+        async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as http:
+            yield http
+
+
+class StartedWorkflows(Interceptor):
+    """Remembers the id of every workflow started through a client, so a test can end
+    them: on the time-skipping server, a timer that fires into a task queue no worker
+    polls any more leaves a workflow task pending, and the server stops skipping time
+    for every later test while one is pending."""
+
+    def __init__(self) -> None:
+        self.ids: set[str] = set()
+
+    def intercept_client(self, next: OutboundInterceptor) -> OutboundInterceptor:
+        return _RecordStarts(next, self.ids)
+
+
+class _RecordStarts(OutboundInterceptor):
+    def __init__(self, next: OutboundInterceptor, ids: set[str]) -> None:
+        super().__init__(next)
+        self._ids = ids
+
+    async def start_workflow(self, input: StartWorkflowInput) -> WorkflowHandle[Any, Any]:
+        self._ids.add(input.id)
+        return await super().start_workflow(input)
+
+    async def start_update_with_start_workflow(
+        self, input: StartWorkflowUpdateWithStartInput
+    ) -> WorkflowUpdateHandle[Any]:
+        self._ids.add(input.start_workflow_input.id)
+        return await super().start_update_with_start_workflow(input)
+
+
+@dataclass
+class SkippingStack:
+    """A worker and the API on the time-skipping server, sharing the test database and
+    SMTP server, with production-length SLAs unless a test asks otherwise."""
+
+    env: WorkflowEnvironment
+    client: Client
+    settings: Settings
+    task_queue: str
+    api: Api
+
+    def worker(self, **settings: Any) -> Worker:
+        """A new worker for this stack's task queue (`async with stack.worker(): ...`),
+        with some settings changed if asked (a redeploy with new rules, say)."""
+        return build_worker(self.client, self.settings.model_copy(update=settings), self.task_queue)
+
+    @asynccontextmanager
+    async def app(self, **settings: Any) -> AsyncIterator[Api]:
+        """Another API app on this stack, with some settings changed (e.g. new SLAs)."""
+        async with serve_app(self.settings.model_copy(update=settings), self.client, self.task_queue) as http:
+            yield Api(http, self.api.key)

@@ -10,17 +10,12 @@ from temporalio.client import Client
 
 from store.keys import register_api_key
 from store.models import ApiKey, Checkpoint, Employee
-from tests.helpers import Api, assert_error, assert_validation_error, count, territory, unique, within
+from tests.helpers import Api, assert_error, assert_validation_error, count, history_length, territory, unique
 
 
 def _bound_key(db: Engine, employee: dict, *scopes: str) -> tuple[str, str]:
     name = unique(f"{employee['name'].split()[0].lower()}-phone")
     return register_api_key(db, name, list(scopes or ("crm:write",)), employee_id=employee["id"]), name
-
-
-async def _history_length(client: Client, workflow_id: str) -> int:
-    history = await within(client.get_workflow_handle(workflow_id).fetch_history(), "the workflow's history")
-    return len(history.events)
 
 
 async def test_a_bound_key_acts_as_its_employee_and_the_checkpoint_says_through_which_key(api: Api, db: Engine) -> None:
@@ -40,13 +35,13 @@ async def test_a_bound_key_naming_someone_else_is_403_and_changes_nothing(api: A
     kim = await api.employee(role="manager", name="Kim Manager", products=[])
     opp = await api.opportunity(owner=dan)
     key, _ = _bound_key(db, dan)
-    events_before = await _history_length(client, opp["workflow_id"])
+    events_before = await history_length(client, opp["workflow_id"])
     body = {"actor_id": kim["id"], "to_stage": "searching", "evidence": {"realtor": "Jane Realty"}}
     r = await api.post(f"/v1/opportunities/{opp['id']}/advance", body, key=key, idem=unique("idem"))
     err = assert_error(r, 403, "forbidden")
     assert err["details"] == {"actor_id": kim["id"], "key_employee_id": dan["id"]}
     assert count(db, Checkpoint, Checkpoint.opportunity_id == opp["id"]) == 1
-    assert await _history_length(client, opp["workflow_id"]) == events_before
+    assert await history_length(client, opp["workflow_id"]) == events_before
     # Naming itself is fine.
     body["actor_id"] = dan["id"]
     await api.post(f"/v1/opportunities/{opp['id']}/advance", body, key=key, expect=200)

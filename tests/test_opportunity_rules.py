@@ -7,14 +7,9 @@ from datetime import UTC, datetime
 
 from temporalio.client import Client
 
-from tests.helpers import Api, assert_error
+from tests.helpers import Api, assert_error, history_length
 
 MORTGAGE_STAGES = ["interested", "searching", "applied", "approved", "closed_won"]
-
-
-async def _history_length(client: Client, opp: dict) -> int:
-    history = await client.get_workflow_handle(opp["workflow_id"]).fetch_history()
-    return len(history.events)
 
 
 async def _assert_refused(
@@ -22,7 +17,7 @@ async def _assert_refused(
 ) -> None:
     """The command is refused with exactly this message and these details, and nothing changes."""
     before = (await api.get(f"/v1/opportunities/{opp['id']}")).json()
-    events_before = await _history_length(client, opp)
+    events_before = await history_length(client, opp["workflow_id"])
     if method == "event":
         r = await api.event(path, opp["id"], body, expect=None)
     else:
@@ -31,7 +26,7 @@ async def _assert_refused(
     assert (error["message"], error["details"]) == (message, details)
     after = (await api.get(f"/v1/opportunities/{opp['id']}")).json()
     assert after == before
-    assert await _history_length(client, opp) == events_before
+    assert await history_length(client, opp["workflow_id"]) == events_before
 
 
 async def test_refused_moves_change_nothing(api: Api, client: Client) -> None:

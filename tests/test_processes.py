@@ -13,7 +13,7 @@ from api.app import create_app
 from config import PROJECT_ROOT
 from domain.process import ProcessError, load_catalog
 from domain.types import Product
-from tests.conftest import IsolatedSettings
+from tests.helpers import IsolatedSettings
 
 SHIPPED = PROJECT_ROOT / "processes"
 

@@ -19,7 +19,18 @@ from temporalio.client import Client
 
 from domain.ids import referral_customer_id, referral_household_id, referral_need_id, referral_opportunity_id
 from store.models import Customer, Household, Need, Opportunity, Referral, ReferralHistory
-from tests.helpers import Api, Inbox, assert_error, assert_validation_error, count, territory
+from tests.helpers import (
+    Api,
+    Inbox,
+    assert_error,
+    assert_validation_error,
+    count,
+    history_length,
+    statuses,
+    territory,
+    within,
+    without_priority,
+)
 from workflows import (
     SA_ASSIGNEE_ID,
     SA_CUSTOMER_ID,
@@ -41,15 +52,6 @@ NEED = {"kind": "buy_home", "description": "Buy her first home"}
 # ---------------------------------------------------------------- what a refused command must not change
 
 
-def without_priority(referral: dict) -> dict:
-    """The referral minus its priority, which grows with the referral's age between reads."""
-    return {k: v for k, v in referral.items() if k != "priority"}
-
-
-def statuses(referral: dict) -> list[str]:
-    return [h["status"] for h in referral["history"]]
-
-
 class Trace:
     """Everything a referral command could leave behind: the referral as the API shows it,
     its history rows in the store, and its workflow's history."""
@@ -61,7 +63,7 @@ class Trace:
     async def take(self) -> tuple[dict, int, int]:
         ref = await self.api.referral(self.referral_id)
         rows = count(self.db, ReferralHistory, ReferralHistory.referral_id == self.referral_id)
-        events = len((await self.client.get_workflow_handle(self.workflow_id).fetch_history()).events)
+        events = await history_length(self.client, self.workflow_id)
         return without_priority(ref), rows, events
 
     async def refused(self, command: str, body: dict, status: int, code: str, *, idem: str | None = None) -> dict:
@@ -75,7 +77,7 @@ class Trace:
 
 async def search_attributes(client: Client, workflow_id: str) -> dict[str, str | None]:
     """A referral's search attributes as its workflow set them (describe: no visibility lag)."""
-    sa = (await client.get_workflow_handle(workflow_id).describe()).typed_search_attributes
+    sa = (await within(client.get_workflow_handle(workflow_id).describe(), "describe")).typed_search_attributes
     return {
         "ReferralStatus": sa.get(SA_REFERRAL_STATUS),
         "AssigneeId": sa.get(SA_ASSIGNEE_ID),
@@ -85,7 +87,7 @@ async def search_attributes(client: Client, workflow_id: str) -> dict[str, str |
 
 async def opportunity_attributes(client: Client, workflow_id: str) -> dict[str, str | None]:
     """An opportunity's search attributes as its workflow set them."""
-    sa = (await client.get_workflow_handle(workflow_id).describe()).typed_search_attributes
+    sa = (await within(client.get_workflow_handle(workflow_id).describe(), "describe")).typed_search_attributes
     return {
         "Product": sa.get(SA_PRODUCT),
         "Stage": sa.get(SA_STAGE),
@@ -93,12 +95,6 @@ async def opportunity_attributes(client: Client, workflow_id: str) -> dict[str, 
         "CustomerId": sa.get(SA_CUSTOMER_ID),
         "OpportunityStatus": sa.get(SA_OPPORTUNITY_STATUS),
     }
-
-
-async def add_ann(api: Api, state: str) -> dict:
-    """A second mortgage broker in the state, listing no city: Bob (who lists the referral's
-    city) gets new referrals; she is next in line when he rejects one."""
-    return await api.employee(name="Ann", email=f"ann.{state}@bank.example", products=["mortgage"], states=[state])
 
 
 def new_key() -> str:
@@ -115,7 +111,7 @@ async def open_ids(api: Api, employee: dict) -> list[str]:
 async def test_the_assignee_may_hand_a_referral_on(api: Api, client: Client, db: Engine, smtp_inbox: Inbox) -> None:
     state = territory()
     people = await api.staff(state)
-    bob, ann = people["bob"], await add_ann(api, state)
+    bob, ann = people["bob"], await api.broker(state)
     ref = await api.refer(people["ryan"], state)
     assert ref["assignee_id"] == bob["id"]
 
@@ -167,7 +163,7 @@ async def test_reassigning_an_accepted_referral_starts_over_with_the_new_assigne
 ) -> None:
     state = territory()
     people = await api.staff(state)
-    bob, kevin, ann = people["bob"], people["kevin"], await add_ann(api, state)
+    bob, kevin, ann = people["bob"], people["kevin"], await api.broker(state)
     ref = await api.refer(people["ryan"], state)
     accepted = (await api.post(f"/v1/referrals/{ref['id']}/accept", {"actor_id": bob["id"]}, expect=200)).json()
     assert accepted["status"] == "accepted"
@@ -228,7 +224,7 @@ async def test_reassigning_to_an_unknown_employee_is_a_422_naming_the_field(
 async def test_reject_close_and_reassign_by_the_wrong_person_are_refused(api: Api, client: Client, db: Engine) -> None:
     state = territory()
     people = await api.staff(state)
-    bob, ryan, ann = people["bob"], people["ryan"], await add_ann(api, state)
+    bob, ryan, ann = people["bob"], people["ryan"], await api.broker(state)
     ref = await api.refer(ryan, state)
     trace = Trace(api, client, db, ref)
     refusal = {"assignee_id": bob["id"]}
@@ -388,7 +384,7 @@ async def test_reject_with_an_idempotency_key_reroutes_once(
 ) -> None:
     state = territory()
     people = await api.staff(state)
-    bob, ann = people["bob"], await add_ann(api, state)
+    bob, ann = people["bob"], await api.broker(state)
     ref = await api.refer(people["ryan"], state)
     trace = Trace(api, client, db, ref)
     key = new_key()
@@ -418,7 +414,7 @@ async def test_reassign_with_an_idempotency_key_happens_once(
 ) -> None:
     state = territory()
     people = await api.staff(state)
-    kevin, ann = people["kevin"], await add_ann(api, state)
+    kevin, ann = people["kevin"], await api.broker(state)
     ref = await api.refer(people["ryan"], state)
     trace = Trace(api, client, db, ref)
     key = new_key()
@@ -481,7 +477,7 @@ async def test_convert_with_an_idempotency_key_happens_once(api: Api, client: Cl
 async def test_search_attributes_follow_rerouting_conversion_and_loss(api: Api, client: Client) -> None:
     state = territory()
     people = await api.staff(state)
-    bob, ann = people["bob"], await add_ann(api, state)
+    bob, ann = people["bob"], await api.broker(state)
     ref = await api.refer(people["ryan"], state)
     wf = ref["workflow_id"]
     assert await search_attributes(client, wf) == {

@@ -10,16 +10,16 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import yaml
 from temporalio.client import Client
 
 from config import Settings
-from tests.conftest import SkippingStack, serve_app
-from tests.helpers import Api, Inbox, territory, until
+from tests.helpers import Api, Inbox, SkippingStack, assert_error, serve_app, statuses, territory, until, within
 from worker import build_worker
+from workflows.referral import ReferralWorkflow
 
 LAPSE = "not accepted in time"
 ESCALATION = "not followed up"
@@ -30,10 +30,6 @@ def _at(iso: str) -> datetime:
     return datetime.fromisoformat(iso)
 
 
-def _statuses(referral: dict) -> list[str]:
-    return [h["status"] for h in referral["history"]]
-
-
 async def _assigned_to(api: Api, referral_id: str, employee_id: str | None, status: str = "assigned") -> dict:
     async def check() -> dict | None:
         now = await api.referral(referral_id)
@@ -42,9 +38,13 @@ async def _assigned_to(api: Api, referral_id: str, employee_id: str | None, stat
     return await until(check, f"referral {referral_id} {status} to {employee_id}")
 
 
-async def _settled(_stack: SkippingStack) -> None:
-    """Let the activities a fired timer started finish (they run in real time)."""
-    await asyncio.sleep(0.3)
+async def _workflow_statuses(stack: SkippingStack, referral: dict) -> list[str]:
+    """The referral's history as its workflow holds it. A query is answered after the
+    workflow has taken what is pending (a fired timer changes the state at once, before
+    any activity runs), so "nothing happened" is checked without waiting on a guess."""
+    handle = stack.client.get_workflow_handle(referral["workflow_id"])
+    state = await within(handle.query(ReferralWorkflow.current_state), "the referral's state")
+    return [h.status for h in state.history]
 
 
 async def test_lapse_reroutes_away_and_tells_the_manager_once(skipping_stack: SkippingStack, smtp_inbox: Inbox) -> None:
@@ -53,30 +53,28 @@ async def test_lapse_reroutes_away_and_tells_the_manager_once(skipping_stack: Sk
         state = territory()
         people = await api.staff(state)
         bob, kevin = people["bob"], people["kevin"]
-        ann = await api.employee(name="Ann", email=f"ann.{state}@bank.example", products=["mortgage"], states=[state])
+        ann = await api.broker(state)
         ref = await api.refer(people["ryan"], state)
         assert ref["assignee_id"] == bob["id"]
         assert _at(ref["sla_deadline"]) - _at(ref["history"][-1]["at"]) == timedelta(hours=1)
 
         await stack.env.sleep(timedelta(minutes=59))
-        await _settled(stack)
-        assert _statuses(await api.referral(ref["id"])) == ["created", "assigned"], "lapsed before its hour"
+        assert await _workflow_statuses(stack, ref) == ["created", "assigned"], "lapsed before its hour"
 
         await stack.env.sleep(timedelta(minutes=2))
         now = await _assigned_to(api, ref["id"], ann["id"])
-        assert _statuses(now) == ["created", "assigned", "lapsed", "assigned"]
+        assert statuses(now) == ["created", "assigned", "lapsed", "assigned"]
         assert now["history"][2]["assignee_id"] == bob["id"]
 
         # Ann lets it lapse too: it goes to the queue, never back to Bob.
         await stack.env.sleep(timedelta(hours=1, minutes=1))
         now = await _assigned_to(api, ref["id"], None, status="unassigned")
-        assert _statuses(now) == ["created", "assigned", "lapsed", "assigned", "lapsed", "unassigned"]
+        assert statuses(now) == ["created", "assigned", "lapsed", "assigned", "lapsed", "unassigned"]
         assert now["queue"] == "unassigned-referrals" and now["sla_deadline"] is None
 
         # A day later nothing more has happened: no timer runs for an unassigned referral.
         await stack.env.sleep(timedelta(days=1))
-        await _settled(stack)
-        assert _statuses(await api.referral(ref["id"])) == _statuses(now)
+        assert await _workflow_statuses(stack, ref) == statuses(now)
 
     # Bob's manager (Kevin) about Bob; Ann has no manager, so the managers of the
     # referral's state (Kevin again) about Ann: two notices, one per lapse.
@@ -86,33 +84,21 @@ async def test_lapse_reroutes_away_and_tells_the_manager_once(skipping_stack: Sk
     assert len(mine) == 2 and all(m["sent_at"] is not None for m in mine)
 
 
-async def test_accept_racing_the_lapse_timer_is_one_or_the_other(skipping_stack: SkippingStack) -> None:
+async def test_an_accept_after_the_hour_is_refused_the_lapse_came_first(skipping_stack: SkippingStack) -> None:
     stack, api = skipping_stack, skipping_stack.api
     async with stack.worker():
         state = territory()
         people = await api.staff(state)
         bob = people["bob"]
-        await api.employee(name="Ann", email=f"ann.{state}@bank.example", products=["mortgage"], states=[state])
+        ann = await api.broker(state)
         ref = await api.refer(people["ryan"], state)
-        await stack.env.sleep(timedelta(minutes=59, seconds=59))
+        await stack.env.sleep(timedelta(hours=1, seconds=1))
+        await _assigned_to(api, ref["id"], ann["id"])
 
-        # Bob accepts as the hour runs out: the accept and the timer race.
-        accept = asyncio.create_task(api.post(f"/v1/referrals/{ref['id']}/accept", {"actor_id": bob["id"]}))
-        await stack.env.sleep(timedelta(seconds=2))
-        answer = await accept
-        await _settled(stack)
-        now = await api.referral(ref["id"])
-        if answer.status_code == 200:  # the accept won: the timer is void
-            assert _statuses(now) == ["created", "assigned", "accepted"]
-            assert now["assignee_id"] == bob["id"]
-        else:  # the lapse won: the accept is refused, and re-routed away from Bob
-            assert answer.status_code == 409, answer.text
-            assert _statuses(now) == ["created", "assigned", "lapsed", "assigned"]
-            assert now["assignee_id"] != bob["id"]
-        # Either way no second outcome follows (the next SLA is at least an hour away).
-        await stack.env.sleep(timedelta(minutes=30))
-        await _settled(stack)
-        assert _statuses(await api.referral(ref["id"])) == _statuses(now)
+        r = await api.post(f"/v1/referrals/{ref['id']}/accept", {"actor_id": bob["id"]})
+        err = assert_error(r, 409, "invalid_transition")
+        assert err["details"] == {"actor_id": bob["id"], "assignee_id": ann["id"]}
+        assert await _workflow_statuses(stack, ref) == ["created", "assigned", "lapsed", "assigned"]
 
 
 async def test_accepted_just_in_time_never_lapses(skipping_stack: SkippingStack, smtp_inbox: Inbox) -> None:
@@ -126,8 +112,7 @@ async def test_accepted_just_in_time_never_lapses(skipping_stack: SkippingStack,
         accepted = (await api.post(f"/v1/referrals/{ref['id']}/accept", {"actor_id": bob["id"]}, expect=200)).json()
         assert _at(accepted["sla_deadline"]) - _at(accepted["history"][-1]["at"]) == timedelta(days=1)
         await stack.env.sleep(timedelta(hours=2))
-        await _settled(stack)
-        assert _statuses(await api.referral(ref["id"])) == ["created", "assigned", "accepted"]
+        assert await _workflow_statuses(stack, ref) == ["created", "assigned", "accepted"]
     assert smtp_inbox.about(kevin["email"], LAPSE, ref["id"]) == []
 
 
@@ -160,8 +145,7 @@ async def test_lapse_and_escalation_reach_every_manager_when_none_lists_the_stat
         await stack.env.sleep(timedelta(days=1))
         await until(lambda: _mail(smtp_inbox, mia["email"], ESCALATION, ref["id"]), "the escalation to Mia")
         await stack.env.sleep(timedelta(days=3))
-        await _settled(stack)
-        assert _statuses(await api.referral(ref["id"])) == ["created", "assigned", "lapsed", "assigned", "accepted"]
+        assert await _workflow_statuses(stack, ref) == ["created", "assigned", "lapsed", "assigned", "accepted"]
 
     assert len(smtp_inbox.about(mia["email"], LAPSE, ref["id"])) == 1
     assert len(smtp_inbox.about(mia["email"], ESCALATION, ref["id"])) == 1
@@ -184,29 +168,32 @@ async def test_a_running_referral_keeps_its_rules_and_slas_after_they_change(
             {"version": 2, "fallback_queue": "nobody", "rules": [{"name": "desk", "queue": "mortgage-desk"}]}
         )
     )
-    async with stack.worker():
+    # The bank deploys new rules and SLAs: the worker already runs with them (it must not
+    # use them for a referral that started before), and the new API app takes them.
+    changed = {"routing_rules": new_rules, "referral_accept_sla": 4 * 3600}
+    async with stack.worker(**changed):
         people = await api.staff(state)
-        ann = await api.employee(name="Ann", email=f"ann.{state}@bank.example", products=["mortgage"], states=[state])
-        old = await api.refer(people["ryan"], state)
+        ann = await api.broker(state)
+        old = await api.refer(people["ryan"], state)  # through the API with the old rules
         assert old["assignee_id"] == people["bob"]["id"]
 
-        async with stack.app(routing_rules=new_rules, referral_accept_sla=4 * 3600) as new_api:
+        async with stack.app(**changed) as new_api:
             new = await new_api.refer(people["ryan"], state)
             assert (new["status"], new["queue"]) == ("unassigned", "mortgage-desk")
 
             await stack.env.sleep(timedelta(hours=1, minutes=1))
             # The old referral lapsed after its own hour and was re-routed by its own rules.
-            now = await _assigned_to(api, old["id"], ann["id"])
-            assert _statuses(now) == ["created", "assigned", "lapsed", "assigned"]
-            assert _at(now["sla_deadline"]) - _at(now["history"][-1]["at"]) == timedelta(hours=1)
+            now = await _assigned_to(new_api, old["id"], ann["id"])
+            assert statuses(now) == ["created", "assigned", "lapsed", "assigned"]
+        assert _at(now["sla_deadline"]) - _at(now["history"][-1]["at"]) == timedelta(hours=1)
 
 
 async def test_real_time_a_timer_that_fires_while_no_worker_runs_acts_when_one_returns(
     client: Client, settings: Settings, keys: dict[str, str]
 ) -> None:
-    """The real-time smoke test, on the dev server as in production: a half-second SLA
-    lapses while the worker is down; the worker that comes back re-routes the referral
-    (once). On its own task queue, so stopping its worker stops no other test's."""
+    """The real-time smoke test, on the dev server as in production: the SLA lapses while
+    the worker is down; the worker that comes back re-routes the referral, once. On its
+    own task queue, so stopping its worker stops no other test's."""
     queue = f"needflow-down-{uuid.uuid4().hex[:8]}"
     fast = settings.model_copy(update={"referral_accept_sla": 0.5})
     async with serve_app(fast, client, queue) as http:
@@ -214,16 +201,47 @@ async def test_real_time_a_timer_that_fires_while_no_worker_runs_acts_when_one_r
         state = territory()
         async with build_worker(client, fast, queue):
             people = await api.staff(state)
-            ann = await api.employee(
-                name="Ann", email=f"ann.{state}@bank.example", products=["mortgage"], states=[state]
-            )
+            ann = await api.broker(state)
             ref = await api.refer(people["ryan"], state)
             assert ref["assignee_id"] == people["bob"]["id"]
 
-        await asyncio.sleep(1.0)  # the SLA lapses with no worker running
-        assert _statuses(await api.referral(ref["id"])) == ["created", "assigned"]
+        # Past the deadline, with no worker: the timer fires on the server, nobody acts.
+        await asyncio.sleep(max(0.0, (_at(ref["sla_deadline"]) - datetime.now(UTC)).total_seconds()) + 0.5)
+        assert statuses(await api.referral(ref["id"])) == ["created", "assigned"]
 
         async with build_worker(client, fast, queue):
-            now = await _assigned_to(api, ref["id"], ann["id"])
-            assert _statuses(now)[:4] == ["created", "assigned", "lapsed", "assigned"]
-            assert now["history"][2]["assignee_id"] == people["bob"]["id"]
+            # The history only grows: wait for its first four entries (Ann may lapse too).
+            async def rerouted() -> list[dict] | None:
+                history = (await api.referral(ref["id"]))["history"]
+                return history if len(history) >= 4 else None
+
+            history = await until(rerouted, "the re-routing after the lapse")
+            assert [h["status"] for h in history[:4]] == ["created", "assigned", "lapsed", "assigned"]
+            assert [h["assignee_id"] for h in history[2:4]] == [people["bob"]["id"], ann["id"]]
+
+
+async def test_real_time_an_accept_and_the_lapse_together_the_accept_wins(
+    client: Client, settings: Settings, keys: dict[str, str]
+) -> None:
+    """Bob accepts while the worker is down, and his SLA runs out before it is back: the
+    returning worker takes the accept and the fired timer in one workflow task. Updates are
+    handled before timers in a task, and an accept re-arms the SLA: he keeps the referral."""
+    queue = f"needflow-race-{uuid.uuid4().hex[:8]}"
+    fast = settings.model_copy(update={"referral_accept_sla": 0.5})
+    async with serve_app(fast, client, queue) as http:
+        api = Api(http, keys["all"])
+        state = territory()
+        async with build_worker(client, fast, queue):
+            people = await api.staff(state)
+            await api.broker(state)
+            ref = await api.refer(people["ryan"], state)
+        bob = people["bob"]
+
+        accept = asyncio.create_task(api.post(f"/v1/referrals/{ref['id']}/accept", {"actor_id": bob["id"]}))
+        await asyncio.sleep(max(0.0, (_at(ref["sla_deadline"]) - datetime.now(UTC)).total_seconds()) + 0.5)
+        assert not accept.done()
+        async with build_worker(client, fast, queue):
+            answer = await accept
+            assert answer.status_code == 200, answer.text
+            now = await api.referral(ref["id"])
+            assert (statuses(now), now["assignee_id"]) == (["created", "assigned", "accepted"], bob["id"])

@@ -23,6 +23,7 @@ from tests.helpers import (
     count,
     territory,
     until_equal,
+    without_priority,
     workflow_ids,
 )
 from workflows import SA_ASSIGNEE_ID, SA_EXPRESSED_INTEREST, SA_REFERRAL_STATUS
@@ -106,10 +107,6 @@ def assert_priority(item: dict, before: datetime, after: datetime) -> None:
     lo = priority(item["lead_score"], item["referrer_score"], before - created, ACCEPT_SLA)
     hi = priority(item["lead_score"], item["referrer_score"], after - created, ACCEPT_SLA)
     assert lo <= item["priority"] <= hi, (item["priority"], lo, hi)
-
-
-def without_priority(referral: dict) -> dict:
-    return {k: v for k, v in referral.items() if k != "priority"}
 
 
 async def read_referral(api: Api, referral_id: str) -> dict:

@@ -27,8 +27,7 @@ from temporalio.worker import Replayer
 
 from config import Settings
 from tests import journeys
-from tests.conftest import serve_app
-from tests.helpers import Api, Inbox, within
+from tests.helpers import Api, Inbox, serve_app, within
 from worker import WORKFLOWS
 from workflows.client import DATA_CONVERTER
 

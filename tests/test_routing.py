@@ -402,7 +402,7 @@ def test_missing_file_is_named(tmp_path: Path) -> None:
 def test_the_api_refuses_to_start_on_invalid_routing_rules(tmp_path: Path) -> None:
     """A bank's typo stops the service at start, saying where, not at the first referral."""
     from api.app import create_app
-    from tests.conftest import IsolatedSettings
+    from tests.helpers import IsolatedSettings
 
     bad = tmp_path / "routing.yaml"
     bad.write_text("version: 1\nfallback_queue: q\nrules:\n  - name: brokers\n    pool: {territory: everywhere}\n")
