@@ -74,7 +74,7 @@ async def test_signing_link_is_single_use(api: Api) -> None:
     # An HTML page for the customer: the page is where the fact lives.
     already = "This document was already completed. Ask your adviser if you need a new link."
     assert again.status_code == 409 and NO_LONGER_VALID in again.text and already in again.text
-    shown = await api.http.get(page_path(url))
+    shown = await api.request("GET", page_path(url))
     assert shown.status_code == 409 and NO_LONGER_VALID in shown.text and already in shown.text
     journey = (await api.get(f"/v1/customers/{opp['customer_id']}/journey")).json()
     assert [c["evidence"]["signer_name"] for c in journey["consents"]] == ["Rachel Adams"]
@@ -87,8 +87,8 @@ async def test_unknown_or_incomplete_signature_changes_nothing(api: Api) -> None
     opp = await _approved(api)
     unknown = await api.sign("http://testserver/sign/not-a-token")
     assert unknown.status_code == 404 and "<h1>Unknown signing link</h1>" in unknown.text
-    r = await api.http.post(
-        page_path(opp["signature"]["signing_url"]), data={"full_name": "Rachel Adams"}
+    r = await api.request(
+        "POST", page_path(opp["signature"]["signing_url"]), data={"full_name": "Rachel Adams"}
     )  # did not tick "I agree"
     assert r.status_code == 422
     assert "To sign, type your full name and tick the box to say you agree." in r.text

@@ -34,7 +34,9 @@ OCCURRED_AT = "2026-11-25T10:00:00+00:00"
 
 
 async def until_listed(client: Client, query: str, expected: list[str]) -> None:
-    """Wait until visibility (which lags behind a start) lists exactly `expected` for `query`."""
+    """Wait until visibility (which lags behind a start) lists exactly `expected` for
+    `query`. It returns at the first match: the store's counts, not visibility, prove that
+    no second workflow was made."""
     await until_equal(lambda: workflow_ids(client, query), sorted(expected), f"visibility listing {query}")
 
 

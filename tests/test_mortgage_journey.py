@@ -41,7 +41,7 @@ async def test_mortgage_from_interested_to_closed_won(api: Api, keys: dict[str, 
     assert sig["provider"] == "local" and sig["status"] == "sent"
     assert sig["signing_url"].startswith("http://testserver/sign/")
 
-    page = await api.http.get(httpx_path(sig["signing_url"]))
+    page = await api.request("GET", httpx_path(sig["signing_url"]))
     assert page.status_code == 200 and "Mortgage closing documents" in page.text and "500,000.00" in page.text
 
     signed = await api.sign(sig["signing_url"], "Rachel Adams")

@@ -7,7 +7,7 @@ from __future__ import annotations
 from temporalio.client import Client
 
 from domain.opportunity import OpportunityState
-from tests.helpers import Api, until_equal, workflow_ids
+from tests.helpers import Api, until_equal, within, workflow_ids
 from tests.journeys import mortgage_to_closed_won
 from workflows import SA_CUSTOMER_ID, SA_OPPORTUNITY_STATUS, SA_OWNER_ID, SA_PRODUCT, SA_STAGE
 from workflows.opportunity import OpportunityWorkflow
@@ -17,7 +17,7 @@ async def test_search_attributes_follow_the_stage(api: Api, client: Client) -> N
     opp = await api.opportunity()
     handle = client.get_workflow_handle(opp["workflow_id"])
 
-    desc = await handle.describe()
+    desc = await within(handle.describe(), "describe")
     sa = desc.typed_search_attributes
     assert sa.get(SA_PRODUCT) == "mortgage" and sa.get(SA_STAGE) == "interested"
     assert sa.get(SA_OWNER_ID) == opp["owner_id"] and sa.get(SA_CUSTOMER_ID) == opp["customer_id"]
@@ -34,7 +34,7 @@ async def test_search_attributes_follow_the_stage(api: Api, client: Client) -> N
     }
     assert all("Rachel" not in str(v) and "@" not in str(v) for v in desc.search_attributes.values())
 
-    state = await handle.query(OpportunityWorkflow.current_state, result_type=OpportunityState)
+    state = await within(handle.query(OpportunityWorkflow.current_state, result_type=OpportunityState), "query")
     assert state.stage == "interested" and len(state.checkpoints) == 1
 
     await api.post(
@@ -42,15 +42,15 @@ async def test_search_attributes_follow_the_stage(api: Api, client: Client) -> N
         {"actor_id": opp["owner_id"], "to_stage": "searching", "evidence": {"realtor": "R"}},
         expect=200,
     )
-    desc = await handle.describe()
+    desc = await within(handle.describe(), "describe")
     assert desc.typed_search_attributes.get(SA_STAGE) == "searching"
-    details = await handle.query("__temporal_workflow_metadata")
+    details = await within(handle.query("__temporal_workflow_metadata"), "metadata")
     assert details.current_details == (
         f"**Searching** (20 %) · status **open**\n\nMortgage process v1 · owner `{opp['owner_id']}` · 2 checkpoint(s)"
     )
 
     won = await mortgage_to_closed_won(api)
-    await client.get_workflow_handle(won["workflow_id"]).result()
+    await within(client.get_workflow_handle(won["workflow_id"]).result(), "the won workflow to finish")
     # Visibility is eventually consistent: wait until the search finds exactly the won one of
     # these two customers' opportunities (and keeps the open one out).
     customers = f'CustomerId IN ("{opp["customer_id"]}", "{won["customer_id"]}")'

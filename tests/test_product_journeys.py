@@ -8,9 +8,10 @@ import hashlib
 import html
 
 import pytest
+from sqlalchemy import Engine, select
 
-from tests.helpers import Api, Inbox
-from tests.journeys import proposal_to_closed_won
+from store.models import SignatureRequest
+from tests.helpers import Api
 
 #: What each product's own template says, and the subject its process gives the envelope.
 DOCUMENTS = {
@@ -52,19 +53,19 @@ async def test_proposal_sends_the_products_own_document_and_the_signature_wins(a
     assert consent["evidence"]["document_sha256"] == won["signature"]["document_sha256"]
 
 
-async def test_the_signed_documents_hash_is_of_exactly_the_document_shown(api: Api, database_url: str) -> None:
-    from sqlalchemy import select
-    from sqlalchemy.orm import Session
-
-    from store.db import make_sync_engine
-    from store.models import SignatureRequest
-
-    won = await proposal_to_closed_won(api, "insurance")
-    engine = make_sync_engine(database_url)
-    with Session(engine) as s:
-        sig = s.scalars(select(SignatureRequest).where(SignatureRequest.opportunity_id == won["id"])).one()
-    engine.dispose()
-    assert hashlib.sha256(sig.document_html.encode()).hexdigest() == won["signature"]["document_sha256"]
+async def test_the_signed_documents_hash_is_of_exactly_the_document_shown(api: Api, db: Engine) -> None:
+    role_owner = await api.employee(role="insurance_agent", lob="insurance", name="Ines Agent", products=["insurance"])
+    opp = await api.opportunity(product="insurance", amount="10000.00", owner=role_owner)
+    opp = await api.advance(opp, "proposal", {"proposal_id": "PR-hash"})
+    page = await api.request("GET", _path(opp["signature"]["signing_url"]))
+    with db.connect() as conn:
+        html_stored = conn.scalar(
+            select(SignatureRequest.document_html).where(SignatureRequest.opportunity_id == opp["id"])
+        )
+    assert html_stored in page.text  # the page shows exactly the stored document
+    assert (await api.sign(opp["signature"]["signing_url"])).status_code == 200
+    won = (await api.get(f"/v1/opportunities/{opp['id']}")).json()
+    assert hashlib.sha256(html_stored.encode()).hexdigest() == won["signature"]["document_sha256"]
 
 
 async def test_closing_lost_kills_the_outstanding_signing_link(api: Api) -> None:
@@ -89,9 +90,7 @@ async def test_closing_lost_kills_the_outstanding_signing_link(api: Api) -> None
     assert (await api.get(f"/v1/customers/{opp['customer_id']}/journey")).json()["consents"] == []
 
 
-async def test_a_manager_may_close_lost_and_resend_for_the_owner_a_colleague_may_not(
-    api: Api, smtp_inbox: Inbox
-) -> None:
+async def test_a_manager_may_close_lost_and_resend_for_the_owner_a_colleague_may_not(api: Api) -> None:
     kim = await api.employee(role="manager", name="Kim", email="kim@bank.example", products=[])
     eve = await api.employee(name="Eve", email="eve@bank.example")
     opp = await api.mortgage_to_approved()

@@ -23,6 +23,7 @@ from tests.helpers import (
     count,
     territory,
     until_equal,
+    within,
     without_priority,
     workflow_ids,
 )
@@ -149,7 +150,7 @@ async def test_kiaras_referral_from_ryan_to_bob_converts(
     assert mail["Subject"] == "New referral: mortgage worth 500,000.00 for Kiara Jones"
     assert "Kiara Jones" in body and "+14155550123" in body and "Wants to buy her first home" in body
 
-    desc = await client.get_workflow_handle(ref["workflow_id"]).describe()
+    desc = await within(client.get_workflow_handle(ref["workflow_id"]).describe(), "describe")
     assert desc.typed_search_attributes.get(SA_REFERRAL_STATUS) == "assigned"
     assert desc.typed_search_attributes.get(SA_ASSIGNEE_ID) == bob["id"]
     assert desc.typed_search_attributes.get(SA_EXPRESSED_INTEREST) == "mortgage"

@@ -333,7 +333,7 @@ async def test_reports_need_the_reports_read_scope(api: Api, keys: dict[str, str
     for path in (REFERRERS, PIPELINE):
         await api.get(path, key=keys["reports:read"], expect=200)
         assert_error(await api.get(path, key=keys["crm:write"], expect=None), 403, "forbidden")
-        assert_error(await api.http.get(path), 401, "unauthenticated")
+        assert_error(await api.request("GET", path), 401, "unauthenticated")
 
 
 @pytest.mark.parametrize(
@@ -351,7 +351,7 @@ async def test_referrers_report_validates_its_parameters(api: Api, query: str, f
 
 
 async def test_reports_are_in_the_openapi_document(api: Api) -> None:
-    doc = (await api.http.get("/openapi.json")).json()
+    doc = (await api.request("GET", "/openapi.json")).json()
     assert "get" in doc["paths"][REFERRERS] and "get" in doc["paths"][PIPELINE]
     params = {p["name"]: p for p in doc["paths"][REFERRERS]["get"]["parameters"]}
     assert {"window_days", "limit"} <= set(params)
