@@ -1,4 +1,6 @@
-"""Every id needflow makes, in one place: what shape each has and why.
+"""Every id of a resource or a workflow needflow makes, in one place: what shape each has
+and why. (Secrets are not ids: API keys and signing tokens are made where they are
+stored, in store/keys.py and esign/.)
 
 - Resource ids are a prefix and a UUID (`cus_…`, `opp_…`): random for an unkeyed create,
   derived from the caller and its Idempotency-Key for a keyed one, so the same key always
@@ -47,6 +49,19 @@ def keyed_update_id(caller_id: str, key: str | None) -> str | None:
 def event_update_id(event_id: str) -> str:
     """A backend event's update id: the event id, so a redelivery is one update."""
     return f"event:{event_id}"
+
+
+def release_update_id(referral_id: str, employee_id: str, referral_seq: int) -> str:
+    """Releasing a referral from a deactivated employee: named by the referral's last
+    recorded change, so repeating the deactivation while the referral is still theirs is
+    one update, and releasing them again after it came back to them is another."""
+    return f"release:{referral_id}:{employee_id}:{referral_seq}"
+
+
+def owner_change_update_id(opportunity_id: str, seq: int) -> str:
+    """An opportunity's `seq`-th owner change (the opportunity numbers them): repeating
+    the request that made it is one update."""
+    return f"owner-change:{opportunity_id}:{seq}"
 
 
 # ---------------------------------------------------------------- what a referral creates

@@ -184,4 +184,14 @@ def load_catalog(directory: Path) -> ProcessCatalog:
     files = sorted(directory.glob("*.yaml")) + sorted(directory.glob("*.yml"))
     if not files:
         raise ProcessError(file_message(directory, (), "no process files (*.yaml) found"))
-    return ProcessCatalog([load_process(f) for f in files])
+    seen: dict[tuple[Product, int], Path] = {}
+    processes = []
+    for f in files:
+        p = load_process(f)
+        if (first := seen.get((p.product, p.version))) is not None:
+            raise ProcessError(
+                file_message(f, ("version",), f"{p.product.value} version {p.version} is defined in {first.name} too")
+            )
+        seen[(p.product, p.version)] = f
+        processes.append(p)
+    return ProcessCatalog(processes)

@@ -106,3 +106,13 @@ def test_the_api_refuses_to_start_on_a_malformed_process(tmp_path: Path) -> None
     with pytest.raises(ProcessError) as err:
         create_app(IsolatedSettings(processes_dir=tmp_path, database_url="sqlite:///:memory:"))
     assert str(err.value).startswith(f"{tmp_path / 'mortgage.v1.yaml'}: stage 'searching' (#2), field 'probability': ")
+
+
+def test_a_version_defined_in_two_files_names_both(tmp_path: Path) -> None:
+    for name in ("mortgage.v1.yaml", "mortgage.copy.yaml"):
+        (tmp_path / name).write_text((SHIPPED / "mortgage.v1.yaml").read_text())
+    with pytest.raises(ProcessError) as err:
+        load_catalog(tmp_path)
+    assert str(err.value) == (
+        f"{tmp_path / 'mortgage.v1.yaml'}: field 'version': mortgage version 1 is defined in mortgage.copy.yaml too"
+    )
