@@ -185,6 +185,8 @@ class Settings(BaseSettings):
     dev_api_key: str | None = None
     # Where the API is reachable from a customer's browser (signing links).
     public_base_url: str | None = None
+    #: Seconds a signing link of needflow's own page works (a week by default).
+    signing_link_ttl: float = Field(default=604800, gt=0)
     processes_dir: Path = PROJECT_ROOT / "processes"
     routing_rules: Path = PROJECT_ROOT / "rules" / "routing.yaml"
     # Referral SLAs, in seconds (durable workflow timers; a running referral keeps its own).

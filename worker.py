@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from datetime import timedelta
 from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -54,7 +55,9 @@ def build_worker(client: Client, settings: Settings, task_queue: str = TASK_QUEU
     engine = make_async_engine(settings.resolved_database_url)
     sessions = make_session_factory(engine)
     mailer = Mailer(SmtpSettings.from_url(settings.smtp_url) if settings.smtp_url else None, settings.mail_from)
-    opportunity = OpportunityActivities(sessions, esign_provider(settings), mailer)
+    opportunity = OpportunityActivities(
+        sessions, esign_provider(settings), mailer, timedelta(seconds=settings.signing_link_ttl)
+    )
     starts = Starts(client, task_queue, settings.search_attributes)
     referral = ReferralActivities(sessions, mailer, starts, settings.referrer_window_days)
     return _StoreWorker(

@@ -15,7 +15,6 @@ from datetime import UTC, datetime
 from email.message import EmailMessage
 from urllib.parse import unquote, urlsplit
 
-from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from store.models import Employee, Notification
@@ -59,6 +58,40 @@ class Mailer:
                 smtp.login(self.smtp.username, self.smtp.password or "")
             smtp.send_message(msg)
 
+    async def record(
+        self,
+        session: AsyncSession,
+        message_id: str,
+        to_address: str,
+        subject: str,
+        body: str,
+        *,
+        to_employee_id: str | None = None,
+    ) -> str:
+        """Put a message in the outbox inside the caller's transaction, so it is there
+        exactly when what it tells of is (a retry finds it by id and adds nothing). Send it
+        after the commit with `send_pending`. Returns the message's id."""
+        if await session.get(Notification, message_id) is None:
+            session.add(
+                Notification(
+                    id=message_id, to_employee_id=to_employee_id, to_address=to_address, subject=subject, body=body
+                )
+            )
+        return message_id
+
+    async def send_pending(self, sessions: async_sessionmaker, message_ids: list[str]) -> None:
+        """Send these outbox messages over SMTP if they are not sent yet (none without SMTP:
+        the outbox is the delivery). Each is marked sent in the transaction that sends it."""
+        if self.smtp is None:
+            return
+        for message_id in message_ids:
+            async with sessions.begin() as session:
+                row = await session.get(Notification, message_id, with_for_update=True)
+                if row is None or row.sent_at is not None:
+                    continue
+                await asyncio.to_thread(self._send, row.to_address, row.subject, row.body, row.id)
+                row.sent_at = datetime.now(UTC)
+
     async def deliver(
         self,
         sessions: async_sessionmaker,
@@ -67,23 +100,11 @@ class Mailer:
         subject: str,
         body: str,
     ) -> int:
-        """Record the message for each recipient and send what is unsent; returns how many."""
-        ids = {e.id: f"{message_id}:{e.id}" for e in recipients}
+        """Record the message for each recipient, then send what is unsent; returns how many."""
         async with sessions.begin() as session:
-            session: AsyncSession
-            have = set(await session.scalars(select(Notification.id).where(Notification.id.in_(list(ids.values())))))
-            for e in recipients:
-                if ids[e.id] not in have:
-                    session.add(
-                        Notification(id=ids[e.id], to_employee_id=e.id, to_address=e.email, subject=subject, body=body)
-                    )
-        if self.smtp is None:
-            return len(recipients)
-        for e in recipients:
-            async with sessions.begin() as session:
-                row = await session.get(Notification, ids[e.id], with_for_update=True)
-                if row is None or row.sent_at is not None:
-                    continue
-                await asyncio.to_thread(self._send, row.to_address, row.subject, row.body, row.id)
-                row.sent_at = datetime.now(UTC)
+            ids = [
+                await self.record(session, f"{message_id}:{e.id}", e.email, subject, body, to_employee_id=e.id)
+                for e in recipients
+            ]
+        await self.send_pending(sessions, ids)
         return len(recipients)

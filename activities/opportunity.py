@@ -2,12 +2,13 @@
 
 Each write is keyed so that a retry finds its rows already there: the opportunity by
 id, a checkpoint by (opportunity, seq), a consent by its deterministic id, an envelope
-by (opportunity, request number), an outbox message by its id.
+by (opportunity, request number), an outbox message by its id, an owner change by
+(opportunity, seq).
 """
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -25,6 +26,7 @@ from store.models import (
     Employee,
     Need,
     Opportunity,
+    OwnerChange,
     ProcessedEvent,
     SignatureRequest,
 )
@@ -49,11 +51,39 @@ async def _add_checkpoint(session: AsyncSession, opportunity_id: str, cp: Checkp
         )
 
 
+def _sent(row: SignatureRequest) -> records.SignatureSent:
+    return records.SignatureSent(
+        provider=row.provider,
+        envelope_id=row.envelope_id,
+        document_sha256=row.document_sha256,
+        status="undeliverable" if row.status == "undeliverable" else "sent",
+    )
+
+
+def _link_mail(customer_name: str, owner_name: str, opportunity_id: str, link: str, expires_at: datetime) -> str:
+    return (
+        f"Dear {customer_name},\n\n"
+        f"{owner_name} has prepared your documents (reference {opportunity_id}). Please read them and, "
+        "if you agree, sign them here:\n\n"
+        f"{link}\n\n"
+        f"The link works once and until {expires_at:%Y-%m-%d %H:%M} UTC. It is yours alone: please do not "
+        "forward it. If you did not expect this message, tell your bank.\n"
+    )
+
+
 class OpportunityActivities:
-    def __init__(self, sessions: async_sessionmaker[AsyncSession], esign: ESignatureProvider, mailer: Mailer) -> None:
+    def __init__(
+        self,
+        sessions: async_sessionmaker[AsyncSession],
+        esign: ESignatureProvider,
+        mailer: Mailer,
+        link_ttl: timedelta = timedelta(days=7),
+    ) -> None:
         self.sessions = sessions
         self.esign = esign
         self.mailer = mailer
+        #: How long a signing link of ours works (NEEDFLOW_SIGNING_LINK_TTL).
+        self.link_ttl = link_ttl
 
     @activity.defn(name=records.OPEN_OPPORTUNITY)
     async def open_opportunity(self, rec: records.OpenOpportunity) -> None:
@@ -134,13 +164,21 @@ class OpportunityActivities:
 
     @activity.defn(name=records.REQUEST_SIGNATURE)
     async def request_signature(self, req: records.SignatureRequestInput) -> records.SignatureSent:
-        """Render the documents, send them, record the envelope (once per request number).
+        """Render the documents, send them for signature, record the envelope: once per
+        request number (a retry after the envelope is recorded returns it).
 
-        A retry after the envelope is recorded returns it. A crash between the provider's
-        send and the commit sends again: harmless for the local provider (the first token
-        was never stored); a remote provider must make its send idempotent per
-        (opportunity, request number), e.g. by looking the envelope up first.
+        The link reaches the customer only. With the local provider it is e-mailed to her
+        (the outbox row is written in the transaction that records the envelope, so a retry
+        finds both or neither), only its SHA-256 is stored, it expires after
+        NEEDFLOW_SIGNING_LINK_TTL, and it is in no answer, history or log. A remote
+        provider (DocuSign) e-mails her itself. A customer with no e-mail address: the
+        request is recorded `undeliverable`, nothing is sent, and the owner is told.
+
+        A crash between the provider's send and the commit sends again: harmless for the
+        local provider (the first token was never stored or mailed); a remote provider
+        must make its send idempotent per (opportunity, request number).
         """
+        mails: list[str] = []
         async with self.sessions.begin() as session:
             existing = await session.scalar(
                 select(SignatureRequest).where(
@@ -149,12 +187,7 @@ class OpportunityActivities:
                 )
             )
             if existing is not None:  # a retry after the envelope was recorded
-                return records.SignatureSent(
-                    provider=existing.provider,
-                    envelope_id=existing.envelope_id,
-                    signing_url=existing.signing_url,
-                    document_sha256=existing.document_sha256,
-                )
+                return _sent(existing)
             opp = await session.get(Opportunity, req.opportunity_id)
             if opp is None:
                 raise RuntimeError(f"opportunity {req.opportunity_id} is not recorded yet")
@@ -162,6 +195,7 @@ class OpportunityActivities:
             owner = await session.get(Employee, opp.owner_id)
             need = await session.get(Need, opp.need_id)
             assert customer is not None and owner is not None and need is not None
+            now = datetime.now(UTC)
             document = render_document(
                 req.template,
                 DocumentContext(
@@ -173,38 +207,61 @@ class OpportunityActivities:
                     amount=opp.amount,
                     owner_name=owner.name,
                     need_description=need.description,
-                    issued_at=datetime.now(UTC),
+                    issued_at=now,
                 ),
             )
-            envelope = await self.esign.send(
+            digest = sha256_hex(document)
+            row = SignatureRequest(
                 opportunity_id=opp.id,
                 request_no=req.request_no,
+                provider=self.esign.name,
                 subject=req.subject,
                 document_html=document,
-                signer_name=customer.name,
-                signer_email=customer.email,
+                document_sha256=digest,
+                created_at=now,
             )
-            digest = sha256_hex(document)
-            session.add(
-                SignatureRequest(
-                    envelope_id=envelope.envelope_id,
+            if not customer.email:
+                row.envelope_id = f"undeliverable-{opp.id}-{req.request_no}"
+                row.status = "undeliverable"
+                session.add(row)
+                mails.append(
+                    await self.mailer.record(
+                        session,
+                        f"signature-undeliverable-{row.envelope_id}",
+                        owner.email,
+                        f"Signature request undeliverable on opportunity {opp.id}",
+                        f"The documents for opportunity {opp.id} could not be sent for signature: the customer "
+                        "has no e-mail address on record. Add one, then resend the signature request.",
+                        to_employee_id=owner.id,
+                    )
+                )
+            else:
+                envelope = await self.esign.send(
                     opportunity_id=opp.id,
                     request_no=req.request_no,
-                    provider=envelope.provider,
-                    status="sent",
                     subject=req.subject,
                     document_html=document,
-                    document_sha256=digest,
-                    token_sha256=envelope.token_sha256,
-                    signing_url=envelope.signing_url,
+                    signer_name=customer.name,
+                    signer_email=customer.email,
                 )
-            )
-        return records.SignatureSent(
-            provider=envelope.provider,
-            envelope_id=envelope.envelope_id,
-            signing_url=envelope.signing_url,
-            document_sha256=digest,
-        )
+                row.envelope_id = envelope.envelope_id
+                row.provider = envelope.provider
+                row.status = "sent"
+                row.token_sha256 = envelope.token_sha256
+                if envelope.signing_url is not None:  # ours to deliver: by e-mail, to her only
+                    row.expires_at = now + self.link_ttl
+                    mails.append(
+                        await self.mailer.record(
+                            session,
+                            f"signature-link-{envelope.envelope_id}",
+                            customer.email,
+                            req.subject,
+                            _link_mail(customer.name, owner.name, opp.id, envelope.signing_url, row.expires_at),
+                        )
+                    )
+                session.add(row)
+        await self.mailer.send_pending(self.sessions, mails)
+        return _sent(row)
 
     @activity.defn(name=records.RECORD_SIGNATURE_FAILURE)
     async def record_signature_failure(self, rec: records.SignatureFailureRecord) -> None:
@@ -223,5 +280,38 @@ class OpportunityActivities:
             self.sessions, f"signature-{rec.status}-{rec.envelope_id}", [owner] if owner else [], subject, body
         )
 
+    @activity.defn(name=records.RECORD_OWNER_CHANGE)
+    async def record_owner_change(self, rec: records.OwnerChangeRecord) -> None:
+        """The owner change row and the opportunity's owner, together. A retry finds the
+        row (by opportunity and seq) and writes nothing; an older change never moves the
+        owner back past a newer one."""
+        async with self.sessions.begin() as session:
+            opp = await session.get(Opportunity, rec.opportunity_id, with_for_update=True)
+            if opp is None:
+                raise RuntimeError(f"opportunity {rec.opportunity_id} is not recorded yet")
+            recorded = list(await session.scalars(select(OwnerChange.seq).where(OwnerChange.opportunity_id == opp.id)))
+            if rec.seq in recorded:
+                return
+            session.add(
+                OwnerChange(
+                    opportunity_id=opp.id,
+                    seq=rec.seq,
+                    from_owner_id=rec.from_owner_id,
+                    to_owner_id=rec.to_owner_id,
+                    at=rec.at,
+                    actor=rec.actor,
+                    via=rec.via,
+                    reason=rec.reason,
+                )
+            )
+            if rec.seq > max(recorded, default=0):
+                opp.owner_id = rec.to_owner_id
+
     def all(self) -> list:
-        return [self.open_opportunity, self.record_stage_change, self.request_signature, self.record_signature_failure]
+        return [
+            self.open_opportunity,
+            self.record_stage_change,
+            self.request_signature,
+            self.record_signature_failure,
+            self.record_owner_change,
+        ]

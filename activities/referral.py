@@ -13,7 +13,7 @@ from __future__ import annotations
 import copy
 from datetime import datetime, timedelta
 
-from sqlalchemy import Select, bindparam, case, func, select, update
+from sqlalchemy import ScalarSelect, Select, String, Text, bindparam, case, cast, func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from temporalio import activity
 
@@ -22,7 +22,7 @@ from domain import records
 from domain.ids import referral_customer_id, referral_household_id, referral_need_id
 from domain.opportunity import OpportunityInput
 from domain.referral import OPEN_STATUSES, WORKING_STATUSES, HistoryEntry, Routed
-from domain.routing import Candidate, RoutingDecision, place_key, reachable, route
+from domain.routing import Candidate, RoutingDecision, reachable, route
 from domain.scoring import FEATURES, LeadFeatures, LeadModel
 from domain.types import LineOfBusiness, Product, Role
 from store.models import (
@@ -36,7 +36,7 @@ from store.models import (
     ReferralHistory,
     UTCDateTime,
 )
-from store.queries import referrer_tallies, score_from_tallies
+from store.queries import referrer_tallies, score_from_tallies, territory_managers
 from workflows.starts import Starts
 
 TOTAL = "*"
@@ -119,14 +119,45 @@ async def _has_entry(session: AsyncSession, referral_id: str, seq: int) -> bool:
     return found is not None
 
 
+def _team_statement() -> ScalarSelect:
+    """What routing reads of every employee that can change, as one string: the team
+    cache's key.
+
+    Employees are added (POST) and changed (PATCH: capacity, products, cities, states,
+    active), so their number no longer says whether the cached team is still the team;
+    their routing columns together do (role and line of business never change after
+    creation; a new employee is a new row). The store keeps no version to read instead,
+    so this is a scan of the employees table, in the database and never decoded: about
+    half a millisecond per thousand employees on SQLite; the team itself is re-read only
+    when the key differs. Each row reads `id`, a separator, the three JSON lists (their
+    brackets delimit them), capacity and active; rows are comma-separated, and an id has
+    neither comma nor separator. Row order may differ between reads (PostgreSQL after an
+    update or a vacuum): that costs a re-read, never a stale team.
+    """
+    e = Employee
+    row = (
+        e.id
+        + "\x1f"
+        + cast(e.products, Text)
+        + cast(e.cities, Text)
+        + cast(e.states, Text)
+        + cast(e.capacity, String)
+        + cast(e.active, String)
+    )
+    return select(func.coalesce(func.aggregate_strings(row, ","), "")).scalar_subquery()
+
+
+_TEAM = _team_statement()
+
+
 def _opening_facts_statement() -> Select:
-    """Built once: whether the referral exists, the team's size, the lead model's totals
-    and the referrer's tallies, in one round trip."""
+    """Built once: whether the referral exists, the team cache's key, the lead model's
+    totals and the referrer's tallies, in one round trip."""
     tallies = referrer_tallies((bindparam("rtype"), bindparam("rid")), bindparam("since", type_=UTCDateTime)).subquery()
     total = (LeadFeatureCount.feature == TOTAL) & (LeadFeatureCount.value == TOTAL)
     return select(
         tallies,
-        select(func.count()).select_from(Employee).scalar_subquery().label("employees"),
+        _TEAM.label("team"),
         select(LeadFeatureCount.won).where(total).scalar_subquery().label("won"),
         select(LeadFeatureCount.lost).where(total).scalar_subquery().label("lost"),
         select(Referral.id).where(Referral.id == bindparam("referral_id")).scalar_subquery().label("existing"),
@@ -149,7 +180,7 @@ class ReferralActivities:
         self.starts = starts
         self.window = timedelta(days=referrer_window_days)
         # Caches for routing speed; each is checked against the store on every use.
-        self._team: tuple[int, list[Candidate]] | None = None
+        self._team: tuple[str, list[Candidate]] | None = None
         self._model: tuple[tuple[int, int], LeadModel] | None = None
 
     @activity.defn(name=records.OPEN_REFERRAL)
@@ -157,7 +188,7 @@ class ReferralActivities:
         """Record, score and route a new referral in one transaction.
 
         Speed matters here (bench/bench_referral_service.py): one query reads whether the
-        referral exists, the team's size, the lead model's totals and the referrer's
+        referral exists, the team cache's key, the lead model's totals and the referrer's
         tallies; the rest is the workload read, the inserts and one workload update.
         """
         ref = rec.input
@@ -192,7 +223,7 @@ class ReferralActivities:
                     created_at=rec.created.at,
                 )
                 session.add(row)
-                routed = await self._route(session, row, rec.route, created=rec.created, team_size=facts.employees)
+                routed = await self._route(session, row, rec.route, created=rec.created, team=facts.team)
             else:  # a retry: what the first attempt recorded stands
                 row = await session.get(Referral, ref.referral_id, with_for_update=True)
                 assert row is not None
@@ -222,11 +253,11 @@ class ReferralActivities:
         row: Referral,
         req: records.RouteReferral,
         created: HistoryEntry | None = None,
-        team_size: int | None = None,
+        team: str | None = None,
     ) -> Routed:
         """Route `row` (a new one when `created` is given) and record the decision."""
-        if created is None:  # a re-routing: what is recorded already, and the team's size, in one query
-            recorded, team_size = await self._routing_facts(session, row.id, req)
+        if created is None:  # a re-routing: what is recorded already, and the team cache's key, in one query
+            recorded, team = await self._routing_facts(session, row.id, req)
             if req.seq in recorded:  # a retry: the decision is recorded
                 return Routed(
                     decision=RoutingDecision(
@@ -239,7 +270,7 @@ class ReferralActivities:
             if req.preceding is not None and req.preceding.seq not in recorded:
                 session.add(_history_row(row.id, req.preceding))
         with session.no_autoflush:  # a new row is inserted once, with its decision in it
-            candidates = await self._candidates(session, req, team_size)
+            candidates = await self._candidates(session, req, team)
         decision = route(req.rules, req.facts, candidates, frozenset(req.exclude))
         assigned = decision.assignee_id is not None
         row.queue = decision.queue
@@ -269,18 +300,17 @@ class ReferralActivities:
 
     async def _routing_facts(
         self, session: AsyncSession, referral_id: str, req: records.RouteReferral
-    ) -> tuple[set[int], int]:
-        """Which of this routing's history entries are recorded already, and the team's size."""
+    ) -> tuple[set[int], str]:
+        """Which of this routing's history entries are recorded already, and the team cache's key."""
         seqs = [req.seq] + ([req.preceding.seq] if req.preceding else [])
-        team = select(func.count()).select_from(Employee).scalar_subquery()
         row = (
             await session.execute(
                 select(
-                    team, *(func.coalesce(func.max(case((ReferralHistory.seq == n, 1), else_=0)), 0) for n in seqs)
+                    _TEAM, *(func.coalesce(func.max(case((ReferralHistory.seq == n, 1), else_=0)), 0) for n in seqs)
                 ).where(ReferralHistory.referral_id == referral_id)
             )
         ).one()
-        return {n for n, present in zip(seqs, row[1:], strict=True) if present}, int(row[0])
+        return {n for n, present in zip(seqs, row[1:], strict=True) if present}, str(row[0])
 
     async def _lead_model(self, session: AsyncSession, key: tuple[int, int]) -> LeadModel:
         """The lead model, re-read only when a decision has changed its totals (`key`)."""
@@ -293,17 +323,18 @@ class ReferralActivities:
         return self._model[1]
 
     async def _candidates(
-        self, session: AsyncSession, req: records.RouteReferral, team_size: int | None = None
+        self, session: AsyncSession, req: records.RouteReferral, team: str | None = None
     ) -> list[Candidate]:
-        """The employees a matching rule could pick, with their open work now.
+        """The active employees a matching rule could pick, with their open work now.
 
-        Employees are only ever added, so the team is re-read only when their number
-        changes. The workload is read for the reachable employees alone, into copies, so
-        concurrent routings in this worker never share a load figure.
+        The team is re-read only when what routing reads of the employees changed
+        (`_team_statement`), so a PATCH applies to the very next routing; an inactive
+        employee is never a candidate. The workload is read for the reachable employees
+        alone, into copies, so concurrent routings in this worker never share a load figure.
         """
-        count = team_size if team_size is not None else await session.scalar(select(func.count()).select_from(Employee))
-        if self._team is None or self._team[0] != count:
-            team = [
+        key = team if team is not None else str(await session.scalar(_TEAM))
+        if self._team is None or self._team[0] != key:
+            members = [
                 Candidate(
                     employee_id=e.id,
                     role=Role(e.role),
@@ -313,9 +344,9 @@ class ReferralActivities:
                     states=e.states,
                     capacity=e.capacity,
                 )
-                for e in await session.scalars(select(Employee))
+                for e in await session.scalars(select(Employee).where(Employee.active))
             ]
-            self._team = (count, team)
+            self._team = (key, members)
         near = reachable(req.rules, req.facts, self._team[1])
         if not near:
             return []
@@ -434,17 +465,12 @@ class ReferralActivities:
             e = await session.get(Employee, notice.employee_id)
             if e is not None and e.manager_id:
                 manager = await session.get(Employee, e.manager_id)
-                if manager is not None:
+                if manager is not None and manager.active:  # one who left the bank reads no mail
                     return [manager]
-        # The managers of the referral's territory (those who list its state); if none
-        # does, every manager: an unattended referral must reach someone.
-        managers = list(
-            await session.scalars(select(Employee).where(Employee.role == Role.manager.value).order_by(Employee.id))
-        )
+        # The managers of the referral's territory; if none, every manager: an unattended
+        # referral must reach someone.
         referral = await session.get(Referral, notice.referral_id)
-        state = place_key(referral.state) if referral and referral.state else None
-        local = [m for m in managers if state and state in {place_key(s) for s in m.states}]
-        return local or managers
+        return await territory_managers(session, [referral.state] if referral and referral.state else [])
 
     async def _who(self, session: AsyncSession, row: Referral) -> str:
         if row.customer_id:

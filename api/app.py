@@ -16,6 +16,7 @@ from api import errors
 from api.deps import Services
 from api.routers import (
     api_keys,
+    consents,
     customers,
     employees,
     events,
@@ -64,9 +65,11 @@ def create_app(
         lifespan=lifespan,
     )
     errors.install(app)
+    signing.redact_signing_links_in_logs()
     for router in (
         api_keys.router,
         customers.router,
+        consents.router,
         employees.router,
         referrals.router,
         opportunities.router,

@@ -6,7 +6,16 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Annotated, Any, Literal
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, PlainSerializer, StringConstraints
+from pydantic import (
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    Field,
+    PlainSerializer,
+    StringConstraints,
+    field_validator,
+    model_validator,
+)
 
 from domain.types import ConsentChannel, EventType, InteractionChannel, LineOfBusiness, Product, Role
 from store.keys import ALL_SCOPES
@@ -102,6 +111,33 @@ class EmployeeCreate(Body):
     manager_id: Id | None = None
 
 
+class EmployeeUpdate(Body):
+    """PATCH /v1/employees/{id}: only the fields sent change (`manager_id: null` removes
+    the manager; the others may be left out, not nulled). `active: false` deactivates:
+    see api/deactivation.py. Reactivating (`active: true`) revives no revoked key."""
+
+    capacity: int | None = Field(default=None, ge=0, le=10_000)
+    products: list[Product] | None = None
+    cities: list[Place] | None = None
+    states: list[Place] | None = None
+    manager_id: Id | None = None
+    active: bool | None = None
+
+    @field_validator("capacity", "products", "cities", "states", "active")
+    @classmethod
+    def _not_null(cls, v: object) -> object:
+        # Runs only for a value sent (a default is not validated): null is refused here.
+        if v is None:
+            raise ValueError("may be left out, but not null")
+        return v
+
+    @model_validator(mode="after")
+    def _something(self) -> EmployeeUpdate:
+        if not self.model_fields_set:
+            raise ValueError("name at least one field to change")
+        return self
+
+
 Scope = Literal[ALL_SCOPES]  # type: ignore[valid-type]  # the one list of scopes, in store/keys.py
 
 
@@ -141,6 +177,35 @@ class EmployeeOut(BaseModel):
     states: list[str]
     capacity: int
     manager_id: str | None
+    #: False once deactivated: never routed to, acts on nothing, its keys revoked.
+    active: bool
+
+
+class DeactivationOut(BaseModel):
+    """What deactivating the employee did in this request (a repeat finishes what an
+    earlier one left undone, and reports only that), and what it left where it is."""
+
+    #: Their API keys revoked now.
+    keys_revoked: int
+    #: Their open referrals taken from them now and re-routed.
+    referrals_released: list[str]
+    #: Open referrals still with them (one was in the middle of a move): repeat the PATCH.
+    referrals_left: list[str]
+    #: Who their open opportunities went to: their manager, if they have an active one.
+    transferred_to: str | None
+    #: Their open opportunities given to `transferred_to` now.
+    opportunities_transferred: list[str]
+    #: Their open opportunities that stay theirs (no active manager to take them).
+    opportunities_kept: list[str]
+    #: The employees told by e-mail (their manager; without one, the territory's managers).
+    notified: list[str]
+    #: For a person: what happened, and what is left to do.
+    note: str
+
+
+class EmployeeUpdated(EmployeeOut):
+    #: Set when the request deactivated the employee (`active: false`).
+    deactivation: DeactivationOut | None = None
 
 
 # ---------------------------------------------------------------- referrals
@@ -293,11 +358,14 @@ class CheckpointOut(BaseModel):
 
 
 class SignatureOut(BaseModel):
+    """An e-signature request. Its link is not here: it reached the customer only."""
+
     provider: str
     envelope_id: str
-    status: str
-    signing_url: str | None = None
+    status: Literal["sent", "completed", "declined", "voided", "expired", "undeliverable"]
     document_sha256: str
+    #: When a link of needflow's own signing page stops working.
+    expires_at: datetime | None = None
 
 
 class OpportunityOut(BaseModel):
@@ -331,6 +399,38 @@ class ConsentOut(BaseModel):
     granted_at: datetime
     actor: str | None = None
     via: str | None = None
+    #: A withdrawn consent stays on record: when, why and by whom it was withdrawn.
+    withdrawn_at: datetime | None = None
+    withdrawn_reason: str | None = None
+    withdrawn_by: str | None = None
+
+
+EvidenceKey = Annotated[str, StringConstraints(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.\-]+$")]
+
+
+class BranchConsentCreate(Body):
+    """A consent given in branch: the employee acting (`actor_id`) is its witness."""
+
+    actor_id: ActorId = None
+    product: Product
+    #: Only `branch` here: SMS and e-signature consents arrive as events and signatures.
+    channel: Literal["branch"]
+    opportunity_id: Id | None = None
+    #: What was signed: `document_id` (the signed form, as the branch files it) and any
+    #: other facts, as text.
+    evidence: dict[EvidenceKey, Annotated[str, StringConstraints(max_length=2000)]] = Field(max_length=20)
+
+    @field_validator("evidence")
+    @classmethod
+    def _document(cls, v: dict[str, str]) -> dict[str, str]:
+        if not v.get("document_id", "").strip():
+            raise ValueError("a branch consent needs evidence.document_id: the signed form")
+        return v
+
+
+class ConsentWithdraw(Body):
+    actor_id: ActorId = None
+    reason: Text
 
 
 class JourneyOut(BaseModel):

@@ -71,8 +71,8 @@ def opportunity_out(rec: OpportunityRecord) -> OpportunityOut:
                 provider=sig.provider,
                 envelope_id=sig.envelope_id,
                 status=sig.status,
-                signing_url=sig.signing_url if sig.status == "sent" else None,
                 document_sha256=sig.document_sha256,
+                expires_at=sig.expires_at,
             )
             if sig
             else None

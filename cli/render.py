@@ -101,7 +101,4 @@ def prospect_text(p: Mapping[str, Any]) -> str:
 def signature_line(sig: Json | None) -> str | None:
     if not sig:
         return None
-    line = f"signature: {sig['provider']} envelope {sig['envelope_id']} · {sig['status']}"
-    if sig.get("signing_url"):
-        line += f" · signing link {sig['signing_url']}"
-    return line
+    return f"signature: {sig['provider']} envelope {sig['envelope_id']} · {sig['status']}"

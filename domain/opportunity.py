@@ -82,11 +82,23 @@ class ResendSignatureCommand(BaseModel):
     actor: Actor
 
 
+class TransferOwnerCommand(BaseModel):
+    """Give the opportunity to another owner (its owner was deactivated). Whether the new
+    owner exists and is active is the API's check: it holds the employees. `actor` is
+    whoever the API key acts as (its employee, or else its name), `via` the key's name."""
+
+    to_owner_id: str
+    actor: str
+    via: str | None = None
+    reason: str
+
+
 class SignatureOutcome(BaseModel):
     """What the e-signature provider reported for an envelope."""
 
     envelope_id: str
-    status: Literal["completed", "declined", "voided"]
+    #: `expired`: the link's time ran out (the local page) or DocuSign expired the envelope.
+    status: Literal["completed", "declined", "voided", "expired"]
     signer_name: str | None = None
     document_sha256: str | None = None
     client_address: str | None = None
@@ -112,8 +124,9 @@ class SignatureState(BaseModel):
     request_no: int
     provider: str
     envelope_id: str | None = None
-    status: Literal["requesting", "sent", "completing", "completed", "declined", "voided"]
-    signing_url: str | None = None
+    #: `undeliverable`: the customer has no e-mail address, so no link could reach her.
+    #: The link itself is never here: it goes to the customer only (API.md, signing links).
+    status: Literal["requesting", "sent", "completing", "completed", "declined", "voided", "expired", "undeliverable"]
     document_sha256: str | None = None
 
 
@@ -133,6 +146,9 @@ class OpportunityState(BaseModel):
     checkpoints: list[CheckpointView] = Field(default_factory=list)
     signature: SignatureState | None = None
     applied_events: list[str] = Field(default_factory=list)
+    #: How many times the owner changed: the next change is numbered one more, so a
+    #: retried write of it is one row.
+    owner_changes: int = 0
 
 
 def event_body_sha256(event_type: str, data: dict[str, Any]) -> str:
@@ -282,12 +298,16 @@ def check_signature_outcome(
     return nxt
 
 
+#: A signature request in one of these states can be replaced by a new one.
+RESENDABLE = ("declined", "voided", "expired", "undeliverable")
+
+
 def check_resend(state: OpportunityState, cmd: ResendSignatureCommand) -> None:
     check_open(state)
     check_actor(state, cmd.actor)
-    if state.signature is None or state.signature.status not in ("declined", "voided"):
+    if state.signature is None or state.signature.status not in RESENDABLE:
         raise TransitionRefused(
-            "a signature request can be resent only after it was declined or voided",
+            "a signature request can be resent only after it was declined, voided, expired or undeliverable",
             signature_status=state.signature.status if state.signature else None,
         )
 
@@ -297,6 +317,15 @@ def check_close_lost(state: OpportunityState, cmd: CloseLostCommand) -> None:
     check_actor(state, cmd.actor)
     if not cmd.reason.strip():
         raise TransitionRefused("closing lost needs a reason")
+
+
+def check_transfer(state: OpportunityState, cmd: TransferOwnerCommand) -> None:
+    """An open opportunity may change hands, to someone other than its owner, for a reason."""
+    check_open(state)
+    if cmd.to_owner_id == state.owner_id:
+        raise TransitionRefused(f"the opportunity is already owned by {state.owner_id}", owner_id=state.owner_id)
+    if not cmd.reason.strip():
+        raise TransitionRefused("changing the owner needs a reason")
 
 
 def consent_evidence(channel: ConsentChannel, data: dict[str, Any]) -> dict[str, Any]:

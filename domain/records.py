@@ -22,6 +22,7 @@ OPEN_OPPORTUNITY = "opportunity.open"
 RECORD_STAGE_CHANGE = "opportunity.record_stage_change"
 REQUEST_SIGNATURE = "opportunity.request_signature"
 RECORD_SIGNATURE_FAILURE = "opportunity.record_signature_failure"
+RECORD_OWNER_CHANGE = "opportunity.record_owner_change"
 
 
 class OpenOpportunity(BaseModel):
@@ -86,18 +87,35 @@ class SignatureRequestInput(BaseModel):
 
 
 class SignatureSent(BaseModel):
+    """The envelope as recorded: no link (it went to the customer only)."""
+
     provider: str
     envelope_id: str
-    signing_url: str | None
     document_sha256: str
+    #: `undeliverable`: the customer has no e-mail address; nothing was sent.
+    status: Literal["sent", "undeliverable"] = "sent"
 
 
 class SignatureFailureRecord(BaseModel):
     opportunity_id: str
     envelope_id: str
-    status: Literal["declined", "voided"]
+    status: Literal["declined", "voided", "expired", "undeliverable"]
     reason: str | None
     owner_id: str
+
+
+class OwnerChangeRecord(BaseModel):
+    """An opportunity handed to another owner: the owner change row and the opportunity's
+    new owner, written in one transaction; keyed by (opportunity, seq)."""
+
+    opportunity_id: str
+    seq: int
+    from_owner_id: str
+    to_owner_id: str
+    at: datetime
+    actor: str
+    via: str | None = None
+    reason: str
 
 
 # ---------------------------------------------------------------- referrals

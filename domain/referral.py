@@ -6,7 +6,8 @@ then are refused (409) and may be retried a moment later.
 
 Who may act: the assignee or a manager; a manager (or the assignee handing it on) may
 reassign. A rejection needs a reason and re-routes to the next eligible recipient, never
-back to anyone who rejected or let the acceptance SLA lapse.
+back to anyone who rejected or let the acceptance SLA lapse. An operator releases an
+open referral from an assignee who was deactivated: re-routed the same way, never back.
 """
 
 from __future__ import annotations
@@ -117,6 +118,17 @@ class CloseCommand(BaseModel):
     reason: str
 
 
+class ReleaseCommand(BaseModel):
+    """Take a referral away from its assignee, who can no longer work it (deactivated), and
+    re-route it. Given by an operator, not an employee: `actor` is whoever the API key
+    acts as (its employee, or else its name), `via` the key's name."""
+
+    employee_id: str
+    actor: str
+    via: str | None = None
+    reason: str
+
+
 # ---------------------------------------------------------------- state
 
 
@@ -139,7 +151,7 @@ class ReferralState(BaseModel):
     lead_score: int | None = None
     lead_score_factors: list[Factor] = Field(default_factory=list)
     referrer_score: int | None = None
-    #: Everyone who rejected the referral or let the acceptance SLA lapse.
+    #: Everyone who rejected the referral, let the acceptance SLA lapse or was released from it.
     excluded: list[str] = Field(default_factory=list)
     sla_deadline: datetime | None = None
     customer_id: str | None = None
@@ -208,6 +220,22 @@ def check_close(state: ReferralState, cmd: CloseCommand) -> None:
         raise TransitionRefused("closing a referral needs a reason")
 
 
+def check_release(state: ReferralState, cmd: ReleaseCommand) -> None:
+    """Only an open referral that is with `cmd.employee_id` (assigned or accepted) can be
+    released from them: anything else means the work is no longer theirs (re-routed,
+    decided, or in the middle of a move), and releasing it would move someone else's."""
+    _check_not_busy(state)
+    if state.status not in WORKING_STATUSES or state.assignee_id != cmd.employee_id:
+        raise TransitionRefused(
+            f"the referral is not with {cmd.employee_id}; it is {state.status}"
+            + (f" with {state.assignee_id}" if state.assignee_id else ""),
+            status=state.status,
+            assignee_id=state.assignee_id,
+        )
+    if not cmd.reason.strip():
+        raise TransitionRefused("releasing a referral needs a reason")
+
+
 # ---------------------------------------------------------------- SLAs
 
 SlaKind = Literal["lapse", "reminder", "escalation"]
@@ -218,6 +246,17 @@ class SlaDue(BaseModel):
 
     kind: SlaKind
     at: datetime
+
+
+def acceptance_deadline(assigned_at: datetime, sla: ReferralSla) -> datetime:
+    """When a referral (re)assigned at `assigned_at` lapses if nobody accepts it."""
+    return assigned_at + timedelta(seconds=sla.accept_seconds)
+
+
+def followup_deadline(accepted_at: datetime, sla: ReferralSla, followups_sent: int) -> datetime:
+    """When the next follow-up falls due: one period after acceptance for the reminder, a
+    second for the escalation."""
+    return accepted_at + timedelta(seconds=sla.followup_seconds * (followups_sent + 1))
 
 
 def next_sla(
@@ -234,7 +273,7 @@ def next_sla(
     if state.status == "assigned" and state.sla_deadline is not None:
         return SlaDue(kind="lapse", at=state.sla_deadline)
     if state.status == "accepted" and accepted_at is not None and followups_sent < 2:
-        due = accepted_at + timedelta(seconds=sla.followup_seconds * (followups_sent + 1))
+        due = followup_deadline(accepted_at, sla, followups_sent)
         return SlaDue(kind="reminder" if followups_sent == 0 else "escalation", at=due)
     return None
 

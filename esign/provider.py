@@ -20,7 +20,8 @@ from pydantic import BaseModel
 class Envelope(BaseModel):
     provider: str
     envelope_id: str
-    #: Where the customer signs (a local page, or a provider's recipient view).
+    #: The local page's link, for the activity to e-mail to the customer; never stored,
+    #: answered or logged. None for a remote provider (DocuSign e-mails her itself).
     signing_url: str | None = None
     #: Local provider: sha256 of the single-use signing token in the URL.
     token_sha256: str | None = None

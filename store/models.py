@@ -291,9 +291,11 @@ class SignatureRequest(Base):
     subject: Mapped[str] = mapped_column(String(200))
     document_html: Mapped[str | None] = mapped_column(Text)
     document_sha256: Mapped[str] = mapped_column(String(64))
-    #: Local provider only: sha256 of the single-use signing token.
+    #: Local provider only: sha256 of the single-use signing token. The link itself is
+    #: never stored: it went to the customer by e-mail.
     token_sha256: Mapped[str | None] = mapped_column(String(64), unique=True)
-    signing_url: Mapped[str | None] = mapped_column(Text)
+    #: Local provider only: when the link stops working.
+    expires_at: Mapped[datetime | None] = mapped_column()
     signer_name: Mapped[str | None] = mapped_column(String(200))
     client_address: Mapped[str | None] = mapped_column(String(64))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)

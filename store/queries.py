@@ -10,11 +10,14 @@ from typing import Any
 from sqlalchemy import Select, case, func, select, tuple_
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from domain.routing import place_key
 from domain.scoring import priority, referrer_score
+from domain.types import Role
 from store.models import (
     Checkpoint,
     Consent,
     Customer,
+    Employee,
     Interaction,
     Need,
     Opportunity,
@@ -22,6 +25,19 @@ from store.models import (
     ReferralHistory,
     SignatureRequest,
 )
+
+
+async def territory_managers(session: AsyncSession, states: list[str]) -> list[Employee]:
+    """The active managers who list one of `states` (compared as routing compares places);
+    if none does, every active manager: what must reach a manager reaches someone."""
+    managers = list(
+        await session.scalars(
+            select(Employee).where(Employee.role == Role.manager.value, Employee.active).order_by(Employee.id)
+        )
+    )
+    wanted = {place_key(s) for s in states}
+    local = [m for m in managers if wanted & {place_key(s) for s in m.states}]
+    return local or managers
 
 
 @dataclass

@@ -14,11 +14,13 @@ import asyncio
 import email
 import email.message
 import email.policy
+import re
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any, TypeVar
+from urllib.parse import quote
 
 import httpx
 from sqlalchemy import Engine, func, select
@@ -39,6 +41,9 @@ from config import Settings
 from worker import build_worker
 
 T = TypeVar("T")
+
+#: A signing link in an e-mail's body.
+SIGNING_LINK = re.compile(r"https?://\S+/sign/[A-Za-z0-9_\-]+")
 
 #: The longest a single HTTP call, update, query or result may take in a test.
 DEADLINE = 15.0
@@ -277,6 +282,16 @@ class Api:
             "data": data,
         }
         return await self.post("/v1/events", body, expect=expect)
+
+    async def signing_link(self, opp: dict) -> str:
+        """The link the customer's e-mail brought her for this opportunity's newest
+        signature request (read from the outbox, as an admin: no API answer carries it)."""
+        customer = (await self.get(f"/v1/customers/{opp['customer_id']}")).json()
+        mails = (await self.get(f"/v1/outbox?to={quote(customer['email'])}&limit=1000")).json()["items"]
+        for mail in mails:  # newest first
+            if opp["id"] in mail["body"] and (found := SIGNING_LINK.search(mail["body"])):
+                return found.group(0)
+        raise AssertionError(f"no signing link for {opp['id']} reached {customer['email']}")
 
     async def sign(self, signing_url: str, full_name: str = "Rachel Adams", **form: str) -> httpx.Response:
         path = httpx.URL(signing_url).path

@@ -16,11 +16,11 @@ async def mortgage_to_closed_won(api: Api, *, decline_first: bool = False) -> di
     first envelope and signs the one the owner resends."""
     opp = await api.mortgage_to_approved()
     if decline_first:
-        assert (await api.sign(opp["signature"]["signing_url"], action="decline")).status_code == 200
+        assert (await api.sign(await api.signing_link(opp), action="decline")).status_code == 200
         opp = (
             await api.post(f"/v1/opportunities/{opp['id']}/resend-signature", {"actor_id": opp["owner_id"]}, expect=200)
         ).json()
-    assert (await api.sign(opp["signature"]["signing_url"])).status_code == 200
+    assert (await api.sign(await api.signing_link(opp))).status_code == 200
     return (await api.get(f"/v1/opportunities/{opp['id']}")).json()
 
 
@@ -48,7 +48,7 @@ async def proposal_to_closed_won(api: Api, product: str) -> dict:
     owner = await api.employee(role=role, lob=lob, name="Ines Agent", products=[product])
     opp = await api.opportunity(product=product, amount="10000.00", owner=owner)
     opp = await api.advance(opp, "proposal", {"proposal_id": f"PR-{product}"})
-    assert (await api.sign(opp["signature"]["signing_url"])).status_code == 200
+    assert (await api.sign(await api.signing_link(opp))).status_code == 200
     return (await api.get(f"/v1/opportunities/{opp['id']}")).json()
 
 

@@ -36,6 +36,7 @@ from store.keys import ALL_SCOPES, hash_key, register_api_key
 from store.models import (
     ApiKey,
     Checkpoint,
+    Consent,
     Customer,
     CustomerSignal,
     Employee,
@@ -60,8 +61,11 @@ SCOPES: dict[Route, str] = {
     ("GET", "/v1/customers/{customer_id}"): "crm:write",
     ("POST", "/v1/customers/{customer_id}/needs"): "crm:write",
     ("POST", "/v1/customers/{customer_id}/interactions"): "crm:write",
+    ("POST", "/v1/customers/{customer_id}/consents"): "crm:write",
+    ("POST", "/v1/consents/{consent_id}/withdraw"): "crm:write",
     ("GET", "/v1/customers/{customer_id}/journey"): "reports:read",
     ("POST", "/v1/employees"): "admin",
+    ("PATCH", "/v1/employees/{employee_id}"): "admin",
     ("GET", "/v1/employees/{employee_id}/referrals"): "crm:write",
     ("POST", "/v1/referrals"): "crm:write",
     ("GET", "/v1/referrals/{referral_id}"): "crm:write",
@@ -159,6 +163,7 @@ class Subjects:
     assignee_id: str
     manager_id: str
     key_id: str  # a key made for the test to revoke
+    consent_id: str  # a branch consent of `customer_id`
 
     def path(self, template: str) -> str:
         ids = {
@@ -167,6 +172,7 @@ class Subjects:
             "opportunity_id": self.opportunity_id,
             "referral_id": self.referral_id,
             "key_id": self.key_id,
+            "consent_id": self.consent_id,
         }
         names = re.findall(r"{(\w+)}", template)
         assert set(names) <= set(ids), f"no subject for {set(names) - set(ids)} in {template}: add one"
@@ -186,6 +192,11 @@ async def subjects(app_client: httpx.AsyncClient, keys: dict[str, str], db: Engi
     staff = await api.staff(state)
     ref = await api.refer(staff["ryan"], state, name=unique("Kiara Access"))
     assert ref["assignee_id"] == staff["bob"]["id"], ref
+    consent = await api.post(
+        f"/v1/customers/{customer['id']}/consents",
+        {"actor_id": dan["id"], "product": "mortgage", "channel": "branch", "evidence": {"document_id": "BR-1"}},
+        expect=201,
+    )
     return Subjects(
         dan=dan["id"],
         customer_id=customer["id"],
@@ -196,6 +207,7 @@ async def subjects(app_client: httpx.AsyncClient, keys: dict[str, str], db: Engi
         assignee_id=staff["bob"]["id"],
         manager_id=staff["kevin"]["id"],
         key_id=key_id,
+        consent_id=consent.json()["id"],
     )
 
 
@@ -215,6 +227,17 @@ WRITES: dict[Route, Write] = {
     ),
     ("POST", "/v1/customers/{customer_id}/interactions"): lambda s, tag: _write(
         {"channel": "call", "summary": tag}, Interaction, Interaction.summary == tag
+    ),
+    ("PATCH", "/v1/employees/{employee_id}"): lambda s, tag: _write(
+        {"capacity": 7}, Employee, Employee.id == s.assignee_id, Employee.capacity == 7
+    ),
+    ("POST", "/v1/customers/{customer_id}/consents"): lambda s, tag: _write(
+        {"actor_id": s.dan, "product": "mortgage", "channel": "branch", "evidence": {"document_id": tag}},
+        Consent,
+        Consent.customer_id == s.customer_id,
+    ),
+    ("POST", "/v1/consents/{consent_id}/withdraw"): lambda s, tag: _write(
+        {"actor_id": s.dan, "reason": tag}, Consent, Consent.id == s.consent_id, Consent.withdrawn_at.is_not(None)
     ),
     ("POST", "/v1/employees"): lambda s, tag: _write(
         {

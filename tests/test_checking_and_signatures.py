@@ -68,14 +68,14 @@ async def _approved(api: Api) -> dict:
 
 async def test_signing_link_is_single_use(api: Api) -> None:
     opp = await _approved(api)
-    url = opp["signature"]["signing_url"]
+    url = await api.signing_link(opp)
     assert (await api.sign(url)).status_code == 200
     again = await api.sign(url, "Someone Else")
     # An HTML page for the customer: the page is where the fact lives.
-    already = "This document was already completed. Ask your adviser if you need a new link."
-    assert again.status_code == 409 and NO_LONGER_VALID in again.text and already in again.text
+    already = "These documents have been signed already. Ask your adviser if you need a new link."
+    assert again.status_code == 410 and NO_LONGER_VALID in again.text and already in again.text
     shown = await api.request("GET", page_path(url))
-    assert shown.status_code == 409 and NO_LONGER_VALID in shown.text and already in shown.text
+    assert shown.status_code == 410 and NO_LONGER_VALID in shown.text and already in shown.text
     journey = (await api.get(f"/v1/customers/{opp['customer_id']}/journey")).json()
     assert [c["evidence"]["signer_name"] for c in journey["consents"]] == ["Rachel Adams"]
     won = (await api.get(f"/v1/opportunities/{opp['id']}")).json()
@@ -88,7 +88,7 @@ async def test_unknown_or_incomplete_signature_changes_nothing(api: Api) -> None
     unknown = await api.sign("http://testserver/sign/not-a-token")
     assert unknown.status_code == 404 and "<h1>Unknown signing link</h1>" in unknown.text
     r = await api.request(
-        "POST", page_path(opp["signature"]["signing_url"]), data={"full_name": "Rachel Adams"}
+        "POST", page_path(await api.signing_link(opp)), data={"full_name": "Rachel Adams"}
     )  # did not tick "I agree"
     assert r.status_code == 422
     assert "To sign, type your full name and tick the box to say you agree." in r.text
@@ -99,11 +99,11 @@ async def test_unknown_or_incomplete_signature_changes_nothing(api: Api) -> None
 async def test_decline_keeps_approved_tells_owner_and_resend_works(api: Api, db: Engine) -> None:
     opp = await _approved(api)
     first = opp["signature"]
-    declined = await api.sign(first["signing_url"], action="decline")
+    first_link = await api.signing_link(opp)
+    declined = await api.sign(first_link, action="decline")
     assert declined.status_code == 200
     opp = (await api.get(f"/v1/opportunities/{opp['id']}")).json()
     assert (opp["stage"], opp["status"], opp["signature"]["status"]) == ("approved", "open", "declined")
-    assert opp["signature"]["signing_url"] is None
 
     async def told() -> list[str]:
         with db.connect() as conn:
@@ -117,9 +117,10 @@ async def test_decline_keeps_approved_tells_owner_and_resend_works(api: Api, db:
     r = await api.post(f"/v1/opportunities/{opp['id']}/resend-signature", {"actor_id": opp["owner_id"]}, expect=200)
     second = r.json()["signature"]
     assert second["status"] == "sent" and second["envelope_id"] != first["envelope_id"]
-    assert second["signing_url"] != first["signing_url"]
-    assert (await api.sign(first["signing_url"])).status_code == 409  # the old link stays dead
-    assert (await api.sign(second["signing_url"])).status_code == 200
+    second_link = await api.signing_link(opp)
+    assert second_link != first_link
+    assert (await api.sign(first_link)).status_code == 410  # the old link stays dead
+    assert (await api.sign(second_link)).status_code == 200
     won = (await api.get(f"/v1/opportunities/{opp['id']}")).json()
     assert won["status"] == "won"
     assert won["checkpoints"][-1]["evidence"]["envelope_id"] == second["envelope_id"]

@@ -757,7 +757,7 @@ def test_signature_outcome_of_the_current_envelope(
 # ================================================================ check_resend and check_close_lost
 
 
-RESEND_ONLY_AFTER = "a signature request can be resent only after it was declined or voided"
+RESEND_ONLY_AFTER = "a signature request can be resent only after it was declined, voided, expired or undeliverable"
 
 
 @pytest.mark.parametrize(

@@ -38,13 +38,14 @@ async def test_mortgage_from_interested_to_closed_won(api: Api, keys: dict[str, 
     opp = r.json()["opportunity"]
     assert (opp["stage"], opp["probability"]) == ("approved", 80)
     sig = opp["signature"]
-    assert sig["provider"] == "local" and sig["status"] == "sent"
-    assert sig["signing_url"].startswith("http://testserver/sign/")
+    assert sig["provider"] == "local" and sig["status"] == "sent" and "signing_url" not in sig
+    link = await api.signing_link(opp)  # it reached Rachel by e-mail, and only her
+    assert link.startswith("http://testserver/sign/")
 
-    page = await api.request("GET", httpx_path(sig["signing_url"]))
+    page = await api.request("GET", httpx_path(link))
     assert page.status_code == 200 and "Mortgage closing documents" in page.text and "500,000.00" in page.text
 
-    signed = await api.sign(sig["signing_url"], "Rachel Adams")
+    signed = await api.sign(link, "Rachel Adams")
     assert signed.status_code == 200, signed.text
     assert "<h1>Signed — thank you</h1>" in signed.text and "Signed by Rachel Adams at " in signed.text
 

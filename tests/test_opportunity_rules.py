@@ -107,7 +107,7 @@ async def test_refused_moves_change_nothing(api: Api, client: Client) -> None:
         "post",
         "resend-signature",
         {"actor_id": dan["id"]},
-        "a signature request can be resent only after it was declined or voided",
+        "a signature request can be resent only after it was declined, voided, expired or undeliverable",
         {"signature_status": None},
     )
 

@@ -32,7 +32,7 @@ async def test_proposal_sends_the_products_own_document_and_the_signature_wins(a
     opp = await api.advance(opp, "proposal", {"proposal_id": "PR-1"})
     assert (opp["stage"], opp["probability"], opp["signature"]["status"]) == ("proposal", 50, "sent")
 
-    page = await api.request("GET", _path(opp["signature"]["signing_url"]))
+    page = await api.request("GET", _path(await api.signing_link(opp)))
     assert page.status_code == 200
     title, marker, subject = DOCUMENTS[product]
     text = html.unescape(page.text)
@@ -43,7 +43,7 @@ async def test_proposal_sends_the_products_own_document_and_the_signature_wins(a
     for part in ("Rachel Adams", "Buy a home in New York", "25,000.00", "Ines Agent", opp["id"]):
         assert part in text, part
 
-    assert (await api.sign(opp["signature"]["signing_url"])).status_code == 200
+    assert (await api.sign(await api.signing_link(opp))).status_code == 200
     won = (await api.get(f"/v1/opportunities/{opp['id']}")).json()
     assert (won["stage"], won["status"], won["probability"]) == ("closed_won", "won", 100)
     assert [c["stage"] for c in won["checkpoints"]] == ["interested", "proposal", "closed_won"]
@@ -57,28 +57,28 @@ async def test_the_signed_documents_hash_is_of_exactly_the_document_shown(api: A
     role_owner = await api.employee(role="insurance_agent", lob="insurance", name="Ines Agent", products=["insurance"])
     opp = await api.opportunity(product="insurance", amount="10000.00", owner=role_owner)
     opp = await api.advance(opp, "proposal", {"proposal_id": "PR-hash"})
-    page = await api.request("GET", _path(opp["signature"]["signing_url"]))
+    page = await api.request("GET", _path(await api.signing_link(opp)))
     with db.connect() as conn:
         html_stored = conn.scalar(
             select(SignatureRequest.document_html).where(SignatureRequest.opportunity_id == opp["id"])
         )
     assert html_stored in page.text  # the page shows exactly the stored document
-    assert (await api.sign(opp["signature"]["signing_url"])).status_code == 200
+    assert (await api.sign(await api.signing_link(opp))).status_code == 200
     won = (await api.get(f"/v1/opportunities/{opp['id']}")).json()
     assert hashlib.sha256(html_stored.encode()).hexdigest() == won["signature"]["document_sha256"]
 
 
 async def test_closing_lost_kills_the_outstanding_signing_link(api: Api) -> None:
     opp = await api.mortgage_to_approved()
-    url = opp["signature"]["signing_url"]
+    url = await api.signing_link(opp)
     body = {"actor_id": opp["owner_id"], "reason": "the customer bought elsewhere"}
     lost = (await api.post(f"/v1/opportunities/{opp['id']}/close-lost", body, expect=200)).json()
     assert (lost["stage"], lost["status"], lost["lost_reason"]) == ("closed_lost", "lost", body["reason"])
-    assert lost["signature"]["status"] == "voided" and lost["signature"]["signing_url"] is None
+    assert lost["signature"]["status"] == "voided"
 
     page = await api.request("GET", _path(url))
-    assert page.status_code == 409 and "no longer valid" in page.text and "<form" not in page.text
-    assert (await api.sign(url)).status_code == 409
+    assert page.status_code == 410 and "no longer valid" in page.text and "<form" not in page.text
+    assert (await api.sign(url)).status_code == 410
     after = (await api.get(f"/v1/opportunities/{opp['id']}")).json()
     assert [c["stage"] for c in after["checkpoints"]] == [
         "interested",
@@ -95,7 +95,8 @@ async def test_a_manager_may_close_lost_and_resend_for_the_owner_a_colleague_may
     eve = await api.employee(name="Eve", email="eve@bank.example")
     opp = await api.mortgage_to_approved()
     first = opp["signature"]
-    assert (await api.sign(first["signing_url"], action="decline")).status_code == 200
+    first_link = await api.signing_link(opp)
+    assert (await api.sign(first_link, action="decline")).status_code == 200
 
     # A colleague who neither owns it nor manages may not resend or close it.
     r = await api.post(f"/v1/opportunities/{opp['id']}/resend-signature", {"actor_id": eve["id"]})
@@ -109,9 +110,10 @@ async def test_a_manager_may_close_lost_and_resend_for_the_owner_a_colleague_may
     ).json()
     second = resent["signature"]
     assert second["status"] == "sent" and second["envelope_id"] != first["envelope_id"]
-    assert (await api.request("GET", _path(first["signing_url"]))).status_code == 409  # the declined one stays dead
+    second_link = await api.signing_link(opp)
+    assert (await api.request("GET", _path(first_link))).status_code == 410  # the declined one stays dead
 
     body = {"actor_id": kim["id"], "reason": "the customer asked us to stop"}
     lost = (await api.post(f"/v1/opportunities/{opp['id']}/close-lost", body, expect=200)).json()
     assert (lost["status"], lost["checkpoints"][-1]["actor"]) == ("lost", kim["id"])
-    assert (await api.request("GET", _path(second["signing_url"]))).status_code == 409
+    assert (await api.request("GET", _path(second_link))).status_code == 410

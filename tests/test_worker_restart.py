@@ -48,7 +48,7 @@ async def test_journey_survives_a_worker_restart(client: Client, settings: Setti
                 assert answer.json()["result"] == "applied"
                 approved = answer.json()["opportunity"]
                 assert (approved["stage"], approved["signature"]["status"]) == ("approved", "sent")
-                assert (await api.sign(approved["signature"]["signing_url"])).status_code == 200
+                assert (await api.sign(await api.signing_link(approved))).status_code == 200
                 await within(client.get_workflow_handle(opp["workflow_id"]).result(), "the workflow to finish")
 
             won = (await api.get(f"/v1/opportunities/{opp['id']}")).json()

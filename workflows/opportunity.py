@@ -12,7 +12,9 @@ forbids, so a refused command leaves no trace in history):
 - `signature_outcome`: the e-signature provider's word on an envelope (completed,
   declined, voided); completion enters the signature stage and records the consent;
 - `resend_signature`: a new envelope after a decline or void;
-- `close_lost`: closes from any open stage, with a reason.
+- `close_lost`: closes from any open stage, with a reason;
+- `transfer_owner`: gives the open opportunity to another owner (its owner was
+  deactivated), recorded as a numbered owner change.
 
 Every stage change is recorded (checkpoint, and consent where the stage records one)
 by an activity before the update answers, so a caller reads it back at once. The run
@@ -41,11 +43,13 @@ with workflow.unsafe.imports_passed_through():
         ResendSignatureCommand,
         SignatureOutcome,
         SignatureState,
+        TransferOwnerCommand,
         check_advance,
         check_close_lost,
         check_event,
         check_resend,
         check_signature_outcome,
+        check_transfer,
         consent_evidence,
         event_body_sha256,
     )
@@ -177,7 +181,7 @@ class OpportunityWorkflow:
         stage = check_signature_outcome(self.process, self.state, outcome)
         sig = self.state.signature
         assert sig is not None
-        if stage is None:  # declined or voided: stay in this stage and tell the owner
+        if stage is None:  # declined, voided or expired: stay in this stage and tell the owner
             sig.status = outcome.status
             self._publish()
             async with self._write_lock:
@@ -242,6 +246,33 @@ class OpportunityWorkflow:
     @close_lost.validator
     def _validate_close_lost(self, cmd: CloseLostCommand) -> None:
         validate(check_close_lost, self.state, cmd)
+
+    @workflow.update
+    async def transfer_owner(self, cmd: TransferOwnerCommand) -> OpportunityState:
+        """A new owner: the search attribute moves at once, the owner change (numbered by
+        this workflow) and the opportunity's owner are recorded before the update answers."""
+        check_transfer(self.state, cmd)
+        self.state.owner_changes += 1
+        change = records.OwnerChangeRecord(
+            opportunity_id=self.state.opportunity_id,
+            seq=self.state.owner_changes,
+            from_owner_id=self.state.owner_id,
+            to_owner_id=cmd.to_owner_id,
+            at=workflow.now(),
+            actor=cmd.actor,
+            via=cmd.via,
+            reason=cmd.reason,
+        )
+        self.state.owner_id = cmd.to_owner_id
+        self._publish()
+        await workflow.wait_condition(lambda: self._opened)
+        async with self._write_lock:
+            await record(records.RECORD_OWNER_CHANGE, change)
+        return self.state
+
+    @transfer_owner.validator
+    def _validate_transfer_owner(self, cmd: TransferOwnerCommand) -> None:
+        validate(check_transfer, self.state, cmd)
 
     # ------------------------------------------------------------ state changes
     # Each changes the in-memory state at once (so the next validator sees it), then
@@ -360,9 +391,8 @@ class OpportunityWorkflow:
         )
         sig.provider = sent.provider
         sig.envelope_id = sent.envelope_id
-        sig.signing_url = sent.signing_url
         sig.document_sha256 = sent.document_sha256
-        sig.status = "sent"
+        sig.status = sent.status  # "undeliverable": no e-mail address; the activity told the owner
         self._publish()
 
     def _publish(self) -> None:

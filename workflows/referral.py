@@ -8,6 +8,8 @@ or the fallback queue) and e-mails the recipient (or the managers); the `created
 answers once that is done. Then it waits for, as Updates with validators:
 - `accept`, `reject` (with a reason: re-routed, never back to anyone who rejected),
   `reassign`, `convert` (opens the opportunity), `close` (with a reason);
+- `release`: an operator takes the referral away from a deactivated assignee; re-routed
+  as a rejection is, never back to them;
 and on durable timers:
 - the acceptance SLA while assigned: on expiry the referral is re-routed away from the
   lapsed assignee and their manager (or every manager) is told, once per lapse;
@@ -19,7 +21,7 @@ The run ends when the referral is converted or closed and every handler has fini
 from __future__ import annotations
 
 import asyncio
-from datetime import datetime, timedelta
+from datetime import datetime
 
 from temporalio import workflow
 
@@ -36,12 +38,16 @@ with workflow.unsafe.imports_passed_through():
         ReferralInput,
         ReferralState,
         RejectCommand,
+        ReleaseCommand,
         Routed,
+        acceptance_deadline,
         check_accept,
         check_close,
         check_convert,
         check_reassign,
         check_reject,
+        check_release,
+        followup_deadline,
         next_sla,
     )
     from domain.scoring import Factor
@@ -102,7 +108,7 @@ class ReferralWorkflow:
     async def accept(self, cmd: AcceptCommand) -> ReferralState:
         self._accepted_at = workflow.now()
         self._followups_sent = 0
-        self.state.sla_deadline = self._accepted_at + timedelta(seconds=self.input.sla.followup_seconds)
+        self.state.sla_deadline = followup_deadline(self._accepted_at, self.input.sla, 0)
         entry = self._change("accepted", cmd.actor.id, None, self.state.assignee_id, via=cmd.actor.via)
         await self._record(entry, accepted_at=self._accepted_at)
         return self.state
@@ -129,7 +135,7 @@ class ReferralWorkflow:
 
     @workflow.update
     async def reassign(self, cmd: ReassignCommand) -> ReferralState:
-        deadline = workflow.now() + timedelta(seconds=self.input.sla.accept_seconds)
+        deadline = acceptance_deadline(workflow.now(), self.input.sla)
         self.state.queue = None
         self.state.sla_deadline = deadline
         self.state.assignee_id = cmd.to_employee_id
@@ -203,6 +209,22 @@ class ReferralWorkflow:
     @close.validator
     def _validate_close(self, cmd: CloseCommand) -> None:
         validate(check_close, self.state, cmd)
+
+    @workflow.update
+    async def release(self, cmd: ReleaseCommand) -> ReferralState:
+        """The assignee can no longer work the referral (deactivated): re-route it as a
+        rejection does, excluding them, so it never comes back to them."""
+        released = self.state.assignee_id
+        if released and released not in self.state.excluded:
+            self.state.excluded.append(released)
+        entry = self._change("routing", cmd.actor, cmd.reason, released, record_status="released", via=cmd.via)
+        async with self._write_lock:
+            await self._route(cmd.actor, preceding=entry, via=cmd.via)
+        return self.state
+
+    @release.validator
+    def _validate_release(self, cmd: ReleaseCommand) -> None:
+        validate(check_release, self.state, cmd)
 
     # ------------------------------------------------------------ SLAs
 
@@ -282,7 +304,7 @@ class ReferralWorkflow:
             at=now,
             actor=actor,
             via=via,
-            accept_deadline=now + timedelta(seconds=self.input.sla.accept_seconds),
+            accept_deadline=acceptance_deadline(now, self.input.sla),
         )
 
     async def _route(self, actor: str, preceding: HistoryEntry | None = None, *, via: str | None) -> None:

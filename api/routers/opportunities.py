@@ -75,6 +75,8 @@ async def open_opportunity(
             owner = await session.get(Employee, body.owner_id)
             if owner is None:
                 raise invalid(f"no employee {body.owner_id!r}", field="owner_id")
+            if not owner.active:
+                raise invalid(f"employee {body.owner_id} is inactive", field="owner_id")
         opportunity_id = resource_id("opp", who.id, key)
         wf_input = OpportunityInput(
             opportunity_id=opportunity_id,

@@ -187,8 +187,11 @@ async def reassign(
     actor_id_for(who, body.actor_id)  # like the scope: before anything, never a key's stored answer
 
     async def make(session: AsyncSession, row: Referral, actor: Actor) -> ReassignCommand:
-        if await session.get(Employee, body.to_employee_id) is None:
+        target = await session.get(Employee, body.to_employee_id)
+        if target is None:
             raise invalid(f"no employee {body.to_employee_id!r}", field="to_employee_id")
+        if not target.active:  # one who left the bank gets no work, by hand or by routing
+            raise invalid(f"employee {body.to_employee_id} is inactive", field="to_employee_id")
         return ReassignCommand(actor=actor, to_employee_id=body.to_employee_id, reason=body.reason)
 
     return await idempotent(

@@ -1,13 +1,20 @@
 """The local signing page (no DocuSign account configured): GET and POST /sign/{token}.
 
-The token is single-use: once the workflow has taken a signature or a decline for the
-envelope, the link answers 409. The consent records the document's SHA-256, the typed
-name, the time and the client's address.
+The link reached the customer by e-mail only (the token's SHA-256 is all the store
+keeps). It works once, until it expires (NEEDFLOW_SIGNING_LINK_TTL), and dies when the
+opportunity closes or a new request replaces it: a dead link answers 410 with a page
+that says so. An expired link found here is reported to the workflow (the owner is
+told). Every page is sent with `Cache-Control: no-store`, `Referrer-Policy:
+no-referrer`, a strict CSP and frame denial, and shows the customer only the document
+she is asked to sign. The consent records the document's SHA-256, the typed name, the
+time and the client's address.
 """
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+import logging
+import re
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -24,12 +31,50 @@ from esign.local import token_sha256
 from store.models import SignatureRequest
 from workflows.opportunity import OpportunityWorkflow
 
+#: What every signing page is sent with: nothing cached or framed, no referrer leaking
+#: the link to another site, no script at all (the page needs none).
+SECURITY_HEADERS = {
+    "Cache-Control": "no-store",
+    "Pragma": "no-cache",
+    "Referrer-Policy": "no-referrer",
+    "X-Frame-Options": "DENY",
+    "X-Content-Type-Options": "nosniff",
+    "Content-Security-Policy": (
+        "default-src 'none'; style-src 'unsafe-inline'; img-src 'self'; form-action 'self'; "
+        "frame-ancestors 'none'; base-uri 'none'"
+    ),
+}
+
+
+class RedactSigningLinks(logging.Filter):
+    """Keeps signing tokens out of the access log (uvicorn logs every request's path):
+    `/sign/<token>` is logged as `/sign/…`."""
+
+    _TOKEN = re.compile(r"(/sign/)[^/?\s\"]+")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.args, tuple):
+            record.args = tuple(self._TOKEN.sub(r"\1…", a) if isinstance(a, str) else a for a in record.args)
+        if isinstance(record.msg, str):
+            record.msg = self._TOKEN.sub(r"\1…", record.msg)
+        return True
+
+
+def redact_signing_links_in_logs() -> None:
+    """Install the filter on uvicorn's access log, once per process."""
+    access = logging.getLogger("uvicorn.access")
+    if not any(isinstance(f, RedactSigningLinks) for f in access.filters):
+        access.addFilter(RedactSigningLinks())
+
+
 router = APIRouter(tags=["signing"], include_in_schema=True)
 templates = Jinja2Templates(directory=Path(__file__).resolve().parent.parent / "templates")
 
 
 def _page(request: Request, status: int, title: str, **ctx: Any) -> HTMLResponse:
-    return templates.TemplateResponse(request, "sign.html", {"title": title, **ctx}, status_code=status)
+    return templates.TemplateResponse(
+        request, "sign.html", {"title": title, **ctx}, status_code=status, headers=SECURITY_HEADERS
+    )
 
 
 async def _envelope(svc: Services, token: str) -> SignatureRequest | None:
@@ -41,23 +86,60 @@ async def _envelope(svc: Services, token: str) -> SignatureRequest | None:
         )
 
 
-def _closed(request: Request, sig: SignatureRequest) -> HTMLResponse:
-    return _page(
-        request,
-        409,
-        "This signing link is no longer valid",
-        message=f"This document was already {sig.status}. Ask your adviser if you need a new link.",
-        error=True,
-    )
+def _gone(request: Request, message: str) -> HTMLResponse:
+    return _page(request, 410, "This signing link is no longer valid", message=message, error=True)
 
 
-@router.get("/sign/{token}", response_class=HTMLResponse)
-async def show(token: str, request: Request, svc: ServicesDep):
+def _dead(request: Request, sig: SignatureRequest) -> HTMLResponse:
+    what = {
+        "completed": "These documents have been signed already.",
+        "declined": "You declined these documents.",
+        "voided": "These documents were withdrawn by the bank.",
+        "expired": "This link has expired.",
+    }.get(sig.status, "This link no longer works.")
+    return _gone(request, f"{what} Ask your adviser if you need a new link.")
+
+
+def _expires_at(svc: Services, sig: SignatureRequest) -> datetime:
+    """When the link stops working (a link issued before links expired: its age counts)."""
+    at = sig.expires_at or sig.created_at + timedelta(seconds=svc.settings.signing_link_ttl)
+    return at if at.tzinfo else at.replace(tzinfo=UTC)
+
+
+async def _usable(request: Request, svc: ServicesDep, token: str) -> SignatureRequest | HTMLResponse:
+    """The envelope this link may still sign, or the page to answer with instead. An
+    expired link is reported to the workflow, once (the update id is the envelope's), so
+    the owner is told and the request can be resent."""
     sig = await _envelope(svc, token)
     if sig is None:
         return _page(request, 404, "Unknown signing link", message="This link is not valid.", error=True)
     if sig.status != "sent":
-        return _closed(request, sig)
+        return _dead(request, sig)
+    if datetime.now(UTC) >= _expires_at(svc, sig):
+        outcome = SignatureOutcome(
+            envelope_id=sig.envelope_id, status="expired", reason="the signing link expired", at=datetime.now(UTC)
+        )
+        try:
+            await update_opportunity(
+                svc,
+                sig.opportunity_id,
+                OpportunityWorkflow.signature_outcome,
+                outcome,
+                update_id=f"expire:{sig.envelope_id}",
+                result_type=OpportunityState,
+            )
+        except ApiError as exc:
+            if exc.status != 409:  # 409: the workflow already closed it some other way
+                raise
+        return _gone(request, "This link has expired. Ask your adviser for a new one.")
+    return sig
+
+
+@router.get("/sign/{token}", response_class=HTMLResponse)
+async def show(token: str, request: Request, svc: ServicesDep):
+    sig = await _usable(request, svc, token)
+    if isinstance(sig, HTMLResponse):
+        return sig
     return _page(request, 200, sig.subject, document=sig.document_html, sha256=sig.document_sha256, show_form=True)
 
 
@@ -70,11 +152,9 @@ async def sign(
     agree: Annotated[str, Form()] = "",
     action: Annotated[str, Form()] = "sign",
 ):
-    sig = await _envelope(svc, token)
-    if sig is None:
-        return _page(request, 404, "Unknown signing link", message="This link is not valid.", error=True)
-    if sig.status != "sent":
-        return _closed(request, sig)
+    sig = await _usable(request, svc, token)
+    if isinstance(sig, HTMLResponse):
+        return sig
     now = datetime.now(UTC)
     client = request.client.host if request.client else None
     if action == "decline":
@@ -120,7 +200,7 @@ async def sign(
     except ApiError as exc:
         if exc.status != 409:
             raise
-        return _page(request, 409, "This signing link is no longer valid", message=exc.message, error=True)
+        return _gone(request, "This link no longer works. Ask your adviser if you need a new link.")
     if outcome.status == "declined":
         return _page(request, 200, "You declined to sign", message="Your adviser has been told.")
     return _page(
