@@ -187,6 +187,9 @@ class Settings(BaseSettings):
     public_base_url: str | None = None
     #: Seconds a signing link of needflow's own page works (a week by default).
     signing_link_ttl: float = Field(default=604800, gt=0)
+    #: Seconds between two looks at a DocuSign envelope still out for signature, in case
+    #: its Connect message is lost (DocuSign allows one poll every 15 minutes).
+    esign_poll_seconds: float = Field(default=900, gt=0)
     processes_dir: Path = PROJECT_ROOT / "processes"
     routing_rules: Path = PROJECT_ROOT / "rules" / "routing.yaml"
     # Referral SLAs, in seconds (durable workflow timers; a running referral keeps its own).

@@ -19,6 +19,7 @@ from activities.mail import Mailer, SmtpSettings
 from activities.opportunity import OpportunityActivities
 from activities.referral import ReferralActivities
 from config import Settings, get_settings
+from esign.docusign import DocuSignProvider
 from esign.local import LocalSigningProvider
 from esign.provider import ESignatureProvider
 from store.db import make_async_engine, make_session_factory
@@ -32,6 +33,10 @@ WORKFLOWS = [OpportunityWorkflow, ReferralWorkflow]
 
 
 def esign_provider(settings: Settings) -> ESignatureProvider:
+    """DocuSign when NEEDFLOW_ESIGN_PROVIDER=docusign (configured by DOCUSIGN_*), else
+    needflow's own signing page."""
+    if settings.esign_provider == "docusign":
+        return DocuSignProvider.from_settings(settings)
     return LocalSigningProvider(settings.resolved_public_base_url)
 
 
@@ -39,15 +44,18 @@ class _StoreWorker(Worker):
     """A Worker that closes its activities' database pool when it stops, so a worker
     started and stopped (a test, a restart) leaves no connections behind."""
 
-    def __init__(self, engine: AsyncEngine, *args: Any, **kwargs: Any) -> None:
+    def __init__(self, engine: AsyncEngine, esign: ESignatureProvider, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._engine = engine
+        self._esign = esign
 
     async def run(self) -> None:
         try:
             await super().run()
         finally:
             await self._engine.dispose()
+            if isinstance(self._esign, DocuSignProvider):
+                self._esign.close()
 
 
 def build_worker(client: Client, settings: Settings, task_queue: str = TASK_QUEUE) -> Worker:
@@ -55,13 +63,19 @@ def build_worker(client: Client, settings: Settings, task_queue: str = TASK_QUEU
     engine = make_async_engine(settings.resolved_database_url)
     sessions = make_session_factory(engine)
     mailer = Mailer(SmtpSettings.from_url(settings.smtp_url) if settings.smtp_url else None, settings.mail_from)
+    esign = esign_provider(settings)
     opportunity = OpportunityActivities(
-        sessions, esign_provider(settings), mailer, timedelta(seconds=settings.signing_link_ttl)
+        sessions, esign, mailer, timedelta(seconds=settings.signing_link_ttl), settings.esign_poll_seconds
     )
     starts = Starts(client, task_queue, settings.search_attributes)
     referral = ReferralActivities(sessions, mailer, starts, settings.referrer_window_days)
     return _StoreWorker(
-        engine, client, task_queue=task_queue, workflows=WORKFLOWS, activities=[*opportunity.all(), *referral.all()]
+        engine,
+        esign,
+        client,
+        task_queue=task_queue,
+        workflows=WORKFLOWS,
+        activities=[*opportunity.all(), *referral.all()],
     )
 
 

@@ -16,9 +16,9 @@ from temporalio import activity
 
 from activities.mail import Mailer
 from domain import records
-from domain.opportunity import CheckpointView
+from domain.opportunity import CheckpointView, SignatureOutcome
 from esign.documents import DocumentContext, render_document, sha256_hex
-from esign.provider import ESignatureProvider
+from esign.provider import Envelope, EnvelopeStatus, ESignatureProvider
 from store.models import (
     Checkpoint,
     Consent,
@@ -29,6 +29,7 @@ from store.models import (
     OwnerChange,
     ProcessedEvent,
     SignatureRequest,
+    SignedDocument,
 )
 
 
@@ -51,13 +52,8 @@ async def _add_checkpoint(session: AsyncSession, opportunity_id: str, cp: Checkp
         )
 
 
-def _sent(row: SignatureRequest) -> records.SignatureSent:
-    return records.SignatureSent(
-        provider=row.provider,
-        envelope_id=row.envelope_id,
-        document_sha256=row.document_sha256,
-        status="undeliverable" if row.status == "undeliverable" else "sent",
-    )
+#: The status of a remote envelope's marker row while the provider is being called.
+SENDING = "sending"
 
 
 def _link_mail(customer_name: str, owner_name: str, opportunity_id: str, link: str, expires_at: datetime) -> str:
@@ -78,12 +74,15 @@ class OpportunityActivities:
         esign: ESignatureProvider,
         mailer: Mailer,
         link_ttl: timedelta = timedelta(days=7),
+        poll_seconds: float = 900,
     ) -> None:
         self.sessions = sessions
         self.esign = esign
         self.mailer = mailer
         #: How long a signing link of ours works (NEEDFLOW_SIGNING_LINK_TTL).
         self.link_ttl = link_ttl
+        #: How often a workflow looks at a remote envelope (NEEDFLOW_ESIGN_POLL_SECONDS).
+        self.poll_seconds = poll_seconds
 
     @activity.defn(name=records.OPEN_OPPORTUNITY)
     async def open_opportunity(self, rec: records.OpenOpportunity) -> None:
@@ -113,6 +112,8 @@ class OpportunityActivities:
 
     @activity.defn(name=records.RECORD_STAGE_CHANGE)
     async def record_stage_change(self, change: records.StageChange) -> None:
+        if change.void_envelope_id is not None:
+            await self._void_at_provider(change.void_envelope_id)
         async with self.sessions.begin() as session:
             opp = await session.get(Opportunity, change.opportunity_id, with_for_update=True)
             if opp is None:
@@ -127,12 +128,12 @@ class OpportunityActivities:
                 opp.lost_reason = change.lost_reason
                 if change.status != "open":
                     opp.closed_at = cp.entered_at
-            if change.status == "lost":
-                # A lost opportunity's outstanding signing link dies with it: the customer
-                # can no longer consent to what the bank no longer offers.
+            if change.void_envelope_id is not None:
+                # The outstanding request dies with the opportunity: the customer can no
+                # longer consent to what the bank no longer offers.
                 await session.execute(
                     update(SignatureRequest)
-                    .where(SignatureRequest.opportunity_id == opp.id, SignatureRequest.status == "sent")
+                    .where(SignatureRequest.envelope_id == change.void_envelope_id, SignatureRequest.status == "sent")
                     .values(status="voided")
                 )
             if change.consent and await session.get(Consent, change.consent.consent_id) is None:
@@ -162,6 +163,13 @@ class OpportunityActivities:
                     sig.client_address = done.client_address
                     sig.completed_at = done.completed_at
 
+    async def _void_at_provider(self, envelope_id: str) -> None:
+        """Void a remote envelope at its provider (harmless if it is finished already)."""
+        async with self.sessions() as session:
+            row = await session.get(SignatureRequest, envelope_id)
+        if row is not None and row.status == "sent" and self.esign.remote and row.provider == self.esign.name:
+            await self.esign.void(envelope_id, "the opportunity was closed")
+
     @activity.defn(name=records.REQUEST_SIGNATURE)
     async def request_signature(self, req: records.SignatureRequestInput) -> records.SignatureSent:
         """Render the documents, send them for signature, record the envelope: once per
@@ -174,9 +182,12 @@ class OpportunityActivities:
         provider (DocuSign) e-mails her itself. A customer with no e-mail address: the
         request is recorded `undeliverable`, nothing is sent, and the owner is told.
 
-        A crash between the provider's send and the commit sends again: harmless for the
-        local provider (the first token was never stored or mailed); a remote provider
-        must make its send idempotent per (opportunity, request number).
+        One envelope per request, even when the activity is retried after a crash between
+        the provider's answer and the commit: for a remote provider a `sending` marker
+        (holding the rendered document) is committed before the call, and a retry that
+        finds it asks the provider for the envelope by its custom fields before sending
+        again. (For the local provider such a crash is harmless: the first token was never
+        stored or mailed.)
         """
         mails: list[str] = []
         async with self.sessions.begin() as session:
@@ -186,8 +197,8 @@ class OpportunityActivities:
                     SignatureRequest.request_no == req.request_no,
                 )
             )
-            if existing is not None:  # a retry after the envelope was recorded
-                return _sent(existing)
+            if existing is not None and existing.status != SENDING:  # a retry after it was recorded
+                return self._sent(existing)
             opp = await session.get(Opportunity, req.opportunity_id)
             if opp is None:
                 raise RuntimeError(f"opportunity {req.opportunity_id} is not recorded yet")
@@ -195,73 +206,164 @@ class OpportunityActivities:
             owner = await session.get(Employee, opp.owner_id)
             need = await session.get(Need, opp.need_id)
             assert customer is not None and owner is not None and need is not None
-            now = datetime.now(UTC)
-            document = render_document(
-                req.template,
-                DocumentContext(
-                    opportunity_id=opp.id,
-                    product=opp.product,
-                    customer_name=customer.name,
-                    customer_city=customer.city,
-                    customer_state=customer.state,
-                    amount=opp.amount,
-                    owner_name=owner.name,
-                    need_description=need.description,
-                    issued_at=now,
-                ),
-            )
-            digest = sha256_hex(document)
-            row = SignatureRequest(
-                opportunity_id=opp.id,
-                request_no=req.request_no,
-                provider=self.esign.name,
-                subject=req.subject,
-                document_html=document,
-                document_sha256=digest,
-                created_at=now,
-            )
-            if not customer.email:
-                row.envelope_id = f"undeliverable-{opp.id}-{req.request_no}"
-                row.status = "undeliverable"
-                session.add(row)
-                mails.append(
-                    await self.mailer.record(
-                        session,
-                        f"signature-undeliverable-{row.envelope_id}",
-                        owner.email,
-                        f"Signature request undeliverable on opportunity {opp.id}",
-                        f"The documents for opportunity {opp.id} could not be sent for signature: the customer "
-                        "has no e-mail address on record. Add one, then resend the signature request.",
-                        to_employee_id=owner.id,
-                    )
-                )
+            if existing is not None:  # a remote send was under way when the last try stopped
+                row = existing
             else:
-                envelope = await self.esign.send(
+                now = datetime.now(UTC)
+                document = render_document(
+                    req.template,
+                    DocumentContext(
+                        opportunity_id=opp.id,
+                        product=opp.product,
+                        customer_name=customer.name,
+                        customer_city=customer.city,
+                        customer_state=customer.state,
+                        amount=opp.amount,
+                        owner_name=owner.name,
+                        need_description=need.description,
+                        issued_at=now,
+                    ),
+                )
+                row = SignatureRequest(
                     opportunity_id=opp.id,
                     request_no=req.request_no,
+                    provider=self.esign.name,
                     subject=req.subject,
                     document_html=document,
-                    signer_name=customer.name,
-                    signer_email=customer.email,
+                    document_sha256=sha256_hex(document),
+                    created_at=now,
                 )
-                row.envelope_id = envelope.envelope_id
-                row.provider = envelope.provider
-                row.status = "sent"
-                row.token_sha256 = envelope.token_sha256
-                if envelope.signing_url is not None:  # ours to deliver: by e-mail, to her only
-                    row.expires_at = now + self.link_ttl
+                if not customer.email:
+                    row.envelope_id = f"undeliverable-{opp.id}-{req.request_no}"
+                    row.status = "undeliverable"
+                    session.add(row)
                     mails.append(
                         await self.mailer.record(
                             session,
-                            f"signature-link-{envelope.envelope_id}",
-                            customer.email,
-                            req.subject,
-                            _link_mail(customer.name, owner.name, opp.id, envelope.signing_url, row.expires_at),
+                            f"signature-undeliverable-{row.envelope_id}",
+                            owner.email,
+                            f"Signature request undeliverable on opportunity {opp.id}",
+                            f"The documents for opportunity {opp.id} could not be sent for signature: the "
+                            "customer has no e-mail address on record. Add one, then resend the signature request.",
+                            to_employee_id=owner.id,
                         )
                     )
-                session.add(row)
-        await self.mailer.send_pending(self.sessions, mails)
-        return _sent(row)
+                elif self.esign.remote:
+                    row.envelope_id = f"{SENDING}-{opp.id}-{req.request_no}"
+                    row.status = SENDING
+                    session.add(row)  # committed before the provider is called
+                else:
+                    envelope = await self._send(opp.id, req, row, customer)
+                    row.envelope_id = envelope.envelope_id
+                    row.provider = envelope.provider
+                    row.status = "sent"
+                    row.token_sha256 = envelope.token_sha256
+                    if envelope.signing_url is not None:  # ours to deliver: by e-mail, to her only
+                        row.expires_at = now + self.link_ttl
+                        mails.append(
+                            await self.mailer.record(
+                                session,
+                                f"signature-link-{envelope.envelope_id}",
+                                customer.email,
+                                req.subject,
+                                _link_mail(customer.name, owner.name, opp.id, envelope.signing_url, row.expires_at),
+                            )
+                        )
+                    session.add(row)
+            customer_name, customer_email = customer.name, customer.email
+        if row.status != SENDING:
+            await self.mailer.send_pending(self.sessions, mails)
+            return self._sent(row)
+
+        # A remote provider: find what an earlier try sent, else send, then record it.
+        envelope = await self.esign.find(req.opportunity_id, req.request_no) if existing is not None else None
+        if envelope is None:
+            envelope = await self.esign.send(
+                opportunity_id=req.opportunity_id,
+                request_no=req.request_no,
+                subject=req.subject,
+                document_html=row.document_html or "",
+                signer_name=customer_name,
+                signer_email=customer_email,
+            )
+        async with self.sessions.begin() as session:
+            marker = await session.get(SignatureRequest, row.envelope_id)
+            if marker is not None:
+                await session.delete(marker)
+                await session.flush()
+            recorded = SignatureRequest(
+                envelope_id=envelope.envelope_id,
+                opportunity_id=req.opportunity_id,
+                request_no=req.request_no,
+                provider=envelope.provider,
+                status="sent",
+                subject=req.subject,
+                document_html=row.document_html,
+                document_sha256=row.document_sha256,
+                created_at=row.created_at,
+            )
+            session.add(recorded)
+        return self._sent(recorded)
+
+    async def _send(
+        self, opportunity_id: str, req: records.SignatureRequestInput, row: SignatureRequest, customer: Customer
+    ) -> Envelope:
+        return await self.esign.send(
+            opportunity_id=opportunity_id,
+            request_no=req.request_no,
+            subject=req.subject,
+            document_html=row.document_html or "",
+            signer_name=customer.name,
+            signer_email=customer.email,
+        )
+
+    def _sent(self, row: SignatureRequest) -> records.SignatureSent:
+        return records.SignatureSent(
+            provider=row.provider,
+            envelope_id=row.envelope_id,
+            document_sha256=row.document_sha256,
+            status="undeliverable" if row.status == "undeliverable" else "sent",
+            poll_seconds=self.poll_seconds if self.esign.remote and row.status != "undeliverable" else None,
+        )
+
+    @activity.defn(name=records.CHECK_SIGNATURE)
+    async def check_signature(self, req: records.SignatureCheck) -> records.SignatureLook:
+        """Look at a remote envelope. Finished and signed: download the combined document
+        and the certificate of completion, keep them in the store (once per envelope and
+        kind), and answer the consent's evidence (their SHA-256s and the signer) — the
+        signature is confirmed with the provider's envelope API, whatever a webhook said.
+        Declined, voided or expired: the outcome with its reason. Still open: nothing."""
+        state = await self.esign.status(req.envelope_id)
+        if not state.terminal:
+            return records.SignatureLook()
+        at = state.completed_at or state.status_changed_at or datetime.now(UTC)
+        if state.status != EnvelopeStatus.COMPLETED:
+            return records.SignatureLook(
+                outcome=SignatureOutcome(
+                    envelope_id=req.envelope_id,
+                    status=state.status.value,  # type: ignore[arg-type]
+                    reason=state.reason,
+                    at=at,
+                )
+            )
+        docs = await self.esign.download(req.envelope_id)
+        async with self.sessions.begin() as session:
+            for kind, content, digest in (
+                ("combined", docs.combined_pdf, docs.document_sha256),
+                ("certificate", docs.certificate_pdf, docs.certificate_sha256),
+            ):
+                if await session.get(SignedDocument, (req.envelope_id, kind)) is None:
+                    session.add(SignedDocument(envelope_id=req.envelope_id, kind=kind, sha256=digest, content=content))
+        return records.SignatureLook(
+            outcome=SignatureOutcome(
+                envelope_id=req.envelope_id,
+                status="completed",
+                signer_name=state.signer_name,
+                document_sha256=docs.document_sha256,
+                certificate_sha256=docs.certificate_sha256,
+                at=at,
+            )
+        )
 
     @activity.defn(name=records.RECORD_SIGNATURE_FAILURE)
     async def record_signature_failure(self, rec: records.SignatureFailureRecord) -> None:
@@ -312,6 +414,7 @@ class OpportunityActivities:
             self.open_opportunity,
             self.record_stage_change,
             self.request_signature,
+            self.check_signature,
             self.record_signature_failure,
             self.record_owner_change,
         ]

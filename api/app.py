@@ -25,6 +25,7 @@ from api.routers import (
     referrals,
     reports,
     signing,
+    webhooks,
 )
 from config import Settings, get_settings
 from domain.process import load_catalog
@@ -76,6 +77,7 @@ def create_app(
         events.router,
         outbox.router,
         signing.router,
+        webhooks.router,
         reports.router,
     ):
         app.include_router(router)

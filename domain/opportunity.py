@@ -101,6 +101,8 @@ class SignatureOutcome(BaseModel):
     status: Literal["completed", "declined", "voided", "expired"]
     signer_name: str | None = None
     document_sha256: str | None = None
+    #: DocuSign: the SHA-256 of its certificate of completion (the audit trail).
+    certificate_sha256: str | None = None
     client_address: str | None = None
     reason: str | None = None
     at: datetime

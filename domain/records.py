@@ -13,7 +13,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel
 
-from domain.opportunity import CheckpointView
+from domain.opportunity import CheckpointView, SignatureOutcome
 from domain.referral import HistoryEntry, ReferralInput, Routed
 from domain.routing import ReferralFacts, RoutingRules
 from domain.types import ConsentChannel, Product
@@ -23,6 +23,7 @@ RECORD_STAGE_CHANGE = "opportunity.record_stage_change"
 REQUEST_SIGNATURE = "opportunity.request_signature"
 RECORD_SIGNATURE_FAILURE = "opportunity.record_signature_failure"
 RECORD_OWNER_CHANGE = "opportunity.record_owner_change"
+CHECK_SIGNATURE = "opportunity.check_signature"
 
 
 class OpenOpportunity(BaseModel):
@@ -77,6 +78,9 @@ class StageChange(BaseModel):
     consent: ConsentRecord | None = None
     processed_event: ProcessedEventRecord | None = None
     signature_completion: SignatureCompletion | None = None
+    #: The envelope still out for signature when the opportunity closed: voided with it
+    #: (the workflow decides; the activity voids it at the provider and in the store).
+    void_envelope_id: str | None = None
 
 
 class SignatureRequestInput(BaseModel):
@@ -94,6 +98,24 @@ class SignatureSent(BaseModel):
     document_sha256: str
     #: `undeliverable`: the customer has no e-mail address; nothing was sent.
     status: Literal["sent", "undeliverable"] = "sent"
+    #: Set for a remote provider (DocuSign): the workflow looks at the envelope this often
+    #: until it is finished, and whenever a Connect message says it changed.
+    poll_seconds: float | None = None
+
+
+class SignatureCheck(BaseModel):
+    """Look at a remote envelope: its status from the provider and, once completed, its
+    signed documents stored and hashed (the bytes stay in the store)."""
+
+    opportunity_id: str
+    envelope_id: str
+
+
+class SignatureLook(BaseModel):
+    """What a look at a remote envelope found: its outcome once it is finished (the
+    signature confirmed with the provider, never taken from a webhook's word), or None."""
+
+    outcome: SignatureOutcome | None = None
 
 
 class SignatureFailureRecord(BaseModel):

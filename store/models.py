@@ -13,6 +13,7 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
+    LargeBinary,
     MetaData,
     Numeric,
     String,
@@ -324,6 +325,20 @@ class CustomerSignal(Base):
     type: Mapped[str] = mapped_column(String(64))
     data: Mapped[dict[str, Any]] = mapped_column(default=dict)
     occurred_at: Mapped[datetime] = mapped_column()
+
+
+class SignedDocument(Base):
+    """A completed envelope's documents as the provider served them (DocuSign: the
+    combined signed PDF and the certificate of completion): the consent's evidence, kept
+    in the system of record, never in workflow history. Written once per envelope and kind."""
+
+    __tablename__ = "signed_documents"
+    envelope_id: Mapped[str] = mapped_column(ForeignKey("signature_requests.envelope_id"), primary_key=True)
+    #: `combined` or `certificate`.
+    kind: Mapped[str] = mapped_column(String(16), primary_key=True)
+    sha256: Mapped[str] = mapped_column(String(64))
+    content: Mapped[bytes] = mapped_column(LargeBinary)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
 class Notification(Base):

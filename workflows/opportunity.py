@@ -24,9 +24,11 @@ ends when the opportunity is won or lost and every handler has finished.
 from __future__ import annotations
 
 import asyncio
+from datetime import timedelta
 from typing import Any
 
 from temporalio import workflow
+from temporalio.exceptions import ActivityError
 
 with workflow.unsafe.imports_passed_through():
     from domain import records
@@ -44,6 +46,7 @@ with workflow.unsafe.imports_passed_through():
         SignatureOutcome,
         SignatureState,
         TransferOwnerCommand,
+        TransitionRefused,
         check_advance,
         check_close_lost,
         check_event,
@@ -57,6 +60,7 @@ with workflow.unsafe.imports_passed_through():
     from domain.types import ConsentChannel, OpportunityStatus, Trigger
     from workflows import SA_CUSTOMER_ID, SA_OPPORTUNITY_STATUS, SA_OWNER_ID, SA_PRODUCT, SA_STAGE
     from workflows.common import Console, record, validate
+    from workflows.timers import RearmableTimer
 
 
 def _blank_evidence_is_missing() -> bool:
@@ -85,6 +89,9 @@ class OpportunityWorkflow:
             probability=first.probability,
         )
         self._opened = False
+        #: Remote envelopes are watched by a task each; a Connect message re-arms the timer.
+        self._envelope_timer = RearmableTimer()
+        self._watchers: list[asyncio.Task[None]] = []
         self._console = Console(input.search_attributes)
         # Persisting in the order the state changed: an asyncio.Lock is FIFO.
         self._write_lock = asyncio.Lock()
@@ -116,7 +123,11 @@ class OpportunityWorkflow:
             )
         self._opened = True
         await workflow.wait_condition(
-            lambda: self.state.status != OpportunityStatus.open and workflow.all_handlers_finished()
+            lambda: (
+                self.state.status != OpportunityStatus.open
+                and workflow.all_handlers_finished()
+                and all(w.done() for w in self._watchers)
+            )
         )
         return self.state
 
@@ -178,6 +189,54 @@ class OpportunityWorkflow:
 
     @workflow.update
     async def signature_outcome(self, outcome: SignatureOutcome) -> OpportunityState:
+        """The local signing page's word: signed, declined, or the link expired."""
+        await self._take_signature_outcome(outcome)
+        return self.state
+
+    @signature_outcome.validator
+    def _validate_signature_outcome(self, outcome: SignatureOutcome) -> None:
+        validate(check_signature_outcome, self.process, self.state, outcome)
+
+    @workflow.signal
+    def envelope_changed(self, envelope_id: str) -> None:
+        """A remote provider's webhook (DocuSign Connect) says this envelope changed: look
+        at it now rather than at the next poll. Only a prompt: what the provider's API
+        then says is what counts, so a forged-looking, repeated or out-of-order message
+        changes nothing by itself."""
+        sig = self.state.signature
+        if sig is not None and sig.envelope_id == envelope_id:
+            self._envelope_timer.rearm()
+
+    async def _watch_envelope(self, envelope_id: str, poll_seconds: float) -> None:
+        """While a remote envelope is out for signature: look at it every `poll_seconds`
+        (DocuSign: no more often than every 15 minutes) or when its webhook prompts, and
+        take its outcome once it is finished. Stops when the request is no longer current."""
+
+        def current() -> bool:
+            sig = self.state.signature
+            return sig is not None and sig.envelope_id == envelope_id and sig.status == "sent"
+
+        while current() and self.state.status == OpportunityStatus.open:
+            await self._envelope_timer.wait(workflow.now() + timedelta(seconds=poll_seconds))
+            if not current() or self.state.status != OpportunityStatus.open:
+                return
+            try:
+                look: records.SignatureLook = await record(
+                    records.CHECK_SIGNATURE,
+                    records.SignatureCheck(opportunity_id=self.state.opportunity_id, envelope_id=envelope_id),
+                    records.SignatureLook,
+                )
+            except ActivityError:
+                continue  # the provider refused or failed for good this time: look again later
+            if look.outcome is not None and current():
+                try:
+                    await self._take_signature_outcome(look.outcome)
+                except TransitionRefused:
+                    continue  # e.g. signed, but the provider named no signer yet: look again
+
+    async def _take_signature_outcome(self, outcome: SignatureOutcome) -> None:
+        """Completed: enter the signature stage and record the consent with its evidence.
+        Declined, voided or expired: stay in this stage, record why and tell the owner."""
         stage = check_signature_outcome(self.process, self.state, outcome)
         sig = self.state.signature
         assert sig is not None
@@ -195,7 +254,7 @@ class OpportunityWorkflow:
                         owner_id=self.state.owner_id,
                     ),
                 )
-            return self.state
+            return
         sig.status = "completed"
         evidence = {
             "provider": sig.provider,
@@ -205,6 +264,8 @@ class OpportunityWorkflow:
             "client_address": outcome.client_address,
             "signed_at": outcome.at.isoformat(),
         }
+        if outcome.certificate_sha256 is not None:  # DocuSign's certificate of completion
+            evidence["certificate_sha256"] = outcome.certificate_sha256
         signer = f"esignature:{sig.provider}"
         consent = self._consent(ConsentChannel.esignature, evidence, signer, None, granted_at=outcome.at)
         completion = records.SignatureCompletion(
@@ -216,11 +277,6 @@ class OpportunityWorkflow:
         await self._enter(
             stage, Trigger.event, signer, evidence, via=None, consent=consent, signature_completion=completion
         )
-        return self.state
-
-    @signature_outcome.validator
-    def _validate_signature_outcome(self, outcome: SignatureOutcome) -> None:
-        validate(check_signature_outcome, self.process, self.state, outcome)
 
     @workflow.update
     async def resend_signature(self, cmd: ResendSignatureCommand) -> OpportunityState:
@@ -350,12 +406,14 @@ class OpportunityWorkflow:
         self.state.probability = 0
         self.state.status = OpportunityStatus.lost
         self.state.lost_reason = reason
+        void = None
         if self.state.signature is not None and self.state.signature.status == "sent":
-            self.state.signature.status = "voided"  # its link dies with the opportunity (the store voids it)
+            void = self.state.signature.envelope_id  # its link dies with the opportunity
+            self.state.signature.status = "voided"
         self._publish()
         await workflow.wait_condition(lambda: self._opened)
         async with self._write_lock:
-            await self._record(checkpoint, processed_event=processed_event)
+            await self._record(checkpoint, processed_event=processed_event, void_envelope_id=void)
 
     async def _record(self, checkpoint: CheckpointView, **extra: Any) -> None:
         """Record a checkpoint and what changes with it (consent, event, signature)."""
@@ -394,6 +452,9 @@ class OpportunityWorkflow:
         sig.document_sha256 = sent.document_sha256
         sig.status = sent.status  # "undeliverable": no e-mail address; the activity told the owner
         self._publish()
+        if sent.poll_seconds is not None and sent.status == "sent":  # a remote provider's envelope
+            self._envelope_timer = RearmableTimer()
+            self._watchers.append(asyncio.create_task(self._watch_envelope(sent.envelope_id, sent.poll_seconds)))
 
     def _publish(self) -> None:
         """Search attributes and current details: where the Web UI shows this opportunity."""
