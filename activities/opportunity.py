@@ -112,8 +112,9 @@ class OpportunityActivities:
 
     @activity.defn(name=records.RECORD_STAGE_CHANGE)
     async def record_stage_change(self, change: records.StageChange) -> None:
+        voided_as = "voided"
         if change.void_envelope_id is not None:
-            await self._void_at_provider(change.void_envelope_id)
+            voided_as = await self._void_at_provider(change.void_envelope_id)
         async with self.sessions.begin() as session:
             opp = await session.get(Opportunity, change.opportunity_id, with_for_update=True)
             if opp is None:
@@ -134,7 +135,7 @@ class OpportunityActivities:
                 await session.execute(
                     update(SignatureRequest)
                     .where(SignatureRequest.envelope_id == change.void_envelope_id, SignatureRequest.status == "sent")
-                    .values(status="voided")
+                    .values(status=voided_as)
                 )
             if change.consent and await session.get(Consent, change.consent.consent_id) is None:
                 c = change.consent
@@ -163,12 +164,16 @@ class OpportunityActivities:
                     sig.client_address = done.client_address
                     sig.completed_at = done.completed_at
 
-    async def _void_at_provider(self, envelope_id: str) -> None:
-        """Void a remote envelope at its provider (harmless if it is finished already)."""
+    async def _void_at_provider(self, envelope_id: str) -> str:
+        """Void a remote envelope at its provider; the status to record for it: `voided`,
+        or what the provider says when the customer finished first (`completed`,
+        `declined`: the store keeps the truth, the opportunity stays closed)."""
         async with self.sessions() as session:
             row = await session.get(SignatureRequest, envelope_id)
         if row is not None and row.status == "sent" and self.esign.remote and row.provider == self.esign.name:
-            await self.esign.void(envelope_id, "the opportunity was closed")
+            state = await self.esign.void(envelope_id, "the opportunity was closed")
+            return state.status.value
+        return "voided"
 
     @activity.defn(name=records.REQUEST_SIGNATURE)
     async def request_signature(self, req: records.SignatureRequestInput) -> records.SignatureSent:

@@ -91,6 +91,7 @@ class OpportunityWorkflow:
         self._opened = False
         #: Remote envelopes are watched by a task each; a Connect message re-arms the timer.
         self._envelope_timer = RearmableTimer()
+        self._envelope_prompted = False
         self._watchers: list[asyncio.Task[None]] = []
         self._console = Console(input.search_attributes)
         # Persisting in the order the state changed: an asyncio.Lock is FIFO.
@@ -205,6 +206,7 @@ class OpportunityWorkflow:
         changes nothing by itself."""
         sig = self.state.signature
         if sig is not None and sig.envelope_id == envelope_id:
+            self._envelope_prompted = True  # kept if the watcher is busy looking right now
             self._envelope_timer.rearm()
 
     async def _watch_envelope(self, envelope_id: str, poll_seconds: float) -> None:
@@ -217,7 +219,9 @@ class OpportunityWorkflow:
             return sig is not None and sig.envelope_id == envelope_id and sig.status == "sent"
 
         while current() and self.state.status == OpportunityStatus.open:
-            await self._envelope_timer.wait(workflow.now() + timedelta(seconds=poll_seconds))
+            if not self._envelope_prompted:
+                await self._envelope_timer.wait(workflow.now() + timedelta(seconds=poll_seconds))
+            self._envelope_prompted = False  # a prompt from now on (even mid-look) means look again
             if not current() or self.state.status != OpportunityStatus.open:
                 return
             try:
@@ -410,6 +414,7 @@ class OpportunityWorkflow:
         if self.state.signature is not None and self.state.signature.status == "sent":
             void = self.state.signature.envelope_id  # its link dies with the opportunity
             self.state.signature.status = "voided"
+            self._envelope_timer.rearm()  # a remote envelope's watcher stops now, not at its next poll
         self._publish()
         await workflow.wait_condition(lambda: self._opened)
         async with self._write_lock:
