@@ -30,12 +30,21 @@ def _at(iso: str) -> datetime:
     return datetime.fromisoformat(iso)
 
 
-async def _assigned_to(api: Api, referral_id: str, employee_id: str | None, status: str = "assigned") -> dict:
-    async def check() -> dict | None:
-        now = await api.referral(referral_id)
-        return now if (now["status"], now["assignee_id"]) == (status, employee_id) else None
+async def _assigned_to(
+    stack: SkippingStack, api: Api, referral_id: str, employee_id: str | None, status: str = "assigned"
+) -> dict:
+    """Wait until the referral's workflow has it `status` with `employee_id`, then read it
+    through the API. The workflow, not the store, decides what the next command meets: the
+    store is written by the routing activity a moment before the workflow takes its result
+    (and leaves "routing"), so a command sent on the store's word alone could be refused."""
 
-    return await until(check, f"referral {referral_id} {status} to {employee_id}")
+    async def settled() -> bool:
+        handle = stack.client.get_workflow_handle(f"referral-{referral_id}")
+        state = await within(handle.query(ReferralWorkflow.current_state), "the referral's state")
+        return (state.status, state.assignee_id) == (status, employee_id)
+
+    await until(settled, f"referral {referral_id} {status} to {employee_id}")
+    return await api.referral(referral_id)
 
 
 async def _workflow_statuses(stack: SkippingStack, referral: dict) -> list[str]:
@@ -62,13 +71,13 @@ async def test_lapse_reroutes_away_and_tells_the_manager_once(skipping_stack: Sk
         assert await _workflow_statuses(stack, ref) == ["created", "assigned"], "lapsed before its hour"
 
         await stack.env.sleep(timedelta(minutes=2))
-        now = await _assigned_to(api, ref["id"], ann["id"])
+        now = await _assigned_to(stack, api, ref["id"], ann["id"])
         assert statuses(now) == ["created", "assigned", "lapsed", "assigned"]
         assert now["history"][2]["assignee_id"] == bob["id"]
 
         # Ann lets it lapse too: it goes to the queue, never back to Bob.
         await stack.env.sleep(timedelta(hours=1, minutes=1))
-        now = await _assigned_to(api, ref["id"], None, status="unassigned")
+        now = await _assigned_to(stack, api, ref["id"], None, status="unassigned")
         assert statuses(now) == ["created", "assigned", "lapsed", "assigned", "lapsed", "unassigned"]
         assert now["queue"] == "unassigned-referrals" and now["sla_deadline"] is None
 
@@ -93,7 +102,7 @@ async def test_an_accept_after_the_hour_is_refused_the_lapse_came_first(skipping
         ann = await api.broker(state)
         ref = await api.refer(people["ryan"], state)
         await stack.env.sleep(timedelta(hours=1, seconds=1))
-        await _assigned_to(api, ref["id"], ann["id"])
+        await _assigned_to(stack, api, ref["id"], ann["id"])
 
         r = await api.post(f"/v1/referrals/{ref['id']}/accept", {"actor_id": bob["id"]})
         err = assert_error(r, 409, "invalid_transition")
@@ -136,7 +145,7 @@ async def test_lapse_and_escalation_reach_every_manager_when_none_lists_the_stat
         second = ann["id"] if first == bob["id"] else bob["id"]
 
         await stack.env.sleep(timedelta(hours=1, minutes=1))
-        await _assigned_to(api, ref["id"], second)
+        await _assigned_to(stack, api, ref["id"], second)
         await api.post(f"/v1/referrals/{ref['id']}/accept", {"actor_id": second}, expect=200)
         second_email = ann["email"] if second == ann["id"] else bob["email"]
 
@@ -183,7 +192,7 @@ async def test_a_running_referral_keeps_its_rules_and_slas_after_they_change(
 
             await stack.env.sleep(timedelta(hours=1, minutes=1))
             # The old referral lapsed after its own hour and was re-routed by its own rules.
-            now = await _assigned_to(new_api, old["id"], ann["id"])
+            now = await _assigned_to(stack, new_api, old["id"], ann["id"])
             assert statuses(now) == ["created", "assigned", "lapsed", "assigned"]
         assert _at(now["sla_deadline"]) - _at(now["history"][-1]["at"]) == timedelta(hours=1)
 
