@@ -16,6 +16,7 @@ from api import errors
 from api.deps import Services
 from api.routers import (
     api_keys,
+    campaigns,
     consents,
     customers,
     employees,
@@ -24,6 +25,7 @@ from api.routers import (
     outbox,
     referrals,
     reports,
+    scorecards,
     signing,
     webhooks,
 )
@@ -74,11 +76,13 @@ def create_app(
         employees.router,
         referrals.router,
         opportunities.router,
+        campaigns.router,
         events.router,
         outbox.router,
         signing.router,
         webhooks.router,
         reports.router,
+        scorecards.router,
     ):
         app.include_router(router)
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import date, datetime
 from decimal import Decimal
 from typing import Annotated, Any, Literal
 
@@ -13,10 +13,12 @@ from pydantic import (
     Field,
     PlainSerializer,
     StringConstraints,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
 
+from domain.campaigns import CampaignGoal, PrequalificationRule
 from domain.types import ConsentChannel, EventType, InteractionChannel, LineOfBusiness, Product, Role
 from store.keys import ALL_SCOPES
 
@@ -433,6 +435,23 @@ class ConsentWithdraw(Body):
     reason: Text
 
 
+#: The practice audit's rules (store/audit.py defines each).
+AuditRule = Literal[
+    "campaign_not_prequalified", "consent_missing", "evidence_missing", "need_after_opportunity", "stage_out_of_order"
+]
+
+
+class OpportunityReview(BaseModel):
+    """Kevin's three questions about one opportunity, and the audit rules it breaks."""
+
+    opportunity_id: str
+    product: str
+    consent: bool
+    need_before_sale: bool
+    all_checkpoints: bool
+    exceptions: list[AuditRule]
+
+
 class JourneyOut(BaseModel):
     customer: CustomerOut
     needs: list[NeedOut]
@@ -440,6 +459,86 @@ class JourneyOut(BaseModel):
     referrals: list[ReferralOut]
     opportunities: list[OpportunityOut]
     consents: list[ConsentOut]
+    review: list[OpportunityReview]
+
+
+# ---------------------------------------------------------------- campaigns
+
+
+class CampaignCreate(Body):
+    """A campaign: its goal and prequalification rules are domain/campaigns.py's models,
+    validated there (a 422 names the field: `goal.metric`, `prequalification.2.state_in`)."""
+
+    name: Name
+    starts_on: date
+    ends_on: date
+    goal: CampaignGoal
+    #: All must hold; each is exactly one of has_need, has_product, lacks_product, state_in.
+    prequalification: list[PrequalificationRule] = Field(min_length=1, max_length=50)
+
+    @field_validator("ends_on")
+    @classmethod
+    def _ends_after_start(cls, v: date, info: ValidationInfo) -> date:
+        starts = info.data.get("starts_on")
+        if starts is not None and v < starts:
+            raise ValueError(f"the campaign ends ({v}) before it starts ({starts})")
+        return v
+
+
+class GoalOut(BaseModel):
+    metric: str
+    #: A count, or a fraction 0–1 for `cross_sell_ratio`.
+    target: int | float
+    line_of_business: str | None = None
+
+
+class CampaignOut(BaseModel):
+    id: str
+    name: str
+    starts_on: date
+    ends_on: date
+    goal: GoalOut
+    #: The rules as written: `[{"has_need": "buy_home"}, {"state_in": ["NY"]}]`.
+    prequalification: list[dict[str, Any]]
+    created_at: datetime
+    created_via: str | None = None
+
+
+class ProgressOut(BaseModel):
+    """Definitions: store/campaigns.py."""
+
+    metric: str
+    #: A count, or for `cross_sell_ratio` a fraction 0–1.
+    value: int | float
+    target: int | float
+    #: The campaign's won opportunities so far.
+    won: int
+
+
+class CampaignProgressOut(CampaignOut):
+    progress: ProgressOut
+
+
+class PrequalifyIn(Body):
+    customer_id: Id
+    actor_id: ActorId = None
+
+
+class ReasonOut(BaseModel):
+    rule: dict[str, Any]
+    passed: bool
+    message: str
+
+
+class PrequalificationOut(BaseModel):
+    id: str
+    campaign_id: str
+    customer_id: str
+    qualified: bool
+    reasons: list[ReasonOut]
+    at: datetime
+    actor: str
+    via: str | None = None
 
 
 # ---------------------------------------------------------------- events
@@ -601,3 +700,44 @@ class OpportunityPipeline(BaseModel):
 class PipelineReportOut(BaseModel):
     referrals: ReferralPipeline
     opportunities: OpportunityPipeline
+
+
+class PracticeAuditItem(BaseModel):
+    opportunity_id: str
+    rule: AuditRule
+    #: A sentence for a manager: which stage, which evidence, which dates.
+    detail: str
+    owner_id: str
+    product: str
+
+
+class PracticeAuditOut(BaseModel):
+    items: list[PracticeAuditItem]
+
+
+class ScorecardItem(BaseModel):
+    """One employee's month: every figure is defined, once, in store/scorecards.py."""
+
+    employee_id: str
+    name: str
+    #: False for an employee who has left (their past months still count).
+    active: bool
+    #: Customers of opportunities they own that were won by the end of the month.
+    customers: int
+    #: Their opportunities won within the month, and the sum of those amounts.
+    units: int
+    amount: MoneyTotal
+    #: -100 to 100, one decimal; null when none of their customers responded in the month.
+    nps: float | None
+    #: Fractions 0–1; null when there is nothing to divide by.
+    active_customer_share: float | None
+    on_time_payment_share: float | None
+    referrals_made: int
+    referrals_converted: int
+    cross_lob_referrals: int
+
+
+class ScorecardsOut(BaseModel):
+    #: The UTC month, YYYY-MM.
+    period: str
+    items: list[ScorecardItem]

@@ -11,10 +11,12 @@ from api.schemas import (
     JourneyOut,
     NeedOut,
     OpportunityOut,
+    OpportunityReview,
     OutboxItem,
     ReferralOut,
     SignatureOut,
 )
+from store.audit import Review
 from store.models import Consent, Customer, Employee, Interaction, Need, Notification
 from store.queries import Journey, OpportunityRecord, ReferralRecord
 
@@ -123,7 +125,7 @@ def outbox_item(n: Notification) -> OutboxItem:
     return OutboxItem.model_validate(n, from_attributes=True)
 
 
-def journey_out(j: Journey, referrals: list[ReferralRecord]) -> JourneyOut:
+def journey_out(j: Journey, referrals: list[ReferralRecord], review: list[Review]) -> JourneyOut:
     return JourneyOut(
         customer=customer_out(j.customer),
         needs=[need_out(n) for n in j.needs],
@@ -131,4 +133,5 @@ def journey_out(j: Journey, referrals: list[ReferralRecord]) -> JourneyOut:
         referrals=[referral_out(r) for r in referrals],
         opportunities=[opportunity_out(r) for r in j.opportunities],
         consents=[consent_out(c) for c in j.consents],
+        review=[OpportunityReview.model_validate(r, from_attributes=True) for r in review],
     )

@@ -3,7 +3,7 @@ when the two disagree."""
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from decimal import Decimal
 from typing import Any
 
@@ -137,7 +137,7 @@ class Opportunity(Base):
     need_id: Mapped[str] = mapped_column(ForeignKey("needs.id"))
     amount: Mapped[Decimal | None] = mapped_column()
     referral_id: Mapped[str | None] = mapped_column(String(64))
-    campaign_id: Mapped[str | None] = mapped_column(String(64))
+    campaign_id: Mapped[str | None] = mapped_column(String(64), index=True)
     stage: Mapped[str] = mapped_column(String(64))
     probability: Mapped[int] = mapped_column(Integer)
     status: Mapped[str] = mapped_column(String(16), index=True)
@@ -382,3 +382,44 @@ class IdempotencyRecord(Base):
 
 
 Index("ix_checkpoints_opportunity_id", Checkpoint.opportunity_id)
+
+
+class Campaign(Base):
+    """A sales campaign (seed 002): a goal that is never a count of one product's sales, and
+    the prequalification rules (data, validated by domain/campaigns.py) a customer must pass
+    before a campaign opportunity is opened for them."""
+
+    __tablename__ = "campaigns"
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    name: Mapped[str] = mapped_column(String(200))
+    starts_on: Mapped[date] = mapped_column()
+    ends_on: Mapped[date] = mapped_column()
+    #: `new_households`, `cross_sell_ratio` or `product_line_units`.
+    goal_metric: Mapped[str] = mapped_column(String(32))
+    #: A count, or a fraction 0–1 for `cross_sell_ratio`.
+    goal_target: Mapped[Decimal] = mapped_column(Numeric(12, 4))
+    #: For `product_line_units` only: the line whose products count.
+    goal_line_of_business: Mapped[str | None] = mapped_column(String(32))
+    #: The rules, as written: `[{"has_need": "buy_home"}, {"state_in": ["NY"]}]`.
+    prequalification: Mapped[list[dict[str, Any]]] = mapped_column(JSONDoc, default=list)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    #: The API key (its name) it was created through.
+    created_via: Mapped[str | None] = mapped_column(String(200))
+
+
+class Prequalification(Base):
+    """Append-only: one customer checked against one campaign's rules, with every rule's
+    outcome. The latest one decides whether a campaign opportunity may open for them."""
+
+    __tablename__ = "prequalifications"
+    __table_args__ = (Index("ix_prequalifications_campaign_customer_at", "campaign_id", "customer_id", "at"),)
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    campaign_id: Mapped[str] = mapped_column(ForeignKey("campaigns.id"))
+    customer_id: Mapped[str] = mapped_column(ForeignKey("customers.id"), index=True)
+    qualified: Mapped[bool] = mapped_column()
+    #: Each rule's outcome: `[{"rule": {...}, "passed": bool, "message": str}]`.
+    reasons: Mapped[list[dict[str, Any]]] = mapped_column(JSONDoc, default=list)
+    at: Mapped[datetime] = mapped_column()
+    #: The employee who prequalified the customer, and the API key it came through.
+    actor: Mapped[str] = mapped_column(String(256))
+    via: Mapped[str | None] = mapped_column(String(200))

@@ -35,6 +35,7 @@ from config import Settings
 from store.keys import ALL_SCOPES, hash_key, register_api_key
 from store.models import (
     ApiKey,
+    Campaign,
     Checkpoint,
     Consent,
     Customer,
@@ -44,6 +45,7 @@ from store.models import (
     Interaction,
     Need,
     Opportunity,
+    Prequalification,
     ProcessedEvent,
     Referral,
     ReferralHistory,
@@ -79,6 +81,10 @@ SCOPES: dict[Route, str] = {
     ("POST", "/v1/opportunities/{opportunity_id}/advance"): "crm:write",
     ("POST", "/v1/opportunities/{opportunity_id}/close-lost"): "crm:write",
     ("POST", "/v1/opportunities/{opportunity_id}/resend-signature"): "crm:write",
+    ("POST", "/v1/campaigns"): "crm:write",
+    ("POST", "/v1/campaigns/{campaign_id}/prequalify"): "crm:write",
+    # Progress against a campaign's goal is a manager's figure (api/routers/campaigns.py).
+    ("GET", "/v1/campaigns/{campaign_id}"): "reports:read",
     ("POST", "/v1/events"): "events:write",
     ("GET", "/v1/outbox"): "admin",
     ("POST", "/v1/api-keys"): "admin",
@@ -86,6 +92,8 @@ SCOPES: dict[Route, str] = {
     ("DELETE", "/v1/api-keys/{key_id}"): "admin",
     ("GET", "/v1/reports/referrers"): "reports:read",
     ("GET", "/v1/reports/pipeline"): "reports:read",
+    ("GET", "/v1/reports/scorecards"): "reports:read",
+    ("GET", "/v1/reports/practice-audit"): "reports:read",
 }
 
 #: Routes that need no key, and what each answers without one (the signing page: an
@@ -169,6 +177,7 @@ class Subjects:
     manager_id: str
     key_id: str  # a key made for the test to revoke
     consent_id: str  # a branch consent of `customer_id`
+    campaign_id: str  # a campaign `customer_id` may be prequalified for
 
     def path(self, template: str) -> str:
         ids = {
@@ -178,6 +187,7 @@ class Subjects:
             "referral_id": self.referral_id,
             "key_id": self.key_id,
             "consent_id": self.consent_id,
+            "campaign_id": self.campaign_id,
         }
         names = re.findall(r"{(\w+)}", template)
         assert set(names) <= set(ids), f"no subject for {set(names) - set(ids)} in {template}: add one"
@@ -202,6 +212,17 @@ async def subjects(app_client: httpx.AsyncClient, keys: dict[str, str], db: Engi
         {"actor_id": dan["id"], "product": "mortgage", "channel": "branch", "evidence": {"document_id": "BR-1"}},
         expect=201,
     )
+    campaign = await api.post(
+        "/v1/campaigns",
+        {
+            "name": unique("Access campaign"),
+            "starts_on": "2026-12-01",
+            "ends_on": "2026-12-31",
+            "goal": {"metric": "new_households", "target": 10},
+            "prequalification": [{"has_need": "buy_home"}],
+        },
+        expect=201,
+    )
     return Subjects(
         dan=dan["id"],
         customer_id=customer["id"],
@@ -213,6 +234,7 @@ async def subjects(app_client: httpx.AsyncClient, keys: dict[str, str], db: Engi
         manager_id=staff["kevin"]["id"],
         key_id=key_id,
         consent_id=consent.json()["id"],
+        campaign_id=campaign.json()["id"],
     )
 
 
@@ -299,6 +321,22 @@ WRITES: dict[Route, Write] = {
     ),
     ("POST", "/v1/opportunities/{opportunity_id}/resend-signature"): lambda s, tag: _write(
         {"actor_id": s.dan}, SignatureRequest, SignatureRequest.opportunity_id == s.opportunity_id
+    ),
+    ("POST", "/v1/campaigns"): lambda s, tag: _write(
+        {
+            "name": tag,
+            "starts_on": "2026-12-01",
+            "ends_on": "2026-12-31",
+            "goal": {"metric": "cross_sell_ratio", "target": 0.3},
+            "prequalification": [{"has_need": "buy_home"}],
+        },
+        Campaign,
+        Campaign.name == tag,
+    ),
+    ("POST", "/v1/campaigns/{campaign_id}/prequalify"): lambda s, tag: _write(
+        {"customer_id": s.customer_id, "actor_id": s.dan},
+        Prequalification,
+        Prequalification.campaign_id == s.campaign_id,
     ),
     ("POST", "/v1/api-keys"): lambda s, tag: _write(
         {"name": tag, "scopes": ["reports:read"]}, ApiKey, ApiKey.name == tag

@@ -743,7 +743,7 @@ async def test_journey_lists_needs_interactions_opportunities_and_consents(api: 
     assert r.json()["opportunity"]["stage"] == "authorised"
 
     journey = (await api.get(f"/v1/customers/{customer_id}/journey")).json()
-    assert set(journey) == {"customer", "needs", "interactions", "referrals", "opportunities", "consents"}
+    assert set(journey) == {"customer", "needs", "interactions", "referrals", "opportunities", "consents", "review"}
     assert journey["customer"]["id"] == customer_id
     assert [(n["id"], n["kind"]) for n in journey["needs"]] == [(opp["need_id"], "buy_home")]
     assert before <= datetime.fromisoformat(journey["needs"][0]["recorded_at"]) <= after
@@ -761,6 +761,17 @@ async def test_journey_lists_needs_interactions_opportunities_and_consents(api: 
     assert {k: consent["evidence"][k] for k in ("phone", "message_id", "text")} == {
         k: data[k] for k in ("phone", "message_id", "text")
     }
+    # Kevin's three questions (store/audit.py; tests/test_practice_audit.py tries each rule).
+    assert journey["review"] == [
+        {
+            "opportunity_id": opp["id"],
+            "product": "checking",
+            "consent": True,
+            "need_before_sale": True,
+            "all_checkpoints": True,
+            "exceptions": [],
+        }
+    ]
 
 
 # ---------------------------------------------------------------- employees

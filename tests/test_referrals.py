@@ -9,7 +9,6 @@ from typing import TypeVar
 
 import pytest
 from sqlalchemy import Engine, select
-from sqlalchemy.orm import Session
 from temporalio.client import Client
 
 from domain.ids import referral_customer_id, referral_household_id, referral_need_id, referral_opportunity_id
@@ -27,6 +26,7 @@ from tests.helpers import (
     without_priority,
     workflow_ids,
 )
+from tests.store_rows import insert_referral
 from workflows import SA_ASSIGNEE_ID, SA_EXPRESSED_INTEREST, SA_REFERRAL_STATUS
 
 T = TypeVar("T")
@@ -435,37 +435,12 @@ async def test_open_referrals_in_documented_priority_order(api: Api, db: Engine)
     assert items[0]["priority"] > items[1]["priority"]
 
 
-def insert_referral(db: Engine, referrer_id: str, *, created_ago: timedelta, decided: bool) -> str:
-    """A referral row written straight to the store, made `created_ago` ago (the API cannot
-    backdate one); `decided`: closed as long ago as it was made."""
-    now = datetime.now(UTC)
-    rid = f"ref_test_{uuid.uuid4().hex}"
-    with Session(db) as session, session.begin():
-        session.add(
-            Referral(
-                id=rid,
-                status="closed" if decided else "unassigned",
-                referrer_type="partner",
-                referrer_id=referrer_id,
-                prospect={"name": "Old Prospect"},
-                expressed_interest="mortgage",
-                source="partner",
-                lead_score=40,
-                lead_score_factors=[],
-                features={},
-                workflow_id=f"referral-{rid}",
-                last_seq=1,
-                created_at=now - created_ago,
-                decided_at=now - created_ago if decided else None,
-            )
-        )
-    return rid
-
-
 async def test_priority_counts_age_while_open_and_none_once_decided(api: Api, db: Engine) -> None:
     partner = f"partner-{uuid.uuid4().hex[:8]}"
-    waiting = insert_referral(db, partner, created_ago=timedelta(minutes=30), decided=False)
-    closed = insert_referral(db, partner, created_ago=timedelta(minutes=30), decided=True)
+    made = datetime.now(UTC) - timedelta(minutes=30)
+    old = {"referrer_type": "partner", "referrer_id": partner, "created_at": made, "lead_score": 40}
+    waiting = insert_referral(db, **old, status="unassigned")
+    closed = insert_referral(db, **old, status="closed", decided_at=made)
     bank_converted, bank_decided = bank_tallies(db)
     score = referrer_score(0, 1, bank_converted, bank_decided)  # the partner's one decided referral, closed
 

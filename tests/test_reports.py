@@ -14,12 +14,11 @@ from typing import Any
 
 import pytest
 from sqlalchemy import Engine
-from sqlalchemy.orm import Session
 
 from store.db import make_sync_engine
-from store.models import Referral
 from store.reports import AGE_BANDS, BAND_NAMES, TOP_AGE_BAND, age_band
 from tests.helpers import Api, assert_error, assert_validation_error, territory
+from tests.store_rows import insert_referral
 
 REFERRERS = "/v1/reports/referrers"
 PIPELINE = "/v1/reports/pipeline"
@@ -32,40 +31,24 @@ def db(database_url: str) -> Iterator[Engine]:
     engine.dispose()
 
 
-def insert_referral(
+def past_referral(
     db: Engine,
     *,
     referrer: tuple[str, str],
     created_ago: timedelta,
     status: str = "unassigned",
     decided_ago: timedelta | None = None,
-    assignee_id: str | None = None,
 ) -> str:
-    """A referral row written straight to the store (test data with a past created_at)."""
+    """A referral made `created_ago` ago (decided `decided_ago` ago), in the store."""
     now = datetime.now(UTC)
-    rid = f"ref_test_{uuid.uuid4().hex}"
-    with Session(db) as session, session.begin():
-        session.add(
-            Referral(
-                id=rid,
-                status=status,
-                referrer_type=referrer[0],
-                referrer_id=referrer[1],
-                referrer_line_of_business=None,
-                prospect={"name": "Old Prospect"},
-                expressed_interest="mortgage",
-                source=referrer[0],
-                assignee_id=assignee_id,
-                lead_score=30,
-                lead_score_factors=[],
-                features={},
-                workflow_id=f"referral-{rid}",
-                last_seq=1,
-                created_at=now - created_ago,
-                decided_at=(now - decided_ago) if decided_ago is not None else None,
-            )
-        )
-    return rid
+    return insert_referral(
+        db,
+        referrer_type=referrer[0],
+        referrer_id=referrer[1],
+        created_at=now - created_ago,
+        status=status,
+        decided_at=now - decided_ago if decided_ago is not None else None,
+    )
 
 
 async def referrers(api: Api, **params: Any) -> dict:
@@ -179,14 +162,14 @@ async def test_window_days_leaves_older_referrals_out(api: Api, db: Engine) -> N
     recent_before = await referrers(api, window_days=90)
     year_before = await referrers(api, window_days=365)
     # Made and converted long ago, then a new (open) one through the API.
-    insert_referral(
+    past_referral(
         db,
         referrer=("partner", partner),
         status="converted",
         created_ago=timedelta(days=200),
         decided_ago=timedelta(days=150),
     )
-    insert_referral(
+    past_referral(
         db,
         referrer=("partner", dormant),
         status="closed",
@@ -254,13 +237,13 @@ async def test_pipeline_referrals_by_status_and_age(api: Api, db: Engine) -> Non
     await api.refer(ryan, state, name="Queued", interest="insurance")  # nobody sells it: unassigned
     waiting = ("partner", f"old-{state}")
     minutes = timedelta(minutes=5)
-    insert_referral(db, referrer=waiting, created_ago=timedelta(days=1) + minutes)  # 1-7d
-    insert_referral(db, referrer=waiting, created_ago=timedelta(days=7) - minutes)  # 1-7d
-    insert_referral(db, referrer=waiting, created_ago=timedelta(days=7) + minutes)  # 7-30d
-    insert_referral(db, referrer=waiting, created_ago=timedelta(days=30) + minutes)  # >=30d
-    oldest = insert_referral(db, referrer=waiting, created_ago=timedelta(days=1000))  # >=30d
+    past_referral(db, referrer=waiting, created_ago=timedelta(days=1) + minutes)  # 1-7d
+    past_referral(db, referrer=waiting, created_ago=timedelta(days=7) - minutes)  # 1-7d
+    past_referral(db, referrer=waiting, created_ago=timedelta(days=7) + minutes)  # 7-30d
+    past_referral(db, referrer=waiting, created_ago=timedelta(days=30) + minutes)  # >=30d
+    oldest = past_referral(db, referrer=waiting, created_ago=timedelta(days=1000))  # >=30d
     # Decided long ago: by status only, never by age.
-    insert_referral(
+    past_referral(
         db, referrer=waiting, status="closed", created_ago=timedelta(days=1000), decided_ago=timedelta(days=999)
     )
 

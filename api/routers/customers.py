@@ -23,6 +23,7 @@ from api.schemas import (
 )
 from api.views import customer_out, interaction_out, journey_out, need_out
 from domain.ids import resource_id
+from store.audit import customer_review
 from store.models import Customer, Employee, Household, Interaction, Need
 from store.queries import customer_journey, referral_records
 
@@ -136,4 +137,5 @@ async def journey(customer_id: str, svc: ServicesDep, who: ReportReader):
         if j is None:
             raise not_found("customer", customer_id)
         referrals = await referral_records(session, j.referrals, **referral_context(svc))
-    return journey_out(j, referrals)
+        review = await customer_review(session, svc.catalog, customer_id)
+    return journey_out(j, referrals, review)

@@ -3,10 +3,13 @@
 An opportunity's event is applied by its workflow as an Update whose id is the event
 id, so Temporal itself de-duplicates a repeat; the store's processed_events answer a
 later repeat as `duplicate` without asking the workflow. Customer events (NPS, account
-activity, payments) are scorecard inputs and are recorded as they come.
+activity, payments) are scorecard inputs: checked by the rules of
+domain/customer_health.py and recorded once each.
 """
 
 from __future__ import annotations
+
+from datetime import UTC, datetime
 
 from fastapi import APIRouter
 from fastapi.encoders import jsonable_encoder
@@ -19,8 +22,16 @@ from api.errors import ApiError, invalid, not_found
 from api.routers.opportunities import read_opportunity
 from api.schemas import EVENT_DATA, EventIn, EventOut
 from api.workflows import update_opportunity
+from domain.customer_health import (
+    MortgageFacts,
+    Problem,
+    activity_problems,
+    payment_date_problems,
+    payment_mortgage_problems,
+)
 from domain.ids import event_update_id
 from domain.opportunity import EventCommand, EventResult, event_body_sha256
+from domain.types import EventType
 from store.models import Customer, CustomerSignal, Opportunity, ProcessedEvent
 from workflows.opportunity import OpportunityWorkflow
 
@@ -44,6 +55,8 @@ async def receive_event(body: EventIn, svc: ServicesDep, who: EventWriter):
         raise ApiError(
             422, "validation_error", f"{problems[0]['field']}: {problems[0]['message']}", {"errors": problems}
         ) from None
+    if refused := _data_problems(body, data):
+        raise _invalid_data(refused)
 
     async with svc.sessions() as session:
         seen = await session.get(ProcessedEvent, body.id)
@@ -81,12 +94,40 @@ async def _duplicate(svc: Services, body: EventIn, subject: str, data: dict, see
     return EventOut(id=body.id, result="duplicate", opportunity=await read_opportunity(svc, seen.subject_id))
 
 
+def _invalid_data(problems: list[Problem]) -> ApiError:
+    """422 naming every field refused by the rules of domain/customer_health.py."""
+    errors = [{"field": field, "message": message} for field, message in problems]
+    return ApiError(422, "validation_error", f"{errors[0]['field']}: {errors[0]['message']}", {"errors": errors})
+
+
+def _data_problems(body: EventIn, data: dict) -> list[Problem]:
+    """The rules of domain/customer_health.py that need nothing from the store."""
+    now = datetime.now(UTC)
+    if body.type is EventType.account_activity:
+        return activity_problems(data, occurred_at=body.occurred_at, now=now)
+    if body.type is EventType.mortgage_payment:
+        return payment_date_problems(data, occurred_at=body.occurred_at, now=now)
+    return []
+
+
 async def _customer_event(svc: Services, body: EventIn, customer_id: str, data: dict) -> EventOut:
+    """Record a customer-health event once: the customer must exist (404) and, for a
+    payment, the mortgage be hers (422, domain/customer_health.py); a refused event writes
+    nothing. A copy racing this one is answered as the same id again (`_duplicate`)."""
     digest = event_body_sha256(body.type.value, data)
     try:
         async with svc.sessions.begin() as session:
             if await session.get(Customer, customer_id) is None:
                 raise not_found("customer", customer_id)
+            if body.type is EventType.mortgage_payment:
+                opp = await session.get(Opportunity, data["opportunity_id"])
+                facts = (
+                    MortgageFacts(opp.id, opp.customer_id, opp.product, opp.status, opp.opened_at, opp.closed_at)
+                    if opp is not None
+                    else None
+                )
+                if refused := payment_mortgage_problems(data, customer_id=customer_id, mortgage=facts):
+                    raise _invalid_data(refused)
             session.add(ProcessedEvent(id=body.id, type=body.type.value, subject_id=customer_id, body_sha256=digest))
             await session.flush()
             session.add(
@@ -99,5 +140,9 @@ async def _customer_event(svc: Services, body: EventIn, customer_id: str, data: 
                 )
             )
     except IntegrityError:
-        return EventOut(id=body.id, result="duplicate", customer_id=customer_id)
+        async with svc.sessions() as session:
+            seen = await session.get(ProcessedEvent, body.id)
+        if seen is None:
+            raise
+        return await _duplicate(svc, body, customer_id, data, seen)
     return EventOut(id=body.id, result="applied", customer_id=customer_id)

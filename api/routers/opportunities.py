@@ -13,6 +13,7 @@ from api.actors import actor_id_for, resolve_actor
 from api.deps import CrmWriter, IdempotencyKey, Principal, Services, ServicesDep
 from api.errors import invalid, not_found
 from api.idempotency import idempotent
+from api.routers.campaigns import require_prequalified
 from api.schemas import ActorOnly, Advance, CloseLost, OpportunityCreate, OpportunityOut
 from api.views import opportunity_out
 from api.workflows import update_opportunity
@@ -61,8 +62,6 @@ async def open_opportunity(
             if exc.details.get("field") == "product":
                 message += "; opportunities exist for " + ", ".join(p.value for p in svc.catalog.products())
             raise invalid(message, **exc.details) from None
-        if body.campaign_id is not None:
-            raise invalid(f"no campaign {body.campaign_id!r}", field="campaign_id")
         async with svc.sessions() as session:
             customer = await session.get(Customer, body.customer_id)
             if customer is None:
@@ -77,6 +76,8 @@ async def open_opportunity(
                 raise invalid(f"no employee {body.owner_id!r}", field="owner_id")
             if not owner.active:
                 raise invalid(f"employee {body.owner_id} is inactive", field="owner_id")
+            if body.campaign_id is not None:  # 404 unknown; 409 unless the latest prequalification qualified
+                await require_prequalified(session, body.campaign_id, customer.id)
         opportunity_id = resource_id("opp", who.id, key)
         wf_input = OpportunityInput(
             opportunity_id=opportunity_id,

@@ -6,17 +6,20 @@ number counts), never a workflow query, so it costs the same however many workfl
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from typing import Annotated
 
 from fastapi import APIRouter, Query
 
 from api.deps import ReportReader, ServicesDep
+from api.errors import invalid
 from api.schemas import (
     AgeBandCount,
     OldestOpenReferral,
     OpportunityPipeline,
     PipelineReportOut,
+    PracticeAuditItem,
+    PracticeAuditOut,
     ProductStageCount,
     ReferralCounts,
     ReferralPipeline,
@@ -25,6 +28,8 @@ from api.schemas import (
     ReferrerReportOut,
     StatusAgeCount,
 )
+from domain.types import Product
+from store.audit import practice_audit
 from store.reports import Counts, pipeline_report, referrer_report
 
 router = APIRouter(prefix="/v1/reports", tags=["reports"])
@@ -119,3 +124,33 @@ async def pipeline(svc: ServicesDep, who: ReportReader):
             by_status=report.opportunities_by_status,
         ),
     )
+
+
+@router.get("/practice-audit", response_model=PracticeAuditOut)
+async def practice_audit_report(
+    svc: ServicesDep,
+    who: ReportReader,
+    from_: Annotated[date | None, Query(alias="from", description="First day (UTC) of opened_at, included.")] = None,
+    to: Annotated[date | None, Query(description="Last day (UTC) of opened_at, included.")] = None,
+    owner_id: Annotated[str | None, Query(min_length=1, max_length=64)] = None,
+    product: Product | None = None,
+):
+    """Sales-practice exceptions: one item per opportunity and rule it breaks.
+
+    The rules (`consent_missing`, `need_after_opportunity`, `stage_out_of_order`,
+    `evidence_missing`, `campaign_not_prequalified`) are defined, and written once, in
+    store/audit.py; they read the store only, so imported and live records are judged
+    alike. Ordered by opened_at, then opportunity id, then rule name.
+    """
+    if from_ is not None and to is not None and to < from_:
+        raise invalid(f"'to' ({to}) is before 'from' ({from_})", field="query.to")
+    async with svc.sessions() as session:
+        items = await practice_audit(
+            session,
+            svc.catalog,
+            opened_from=from_,
+            opened_to=to,
+            owner_id=owner_id,
+            product=product.value if product else None,
+        )
+    return PracticeAuditOut(items=[PracticeAuditItem.model_validate(i, from_attributes=True) for i in items])
