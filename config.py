@@ -197,6 +197,8 @@ class Settings(BaseSettings):
     referral_followup_sla: float = Field(default=86400, gt=0)
     #: Referrer scores count the referrals decided within this many days.
     referrer_window_days: int = Field(default=90, gt=0)
+    #: When (HH:MM, UTC) the daily review schedule runs (`workflows/schedules.py`).
+    daily_review_at: str = Field(default="06:00", pattern=r"^([01][0-9]|2[0-3]):[0-5][0-9]$")
     # E-mail: smtp://[user:password@]host[:port]; unset, messages stay in the outbox table.
     smtp_url: str | None = None
     mail_from: str = "needflow@localhost"

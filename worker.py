@@ -15,21 +15,25 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from temporalio.client import Client
 from temporalio.worker import Worker
 
+from activities.daily import DailyActivities
 from activities.mail import Mailer, SmtpSettings
 from activities.opportunity import OpportunityActivities
 from activities.referral import ReferralActivities
 from config import Settings, get_settings
+from domain.process import load_catalog
 from esign.docusign import DocuSignProvider
 from esign.local import LocalSigningProvider
 from esign.provider import ESignatureProvider
 from store.db import make_async_engine, make_session_factory
 from workflows import TASK_QUEUE
 from workflows.client import connect
+from workflows.daily import DailyReviewWorkflow
 from workflows.opportunity import OpportunityWorkflow
 from workflows.referral import ReferralWorkflow
+from workflows.schedules import ensure_schedules
 from workflows.starts import Starts
 
-WORKFLOWS = [OpportunityWorkflow, ReferralWorkflow]
+WORKFLOWS = [OpportunityWorkflow, ReferralWorkflow, DailyReviewWorkflow]
 
 
 def esign_provider(settings: Settings) -> ESignatureProvider:
@@ -69,13 +73,14 @@ def build_worker(client: Client, settings: Settings, task_queue: str = TASK_QUEU
     )
     starts = Starts(client, task_queue, settings.search_attributes)
     referral = ReferralActivities(sessions, mailer, starts, settings.referrer_window_days)
+    daily = DailyActivities(sessions, mailer, load_catalog(settings.processes_dir))
     return _StoreWorker(
         engine,
         esign,
         client,
         task_queue=task_queue,
         workflows=WORKFLOWS,
-        activities=[*opportunity.all(), *referral.all()],
+        activities=[*opportunity.all(), *referral.all(), *daily.all()],
     )
 
 
@@ -83,6 +88,8 @@ async def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     settings = get_settings()
     client = await connect(settings)
+    # The schedules are created here, where every deployment starts (workflows/schedules.py).
+    await ensure_schedules(client, TASK_QUEUE, settings)
     worker = build_worker(client, settings)
     logging.getLogger("needflow.worker").info(
         "worker polling %s on %s (%s)", TASK_QUEUE, settings.resolved_temporal_address, settings.namespace
