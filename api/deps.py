@@ -48,20 +48,26 @@ def get_services(request: Request) -> Services:
 ServicesDep = Annotated[Services, Depends(get_services)]
 
 
+async def principal_for(svc: Services, key_sha256: str) -> Principal | None:
+    """The live (unrevoked) key with this SHA-256, or None: the one key lookup, used for
+    every request — by `require` (Authorization header) and by the dashboard's session."""
+    async with svc.sessions() as session:
+        row = await session.scalar(select(ApiKey).where(ApiKey.key_sha256 == key_sha256, ApiKey.revoked_at.is_(None)))
+    if row is None:
+        return None
+    return Principal(id=row.id, name=row.name, scopes=frozenset(row.scopes), employee_id=row.employee_id)
+
+
 def require(scope: str) -> Callable[..., Awaitable[Principal]]:
     async def dependency(svc: ServicesDep, authorization: Annotated[str | None, Header()] = None) -> Principal:
         if not authorization or not authorization.lower().startswith("bearer "):
             raise ApiError(401, "unauthenticated", "send an API key as 'Authorization: Bearer <key>'")
-        key = authorization[7:].strip()
-        async with svc.sessions() as session:
-            row = await session.scalar(
-                select(ApiKey).where(ApiKey.key_sha256 == hash_key(key), ApiKey.revoked_at.is_(None))
-            )
-        if row is None:
+        who = await principal_for(svc, hash_key(authorization[7:].strip()))
+        if who is None:
             raise ApiError(401, "unauthenticated", "unknown or revoked API key")
-        if scope not in row.scopes:
+        if scope not in who.scopes:
             raise ApiError(403, "forbidden", f"this API key lacks the scope {scope!r}", {"required_scope": scope})
-        return Principal(id=row.id, name=row.name, scopes=frozenset(row.scopes), employee_id=row.employee_id)
+        return who
 
     return dependency
 

@@ -45,15 +45,19 @@ A referral created "in the future" (clock skew) counts as `<1d`. Decided referra
 Opportunities by product and stage (every opportunity: the stages `closed_won` and
 `closed_lost` hold the decided ones), with the count and the sum of their amounts
 (opportunities without an amount add 0), and by status (`open`, `won`, `lost`).
+
+`owner_ids` (a team: the managers' dashboard) narrows the whole report to those
+employees: the referrals assigned to them and the opportunities they own.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import Decimal
 
-from sqlalchemy import and_, case, func, literal, or_, select
+from sqlalchemy import and_, case, func, literal, or_, select, true
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import aliased
 
@@ -236,14 +240,18 @@ def _band_case(now: datetime):  # noqa: ANN202
     )
 
 
-async def pipeline_report(session: AsyncSession, *, now: datetime) -> PipelineReport:
+async def pipeline_report(
+    session: AsyncSession, *, now: datetime, owner_ids: Sequence[str] | None = None
+) -> PipelineReport:
     """Referrals by status and age band, opportunities by product and stage (module docstring)."""
     await _snapshot(session)
+    mine = Referral.assignee_id.in_(owner_ids) if owner_ids is not None else true()
+    owned = Opportunity.owner_id.in_(owner_ids) if owner_ids is not None else true()
     by_status = dict.fromkeys(REFERRAL_STATUSES, 0)
-    for status, n in await session.execute(select(Referral.status, func.count()).group_by(Referral.status)):
+    for status, n in await session.execute(select(Referral.status, func.count()).where(mine).group_by(Referral.status)):
         by_status[status] = int(n)
 
-    is_open = Referral.status.in_(OPEN_STATUSES)
+    is_open = and_(Referral.status.in_(OPEN_STATUSES), mine)
     # Band in a subquery, grouped outside it: PostgreSQL cannot match a GROUP BY on a CASE
     # whose bound thresholds are separate parameters.
     banded = select(Referral.status.label("status"), _band_case(now).label("band")).where(is_open).subquery()
@@ -279,12 +287,15 @@ async def pipeline_report(session: AsyncSession, *, now: datetime) -> PipelineRe
         ProductStage(product=p, stage=s, count=int(n), amount=Decimal(str(amount or 0)).quantize(Decimal("0.01")))
         for p, s, n, amount in await session.execute(
             select(Opportunity.product, Opportunity.stage, func.count(), func.sum(Opportunity.amount))
+            .where(owned)
             .group_by(Opportunity.product, Opportunity.stage)
             .order_by(Opportunity.product, Opportunity.stage)
         )
     ]
     opp_status = dict.fromkeys(OPPORTUNITY_STATUSES, 0)
-    for status, n in await session.execute(select(Opportunity.status, func.count()).group_by(Opportunity.status)):
+    for status, n in await session.execute(
+        select(Opportunity.status, func.count()).where(owned).group_by(Opportunity.status)
+    ):
         opp_status[status] = int(n)
 
     return PipelineReport(

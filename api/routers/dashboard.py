@@ -1,0 +1,397 @@
+"""The managers' dashboard: GET /dashboard, one page per manager, and its sign-in.
+
+Sign-in
+-------
+`GET /dashboard` without a session shows a form; `POST /dashboard/sign-in` takes an API
+key holding `reports:read`, looked up exactly as every API request's key is
+(`api.deps.principal_for`: its SHA-256, unrevoked). The browser then holds only a
+session cookie: a random id (32 bytes, `secrets.token_urlsafe`), `HttpOnly`,
+`SameSite=Strict`, `Secure` when the page was served over https, scoped to `/dashboard`.
+Never the key, never anything in the URL.
+
+Sessions are kept server-side, in the API process's memory (`DashboardSessions`, keyed by
+the SHA-256 of the session id), for at most `SESSION_TTL`. Chosen over a signed cookie
+because it needs no new secret to configure and rotate, and signing out really ends the
+session (a signed cookie stays valid until it expires). The cost: a restart of the API, or
+a second API process behind a balancer without sticky sessions, asks the manager to sign
+in again — cheap for a page. The session keeps the key's SHA-256 (what the store keeps,
+useless as a credential) and every request looks the key up again: a revoked key, or one
+that lost `reports:read`, ends the session on its next request.
+
+The page
+--------
+`?manager_id=` chooses the manager (default: the employee the key is bound to, when that
+employee manages anyone; else a picker); their team is their direct reports. `?period=`
+(YYYY-MM, default the current UTC month) is the month of the scorecards and of the audit
+exceptions (opportunities opened within it). The pipeline funnel is the team's
+opportunities now, by stage (store/reports.py `pipeline_report`), and the referrers are the
+team's conversion over the referrer window (`referrer_report`). Every figure comes from
+the store module that defines it; this module only selects and arranges.
+
+The numbers reach the page as a JSON block (`#dashboard-data`) that `static/dashboard.js`
+draws with the vendored Chart.js (static/vendor/chartjs, no CDN: the CSP allows scripts
+from this origin only, and none inline); they are also written as text and `data-*`
+attributes, so the page reads without script and tests can check the charts.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, timedelta
+from decimal import Decimal
+from pathlib import Path
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Form, Query, Request
+from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse, Response
+from fastapi.templating import Jinja2Templates
+from sqlalchemy import select
+
+from api.deps import Principal, Services, ServicesDep, principal_for
+from domain.customer_health import month_bounds, parse_period
+from store.audit import practice_audit
+from store.keys import hash_key
+from store.models import Employee
+from store.reports import pipeline_report, referrer_report
+from store.scorecards import scorecards
+
+SCOPE = "reports:read"
+COOKIE = "needflow_dashboard"
+COOKIE_PATH = "/dashboard"
+#: How long a dashboard session lasts after sign-in, in seconds (no sliding renewal).
+SESSION_TTL = 8 * 3600
+
+#: Like the signing page's: nothing cached or framed, no referrer; scripts and styles from
+#: this origin only (no inline script: the data is a JSON block, not code).
+SECURITY_HEADERS = {
+    "Cache-Control": "no-store",
+    "Pragma": "no-cache",
+    "Referrer-Policy": "no-referrer",
+    "X-Frame-Options": "DENY",
+    "X-Content-Type-Options": "nosniff",
+    "Content-Security-Policy": (
+        "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+        "form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
+    ),
+}
+
+_HERE = Path(__file__).resolve().parent.parent
+STATIC_DIR = _HERE / "static"
+#: The static files the dashboard serves (explicit: nothing else under static/ is served).
+STATIC_FILES: dict[str, str] = {
+    "dashboard.js": "text/javascript; charset=utf-8",
+    "dashboard.css": "text/css; charset=utf-8",
+    "vendor/chartjs/chart.umd.js": "text/javascript; charset=utf-8",
+}
+
+router = APIRouter(tags=["dashboard"], include_in_schema=False)
+templates = Jinja2Templates(directory=_HERE / "templates")
+
+
+# ---------------------------------------------------------------- sessions
+
+
+@dataclass
+class _Session:
+    key_sha256: str
+    expires_at: float
+
+
+@dataclass
+class DashboardSessions:
+    """Signed-in dashboard sessions of this process, by SHA-256 of the cookie's id."""
+
+    ttl: float = SESSION_TTL
+    _by_id: dict[str, _Session] = field(default_factory=dict)
+
+    @staticmethod
+    def _digest(session_id: str) -> str:
+        return hashlib.sha256(session_id.encode()).hexdigest()
+
+    def open(self, key_sha256: str) -> str:
+        now = time.monotonic()
+        for sid in [s for s, v in self._by_id.items() if v.expires_at <= now]:
+            del self._by_id[sid]  # forget the expired ones
+        session_id = secrets.token_urlsafe(32)
+        self._by_id[self._digest(session_id)] = _Session(key_sha256, now + self.ttl)
+        return session_id
+
+    def get(self, session_id: str | None) -> _Session | None:
+        if not session_id:
+            return None
+        found = self._by_id.get(self._digest(session_id))
+        if found is not None and found.expires_at <= time.monotonic():
+            self.close(session_id)
+            return None
+        return found
+
+    def close(self, session_id: str | None) -> None:
+        if session_id:
+            self._by_id.pop(self._digest(session_id), None)
+
+
+def sessions_of(request: Request) -> DashboardSessions:
+    state = request.app.state
+    if not hasattr(state, "dashboard_sessions"):
+        state.dashboard_sessions = DashboardSessions()
+    return state.dashboard_sessions
+
+
+async def signed_in(request: Request, svc: Services) -> Principal | None:
+    """The key behind the request's session, looked up now; a dead key ends the session."""
+    sessions = sessions_of(request)
+    session_id = request.cookies.get(COOKIE)
+    found = sessions.get(session_id)
+    if found is None:
+        return None
+    who = await principal_for(svc, found.key_sha256)
+    if who is None or SCOPE not in who.scopes:
+        sessions.close(session_id)
+        return None
+    return who
+
+
+def _set_cookie(response: Response, request: Request, session_id: str) -> None:
+    response.set_cookie(
+        COOKIE,
+        session_id,
+        max_age=SESSION_TTL,
+        path=COOKIE_PATH,
+        httponly=True,
+        samesite="strict",
+        secure=request.url.scheme == "https",
+    )
+
+
+def _clear_cookie(response: Response, request: Request) -> None:
+    response.delete_cookie(
+        COOKIE, path=COOKIE_PATH, httponly=True, samesite="strict", secure=request.url.scheme == "https"
+    )
+
+
+def _page(request: Request, status: int, **ctx: Any) -> HTMLResponse:
+    return templates.TemplateResponse(request, "dashboard.html", ctx, status_code=status, headers=SECURITY_HEADERS)
+
+
+def _sign_in_page(request: Request, status: int = 200, error: str | None = None) -> HTMLResponse:
+    response = _page(request, status, signed_in=False, error=error)
+    if request.cookies.get(COOKIE):
+        _clear_cookie(response, request)
+    return response
+
+
+# ---------------------------------------------------------------- routes
+
+
+@router.post("/dashboard/sign-in")
+async def sign_in(request: Request, svc: ServicesDep, api_key: Annotated[str, Form(max_length=500)] = ""):
+    """Exchange an API key holding `reports:read` for a session cookie."""
+    key = api_key.strip()
+    who = await principal_for(svc, hash_key(key)) if key else None
+    if who is None:
+        return _sign_in_page(request, 401, "Unknown or revoked API key.")
+    if SCOPE not in who.scopes:
+        return _sign_in_page(request, 403, f"This API key lacks the scope {SCOPE}.")
+    sessions = sessions_of(request)
+    sessions.close(request.cookies.get(COOKIE))  # a new session id at every sign-in
+    response = RedirectResponse("/dashboard", status_code=303, headers=SECURITY_HEADERS)
+    _set_cookie(response, request, sessions.open(hash_key(key)))
+    return response
+
+
+@router.post("/dashboard/sign-out")
+async def sign_out(request: Request):
+    sessions_of(request).close(request.cookies.get(COOKIE))
+    response = RedirectResponse("/dashboard", status_code=303, headers=SECURITY_HEADERS)
+    _clear_cookie(response, request)
+    return response
+
+
+@router.get("/dashboard")
+async def dashboard(
+    request: Request,
+    svc: ServicesDep,
+    manager_id: Annotated[str | None, Query(max_length=64)] = None,
+    period: Annotated[str | None, Query(max_length=7)] = None,
+):
+    """The manager's page (module docstring); the sign-in form without a session."""
+    who = await signed_in(request, svc)
+    if who is None:
+        return _sign_in_page(request)
+
+    now = datetime.now(UTC)
+    error = None
+    try:
+        first_day = parse_period(period) if period else date(now.year, now.month, 1)
+    except ValueError as exc:
+        error, first_day = f"Period: {exc}.", date(now.year, now.month, 1)
+
+    async with svc.sessions() as session:
+        managers = (
+            await session.execute(
+                select(Employee.id, Employee.name)
+                .where(
+                    Employee.id.in_(select(Employee.manager_id).where(Employee.manager_id.is_not(None)))
+                    | (Employee.role == "manager")
+                )
+                .order_by(Employee.name, Employee.id)
+            )
+        ).all()
+    manager_ids = {m.id for m in managers}
+    chosen = manager_id or (who.employee_id if who.employee_id in manager_ids else None)
+    ctx: dict[str, Any] = {
+        "signed_in": True,
+        "key_name": who.name,
+        "managers": managers,
+        "manager_id": chosen,
+        "period": f"{first_day:%Y-%m}",
+        "error": error,
+        "data": None,
+    }
+    if chosen is not None and chosen not in manager_ids:
+        ctx["error"] = f"No manager with id {chosen}."
+        return _page(request, 404, **ctx)
+    if chosen is not None:
+        data = await _team_data(svc, chosen, first_day, now)
+        ctx.update(data=data, manager_name=next(m.name for m in managers if m.id == chosen))
+    return _page(request, 200, **ctx)
+
+
+def _static_route(name: str, media_type: str) -> None:
+    path = STATIC_DIR / name
+
+    async def static_file() -> FileResponse:
+        return FileResponse(
+            path,
+            media_type=media_type,
+            headers={"X-Content-Type-Options": "nosniff", "Cache-Control": "public, max-age=3600"},
+        )
+
+    router.add_api_route(f"/static/{name}", static_file, methods=["GET"], include_in_schema=False)
+
+
+# One route per file (no directory is served): the dashboard's script and style sheet and
+# the vendored Chart.js.
+for _name, _media_type in STATIC_FILES.items():
+    _static_route(_name, _media_type)
+
+
+# ---------------------------------------------------------------- the page's numbers
+
+
+def _stage_order(svc: Services) -> list[str]:
+    """Stages in funnel order across products: by their relative place in their process
+    (every product's latest), the won stages (`closed_won`, checking's `opened`) then
+    `closed_lost` last."""
+    rank: dict[str, tuple[int, float]] = {}
+    for product in svc.catalog.products():
+        process = svc.catalog.latest(product)
+        if process is None:
+            continue
+        open_stages = [s for s in process.stages if s.outcome is None and s.key != "closed_lost"]
+        for stage in process.stages:
+            if stage.key == "closed_lost":
+                place = (2, 0.0)
+            elif stage.outcome is not None:
+                place = (1, 0.0)
+            else:
+                place = (0, open_stages.index(stage) / max(1, len(open_stages) - 1))
+            rank[stage.key] = min(rank.get(stage.key, place), place)
+    return sorted(rank, key=lambda key: (*rank[key], key))
+
+
+def _money(value: Decimal) -> str:
+    return f"{value:.2f}"
+
+
+async def _team_data(svc: Services, manager_id: str, first_day: date, now: datetime) -> dict[str, Any]:
+    start, end = month_bounds(first_day)
+    last_day = (end - timedelta(days=1)).date()
+    window_days = svc.settings.referrer_window_days
+    async with svc.sessions() as session:
+        team = (
+            await session.execute(
+                select(Employee.id, Employee.name).where(Employee.manager_id == manager_id).order_by(Employee.name)
+            )
+        ).all()
+        team_ids = [t.id for t in team]
+        pipeline = await pipeline_report(session, now=now, owner_ids=team_ids)
+    async with svc.sessions() as session:
+        referrers = await referrer_report(session, now=now, window_days=window_days)
+    async with svc.sessions() as session:
+        cards = await scorecards(session, period=first_day, manager_id=manager_id)
+    exceptions = []
+    for emp_id in team_ids:
+        async with svc.sessions() as session:
+            exceptions += await practice_audit(
+                session, svc.catalog, opened_from=first_day, opened_to=last_day, owner_id=emp_id
+            )
+
+    names = {t.id: t.name for t in team}
+    known = _stage_order(svc)
+    by_stage: dict[str, int] = {}
+    by_product: dict[str, dict[str, int]] = {}
+    for row in pipeline.opportunities_by_product_and_stage:
+        by_stage[row.stage] = by_stage.get(row.stage, 0) + row.count
+        by_product.setdefault(row.product, {})[row.stage] = row.count
+    stages = [s for s in known if s in by_stage] + sorted(s for s in by_stage if s not in known)
+
+    team_set = set(team_ids)
+    return {
+        "manager_id": manager_id,
+        "period": f"{first_day:%Y-%m}",
+        "team": [{"id": t.id, "name": t.name} for t in team],
+        "funnel": {
+            "stages": stages,
+            "counts": [by_stage[s] for s in stages],
+            "by_product": {p: [counts.get(s, 0) for s in stages] for p, counts in sorted(by_product.items())},
+            "by_status": pipeline.opportunities_by_status,
+        },
+        "referrers": {
+            "window_days": window_days,
+            "items": [
+                {
+                    "id": r.referrer_id,
+                    "name": r.name or r.referrer_id,
+                    "referrals": r.referrals,
+                    "decided": r.decided,
+                    "converted": r.converted,
+                    "conversion_rate": r.conversion_rate,
+                    "referrer_score": r.referrer_score,
+                }
+                for r in referrers.items
+                if r.referrer_type == "employee" and r.referrer_id in team_set
+            ],
+        },
+        "scorecards": [
+            {
+                "employee_id": c.employee_id,
+                "name": c.name,
+                "customers": c.customers,
+                "units": c.units,
+                "amount": _money(c.amount),
+                "nps": c.nps,
+                "active_customer_share": c.active_customer_share,
+                "on_time_payment_share": c.on_time_payment_share,
+                "referrals_made": c.referrals_made,
+                "referrals_converted": c.referrals_converted,
+                "cross_lob_referrals": c.cross_lob_referrals,
+            }
+            for c in cards
+        ],
+        "exceptions": [
+            {
+                "opportunity_id": e.opportunity_id,
+                "rule": e.rule,
+                "detail": e.detail,
+                "owner_id": e.owner_id,
+                "owner": names.get(e.owner_id, e.owner_id),
+                "product": e.product,
+                "href": f"/v1/opportunities/{e.opportunity_id}",
+            }
+            for e in exceptions
+        ],
+    }

@@ -1,0 +1,525 @@
+"""The managers' dashboard (api/routers/dashboard.py): its sign-in and session over HTTP,
+then the page itself in Debian's headless Chromium on seeded data.
+
+The seeded team (a territory of its own: a manager, two employees) has opportunities in
+several stages, referrals made and converted, and one won mortgage without consent (the
+audit's `consent_missing`). Chromium is driven through the Chrome DevTools Protocol over
+a WebSocket (`websockets`, which uvicorn[standard] already brings): it signs in through
+the page's own form, so the session cookie is the one the server set. The test reads the
+numbers each drawn chart holds (`data-values`, written by static/dashboard.js from the
+Chart.js instances) and keeps a full-page screenshot in var/artifacts/dashboard.png.
+
+Without a `chromium` on PATH the browser test is skipped, except under CI (the variable
+`CI` set), where it fails: .ci/run installs Debian's chromium.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import itertools
+import json
+import os
+import shutil
+import socket
+import subprocess
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import uvicorn
+from sqlalchemy import Engine, update
+from sqlalchemy.orm import Session
+from temporalio.client import Client
+from temporalio.testing import WorkflowEnvironment
+from websockets.sync.client import ClientConnection, connect
+
+from api.app import create_app
+from api.routers.dashboard import COOKIE, SECURITY_HEADERS
+from config import Settings
+from store.keys import hash_key, register_api_key
+from store.models import ApiKey, Checkpoint, Consent, Customer, Employee, Household, Need, Opportunity
+from tests.helpers import territory, unique
+from tests.store_rows import insert_referral
+from workflows.client import DATA_CONVERTER
+
+ARTIFACT = Path(__file__).resolve().parents[1] / "var" / "artifacts" / "dashboard.png"
+
+MORTGAGE = [
+    ("interested", {}),
+    ("searching", {"realtor": "Jane Realty"}),
+    ("applied", {"application_id": "APP-1"}),
+    ("approved", {"approval_id": "APR-1"}),
+    ("closed_won", {"envelope_id": "env-1", "document_sha256": "ab" * 32}),
+]
+CHECKING = [
+    ("interested", {}),
+    ("authorised", {"phone": "+12125550100", "message_id": "SM1", "text": "YES"}),
+    ("opened", {"account_number": "0001234"}),
+]
+
+
+# ---------------------------------------------------------------- the seeded team
+
+
+@dataclass
+class Team:
+    manager_id: str
+    manager_name: str
+    alice: str
+    bob: str
+    key: str
+    period: str
+    unconsented: str  # the won mortgage without consent
+
+
+def _first_instant(now: datetime) -> datetime:
+    """When the seeded history starts: ten minutes ago, inside the current UTC month."""
+    t0 = now - timedelta(minutes=10)
+    return t0 if t0.month == now.month else now.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
+
+
+def _plant(
+    session: Session,
+    owner_id: str,
+    stages: list[tuple[str, dict[str, Any]]],
+    opened: datetime,
+    *,
+    product: str = "mortgage",
+    amount: str | None = None,
+    consent: bool = True,
+) -> str:
+    """An opportunity with its customer, need (before it), checkpoints (a minute apart)
+    and, when `consent`, the customer's consent for the product before it was won."""
+    opp_id, customer_id, household_id = unique("opp_dash"), unique("cus_dash"), unique("hh_dash")
+    last = stages[-1][0]
+    status = "won" if last in ("closed_won", "opened") else "lost" if last == "closed_lost" else "open"
+    session.add(Household(id=household_id, name="Dashboard household"))
+    session.flush()
+    session.add(Customer(id=customer_id, household_id=household_id, name="Dashboard Customer"))
+    need = Need(
+        id=unique("need_dash"),
+        customer_id=customer_id,
+        kind="buy_home",
+        description="A need",
+        recorded_by=owner_id,
+        recorded_at=opened - timedelta(minutes=1),
+    )
+    session.add(need)
+    session.flush()
+    entered = [opened + timedelta(minutes=i) for i in range(len(stages))]
+    session.add(
+        Opportunity(
+            id=opp_id,
+            customer_id=customer_id,
+            product=product,
+            process_version=1,
+            owner_id=owner_id,
+            need_id=need.id,
+            amount=Decimal(amount) if amount else None,
+            stage=last,
+            probability=100 if status == "won" else 0 if status == "lost" else 50,
+            status=status,
+            lost_reason="rates" if status == "lost" else None,
+            last_seq=len(stages),
+            workflow_id=f"opportunity-{opp_id}",
+            opened_at=opened,
+            closed_at=entered[-1] if status != "open" else None,
+        )
+    )
+    session.flush()
+    for seq, ((stage, evidence), at) in enumerate(zip(stages, entered, strict=True), start=1):
+        session.add(
+            Checkpoint(
+                opportunity_id=opp_id,
+                seq=seq,
+                stage=stage,
+                entered_at=at,
+                trigger="manual",
+                actor=owner_id,
+                evidence=evidence,
+            )
+        )
+    if consent:
+        session.add(
+            Consent(
+                id=unique("con_dash"),
+                customer_id=customer_id,
+                product=product,
+                channel="branch",
+                evidence={"document_id": "DOC-1"},
+                granted_at=opened,
+            )
+        )
+    return opp_id
+
+
+@pytest.fixture(scope="module")
+def team(db: Engine) -> Team:
+    """Kevin's team: Alice (3 open mortgages, 3 referrals made, 2 converted) and Bob (a
+    checking account won, a mortgage won without consent, one lost; 1 referral, closed)."""
+    now = datetime.now(UTC)
+    t0 = _first_instant(now)
+    state = territory()
+    kevin, alice, bob = unique("emp_kevin"), unique("emp_alice"), unique("emp_bob")
+    with Session(db) as session, session.begin():
+        session.add(
+            Employee(
+                id=kevin,
+                name=f"Kevin {state}",
+                email="kevin@bank.test",
+                role="manager",
+                line_of_business="retail",
+                states=[state],
+                capacity=10,
+            )
+        )
+        session.flush()
+        for emp, name, lob in ((alice, "Alice", "retail"), (bob, "Bob", "mortgage")):
+            session.add(
+                Employee(
+                    id=emp,
+                    name=f"{name} {state}",
+                    email=f"{name.lower()}@bank.test",
+                    role="banker",
+                    line_of_business=lob,
+                    states=[state],
+                    capacity=10,
+                    manager_id=kevin,
+                )
+            )
+        session.flush()
+        for _ in range(2):
+            _plant(session, alice, MORTGAGE[:1], t0)
+        _plant(session, alice, MORTGAGE[:3], t0)
+        _plant(session, bob, CHECKING, t0, product="checking")
+        unconsented = _plant(session, bob, MORTGAGE, t0, amount="250000", consent=False)
+        _plant(session, bob, [*MORTGAGE[:1], ("closed_lost", {})], t0)
+    for status in ("converted", "converted", "assigned"):
+        decided = t0 + timedelta(minutes=5) if status == "converted" else None
+        insert_referral(
+            db,
+            referrer_id=alice,
+            created_at=t0,
+            referrer_lob="retail",
+            assignee_id=bob,
+            status=status,
+            decided_at=decided,
+        )
+    insert_referral(
+        db,
+        referrer_id=bob,
+        created_at=t0,
+        referrer_lob="mortgage",
+        assignee_id=alice,
+        status="closed",
+        decided_at=t0 + timedelta(minutes=5),
+    )
+    key = register_api_key(db, unique("kevin-dashboard"), ["reports:read"], employee_id=kevin)
+    return Team(kevin, f"Kevin {state}", alice, bob, key, f"{t0:%Y-%m}", unconsented)
+
+
+# ---------------------------------------------------------------- sign-in over HTTP
+
+
+@pytest.fixture
+def http(app_client: httpx.AsyncClient) -> Iterator[httpx.AsyncClient]:
+    """The session's ASGI client, its cookie jar emptied after the test: the session
+    cookies set here must not follow the other tests' requests."""
+    app_client.cookies.clear()
+    yield app_client
+    app_client.cookies.clear()
+
+
+def _set_cookie_header(r: httpx.Response) -> str:
+    [header] = [v for k, v in r.headers.multi_items() if k.lower() == "set-cookie"]
+    return header
+
+
+async def test_sign_in_sets_an_httponly_session_cookie_never_the_key(http: httpx.AsyncClient, team: Team) -> None:
+    page = await http.get("/dashboard")
+    assert page.status_code == 200 and 'name="api_key"' in page.text
+    for name, value in SECURITY_HEADERS.items():
+        assert page.headers[name] == value
+    assert "script-src 'self'" in page.headers["Content-Security-Policy"]
+
+    r = await http.post("/dashboard/sign-in", data={"api_key": team.key})
+    assert r.status_code == 303 and r.headers["location"] == "/dashboard"
+    cookie = _set_cookie_header(r)
+    attributes = {a.strip().split("=")[0].lower() for a in cookie.split(";")}
+    assert {"httponly", "path", "max-age"} <= attributes and "samesite=strict" in cookie.lower()
+    assert "secure" not in attributes  # plain http here; https gets Secure
+    session_id = cookie.split(";")[0].split("=", 1)[1]
+    assert team.key not in cookie and hash_key(team.key) not in cookie and len(session_id) >= 40
+
+    jar = {"Cookie": f"{COOKIE}={session_id}"}
+    page = await http.get("/dashboard", headers=jar)
+    assert page.status_code == 200 and team.manager_name in page.text and 'id="dashboard-data"' in page.text
+    assert team.key not in page.text
+    # Signing out ends the session server-side: the old cookie no longer opens the page.
+    out = await http.post("/dashboard/sign-out", headers=jar)
+    assert out.status_code == 303 and f"{COOKIE}=" in _set_cookie_header(out)
+    again = await http.get("/dashboard", headers=jar)
+    assert 'name="api_key"' in again.text and "dashboard-data" not in again.text
+
+
+async def test_sign_in_refuses_keys_without_reports_read(http: httpx.AsyncClient, db: Engine) -> None:
+    unknown = await http.post("/dashboard/sign-in", data={"api_key": "nf_not_a_key"})
+    assert unknown.status_code == 401 and "set-cookie" not in unknown.headers
+    writer = register_api_key(db, unique("crm-only"), ["crm:write"])
+    refused = await http.post("/dashboard/sign-in", data={"api_key": writer})
+    assert refused.status_code == 403 and "reports:read" in refused.text and "set-cookie" not in refused.headers
+    # The key is never accepted in the URL either.
+    assert "dashboard-data" not in (await http.get("/dashboard", params={"api_key": writer})).text
+
+
+async def test_a_revoked_key_ends_the_session_on_the_next_request(
+    http: httpx.AsyncClient, db: Engine, team: Team
+) -> None:
+    key = register_api_key(db, unique("to-revoke"), ["reports:read"])
+    r = await http.post("/dashboard/sign-in", data={"api_key": key})
+    jar = {"Cookie": _set_cookie_header(r).split(";")[0]}
+    page = await http.get("/dashboard", params={"manager_id": team.manager_id}, headers=jar)
+    assert "dashboard-data" in page.text
+    with db.begin() as conn:
+        conn.execute(update(ApiKey).where(ApiKey.key_sha256 == hash_key(key)).values(revoked_at=datetime.now(UTC)))
+    page = await http.get("/dashboard", params={"manager_id": team.manager_id}, headers=jar)
+    assert 'name="api_key"' in page.text and "dashboard-data" not in page.text
+
+
+async def test_a_key_not_bound_to_a_manager_gets_a_picker(http: httpx.AsyncClient, db: Engine, team: Team) -> None:
+    key = register_api_key(db, unique("reporting"), ["reports:read"])
+    r = await http.post("/dashboard/sign-in", data={"api_key": key})
+    jar = {"Cookie": _set_cookie_header(r).split(";")[0]}
+    page = await http.get("/dashboard", headers=jar)
+    assert page.status_code == 200 and f'value="{team.manager_id}"' in page.text and "dashboard-data" not in page.text
+    bad = await http.get("/dashboard", params={"period": "2026-13"}, headers=jar)
+    assert "not a real month" in bad.text
+    unknown = await http.get("/dashboard", params={"manager_id": "emp_nobody"}, headers=jar)
+    assert unknown.status_code == 404
+
+
+# ---------------------------------------------------------------- the page in Chromium
+
+
+class LiveApi:
+    """The API alone (no worker: the page only reads the store) served by uvicorn on a
+    free port from a thread."""
+
+    def __init__(self, settings: Settings, temporal_address: str, namespace: str) -> None:
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.sock.bind(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
+        self.settings, self.temporal_address, self.namespace = settings, temporal_address, namespace
+        self.server: uvicorn.Server | None = None
+        self.thread = threading.Thread(target=lambda: asyncio.run(self._serve()), name="dashboard-api", daemon=True)
+
+    async def _serve(self) -> None:
+        client = await Client.connect(self.temporal_address, namespace=self.namespace, data_converter=DATA_CONVERTER)
+        app = create_app(self.settings, client=client)
+        self.server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on"))
+        await self.server.serve(sockets=[self.sock])
+
+    def start(self, timeout: float = 30.0) -> None:
+        self.thread.start()
+        deadline = time.monotonic() + timeout
+        while not (self.server is not None and self.server.started):
+            assert self.thread.is_alive(), "the API did not start"
+            assert time.monotonic() < deadline, "the API did not start in time"
+            time.sleep(0.05)
+
+    def stop(self) -> None:
+        if self.server is not None:
+            self.server.should_exit = True
+        self.thread.join(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def live_api(temporal_env: WorkflowEnvironment, settings: Settings) -> Iterator[LiveApi]:
+    client = temporal_env.client
+    live = LiveApi(settings, client.service_client.config.target_host, client.namespace)
+    live.start()
+    try:
+        yield live
+    finally:
+        live.stop()
+
+
+def chromium_path() -> str:
+    found = shutil.which("chromium") or shutil.which("chromium-browser")
+    if found is None:
+        reason = "Debian's chromium is not installed (apt-get install -y chromium)"
+        if os.environ.get("CI"):
+            pytest.fail(f"{reason}: CI must run the dashboard's browser test")
+        pytest.skip(reason)
+    return found
+
+
+class DevTools:
+    """A minimal Chrome DevTools Protocol client over one page's WebSocket."""
+
+    def __init__(self, ws: ClientConnection) -> None:
+        self.ws = ws
+        self.ids = itertools.count(1)
+        self.events: list[dict[str, Any]] = []
+
+    def call(self, method: str, timeout: float = 20.0, **params: Any) -> dict[str, Any]:
+        call_id = next(self.ids)
+        self.ws.send(json.dumps({"id": call_id, "method": method, "params": params}))
+        deadline = time.monotonic() + timeout
+        while True:
+            message = json.loads(self.ws.recv(timeout=max(0.1, deadline - time.monotonic())))
+            if message.get("id") == call_id:
+                assert "error" not in message, (method, message["error"])
+                return message.get("result", {})
+            if "method" in message:
+                self.events.append(message)
+
+    def evaluate(self, expression: str) -> Any:
+        result = self.call("Runtime.evaluate", expression=expression, returnByValue=True, awaitPromise=True)
+        assert "exceptionDetails" not in result, result["exceptionDetails"]
+        return result["result"].get("value")
+
+    def wait_for(self, expression: str, what: str, seconds: float = 20.0) -> None:
+        deadline = time.monotonic() + seconds
+        while not self.evaluate(expression):
+            assert time.monotonic() < deadline, f"timed out waiting for {what}"
+            time.sleep(0.1)
+
+
+@pytest.fixture
+def browser() -> Iterator[DevTools]:
+    """Headless Chromium with a throwaway profile, and a CDP connection to its page."""
+    executable = chromium_path()
+    profile = tempfile.mkdtemp(prefix="needflow-chromium-")
+    args = [
+        executable,
+        "--headless",
+        "--disable-gpu",
+        "--no-first-run",
+        "--no-default-browser-check",
+        "--disable-extensions",
+        "--hide-scrollbars",
+        "--window-size=1400,1000",
+        "--remote-debugging-port=0",
+        f"--user-data-dir={profile}",
+        "about:blank",
+    ]
+    if os.geteuid() == 0:
+        args.insert(1, "--no-sandbox")  # Chromium refuses to sandbox as root (CI containers)
+    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        port_file = Path(profile) / "DevToolsActivePort"
+        deadline = time.monotonic() + 30
+        while not (port_file.exists() and port_file.read_text().count("\n") >= 1):
+            assert proc.poll() is None, f"chromium exited with {proc.returncode}"
+            assert time.monotonic() < deadline, "chromium did not open its DevTools port"
+            time.sleep(0.05)
+        port = port_file.read_text().split()[0]
+        [page] = [t for t in httpx.get(f"http://127.0.0.1:{port}/json/list").json() if t["type"] == "page"]
+        with connect(page["webSocketDebuggerUrl"], max_size=None) as ws:
+            tools = DevTools(ws)
+            tools.call("Page.enable")
+            tools.call("Runtime.enable")
+            tools.call("Log.enable")
+            yield tools
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        shutil.rmtree(profile, ignore_errors=True)
+
+
+#: What the test reads off the drawn page.
+READ_PAGE = """JSON.stringify({
+  title: document.querySelector("h1").textContent,
+  canvases: Array.from(document.querySelectorAll("canvas")).map(c => ({
+    id: c.id, width: c.width, height: c.height, values: JSON.parse(c.dataset.values || "null")})),
+  funnelRows: Object.fromEntries(Array.from(document.querySelectorAll("#funnel-table tr[data-stage]"))
+    .map(tr => [tr.dataset.stage, Number(tr.dataset.count)])),
+  scorecards: Array.from(document.querySelectorAll("#scorecards-table tr[data-employee-id]")).map(tr => ({
+    id: tr.dataset.employeeId, units: Number(tr.dataset.units), amount: tr.dataset.amount})),
+  exceptions: Array.from(document.querySelectorAll("#exceptions-table tr[data-opportunity-id]")).map(tr => ({
+    id: tr.dataset.opportunityId, rule: tr.dataset.rule, href: tr.querySelector("a").getAttribute("href")})),
+  cookie: document.cookie,
+  period: document.querySelector("input[name=period]").value,
+  location: location.href,
+})"""
+
+
+def test_the_dashboard_draws_the_seeded_numbers_in_chromium(
+    browser: DevTools, live_api: LiveApi, team: Team, capsys: pytest.CaptureFixture[str]
+) -> None:
+    started = time.monotonic()
+    browser.call("Page.navigate", url=f"{live_api.url}/dashboard")
+    browser.wait_for("document.readyState === 'complete' && !!document.querySelector('input[name=api_key]')", "sign-in")
+    # Sign in through the page's own form, as a manager would: the cookie is the server's.
+    browser.evaluate(
+        f"document.querySelector('input[name=api_key]').value = {json.dumps(team.key)};"
+        "document.querySelector('form').submit(); true"
+    )
+    browser.wait_for("document.body && document.body.dataset.charts === 'ready'", "the charts")
+    page = json.loads(browser.evaluate(READ_PAGE))
+
+    assert page["title"] == f"{team.manager_name}'s team"  # the key's own manager, by default
+    assert "api_key" not in page["location"] and team.key not in page["location"]
+    assert page["cookie"] == "", "the session cookie must be HttpOnly (invisible to scripts)"
+    assert page["period"] == team.period
+
+    charts = {c["id"]: c for c in page["canvases"]}
+    assert set(charts) == {"funnel-chart", "referrers-chart", "scorecards-chart"}
+    assert all(c["width"] > 0 and c["height"] > 0 for c in charts.values())
+    funnel = {"interested": 2, "applied": 1, "opened": 1, "closed_won": 1, "closed_lost": 1}
+    assert charts["funnel-chart"]["values"] == funnel
+    assert page["funnelRows"] == funnel  # in funnel order: open stages, the won ones, lost
+    assert list(page["funnelRows"]) == ["interested", "applied", "closed_won", "opened", "closed_lost"]
+
+    # Alice: 3 referrals, 2 decided and converted; Bob: 1, decided and not converted.
+    assert charts["referrers-chart"]["values"] == {"referrals": [3, 1], "decided": [2, 1], "converted": [2, 0]}
+    # Scorecards of the month, by name: Bob won the checking account and the mortgage.
+    assert charts["scorecards-chart"]["values"] == {
+        "units": [0, 2],
+        "referrals made": [3, 1],
+        "referrals converted": [2, 0],
+        "cross-LOB referrals": [3, 1],
+    }
+    assert [(s["id"], s["units"], s["amount"]) for s in page["scorecards"]] == [
+        (team.alice, 0, "0.00"),
+        (team.bob, 2, "250000.00"),
+    ]
+    assert page["exceptions"] == [
+        {"id": team.unconsented, "rule": "consent_missing", "href": f"/v1/opportunities/{team.unconsented}"}
+    ]
+
+    # Nothing refused by the CSP, no script error.
+    problems = [
+        e["params"]
+        for e in browser.events
+        if e["method"] == "Runtime.exceptionThrown"
+        or (e["method"] == "Log.entryAdded" and e["params"]["entry"]["level"] == "error")
+        or (e["method"] == "Runtime.consoleAPICalled" and e["params"]["type"] == "error")
+    ]
+    assert not problems, problems
+
+    height = browser.evaluate("document.documentElement.scrollHeight")
+    shot = browser.call(
+        "Page.captureScreenshot",
+        format="png",
+        captureBeyondViewport=True,
+        clip={"x": 0, "y": 0, "width": 1400, "height": height, "scale": 1},
+    )
+    ARTIFACT.parent.mkdir(parents=True, exist_ok=True)
+    ARTIFACT.write_bytes(base64.b64decode(shot["data"]))
+    with capsys.disabled():
+        print(f"\ndashboard screenshot: {ARTIFACT} ({time.monotonic() - started:.1f}s in Chromium)")
