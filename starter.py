@@ -27,6 +27,12 @@ Commands:
       A referral's status, assignee, lead score (with its top factors), referrer score,
       priority and its history as a table (status, at, actor, assignee, note).
 
+  import FILE
+      Import a book of business from an old CRM (POST /v1/imports, an admin key): the
+      file is the JSON the API takes. Prints what was created and what was already there
+      (unchanged), kind by kind; a refused import prints every problem with its path,
+      and nothing is written. Importing the same file again changes nothing.
+
   demo [--run-id ID] [--only rachel|kiara]
       Play two stories against the running stack. Rachel's (seed 000): her checking
       account (interested, SMS authorisation, account opened), then her mortgage from

@@ -86,6 +86,10 @@ class OpportunityActivities:
 
     @activity.defn(name=records.OPEN_OPPORTUNITY)
     async def open_opportunity(self, rec: records.OpenOpportunity) -> None:
+        """Record the opened opportunity and its first checkpoint (an imported one: its
+        every checkpoint, with its own opening time and source), each row once."""
+        imported = rec.imported
+        checkpoints = imported.checkpoints if imported else [rec.first_checkpoint]
         async with self.sessions.begin() as session:
             if await session.get(Opportunity, rec.opportunity_id) is None:
                 session.add(
@@ -99,16 +103,19 @@ class OpportunityActivities:
                         amount=rec.amount,
                         referral_id=rec.referral_id,
                         campaign_id=rec.campaign_id,
-                        stage=rec.first_checkpoint.stage,
+                        stage=checkpoints[-1].stage,
                         probability=rec.probability,
                         status="open",
-                        last_seq=rec.first_checkpoint.seq,
+                        last_seq=checkpoints[-1].seq,
                         workflow_id=rec.workflow_id,
-                        opened_at=rec.first_checkpoint.entered_at,
+                        opened_at=imported.opened_at if imported else rec.first_checkpoint.entered_at,
+                        source=imported.source if imported else None,
+                        external_id=imported.external_id if imported else None,
                     )
                 )
                 await session.flush()
-            await _add_checkpoint(session, rec.opportunity_id, rec.first_checkpoint)
+            for checkpoint in checkpoints:
+                await _add_checkpoint(session, rec.opportunity_id, checkpoint)
 
     @activity.defn(name=records.RECORD_STAGE_CHANGE)
     async def record_stage_change(self, change: records.StageChange) -> None:
@@ -209,8 +216,9 @@ class OpportunityActivities:
                 raise RuntimeError(f"opportunity {req.opportunity_id} is not recorded yet")
             customer = await session.get(Customer, opp.customer_id)
             owner = await session.get(Employee, opp.owner_id)
-            need = await session.get(Need, opp.need_id)
-            assert customer is not None and owner is not None and need is not None
+            # An imported opportunity may have no need (its old system recorded none).
+            need = await session.get(Need, opp.need_id) if opp.need_id else None
+            assert customer is not None and owner is not None
             if existing is not None:  # a remote send was under way when the last try stopped
                 row = existing
             else:
@@ -225,7 +233,7 @@ class OpportunityActivities:
                         customer_state=customer.state,
                         amount=opp.amount,
                         owner_name=owner.name,
-                        need_description=need.description,
+                        need_description=need.description if need else "",
                         issued_at=now,
                     ),
                 )

@@ -19,8 +19,10 @@ from api.routers import (
     campaigns,
     consents,
     customers,
+    dashboard,
     employees,
     events,
+    imports,
     opportunities,
     outbox,
     referrals,
@@ -76,6 +78,7 @@ def create_app(
         employees.router,
         referrals.router,
         opportunities.router,
+        imports.router,
         campaigns.router,
         events.router,
         outbox.router,
@@ -83,6 +86,7 @@ def create_app(
         webhooks.router,
         reports.router,
         scorecards.router,
+        dashboard.router,
     ):
         app.include_router(router)
 

@@ -376,7 +376,8 @@ class OpportunityOut(BaseModel):
     product: str
     process_version: int
     owner_id: str
-    need_id: str
+    #: None only for an imported opportunity its old system recorded no need for.
+    need_id: str | None
     amount: Money | None
     stage: str
     probability: int

@@ -25,6 +25,7 @@ from cli.commands import (
 )
 from cli.demo import STORIES, run_demo
 from cli.http import TIMEOUT
+from cli.imports import import_book
 from config import Settings, get_settings
 from store.keys import ALL_SCOPES
 
@@ -76,6 +77,9 @@ def build_parser(description: str | None = None) -> argparse.ArgumentParser:
     show = referral_sub.add_parser("show", parents=[conn], help="a referral's status, scores and history")
     show.add_argument("referral_id", metavar="REFERRAL_ID")
 
+    book = commands.add_parser("import", parents=[conn], help="import a book of business (POST /v1/imports)")
+    book.add_argument("file", metavar="FILE", help="the book as JSON: source, employees, customers, needs, ...")
+
     stories = "play Rachel's story (seed 000) and Kiara's referral (seed 003)"
     demo = commands.add_parser("demo", parents=[conn], help=stories)
     demo.add_argument("--run-id", help="replay an earlier run: its keys make every step a repeat")
@@ -120,6 +124,8 @@ def run(argv: Sequence[str] | None = None, settings: Settings | None = None,
                 show_timeline(http, out, args.opportunity_id)
             elif args.command == "referral":
                 show_referral(http, out, args.referral_id)
+            elif args.command == "import":
+                import_book(http, out, args.file)
             elif args.command == "demo":
                 ui = f"http://127.0.0.1:{settings.ui_port}/namespaces/{settings.namespace}/workflows"
                 run_demo(http, out, run_id=args.run_id, ui_url=ui, only=args.only)

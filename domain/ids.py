@@ -92,6 +92,19 @@ def consent_id(opportunity_id: str, checkpoint_seq: int) -> str:
     return f"{opportunity_id}-consent-{checkpoint_seq}"
 
 
+# ---------------------------------------------------------------- what an import makes
+
+#: The namespace of imported records' ids (never change it: a re-import would duplicate).
+_IMPORTED = uuid.UUID("3b8e7f52-0a4c-4d61-9f0e-2c5a9d1b7e44")
+
+
+def imported_id(prefix: str, source: str, kind: str, external_id: str) -> str:
+    """An imported record's id, derived from its source, kind and external id: importing
+    the same book again names the same rows, so a re-import finds them and writes nothing."""
+    name = "\x1f".join((source, kind, external_id))
+    return f"{prefix}_{uuid.uuid5(_IMPORTED, name).hex}"
+
+
 # ---------------------------------------------------------------- workflow ids
 
 

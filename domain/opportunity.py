@@ -44,7 +44,8 @@ class OpportunityInput(BaseModel):
     opportunity_id: str
     customer_id: str
     owner_id: str
-    need_id: str
+    #: None only for an imported opportunity whose old system recorded no need.
+    need_id: str | None
     product: Product
     amount: Decimal | None = None
     referral_id: str | None = None
@@ -56,6 +57,12 @@ class OpportunityInput(BaseModel):
     #: Whether the namespace has needflow's search attributes (False only on a server that
     #: cannot register them, Temporal's time-skipping test server): set by who starts it.
     search_attributes: bool = True
+    #: Set for an open opportunity brought by an import (store/imports.py): the workflow
+    #: resumes at its last checkpoint's stage with its checkpoints as recorded, and writes
+    #: no first checkpoint of its own; at a stage that asks for signatures it sends the
+    #: documents (the old system's request did not come with the book). None (every
+    #: workflow before imports): it opens at the process's first stage.
+    imported: ImportedOpportunity | None = None
 
 
 class AdvanceCommand(BaseModel):
@@ -122,6 +129,17 @@ class CheckpointView(BaseModel):
     evidence: dict[str, Any] = Field(default_factory=dict)
 
 
+class ImportedOpportunity(BaseModel):
+    """An open opportunity as its old system recorded it (POST /v1/imports)."""
+
+    source: str
+    external_id: str
+    opened_at: datetime
+    #: Its checkpoints, numbered 1… in the order recorded; the last one's stage is where
+    #: the workflow resumes (an open stage of the process).
+    checkpoints: list[CheckpointView] = Field(min_length=1)
+
+
 class SignatureState(BaseModel):
     request_no: int
     provider: str
@@ -151,6 +169,9 @@ class OpportunityState(BaseModel):
     #: How many times the owner changed: the next change is numbered one more, so a
     #: retried write of it is one row.
     owner_changes: int = 0
+
+
+OpportunityInput.model_rebuild()
 
 
 def event_body_sha256(event_type: str, data: dict[str, Any]) -> str:

@@ -13,7 +13,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel
 
-from domain.opportunity import CheckpointView, SignatureOutcome
+from domain.opportunity import CheckpointView, ImportedOpportunity, SignatureOutcome
 from domain.referral import HistoryEntry, ReferralInput, Routed
 from domain.routing import ReferralFacts, RoutingRules
 from domain.types import ConsentChannel, Product
@@ -31,7 +31,7 @@ class OpenOpportunity(BaseModel):
     workflow_id: str
     customer_id: str
     owner_id: str
-    need_id: str
+    need_id: str | None
     product: Product
     process_version: int
     amount: Decimal | None
@@ -39,6 +39,9 @@ class OpenOpportunity(BaseModel):
     campaign_id: str | None
     probability: int
     first_checkpoint: CheckpointView
+    #: An imported opportunity: recorded with its own opening time, source and every
+    #: checkpoint (each written once, by seq), at its last checkpoint's stage.
+    imported: ImportedOpportunity | None = None
 
 
 class ConsentRecord(BaseModel):

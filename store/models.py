@@ -67,15 +67,30 @@ class Base(DeclarativeBase):
     type_annotation_map = {datetime: UTCDateTime, dict[str, Any]: JSONDoc, list[str]: JSONDoc, Decimal: Money}
 
 
-class Household(Base):
+class Imported:
+    """What an import (`POST /v1/imports`, store/imports.py) marks a record with: the
+    system it came from and its id there (None for records made in needflow). Unique per
+    (source, external_id) on each imported kind."""
+
+    source: Mapped[str | None] = mapped_column(String(64))
+    external_id: Mapped[str | None] = mapped_column(String(128))
+
+
+def _imported(table: str) -> UniqueConstraint:
+    return UniqueConstraint("source", "external_id", name=f"uq_{table}_source_external_id")
+
+
+class Household(Imported, Base):
     __tablename__ = "households"
+    __table_args__ = (_imported("households"),)
     id: Mapped[str] = mapped_column(String(64), primary_key=True)
     name: Mapped[str] = mapped_column(String(300))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
-class Customer(Base):
+class Customer(Imported, Base):
     __tablename__ = "customers"
+    __table_args__ = (_imported("customers"),)
     id: Mapped[str] = mapped_column(String(64), primary_key=True)
     household_id: Mapped[str] = mapped_column(ForeignKey("households.id"), index=True)
     name: Mapped[str] = mapped_column(String(200))
@@ -87,8 +102,9 @@ class Customer(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
-class Employee(Base):
+class Employee(Imported, Base):
     __tablename__ = "employees"
+    __table_args__ = (_imported("employees"),)
     id: Mapped[str] = mapped_column(String(64), primary_key=True)
     name: Mapped[str] = mapped_column(String(200))
     email: Mapped[str] = mapped_column(String(320))
@@ -104,8 +120,9 @@ class Employee(Base):
     active: Mapped[bool] = mapped_column(default=True, server_default=true())
 
 
-class Need(Base):
+class Need(Imported, Base):
     __tablename__ = "needs"
+    __table_args__ = (_imported("needs"),)
     id: Mapped[str] = mapped_column(String(64), primary_key=True)
     customer_id: Mapped[str] = mapped_column(ForeignKey("customers.id"), index=True)
     kind: Mapped[str] = mapped_column(String(64))
@@ -125,16 +142,18 @@ class Interaction(Base):
     recorded_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
-class Opportunity(Base):
+class Opportunity(Imported, Base):
     """The durable, queryable record of one OpportunityWorkflow (which owns the state)."""
 
     __tablename__ = "opportunities"
+    __table_args__ = (_imported("opportunities"),)
     id: Mapped[str] = mapped_column(String(64), primary_key=True)
     customer_id: Mapped[str] = mapped_column(ForeignKey("customers.id"), index=True)
     product: Mapped[str] = mapped_column(String(32))
     process_version: Mapped[int] = mapped_column(Integer)
     owner_id: Mapped[str] = mapped_column(ForeignKey("employees.id"), index=True)
-    need_id: Mapped[str] = mapped_column(ForeignKey("needs.id"))
+    #: None only for an imported opportunity its old system recorded no need for.
+    need_id: Mapped[str | None] = mapped_column(ForeignKey("needs.id"))
     amount: Mapped[Decimal | None] = mapped_column()
     referral_id: Mapped[str | None] = mapped_column(String(64))
     campaign_id: Mapped[str | None] = mapped_column(String(64), index=True)
@@ -261,8 +280,9 @@ class LeadFeatureCount(Base):
     lost: Mapped[int] = mapped_column(Integer, default=0)
 
 
-class Consent(Base):
+class Consent(Imported, Base):
     __tablename__ = "consents"
+    __table_args__ = (_imported("consents"),)
     id: Mapped[str] = mapped_column(String(64), primary_key=True)
     customer_id: Mapped[str] = mapped_column(ForeignKey("customers.id"), index=True)
     opportunity_id: Mapped[str | None] = mapped_column(ForeignKey("opportunities.id"), index=True)

@@ -81,6 +81,7 @@ SCOPES: dict[Route, str] = {
     ("POST", "/v1/opportunities/{opportunity_id}/advance"): "crm:write",
     ("POST", "/v1/opportunities/{opportunity_id}/close-lost"): "crm:write",
     ("POST", "/v1/opportunities/{opportunity_id}/resend-signature"): "crm:write",
+    ("POST", "/v1/imports"): "admin",
     ("POST", "/v1/campaigns"): "crm:write",
     ("POST", "/v1/campaigns/{campaign_id}/prequalify"): "crm:write",
     # Progress against a campaign's goal is a manager's figure (api/routers/campaigns.py).
@@ -108,6 +109,14 @@ PUBLIC: dict[Route, int] = {
     ("POST", "/sign/{token}"): 404,
     # Authenticated by the message's HMAC instead of a key: unsigned, it is refused.
     ("POST", "/v1/webhooks/docusign"): 401,
+    # The managers' dashboard: signed in by a session cookie, not a key (tests/test_dashboard.py
+    # checks it): the sign-in form, a refused sign-in, sign-out, and its static files.
+    ("GET", "/dashboard"): 200,
+    ("POST", "/dashboard/sign-in"): 401,
+    ("POST", "/dashboard/sign-out"): 303,
+    ("GET", "/static/dashboard.js"): 200,
+    ("GET", "/static/dashboard.css"): 200,
+    ("GET", "/static/vendor/chartjs/chart.umd.js"): 200,
 }
 
 #: Routes found to lack the check SCOPES asks for: (strict) xfail with the reason, until fixed.
@@ -321,6 +330,9 @@ WRITES: dict[Route, Write] = {
     ),
     ("POST", "/v1/opportunities/{opportunity_id}/resend-signature"): lambda s, tag: _write(
         {"actor_id": s.dan}, SignatureRequest, SignatureRequest.opportunity_id == s.opportunity_id
+    ),
+    ("POST", "/v1/imports"): lambda s, tag: _write(
+        {"source": tag, "customers": [{"external_id": "C-1", "name": tag}]}, Customer, Customer.name == tag
     ),
     ("POST", "/v1/campaigns"): lambda s, tag: _write(
         {

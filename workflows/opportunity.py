@@ -88,6 +88,10 @@ class OpportunityWorkflow:
             stage=first.key,
             probability=first.probability,
         )
+        if input.imported is not None:  # an imported opportunity resumes where it was
+            resumed = self.process.stage(input.imported.checkpoints[-1].stage)
+            self.state.checkpoints = list(input.imported.checkpoints)
+            self.state.stage, self.state.probability = resumed.key, resumed.probability
         self._opened = False
         #: Remote envelopes are watched by a task each; a Connect message re-arms the timer.
         self._envelope_timer = RearmableTimer()
@@ -100,9 +104,12 @@ class OpportunityWorkflow:
     @workflow.run
     async def run(self, input: OpportunityInput) -> OpportunityState:
         first = self.process.stages[0]
-        checkpoint = self._append_checkpoint(
-            first, Trigger.manual, input.opened_by, {"need_id": input.need_id}, via=input.opened_via
-        )
+        if input.imported is None:
+            checkpoint = self._append_checkpoint(
+                first, Trigger.manual, input.opened_by, {"need_id": input.need_id}, via=input.opened_via
+            )
+        else:  # its checkpoints are recorded already: none is written again
+            checkpoint = input.imported.checkpoints[0]
         self._publish()
         async with self._write_lock:
             await record(
@@ -118,11 +125,19 @@ class OpportunityWorkflow:
                     amount=input.amount,
                     referral_id=input.referral_id,
                     campaign_id=input.campaign_id,
-                    probability=first.probability,
+                    probability=self.state.probability,
                     first_checkpoint=checkpoint,
+                    imported=input.imported,
                 ),
             )
         self._opened = True
+        if input.imported is not None:
+            resumed = self.process.stage(self.state.stage)
+            if resumed.request_signature is not None:
+                # The old system's signature request did not come with the book: send ours.
+                self._start_signature_request()
+                async with self._write_lock:
+                    await self._request_signature(resumed)
         await workflow.wait_condition(
             lambda: (
                 self.state.status != OpportunityStatus.open

@@ -51,6 +51,8 @@ class Starts:
         """
         wf_input = wf_input.model_copy(update={"search_attributes": self.search_attributes})
         process = wf_input.process
+        imported = wf_input.imported
+        stage = imported.checkpoints[-1].stage if imported else process.stages[0].key
         start = WithStartWorkflowOperation(
             opportunity.OpportunityWorkflow.run,
             wf_input,
@@ -60,14 +62,15 @@ class Starts:
             search_attributes=self._attributes(
                 [
                     SearchAttributePair(SA_PRODUCT, wf_input.product.value),
-                    SearchAttributePair(SA_STAGE, process.stages[0].key),
+                    SearchAttributePair(SA_STAGE, stage),
                     SearchAttributePair(SA_OWNER_ID, wf_input.owner_id),
                     SearchAttributePair(SA_CUSTOMER_ID, wf_input.customer_id),
                     SearchAttributePair(SA_OPPORTUNITY_STATUS, "open"),
                 ]
             ),
             static_summary=f"{process.name} opportunity {wf_input.opportunity_id} for customer {wf_input.customer_id}"
-            + (f" (referral {wf_input.referral_id})" if wf_input.referral_id else ""),
+            + (f" (referral {wf_input.referral_id})" if wf_input.referral_id else "")
+            + (f" (imported from {imported.source}: {imported.external_id})" if imported else ""),
             static_details=f"Owner `{wf_input.owner_id}` · {process.name} process v{process.version}",
         )
         # WorkflowAlreadyStartedError: a repeat after the opportunity's workflow has already finished.
