@@ -164,7 +164,8 @@ class Opportunity(Imported, Base):
     #: The seq of the last checkpoint applied to this row (guards against stale writes).
     last_seq: Mapped[int] = mapped_column(Integer, default=0)
     workflow_id: Mapped[str] = mapped_column(String(128))
-    opened_at: Mapped[datetime] = mapped_column()
+    #: Indexed: the practice audit selects by it (bench/bench_bank_scale.py).
+    opened_at: Mapped[datetime] = mapped_column(index=True)
     closed_at: Mapped[datetime | None] = mapped_column()
 
     checkpoints: Mapped[list[Checkpoint]] = relationship(order_by="Checkpoint.seq", lazy="raise", viewonly=True)
@@ -235,7 +236,8 @@ class Referral(Base):
     opportunity_id: Mapped[str | None] = mapped_column(String(64))
     workflow_id: Mapped[str] = mapped_column(String(128))
     last_seq: Mapped[int] = mapped_column(Integer, default=0)
-    created_at: Mapped[datetime] = mapped_column()
+    #: Indexed: the reports' windows and age bands select by it (bench/bench_bank_scale.py).
+    created_at: Mapped[datetime] = mapped_column(index=True)
     assigned_at: Mapped[datetime | None] = mapped_column()
     accepted_at: Mapped[datetime | None] = mapped_column()
     decided_at: Mapped[datetime | None] = mapped_column(index=True)
@@ -340,6 +342,8 @@ class CustomerSignal(Base):
     """Scorecard inputs about a customer (NPS, account activity, payments), as received."""
 
     __tablename__ = "customer_signals"
+    #: The scorecards read one type within a month (store/scorecards.py).
+    __table_args__ = (Index("ix_customer_signals_type_occurred_at", "type", "occurred_at"),)
     event_id: Mapped[str] = mapped_column(ForeignKey("processed_events.id"), primary_key=True)
     customer_id: Mapped[str] = mapped_column(ForeignKey("customers.id"), index=True)
     type: Mapped[str] = mapped_column(String(64))

@@ -15,7 +15,8 @@ The window is the `window_days` days before `now` (`since = now - window_days`):
   referrer score counts, so `referrer_score` is the documented formula
   (domain/scoring.py) of these two numbers and the bank's `decided` / `converted`;
 - `conversion_rate`: converted / decided, or null when nothing was decided;
-- `referrer_score`: `store.queries.referrer_scores` over the same window;
+- `referrer_score`: `store.queries.referrer_scores` over the same window (computed from
+  these counts, which are the ones it counts);
 - `cross_lob`: of the referrals created within the window, how many went to an assignee
   whose line of business differs from the referrer's (the referrer's line of business as
   recorded on the referral when it was made; referrers without one — partners,
@@ -62,8 +63,8 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import aliased
 
 from domain.referral import OPEN_STATUSES
+from domain.scoring import referrer_score
 from store.models import Employee, Opportunity, Referral
-from store.queries import referrer_scores
 
 #: (upper bound exclusive, band) of an open referral's age; ages at or above the last
 #: bound are `TOP_AGE_BAND`. The module docstring documents them: change both together.
@@ -77,8 +78,6 @@ BAND_NAMES: tuple[str, ...] = (*(band for _, band in AGE_BANDS), TOP_AGE_BAND)
 #: Every referral status a row may hold; `by_status` lists each, 0 when none.
 REFERRAL_STATUSES: tuple[str, ...] = ("assigned", "unassigned", "accepted", "converted", "closed")
 OPPORTUNITY_STATUSES: tuple[str, ...] = ("open", "won", "lost")
-#: How many referrers one `referrer_scores` call is given (bind-parameter limits).
-_SCORE_CHUNK = 1000
 
 
 def age_band(age: timedelta) -> str:
@@ -176,10 +175,13 @@ async def referrer_report(
         )
     ).all()
 
-    keys = sorted({(r.referrer_type, r.referrer_id) for r in rows})
-    scores: dict[tuple[str, str], int] = {}
-    for i in range(0, len(keys), _SCORE_CHUNK):
-        scores.update(await referrer_scores(session, keys[i : i + _SCORE_CHUNK], since))
+    # `decided` / `converted` here are exactly what `referrer_scores` counts over the same
+    # window (and `bank` its bank totals): score each row from them, with no query per
+    # referrer (bank scale: tens of thousands of referrers in a window).
+    scores = {
+        (rtype, rid): referrer_score(int(conv), int(dec), bank_converted=bank.converted, bank_decided=bank.decided)
+        for rtype, rid, _name, _n, dec, conv, _xlob in rows
+    }
 
     items = [
         ReferrerRow(
