@@ -13,21 +13,31 @@ from __future__ import annotations
 import asyncio
 import hashlib
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, TypeVar
 
 from fastapi import Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.responses import JSONResponse, Response
 from sqlalchemy import delete
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from api.deps import Principal, Services
 from api.errors import ApiError
 from store.models import IdempotencyRecord
 
+T = TypeVar("T")
 _IN_PROGRESS = 0
 #: How long a repeat waits for the first request's answer before it gives up (409).
 WAIT_FOR_FIRST_SECONDS = 60.0
+
+
+async def keyed_done(session: AsyncSession, model: type[T], row_id: str, key: str | None) -> T | None:
+    """A keyed create's row, if an earlier attempt with this key committed it but failed
+    before its answer was stored (a 5xx releases the key): the retry answers from it
+    instead of inserting the same key-derived id again. `idempotent` has already checked
+    that the key came with the same request. None for an unkeyed request."""
+    return await session.get(model, row_id) if key else None
 
 
 def _conflict(key: str) -> ApiError:

@@ -52,7 +52,16 @@ PREFIX = {
     "consents": "con",
 }
 
-Text = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1)]
+Text = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=4000)]
+#: Evidence as the old CRM kept it: free-form, but bounded, since an open opportunity's
+#: checkpoints travel in its workflow's input (20 keys, 2,000 characters a value).
+Evidence = Annotated[
+    dict[
+        Annotated[str, StringConstraints(min_length=1, max_length=64)],
+        Annotated[str, StringConstraints(max_length=2000)] | int | float | bool | None,
+    ],
+    Field(max_length=20),
+]
 ExternalId = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=128)]
 Ref = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=128)]
 
@@ -99,7 +108,7 @@ class CheckpointIn(_Record):
     entered_at: AwareDatetime
     trigger: Trigger
     actor: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=256)]
-    evidence: dict[str, Any] = Field(default_factory=dict)
+    evidence: Evidence = Field(default_factory=dict)
 
 
 class OpportunityIn(_Record):
@@ -112,7 +121,7 @@ class OpportunityIn(_Record):
     campaign_id: Ref | None = None
     opened_at: AwareDatetime
     status: Literal["open", "won", "lost"]
-    lost_reason: str | None = None
+    lost_reason: Text | None = None
     checkpoints: list[CheckpointIn] = Field(default_factory=list)
 
 
@@ -122,7 +131,7 @@ class ConsentIn(_Record):
     product: str
     opportunity: Ref | None = None
     channel: str
-    evidence: dict[str, Any] = Field(default_factory=dict)
+    evidence: Evidence = Field(default_factory=dict)
     granted_at: AwareDatetime
 
 

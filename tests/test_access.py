@@ -31,6 +31,7 @@ from temporalio.client import Client
 
 from api.app import create_app
 from api.routers import customers as customers_router
+from api.routers import employees as employees_router
 from config import Settings
 from store.keys import ALL_SCOPES, hash_key, register_api_key
 from store.models import (
@@ -583,3 +584,21 @@ async def test_a_5xx_while_answering_a_keyed_create_writes_nothing_and_the_retry
     assert retried.status_code == 201, retried.text
     assert retried.json()["name"] == name
     assert count(db, Customer, Customer.name == name) == 1
+
+
+async def test_a_5xx_while_answering_a_keyed_employee_create_writes_nothing_and_the_retry_creates_it_once(
+    lenient: Api, db: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fault = Fault(employees_router.employee_out)
+    monkeypatch.setattr(employees_router, "employee_out", fault)
+    email = f"{unique('late')}@bank.example"
+    body = {"name": "Late Leo", "email": email, "role": "advisor", "line_of_business": "retail", "capacity": 5}
+    key = unique("idem-5xx-employee")
+
+    assert_internal_error(await lenient.post("/v1/employees", body, idem=key))
+    assert (fault.raised, count(db, Employee, Employee.email == email)) == (1, 0)
+
+    fault.armed = False
+    retried = await lenient.post("/v1/employees", body, idem=key)
+    assert retried.status_code == 201, retried.text
+    assert count(db, Employee, Employee.email == email) == 1

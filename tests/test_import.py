@@ -467,3 +467,16 @@ async def test_a_reimport_after_a_failure_half_way_writes_what_is_missing(api: A
     assert again["created"] == {**dict.fromkeys(KINDS, 0), "checkpoints": 3}
     assert again["unchanged"] == {**CREATED, "checkpoints": 8}
     assert count(db, Checkpoint, Checkpoint.opportunity_id == ins) == 3
+
+
+async def test_oversized_evidence_is_refused_with_its_path_and_writes_nothing(api: Api, db: Engine) -> None:
+    """An open opportunity's checkpoints travel in its workflow's input: evidence is capped."""
+    source = unique("crm")
+    bad = book(source)
+    bad["opportunities"][0]["checkpoints"][0]["evidence"] = {"note": "x" * 3_000_000}
+    bad["consents"][0]["evidence"] = {f"k{i}": "v" for i in range(21)}
+    err = assert_validation_error(await post_import(api, bad, expect=None))
+    # The value is refused as each type a value may be (text too long, not a number, ...).
+    where = {e["path"].split(".note")[0] for e in err["details"]["errors"]}
+    assert where == {"consents[0].evidence", "opportunities[0].checkpoints[0].evidence"}, err
+    assert count(db, Opportunity, Opportunity.source == source) == 0

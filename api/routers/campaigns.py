@@ -22,7 +22,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from api.actors import actor_id_for, resolve_actor
 from api.deps import CrmWriter, IdempotencyKey, ReportReader, ServicesDep
 from api.errors import invalid, invalid_transition, not_found
-from api.idempotency import idempotent
+from api.idempotency import idempotent, keyed_done
 from api.schemas import (
     CampaignCreate,
     CampaignOut,
@@ -122,7 +122,7 @@ async def create_campaign(
     async def create() -> CampaignOut:
         campaign_id = resource_id("cmp", who.id, key)
         async with svc.sessions.begin() as session:
-            if key and (done := await session.get(Campaign, campaign_id)) is not None:
+            if (done := await keyed_done(session, Campaign, campaign_id, key)) is not None:
                 return campaign_out(done)  # an earlier attempt committed it, then failed to answer
             campaign = Campaign(
                 id=campaign_id,
@@ -171,7 +171,7 @@ async def prequalify_customer(
     async def run() -> PrequalificationOut:
         prequalification_id = resource_id("pq", who.id, key)
         async with svc.sessions.begin() as session:
-            if key and (done := await session.get(Prequalification, prequalification_id)) is not None:
+            if (done := await keyed_done(session, Prequalification, prequalification_id, key)) is not None:
                 return prequalification_out(done)
             row = await session.get(Campaign, campaign_id)
             if row is None:

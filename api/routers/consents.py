@@ -16,7 +16,7 @@ from sqlalchemy import update
 from api.actors import actor_id_for, resolve_actor
 from api.deps import CrmWriter, IdempotencyKey, ServicesDep
 from api.errors import invalid, invalid_transition, not_found
-from api.idempotency import idempotent
+from api.idempotency import idempotent, keyed_done
 from api.schemas import BranchConsentCreate, ConsentOut, ConsentWithdraw
 from api.views import consent_out
 from domain.ids import resource_id
@@ -40,7 +40,7 @@ async def record_branch_consent(
     async def create() -> ConsentOut:
         consent_id = resource_id("con", who.id, key)
         async with svc.sessions.begin() as session:
-            if key and (done := await session.get(Consent, consent_id)) is not None:
+            if (done := await keyed_done(session, Consent, consent_id, key)) is not None:
                 return consent_out(done)  # an earlier attempt committed it, then failed to answer
             if await session.get(Customer, customer_id) is None:
                 raise not_found("customer", customer_id)

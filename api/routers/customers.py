@@ -6,11 +6,10 @@ from datetime import UTC, datetime
 from typing import TypeVar
 
 from fastapi import APIRouter, Request
-from sqlalchemy.ext.asyncio import AsyncSession
 
 from api.deps import CrmWriter, IdempotencyKey, ReportReader, ServicesDep
 from api.errors import invalid, not_found
-from api.idempotency import idempotent
+from api.idempotency import idempotent, keyed_done
 from api.routers.referrals import referral_context
 from api.schemas import (
     CustomerCreate,
@@ -32,14 +31,6 @@ router = APIRouter(prefix="/v1/customers", tags=["customers"])
 T = TypeVar("T")
 
 
-async def _keyed_done(session: AsyncSession, model: type[T], row_id: str, key: str | None) -> T | None:
-    """A keyed create's row, if an earlier attempt with this key committed it but failed
-    before its answer was stored (a 5xx releases the key): the retry answers from it
-    instead of inserting the same id again. The idempotency layer has already checked
-    that the key came with the same request."""
-    return await session.get(model, row_id) if key else None
-
-
 @router.post("", status_code=201, response_model=CustomerOut)
 async def create_customer(
     body: CustomerCreate, request: Request, svc: ServicesDep, who: CrmWriter, key: IdempotencyKey = None
@@ -47,7 +38,7 @@ async def create_customer(
     async def create() -> CustomerOut:
         customer_id = resource_id("cus", who.id, key)
         async with svc.sessions.begin() as session:
-            if (done := await _keyed_done(session, Customer, customer_id, key)) is not None:
+            if (done := await keyed_done(session, Customer, customer_id, key)) is not None:
                 return customer_out(done)
             if body.household_id:
                 if await session.get(Household, body.household_id) is None:
@@ -81,7 +72,7 @@ async def record_need(
     async def create() -> NeedOut:
         need_id = resource_id("need", who.id, key)
         async with svc.sessions.begin() as session:
-            if (done := await _keyed_done(session, Need, need_id, key)) is not None:
+            if (done := await keyed_done(session, Need, need_id, key)) is not None:
                 return need_out(done)
             if await session.get(Customer, customer_id) is None:
                 raise not_found("customer", customer_id)
@@ -107,7 +98,7 @@ async def log_interaction(
     async def create() -> InteractionOut:
         interaction_id = resource_id("int", who.id, key)
         async with svc.sessions.begin() as session:
-            if (done := await _keyed_done(session, Interaction, interaction_id, key)) is not None:
+            if (done := await keyed_done(session, Interaction, interaction_id, key)) is not None:
                 return interaction_out(done)
             if await session.get(Customer, customer_id) is None:
                 raise not_found("customer", customer_id)

@@ -17,7 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from api.deactivation import deactivate
 from api.deps import Admin, IdempotencyKey, ServicesDep
 from api.errors import ApiError, invalid, not_found
-from api.idempotency import idempotent
+from api.idempotency import idempotent, keyed_done
 from api.schemas import EmployeeCreate, EmployeeOut, EmployeeUpdate, EmployeeUpdated
 from api.views import employee_out
 from domain.ids import resource_id
@@ -33,6 +33,8 @@ async def create_employee(
     async def create() -> EmployeeOut:
         async with svc.sessions.begin() as session:
             employee_id = body.id or resource_id("emp", who.id, key)
+            if not body.id and (done := await keyed_done(session, Employee, employee_id, key)) is not None:
+                return employee_out(done)  # an earlier attempt committed it, then failed to answer
             if await session.get(Employee, employee_id) is not None:
                 raise ApiError(409, "conflict", f"employee {employee_id!r} exists already", {"id": employee_id})
             if body.manager_id and await session.get(Employee, body.manager_id) is None:
@@ -40,7 +42,8 @@ async def create_employee(
             data = body.model_dump(mode="json", exclude={"id"})
             employee = Employee(id=employee_id, **data)
             session.add(employee)
-        return employee_out(employee)
+            await session.flush()
+            return employee_out(employee)  # inside the transaction: no answer, no row
 
     return await idempotent(request, svc, who, key, 201, create)
 
