@@ -10,11 +10,14 @@ import re
 import uuid
 from functools import lru_cache
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import TYPE_CHECKING, Annotated, Literal
 from urllib.parse import urlsplit
 
-from pydantic import AliasChoices, Field, ValidationError, field_validator, model_validator
+from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+if TYPE_CHECKING:
+    from workflows.codec import KeyRing
 
 PROJECT_ROOT = Path(__file__).resolve().parent
 
@@ -206,6 +209,37 @@ class Settings(BaseSettings):
     esign_provider: Literal["local", "docusign"] = "local"
     #: Read from DOCUSIGN_* when esign_provider is docusign (unless given); else None.
     docusign: DocuSignSettings | None = None
+    #: The keys that encrypt workflow payloads (workflows/codec.py): "KEY_ID:BASE64_KEY,…",
+    #: the first encrypts, every one decrypts. Unset, no worker or API connects to Temporal
+    #: (`workflows.client.connect`); the dev stack makes one in <data dir>/codec-keys.
+    codec_keys: SecretStr | None = None
+    #: Browser origins (the Temporal Web UI) allowed to call /codec; unset: the dev UI's,
+    #: http://127.0.0.1:<ui_port> and http://localhost:<ui_port>.
+    codec_cors_origins: Annotated[list[str], NoDecode] = []
+
+    @field_validator("codec_keys", mode="before")
+    @classmethod
+    def _codec_keys(cls, v: str | SecretStr | None) -> SecretStr | None:
+        # Parsed by codec_keyring(), not here: a validation error would print the keys.
+        text = v.get_secret_value() if isinstance(v, SecretStr) else v
+        return SecretStr(str(text).strip()) if text is not None and str(text).strip() else None
+
+    @field_validator("codec_cors_origins", mode="before")
+    @classmethod
+    def _codec_cors_origins(cls, v: str | list[str] | None) -> list[str]:
+        items = v.split(",") if isinstance(v, str) else list(v or [])
+        origins = []
+        for item in (i.strip().rstrip("/") for i in items):
+            if not item:
+                continue
+            parts = urlsplit(item)
+            if parts.scheme not in ("http", "https") or not parts.netloc or parts.path or parts.query:
+                raise ValueError(
+                    f"NEEDFLOW_CODEC_CORS_ORIGINS must list origins such as https://temporal.bank.example "
+                    f"(scheme, host and port only), got {item!r}"
+                )
+            origins.append(item)
+        return origins
 
     @model_validator(mode="after")
     def _docusign_configured(self) -> Settings:
@@ -232,12 +266,43 @@ class Settings(BaseSettings):
         return self.data_dir / "dev-api-key"
 
     @property
+    def dev_codec_keys_file(self) -> Path:
+        """Where the dev stack keeps the payload encryption key it makes (unless
+        NEEDFLOW_CODEC_KEYS is set), beside the dev server's histories it encrypts."""
+        return self.data_dir / "codec-keys"
+
+    @property
     def resolved_temporal_address(self) -> str:
         return self.temporal_address or f"127.0.0.1:{self.temporal_port}"
 
     @property
     def resolved_public_base_url(self) -> str:
         return (self.public_base_url or f"http://{self.api_host}:{self.api_port}").rstrip("/")
+
+    def codec_keyring(self) -> KeyRing:
+        """NEEDFLOW_CODEC_KEYS as a key ring; a ValueError (never showing a key) saying what is
+        wrong with it, or how to set it when unset."""
+        from workflows.codec import KeyRing
+
+        if self.codec_keys is None:
+            raise ValueError(
+                "NEEDFLOW_CODEC_KEYS is not set: workflow payloads hold customer data and are only ever written "
+                "encrypted. Set it to KEY_ID:BASE64_KEY[,KEY_ID:BASE64_KEY…] (the first encrypts; make a key with "
+                "`python -m workflows.codec KEY_ID`), the same in every worker and API process. "
+                "`make run` makes a dev key in <data dir>/codec-keys."
+            )
+        return KeyRing.parse(self.codec_keys.get_secret_value())
+
+    @property
+    def resolved_codec_cors_origins(self) -> list[str]:
+        return self.codec_cors_origins or [f"http://127.0.0.1:{self.ui_port}", f"http://localhost:{self.ui_port}"]
+
+    @property
+    def codec_endpoint(self) -> str:
+        """The API's codec endpoint as a browser on this machine reaches it (the dev Web UI's
+        --ui-codec-endpoint)."""
+        host = "127.0.0.1" if self.api_host in ("", "0.0.0.0", "::") else self.api_host
+        return f"http://{host}:{self.api_port}/codec"
 
     @property
     def docusign_webhook_url(self) -> str:

@@ -17,6 +17,7 @@ from api.deps import Services
 from api.routers import (
     api_keys,
     campaigns,
+    codec,
     consents,
     customers,
     dashboard,
@@ -71,6 +72,8 @@ def create_app(
     )
     errors.install(app)
     signing.redact_signing_links_in_logs()
+    # The Temporal Web UI calls /codec from its own origin; no other path answers CORS.
+    app.add_middleware(codec.CodecCors, origins=settings.resolved_codec_cors_origins)
     for router in (
         api_keys.router,
         customers.router,
@@ -87,6 +90,7 @@ def create_app(
         reports.router,
         scorecards.router,
         dashboard.router,
+        codec.router,
     ):
         app.include_router(router)
 

@@ -1,6 +1,7 @@
 """The whole local stack on embedded defaults: `python -m devstack` (or `make run`).
 
-In order: create the data dir, apply migrations, register the dev API key, start the
+In order: create the data dir, make the dev API key and the dev payload encryption key
+(unless configured), apply migrations, register the dev API key, start the
 Temporal dev server (unless NEEDFLOW_TEMPORAL_ADDRESS points at a cluster) and register
 needflow's search attributes, then start the worker and the API, wait for /healthz and
 print where everything is. Ctrl-C or SIGTERM stops the children in reverse order; if a
@@ -79,6 +80,34 @@ def dev_api_key(settings: Settings) -> str:
     return key
 
 
+def dev_codec_keys(settings: Settings) -> str:
+    """NEEDFLOW_CODEC_KEYS if set; else the dev key kept in <data_dir>/codec-keys (made
+    once, beside the Temporal db whose histories it encrypts: `make clean` drops both)."""
+    from workflows.codec import CodecError, KeyRing
+
+    if settings.codec_keys is not None:
+        try:
+            settings.codec_keyring()
+        except CodecError as err:
+            raise StackError(str(err)) from None
+        return settings.codec_keys.get_secret_value()
+    path = settings.dev_codec_keys_file
+    if path.exists() and path.read_text().strip():
+        keys = path.read_text().strip()
+        try:
+            KeyRing.parse(keys, variable=str(path))
+        except CodecError as err:
+            raise StackError(
+                f"{err} (delete it to make a new one: histories encrypted with it become unreadable)"
+            ) from None
+        return keys
+    keys = KeyRing.new_entry("dev-" + time.strftime("%Y%m%d"))
+    path.write_text(keys + "\n")
+    path.chmod(0o600)
+    log(f"made a payload encryption key for this dev stack in {path}")
+    return keys
+
+
 def prepare_database(database_url: str, key: str) -> None:
     from store.db import make_sync_engine
     from store.keys import ALL_SCOPES, register_api_key
@@ -123,10 +152,11 @@ def start_temporal(settings: Settings, data_dir: Path, log_dir: Path, env: dict[
     return address
 
 
-def child_env(settings: Settings, data_dir: Path, address: str) -> dict[str, str]:
+def child_env(settings: Settings, data_dir: Path, address: str, codec_keys: str) -> dict[str, str]:
     """The children see the same, fully resolved configuration as this process."""
     env = dict(os.environ)
     env.update(
+        NEEDFLOW_CODEC_KEYS=codec_keys,
         NEEDFLOW_DATA_DIR=str(data_dir),
         DATABASE_URL=settings.resolved_database_url,
         NEEDFLOW_TEMPORAL_ADDRESS=address,
@@ -151,6 +181,11 @@ def banner(settings: Settings, data_dir: Path, address: str, key: str, log_dir: 
         ("OpenAPI docs", f"{api}/docs   (document: {api}/openapi.json)"),
         ("Database", shown_url(settings.resolved_database_url)),
         ("Dev API key", f"{key}   (every scope; Authorization: Bearer <key>)"),
+        (
+            "Codec",
+            f"{settings.codec_endpoint}   (payloads are encrypted; for the Web UI sign in at "
+            f"{settings.codec_endpoint}/sign-in, see README)",
+        ),
         ("Data dir", str(data_dir)),
         ("Logs", f"worker and api below, prefixed; all in {log_dir}/*.log (temporal.log only there)"),
     ]
@@ -172,13 +207,14 @@ def run(temporal_only: bool = False) -> int:
             if not temporal_only:
                 check_free(settings.api_port, "API", "NEEDFLOW_API_PORT")
                 key = dev_api_key(settings)
+                codec_keys = dev_codec_keys(settings)
                 prepare_database(settings.resolved_database_url, key)
             address = start_temporal(settings, data_dir, log_dir, dict(os.environ), children)
             if temporal_only:
                 where = "" if settings.temporal_address else f"; Web UI http://127.0.0.1:{settings.ui_port}"
                 log(f"Temporal is up at {address}{where}; Ctrl-C stops")
             else:
-                env = child_env(settings, data_dir, address)
+                env = child_env(settings, data_dir, address, codec_keys)
                 children.start("worker", [sys.executable, "worker.py"], env, log_dir, echo=True)
                 api_argv = [sys.executable, "-m", "uvicorn", "--factory", "api.app:create_app",
                             "--host", settings.api_host, "--port", str(settings.api_port)]  # fmt: skip

@@ -77,6 +77,8 @@ def temporal_command(settings: Settings, data_dir: Path) -> list[str]:
         "--ui-port", str(settings.ui_port),
         "--namespace", settings.namespace,
         "--log-level", "warn",
+        # The Web UI decrypts payloads through the API's codec server (api/routers/codec.py).
+        "--ui-codec-endpoint", settings.codec_endpoint,
         *search_attribute_args(),
     ]  # fmt: skip
 

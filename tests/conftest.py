@@ -31,10 +31,24 @@ from store.db import make_sync_engine
 from store.keys import ALL_SCOPES, register_api_key
 from store.migrate import upgrade
 from tests.dbutil import fresh_database_url, test_database_base_url
-from tests.helpers import Api, Inbox, IsolatedSettings, SkippingStack, StartedWorkflows, serve_app, within
+from tests.helpers import (
+    TEST_CODEC_KEYS,
+    Api,
+    Inbox,
+    IsolatedSettings,
+    SkippingStack,
+    StartedWorkflows,
+    serve_app,
+    within,
+)
 from worker import build_worker
 from workflows import SEARCH_ATTRIBUTES
-from workflows.client import DATA_CONVERTER
+from workflows.client import DATA_CONVERTER, use_codec_keys
+from workflows.codec import KeyRing
+
+# Every client, worker and replayer of the tests encrypts with the fixed test key (in a
+# deployment, `workflows.client.connect` gives the codec NEEDFLOW_CODEC_KEYS).
+use_codec_keys(KeyRing.parse(TEST_CODEC_KEYS))
 
 
 @pytest_asyncio.fixture(scope="session")

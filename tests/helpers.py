@@ -11,6 +11,7 @@ test in seconds with a message saying what never happened, not hang CI.
 from __future__ import annotations
 
 import asyncio
+import base64
 import email
 import email.message
 import email.policy
@@ -47,6 +48,11 @@ SIGNING_LINK = re.compile(r"https?://\S+/sign/[A-Za-z0-9_\-]+")
 
 #: The longest a single HTTP call, update, query or result may take in a test.
 DEADLINE = 15.0
+
+#: The payload encryption key of every test's clients, workers and replayers
+#: (tests/conftest.py gives it to workflows.client.CODEC). In the source, so no secret:
+#: never a deployment's. Histories recorded by the tests are encrypted with it; keep it.
+TEST_CODEC_KEYS = "test:" + base64.b64encode(b"needflow test key, not a secret!").decode()
 
 
 async def within(aw: Awaitable[T], what: str, seconds: float = DEADLINE) -> T:

@@ -111,13 +111,24 @@ PUBLIC: dict[Route, int] = {
     # Authenticated by the message's HMAC instead of a key: unsigned, it is refused.
     ("POST", "/v1/webhooks/docusign"): 401,
     # The managers' dashboard: signed in by a session cookie, not a key (tests/test_dashboard.py
-    # checks it): the sign-in form, a refused sign-in, sign-out, and its static files.
+    # checks it): the sign-in form, a refused sign-in, sign-out, an opportunity's page
+    # (without a session: to the sign-in), and its static files.
     ("GET", "/dashboard"): 200,
     ("POST", "/dashboard/sign-in"): 401,
     ("POST", "/dashboard/sign-out"): 303,
+    ("GET", "/dashboard/opportunities/{opportunity_id}"): 303,
     ("GET", "/static/dashboard.js"): 200,
     ("GET", "/static/dashboard.css"): 200,
     ("GET", "/static/vendor/chartjs/chart.umd.js"): 200,
+    # The codec server for Temporal's Web UI and CLI, outside /v1 (its tools call
+    # ENDPOINT/encode and ENDPOINT/decode): an `admin` key or a codec session, else 401
+    # (tests/test_codec.py checks the keys, the scope and the session); its sign-in form,
+    # a refused sign-in and sign-out.
+    ("POST", "/codec/encode"): 401,
+    ("POST", "/codec/decode"): 401,
+    ("GET", "/codec/sign-in"): 200,
+    ("POST", "/codec/sign-in"): 401,
+    ("POST", "/codec/sign-out"): 200,
 }
 
 #: Routes found to lack the check SCOPES asks for: (strict) xfail with the reason, until fixed.
@@ -439,7 +450,7 @@ async def test_each_route_wants_its_key_and_its_scope(
 @pytest.mark.parametrize("route", sorted(PUBLIC), ids=lambda r: f"{r[0]} {r[1]}")
 async def test_public_routes_answer_without_a_key(route: Route, api: Api) -> None:
     method, template = route
-    path = template.format(token=unique("no-such-token"))
+    path = template.format(token=unique("no-such-token"), opportunity_id=unique("no-such-opportunity"))
     data = {"full_name": "Nobody", "agree": "yes"} if method == "POST" else None
     r = await api.request(method, path, data=data)
     assert r.status_code == PUBLIC[route], (route, r.status_code, r.text[:300])
