@@ -6,7 +6,15 @@ Each returns the final resource (opportunity or referral) as the API shows it.
 
 from __future__ import annotations
 
-from tests.helpers import Api, Inbox, territory, until
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from temporalio.client import Client, ScheduleActionStartWorkflow
+
+from config import Settings
+from domain.daily import DailyReviewInput, DailyReviewResult
+from tests.helpers import Api, Inbox, territory, unique, until, until_equal, within, workflow_ids
+from workflows.schedules import daily_review_schedule
 
 # ---------------------------------------------------------------- opportunities
 
@@ -62,6 +70,75 @@ async def checking_to_opened(api: Api) -> dict:
         {"phone": "+12125550100", "message_id": "SM-1", "text": "YES", "received_at": "2026-11-25T09:00:00+00:00"},
     )
     return (await api.event("account.opened", opp["id"], {"account_number": "CHK-1"})).json()["opportunity"]
+
+
+async def mortgage_imported_resumed_won(api: Api) -> dict:
+    """An open mortgage imported from an old CRM (`POST /v1/imports`) at Applied: its
+    workflow resumes at that stage (`OpportunityInput.imported`); the lender's approval (a
+    backend event) sends the documents to sign, and the customer signs: Closed Won."""
+    source = unique("crm")
+
+    def at(day: int) -> str:
+        return datetime(2025, 3, day, 9, tzinfo=UTC).isoformat()
+
+    def cp(stage: str, day: int, **evidence: Any) -> dict:
+        return {"stage": stage, "entered_at": at(day), "trigger": "manual", "actor": "E-DAN", "evidence": evidence}
+
+    book = {
+        "source": source,
+        "employees": [
+            {
+                "external_id": "E-DAN",
+                "name": "Dan Old",
+                "email": f"dan.{source}@bank.example",
+                "role": "mortgage_broker",
+                "line_of_business": "mortgage",
+                "products": ["mortgage"],
+                "capacity": 10,
+            }
+        ],
+        "customers": [{"external_id": "C-ANN", "name": "Ann Old", "email": "ann@example.com"}],
+        "needs": [
+            {
+                "external_id": "N-ANN",
+                "customer": "C-ANN",
+                "kind": "buy_home",
+                "description": "A first home",
+                "recorded_by": "E-DAN",
+                "recorded_at": at(1),
+            }
+        ],
+        "opportunities": [
+            {
+                "external_id": "O-MORT",
+                "customer": "C-ANN",
+                "product": "mortgage",
+                "owner": "E-DAN",
+                "need": "N-ANN",
+                "amount": "450000.00",
+                "opened_at": at(2),
+                "status": "open",
+                "checkpoints": [
+                    cp("interested", 2),
+                    cp("searching", 3, realtor="Old Realty"),
+                    cp("applied", 4, application_id="APP-OLD-1"),
+                ],
+            }
+        ],
+    }
+    answer = (await api.post("/v1/imports", book, expect=200)).json()
+    opp_id = answer["ids"]["opportunities"]["O-MORT"]
+    opp = (await api.get(f"/v1/opportunities/{opp_id}")).json()
+    assert (opp["stage"], opp["status"]) == ("applied", "open"), opp
+    opp = (await api.event("mortgage.application_approved", opp_id, {"approval_id": "APR-NEW-1"})).json()["opportunity"]
+    assert opp["stage"] == "approved", opp
+    assert (await api.sign(await api.signing_link(opp), full_name="Ann Old")).status_code == 200
+
+    async def won() -> dict | None:
+        opp = (await api.get(f"/v1/opportunities/{opp_id}")).json()
+        return opp if opp["status"] == "won" else None
+
+    return await until(won, "the imported mortgage won by signature")
 
 
 # ---------------------------------------------------------------- referrals
@@ -147,3 +224,136 @@ async def referral_escalated_closed(fast_api: Api, inbox: Inbox) -> dict:
     await until(escalated, "the escalation to the manager")
     body = {"actor_id": bob["id"], "reason": "the customer chose to wait a year"}
     return (await fast_api.post(f"/v1/referrals/{ref['id']}/close", body, expect=200)).json()
+
+
+# ---------------------------------------------------------------- scheduled work
+
+
+async def daily_review_mails_a_manager(
+    api: Api, client: Client, settings: Settings, task_queue: str, inbox: Inbox
+) -> dict:
+    """One run of the daily review as its Temporal Schedule starts it (`workflows/
+    schedules.py`, triggered by hand), narrowed to one manager's team (the session's
+    database is shared). A book imported with today's times (imported records keep their
+    own) gives Kevin's team three new exceptions — a won insurance without consent, a lost
+    mortgage whose need was recorded after it opened and which skipped Searching — so the
+    review e-mails Kevin once. Returns the run's `workflow_id` and result."""
+    source = unique("crm-daily")
+    now = datetime.now(UTC)
+
+    def ago(hours: int) -> str:
+        return (now - timedelta(hours=hours)).isoformat()
+
+    def cp(stage: str, hours_ago: int, **evidence: Any) -> dict:
+        return {
+            "stage": stage,
+            "entered_at": ago(hours_ago),
+            "trigger": "manual",
+            "actor": "E-DAN",
+            "evidence": evidence,
+        }
+
+    book = {
+        "source": source,
+        "employees": [
+            {
+                "external_id": "E-KEV",
+                "name": "Kevin",
+                "email": f"kevin.{source}@bank.example",
+                "role": "manager",
+                "line_of_business": "mortgage",
+            },
+            {
+                "external_id": "E-DAN",
+                "name": "Dan",
+                "email": f"dan.{source}@bank.example",
+                "role": "mortgage_broker",
+                "line_of_business": "mortgage",
+                "products": ["mortgage", "insurance"],
+                "capacity": 10,
+                "manager": "E-KEV",
+            },
+        ],
+        "customers": [
+            {"external_id": "C-ANN", "name": "Ann Today"},
+            {"external_id": "C-BO", "name": "Bo Today"},
+        ],
+        "needs": [
+            {
+                "external_id": "N-ANN",
+                "customer": "C-ANN",
+                "kind": "protect_family",
+                "description": "Life cover",
+                "recorded_by": "E-DAN",
+                "recorded_at": ago(5),
+            },
+            {
+                "external_id": "N-BO",
+                "customer": "C-BO",
+                "kind": "buy_home",
+                "description": "A first home",
+                "recorded_by": "E-DAN",
+                "recorded_at": ago(1),  # after the opportunity opened
+            },
+        ],
+        "opportunities": [
+            {
+                "external_id": "O-INS",
+                "customer": "C-ANN",
+                "product": "insurance",
+                "owner": "E-DAN",
+                "need": "N-ANN",
+                "opened_at": ago(4),
+                "status": "won",  # and no consent
+                "checkpoints": [
+                    cp("interested", 4),
+                    cp("proposal", 3, proposal_id="P-TODAY-1"),
+                    cp("closed_won", 2, envelope_id="ENV-TODAY-1", document_sha256="ab" * 32),
+                ],
+            },
+            {
+                "external_id": "O-MORT",
+                "customer": "C-BO",
+                "product": "mortgage",
+                "owner": "E-DAN",
+                "need": "N-BO",
+                "opened_at": ago(4),
+                "status": "lost",
+                "lost_reason": "bought with another bank",
+                "checkpoints": [
+                    cp("interested", 4),
+                    cp("applied", 3, application_id="APP-TODAY-1"),  # Searching skipped
+                    cp("closed_lost", 2, reason="bought with another bank"),
+                ],
+            },
+        ],
+    }
+    ids = (await api.post("/v1/imports", book, expect=200)).json()["ids"]
+    kevin = ids["employees"]["E-KEV"]
+
+    schedule = daily_review_schedule(task_queue, settings)
+    assert isinstance(schedule.action, ScheduleActionStartWorkflow)
+    schedule.action.args = [DailyReviewInput(manager_ids=[kevin])]  # this journey's team only
+    schedule_id = unique("daily-review-journey")
+    handle = await within(client.create_schedule(schedule_id, schedule), "create the schedule")
+    try:
+        await within(handle.trigger(), "trigger the schedule")
+
+        async def started() -> list[str]:
+            return await workflow_ids(client, f'TemporalScheduledById = "{schedule_id}"')
+
+        (run_id,) = await until(started, "the triggered daily review")
+        result: DailyReviewResult = await within(
+            client.get_workflow_handle(run_id, result_type=DailyReviewResult).result(), "the daily review", seconds=30
+        )
+    finally:
+        await within(handle.delete(), "delete the journey's schedule")
+    assert (result.audit.managers, result.audit.exceptions) == (1, 3), result
+    day = result.until.date()
+    subject = f"Practice audit {day}: 3 new exceptions in your team"
+
+    async def mailed() -> list[str]:
+        return [m["Subject"] for m in inbox.to(f"kevin.{source}@bank.example")]
+
+    await until_equal(mailed, [subject], "Kevin's e-mail")
+    return {"workflow_id": run_id, "result": result.model_dump(mode="json")}

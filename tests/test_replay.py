@@ -3,7 +3,9 @@
 tests/histories/ holds one history per path a workflow can take, recorded from real
 runs: won by signature (mortgage, insurance, wealth), declined then resent, opened by
 SMS consent, closed lost by hand and by a backend event; converted, rejected and
-reassigned, lapsed (the acceptance timer fired), escalated (the follow-up timers fired).
+reassigned, lapsed (the acceptance timer fired), escalated (the follow-up timers fired);
+an imported open mortgage resumed at its last stage and won; one daily review run started
+by its Temporal Schedule, e-mailing a manager new exceptions.
 A change to workflow code that would break a running workflow makes these fail: such a
 change needs `workflow.patched` (or a new workflow type), never a re-recorded history.
 
@@ -46,6 +48,8 @@ PATHS = [
     "referral-rejected-reassigned-closed",
     "referral-lapsed-closed",
     "referral-escalated-closed",
+    "mortgage-imported-resumed-won",
+    "daily-review",
 ]
 
 
@@ -103,7 +107,13 @@ async def following_up_api(
 
 
 async def test_fresh_journeys_replay(
-    api: Api, lapsing_api: Api, following_up_api: Api, client: Client, smtp_inbox: Inbox
+    api: Api,
+    lapsing_api: Api,
+    following_up_api: Api,
+    client: Client,
+    settings: Settings,
+    task_queue: str,
+    smtp_inbox: Inbox,
 ) -> None:
     runs = {
         "mortgage-closed-won": journeys.mortgage_to_closed_won(api),
@@ -117,6 +127,8 @@ async def test_fresh_journeys_replay(
         "referral-rejected-reassigned-closed": journeys.referral_rejected_reassigned_closed(api),
         "referral-lapsed-closed": journeys.referral_lapsed_closed(lapsing_api),
         "referral-escalated-closed": journeys.referral_escalated_closed(following_up_api, smtp_inbox),
+        "mortgage-imported-resumed-won": journeys.mortgage_imported_resumed_won(api),
+        "daily-review": journeys.daily_review_mails_a_manager(api, client, settings, task_queue, smtp_inbox),
     }
     assert sorted(runs) == sorted(PATHS)
     # Side by side (each journey has its own staff and territory): the timer paths wait.
