@@ -68,12 +68,13 @@ def build_worker(client: Client, settings: Settings, task_queue: str = TASK_QUEU
     sessions = make_session_factory(engine)
     mailer = Mailer(SmtpSettings.from_url(settings.smtp_url) if settings.smtp_url else None, settings.mail_from)
     esign = esign_provider(settings)
+    catalog = load_catalog(settings.processes_dir)
     opportunity = OpportunityActivities(
-        sessions, esign, mailer, timedelta(seconds=settings.signing_link_ttl), settings.esign_poll_seconds
+        sessions, esign, mailer, catalog, timedelta(seconds=settings.signing_link_ttl), settings.esign_poll_seconds
     )
     starts = Starts(client, task_queue, settings.search_attributes)
     referral = ReferralActivities(sessions, mailer, starts, settings.referrer_window_days)
-    daily = DailyActivities(sessions, mailer, load_catalog(settings.processes_dir))
+    daily = DailyActivities(sessions, mailer, catalog)
     return _StoreWorker(
         engine,
         esign,

@@ -55,6 +55,8 @@ from activities.referral import TOTAL
 from domain.daily import (
     MAIL_NEW_EXCEPTIONS,
     REBUILD_LEAD_MODEL,
+    REFRESH_AUDIT_FINDINGS,
+    AuditFindingsRefreshed,
     LeadModelRebuilt,
     NewExceptionsMailed,
     NewExceptionsRequest,
@@ -62,6 +64,7 @@ from domain.daily import (
 from domain.process import ProcessCatalog
 from domain.scoring import FEATURES, LeadModel
 from store.audit import Finding, OpportunityFacts, findings, load_facts, when
+from store.audit_findings import refresh_stale
 from store.models import Checkpoint, Employee, LeadFeatureCount, Opportunity, Referral
 
 
@@ -88,9 +91,7 @@ def as_of(opp: OpportunityFacts, t: datetime) -> OpportunityFacts | None:
         ),
         need_recorded_at=opp.need_recorded_at if need_known else None,
         need_kind=opp.need_kind if need_known else None,
-        prequalifications=None
-        if opp.prequalifications is None
-        else tuple(p for p in opp.prequalifications if p.at < t),
+        prequalifications=tuple(p for p in opp.prequalifications if p.at < t),
     )
 
 
@@ -227,5 +228,12 @@ class DailyActivities:
             decided=int(total_won) + int(total_lost), won=int(total_won), lost=int(total_lost), repaired=repaired
         )
 
+    @activity.defn(name=REFRESH_AUDIT_FINDINGS)
+    async def refresh_audit_findings(self, _: None = None) -> AuditFindingsRefreshed:
+        """Judge the opportunities left stale (store/audit_findings.py), heartbeating after
+        every batch; a retry goes on with the ones still stale."""
+        judged = await refresh_stale(self.sessions, self.catalog, progress=activity.heartbeat)
+        return AuditFindingsRefreshed(judged=judged)
+
     def all(self) -> list:
-        return [self.mail_new_exceptions, self.rebuild_lead_model]
+        return [self.mail_new_exceptions, self.rebuild_lead_model, self.refresh_audit_findings]

@@ -17,8 +17,10 @@ from temporalio import activity
 from activities.mail import Mailer
 from domain import records
 from domain.opportunity import CheckpointView, SignatureOutcome
+from domain.process import ProcessCatalog
 from esign.documents import DocumentContext, render_document, sha256_hex
 from esign.provider import Envelope, EnvelopeStatus, ESignatureProvider
+from store.audit_findings import consent_affects, judge
 from store.models import (
     Checkpoint,
     Consent,
@@ -73,10 +75,13 @@ class OpportunityActivities:
         sessions: async_sessionmaker[AsyncSession],
         esign: ESignatureProvider,
         mailer: Mailer,
+        catalog: ProcessCatalog,
         link_ttl: timedelta = timedelta(days=7),
         poll_seconds: float = 900,
     ) -> None:
         self.sessions = sessions
+        #: The process versions the practice audit judges records by (store/audit_findings.py).
+        self.catalog = catalog
         self.esign = esign
         self.mailer = mailer
         #: How long a signing link of ours works (NEEDFLOW_SIGNING_LINK_TTL).
@@ -116,6 +121,7 @@ class OpportunityActivities:
                 await session.flush()
             for checkpoint in checkpoints:
                 await _add_checkpoint(session, rec.opportunity_id, checkpoint)
+            await judge(session, self.catalog, Opportunity.id == rec.opportunity_id)
 
     @activity.defn(name=records.RECORD_STAGE_CHANGE)
     async def record_stage_change(self, change: records.StageChange) -> None:
@@ -170,6 +176,12 @@ class OpportunityActivities:
                     sig.signer_name = done.signer_name
                     sig.client_address = done.client_address
                     sig.completed_at = done.completed_at
+            # The practice audit's verdicts on what changed (store/audit_findings.py): a
+            # consent can change those of every opportunity of its customer and product.
+            if change.consent:
+                await judge(session, self.catalog, *consent_affects(opp.customer_id, change.consent.product.value))
+            else:
+                await judge(session, self.catalog, Opportunity.id == opp.id)
 
     async def _void_at_provider(self, envelope_id: str) -> str:
         """Void a remote envelope at its provider; the status to record for it: `voided`,
@@ -421,6 +433,7 @@ class OpportunityActivities:
             )
             if rec.seq > max(recorded, default=0):
                 opp.owner_id = rec.to_owner_id
+                await judge(session, self.catalog, Opportunity.id == opp.id)
 
     def all(self) -> list:
         return [

@@ -714,6 +714,8 @@ class PracticeAuditItem(BaseModel):
 
 class PracticeAuditOut(BaseModel):
     items: list[PracticeAuditItem]
+    #: Where the next page starts (`after=`), or null on the last page.
+    next: str | None = None
 
 
 class ScorecardItem(BaseModel):
@@ -742,3 +744,5 @@ class ScorecardsOut(BaseModel):
     #: The UTC month, YYYY-MM.
     period: str
     items: list[ScorecardItem]
+    #: Where the next page starts (`after=`), or null on the last page.
+    next: str | None = None

@@ -1,7 +1,11 @@
 """The reports at bank scale (issue 8, item 9): 1,000,000 referrals, 250,000 opportunities
 with ~4 checkpoints each, 2,000,000 customer-health events, ~200,000 customers and 2,000
 employees in a manager hierarchy, seeded into a fresh PostgreSQL database with bulk SQL
-(INSERT ... SELECT FROM generate_series), then each report timed by calling the same
+(INSERT ... SELECT FROM generate_series; rows go in in time order, as the live system
+writes them; customer-health events with the scorecard facts the events API records beside
+their JSON, domain.customer_health.signal_facts), then the practice audit's kept verdicts built by the code the activities
+keep them with (store/audit_findings.refresh_stale, timed), then each report timed by
+calling the same
 functions, with the same arguments, as the API's routers: referrers, pipeline (bank and a
 manager's team), scorecards for a month (bank and one manager's team), the practice audit
 (a month unfiltered, one owner over all time and over the month) and one customer's
@@ -35,8 +39,11 @@ from sqlalchemy.engine import make_url
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from api.routers.reports import AUDIT_PAGE  # noqa: E402
+from api.routers.scorecards import PAGE as SCORECARD_PAGE  # noqa: E402
 from domain.process import load_catalog  # noqa: E402
 from store.audit import customer_review, practice_audit  # noqa: E402
+from store.audit_findings import refresh_stale  # noqa: E402
 from store.db import make_async_engine, make_session_factory  # noqa: E402
 from store.migrate import upgrade  # noqa: E402
 from store.queries import customer_journey, referral_records  # noqa: E402
@@ -45,6 +52,8 @@ from store.scorecards import scorecards  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 BUDGET_MS = 300.0
+#: What GET /v1/reports/practice-audit asks the store for: a page and one more.
+PAGE = AUDIT_PAGE + 1
 RUNS = 5
 NOW = datetime.now(UTC).replace(microsecond=0)
 #: Three years of history, ending now.
@@ -117,7 +126,8 @@ SELECT o.id, o.customer_id, p.product, 1, o.owner_id, 'N' || o.i,
        CASE o.status WHEN 'won' THEN 100 WHEN 'lost' THEN 0 ELSE 40 END,
        o.status, CASE WHEN o.status = 'lost' THEN 'price' END, 4, 'opportunity-' || o.id,
        o.opened_at, CASE WHEN o.status <> 'open' THEN o.opened_at + o.days * interval '1 day' END
-FROM bench_opps o JOIN bench_products p ON p.n = o.pn;
+FROM bench_opps o JOIN bench_products p ON p.n = o.pn
+ORDER BY o.opened_at;
 
 -- Checkpoints: the process's stages in order (a few skip one), then closed_won / closed_lost.
 INSERT INTO checkpoints (opportunity_id, seq, stage, entered_at, trigger, actor, via, evidence)
@@ -171,7 +181,8 @@ CROSS JOIN LATERAL (SELECT q.i, q.created_at, q.days,
   CASE WHEN q.created_at > %(now)s - interval '60 days' AND q.roll < 40
             THEN (ARRAY['assigned','accepted','unassigned','assigned'])[1 + q.roll % 4]
        WHEN q.created_at <= %(now)s - interval '60 days' AND q.roll < 1 THEN 'accepted'
-       WHEN q.roll < 45 THEN 'converted' ELSE 'closed' END) AS r(i, created_at, days, status);
+       WHEN q.roll < 45 THEN 'converted' ELSE 'closed' END) AS r(i, created_at, days, status)
+ORDER BY r.created_at;
 -- No decision in the future.
 UPDATE referrals SET decided_at = %(now)s WHERE decided_at > %(now)s;
 
@@ -183,40 +194,52 @@ FROM bench_opps o WHERE o.pn = 0 AND o.status = 'won';
 INSERT INTO processed_events (id, type, subject_id, body_sha256, processed_at)
 SELECT 'EV' || i, 'nps.response', 'C' || (1 + (hashint4(i + 71) & 2147483647) % %(customers)s), md5(i::text),
        %(now)s - ((hashint4(i + 73) & 2147483647) % (%(span)s * 1440)) * interval '1 minute'
-FROM generate_series(1, %(nps)s) i;
-INSERT INTO customer_signals (event_id, customer_id, type, data, occurred_at)
+FROM generate_series(1, %(nps)s) i
+ORDER BY 5;
+INSERT INTO customer_signals (event_id, customer_id, type, data, occurred_at, received_at, month, score)
 SELECT id, subject_id, type,
        jsonb_build_object('score', (hashtext(id) & 2147483647) % 11,
                           'comment', 'ok'),
-       processed_at - interval '1 minute'
-FROM processed_events WHERE type = 'nps.response';
+       processed_at - interval '1 minute', processed_at,
+       to_char((processed_at - interval '1 minute') AT TIME ZONE 'UTC', 'YYYY-MM'),
+       (hashtext(id) & 2147483647) % 11
+FROM processed_events WHERE type = 'nps.response'
+ORDER BY processed_at;
 
 INSERT INTO processed_events (id, type, subject_id, body_sha256, processed_at)
 SELECT 'EA' || i, 'account.activity', 'C' || (1 + (hashint4(i + 83) & 2147483647) % %(customers)s), md5(i::text),
        date_trunc('month', %(now)s) - ((i % 36)) * interval '1 month' + interval '2 days'
-FROM generate_series(1, %(activity)s) i;
-INSERT INTO customer_signals (event_id, customer_id, type, data, occurred_at)
+FROM generate_series(1, %(activity)s) i
+ORDER BY 5;
+INSERT INTO customer_signals (event_id, customer_id, type, data, occurred_at, received_at, month, transactions)
 SELECT id, subject_id, type,
        jsonb_build_object('product', (ARRAY['checking','savings','mortgage'])[1 + (hashtext(id || 'p') & 2147483647) % 3],
                           'period', to_char(processed_at - interval '1 month', 'YYYY-MM'),
                           'transactions', (hashtext(id) & 2147483647) % 40),
-       processed_at - interval '1 minute'
-FROM processed_events WHERE type = 'account.activity';
+       processed_at - interval '1 minute', processed_at,
+       to_char(processed_at - interval '1 month', 'YYYY-MM'), (hashtext(id) & 2147483647) % 40
+FROM processed_events WHERE type = 'account.activity'
+ORDER BY processed_at;
 
 INSERT INTO processed_events (id, type, subject_id, body_sha256, processed_at)
 SELECT 'EP' || i, 'mortgage.payment', m.customer_id, m.id,
        least(%(now)s, m.won_at + (1 + i / (SELECT count(*) FROM bench_mortgages)) * interval '1 month')
 FROM generate_series(1, %(payments)s) i
-JOIN bench_mortgages m ON m.n = 1 + i % (SELECT count(*) FROM bench_mortgages);
-INSERT INTO customer_signals (event_id, customer_id, type, data, occurred_at)
+JOIN bench_mortgages m ON m.n = 1 + i % (SELECT count(*) FROM bench_mortgages)
+ORDER BY 5;
+INSERT INTO customer_signals (event_id, customer_id, type, data, occurred_at, received_at, month, opportunity_id,
+                              on_time)
 SELECT id, subject_id, type,
        jsonb_build_object('opportunity_id', body_sha256,
                           'due_date', to_char(processed_at - interval '2 days', 'YYYY-MM-DD'),
                           'paid_date', to_char(processed_at - CASE WHEN (hashtext(id) & 2147483647) % 10 = 0 THEN interval '0 days'
                                                                    ELSE interval '3 days' END, 'YYYY-MM-DD'),
                           'amount', '1450.00'),
-       processed_at - interval '1 minute'
-FROM processed_events WHERE type = 'mortgage.payment';
+       processed_at - interval '1 minute', processed_at,
+       to_char(processed_at - interval '2 days', 'YYYY-MM'), body_sha256,
+       (hashtext(id) & 2147483647) % 10 <> 0
+FROM processed_events WHERE type = 'mortgage.payment'
+ORDER BY processed_at;
 UPDATE processed_events SET body_sha256 = md5(id) WHERE type = 'mortgage.payment';
 """
 
@@ -273,6 +296,22 @@ async def timed(
     return label, statistics.median(times), max(times), n
 
 
+async def judge_all(url: str) -> None:
+    """Build the practice audit's kept verdicts as the activities keep them, and time it."""
+    catalog = load_catalog(ROOT / "processes")
+    engine = make_async_engine(url)
+    t0 = time.perf_counter()
+    n = await refresh_stale(make_session_factory(engine), catalog)
+    seconds = time.perf_counter() - t0
+    print(f"judged {n} opportunities in {seconds:.1f} s ({n / max(seconds, 1e-9):,.0f}/s)", flush=True)
+    await engine.dispose()
+    # What autovacuum does after a bulk change: the planner learns the new rows, and the
+    # visibility map lets index-only scans skip the heap.
+    dsn = make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute("VACUUM ANALYZE")
+
+
 async def run_reports(url: str) -> None:
     catalog = load_catalog(ROOT / "processes")
     engine = make_async_engine(url)
@@ -288,6 +327,12 @@ async def run_reports(url: str) -> None:
         customer = conn.execute(
             "SELECT customer_id FROM opportunities GROUP BY customer_id ORDER BY count(*) DESC LIMIT 1"
         ).fetchone()[0]  # type: ignore[index]
+        # Where the scorecards' last page starts: after the employee a page before the end.
+        last_page = tuple(
+            conn.execute(
+                "SELECT name, id FROM employees ORDER BY name DESC, id DESC OFFSET %s LIMIT 1", (SCORECARD_PAGE,)
+            ).fetchone()
+        )  # type: ignore[arg-type]
     last_month = (NOW.replace(day=1) - timedelta(days=1)).replace(day=1).date()
     month_end = NOW.replace(day=1).date() - timedelta(days=1)
     year_start = date(NOW.year - 1, NOW.month, 1)
@@ -323,8 +368,13 @@ async def run_reports(url: str) -> None:
             lambda r: r.open_total,
         ),
         (
-            f"scorecards {last_month:%Y-%m} (bank)",
-            lambda: with_session(lambda s: scorecards(s, period=last_month)),
+            f"scorecards {last_month:%Y-%m} (bank, a page)",
+            lambda: with_session(lambda s: scorecards(s, period=last_month, limit=SCORECARD_PAGE + 1)),
+            len,
+        ),
+        (
+            f"scorecards {last_month:%Y-%m} (bank, last page)",
+            lambda: with_session(lambda s: scorecards(s, period=last_month, after=last_page, limit=SCORECARD_PAGE + 1)),
             len,
         ),
         (
@@ -333,21 +383,31 @@ async def run_reports(url: str) -> None:
             len,
         ),
         (
-            f"audit {last_month:%Y-%m} (unfiltered)",
-            lambda: with_session(lambda s: practice_audit(s, catalog, opened_from=last_month, opened_to=month_end)),
-            len,
-        ),
-        (
-            f"audit {last_month:%Y-%m} (owner)",
+            f"audit {last_month:%Y-%m} (unfiltered, a page)",
             lambda: with_session(
-                lambda s: practice_audit(s, catalog, opened_from=last_month, opened_to=month_end, owner_id=owner)
+                lambda s: practice_audit(s, catalog, opened_from=last_month, opened_to=month_end, limit=PAGE)
             ),
             len,
         ),
-        ("audit all time (owner)", lambda: with_session(lambda s: practice_audit(s, catalog, owner_id=owner)), len),
         (
-            "audit 12 months (unfiltered)",
-            lambda: with_session(lambda s: practice_audit(s, catalog, opened_from=year_start, opened_to=month_end)),
+            f"audit {last_month:%Y-%m} (owner, a page)",
+            lambda: with_session(
+                lambda s: practice_audit(
+                    s, catalog, opened_from=last_month, opened_to=month_end, owner_id=owner, limit=PAGE
+                )
+            ),
+            len,
+        ),
+        (
+            "audit all time (owner, a page)",
+            lambda: with_session(lambda s: practice_audit(s, catalog, owner_id=owner, limit=PAGE)),
+            len,
+        ),
+        (
+            "audit 12 months (unfiltered, a page)",
+            lambda: with_session(
+                lambda s: practice_audit(s, catalog, opened_from=year_start, opened_to=month_end, limit=PAGE)
+            ),
             len,
         ),
         ("journey + review (one customer)", lambda: with_session(journey), lambda n: n),
@@ -368,6 +428,10 @@ def main() -> None:
     args = ap.parse_args()
 
     if args.url:
+        t0 = time.perf_counter()
+        upgrade(args.url)  # a database seeded by an older revision: its migrations run here, timed
+        print(f"migrated in {time.perf_counter() - t0:.1f} s")
+        asyncio.run(judge_all(args.url))
         asyncio.run(run_reports(args.url))
         return
     base = make_url(os.environ.get("DATABASE_URL") or "postgresql://root@127.0.0.1:5432/postgres")
@@ -387,6 +451,7 @@ def main() -> None:
         t0 = time.perf_counter()
         seed(dsn, args.scale)
         print(f"seeded in {time.perf_counter() - t0:.1f} s")
+        asyncio.run(judge_all(url))
         asyncio.run(run_reports(url))
     finally:
         if args.keep:

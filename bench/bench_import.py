@@ -129,7 +129,7 @@ async def run(url: str, n: int) -> None:
             plan, problems = check(parsed, catalog, known, campaigns)
             assert not problems, problems[:5]
             t2 = time.perf_counter()
-            outcome = await store.write(sessions, plan)
+            outcome = await store.write(sessions, catalog, plan)
             t3 = time.perf_counter()
             print(f"{attempt}: {n:,} opportunities")
             print(

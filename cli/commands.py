@@ -175,6 +175,32 @@ def revoke_api_key(database_url: str, key_id: str) -> None:
             raise CliError(f"no API key {key_id!r} (`python starter.py api-key list` shows them)", exit_code=1)
 
 
+def refresh_audit(settings: Settings, out: Out) -> int:
+    """Judge every opportunity the practice audit's kept verdicts are stale for
+    (store/audit_findings.py: after migration 0009, bulk SQL or a changed rule), in
+    batches, straight in the database; how many were judged."""
+    import asyncio
+
+    from domain.process import load_catalog
+    from store.audit_findings import refresh_stale
+    from store.db import make_async_engine, make_session_factory
+
+    async def run() -> int:
+        engine = make_async_engine(settings.resolved_database_url)
+        try:
+            return await refresh_stale(
+                make_session_factory(engine),
+                load_catalog(settings.processes_dir),
+                progress=lambda n: out(f"{n} judged so far"),
+            )
+        finally:
+            await engine.dispose()
+
+    judged = asyncio.run(run())
+    out(f"{judged} stale opportunities judged by the practice audit")
+    return judged
+
+
 @contextmanager
 def _key_store(database_url: str) -> Iterator[Engine]:
     """The stack's database, for managing keys without a key (the first one included)."""

@@ -18,6 +18,7 @@ from cli.commands import (
     create_api_key,
     list_api_keys,
     parse_event_data,
+    refresh_audit,
     revoke_api_key,
     send_event,
     show_referral,
@@ -80,6 +81,10 @@ def build_parser(description: str | None = None) -> argparse.ArgumentParser:
     book = commands.add_parser("import", parents=[conn], help="import a book of business (POST /v1/imports)")
     book.add_argument("file", metavar="FILE", help="the book as JSON: source, employees, customers, needs, ...")
 
+    audit = commands.add_parser("audit", help="the practice audit's kept verdicts (in the database)")
+    audit_sub = audit.add_subparsers(dest="action", required=True, metavar="ACTION")
+    audit_sub.add_parser("refresh", help="judge the opportunities whose kept verdicts are stale (after a migration)")
+
     stories = "play Rachel's story (seed 000) and Kiara's referral (seed 003)"
     demo = commands.add_parser("demo", parents=[conn], help=stories)
     demo.add_argument("--run-id", help="replay an earlier run: its keys make every step a repeat")
@@ -102,6 +107,9 @@ def run(argv: Sequence[str] | None = None, settings: Settings | None = None,
         if args.command == "api-key" and args.action == "revoke":
             revoke_api_key(settings.resolved_database_url, args.key_id)
             print(f"API key {args.key_id} revoked: it answers 401 from now on.", file=sys.stderr)
+            return 0
+        if args.command == "audit":
+            refresh_audit(settings, out)
             return 0
         if args.command == "api-key":
             scopes = [s.strip() for s in args.scopes.split(",") if s.strip()]

@@ -30,6 +30,10 @@ never turns a true date into a refusal.
 
 `nps.response`: nothing beyond the schema (the score is 0–10; the comment is free text).
 
+What the scorecards read of a recorded event (`signal_facts`) is kept beside its data as
+columns of `customer_signals`, so that a month's figures are index ranges rather than JSON
+read out of two million rows (store/scorecards.py).
+
 Every event also needs its customer to exist (404 `not_found`, as for any unknown
 subject); api/routers/events.py asks the store and calls these rules. A problem is
 (`field`, `message`), the field a dotted path of the request body (`data.period`).
@@ -91,6 +95,36 @@ def earliest_date(at: datetime) -> date:
 def latest_date(at: datetime) -> date:
     """The latest calendar date anywhere on Earth at instant `at` (UTC+14)."""
     return (at.astimezone(UTC) + _EAST).date()
+
+
+@dataclass(frozen=True)
+class SignalFacts:
+    """What the scorecards read of one recorded event (store/scorecards.py)."""
+
+    #: The UTC month (YYYY-MM) the event counts in: an NPS response's, by `occurred_at`;
+    #: an account's activity's `period`; a mortgage payment's, by its `due_date`.
+    month: str
+    score: int | None = None
+    transactions: int | None = None
+    opportunity_id: str | None = None
+    #: A payment's: paid on or before its due date (calendar dates, `calendar_date`).
+    on_time: bool | None = None
+
+
+def signal_facts(event_type: str, data: dict[str, Any], occurred_at: datetime) -> SignalFacts:
+    """The scorecards' facts of a recorded (so valid) event of `event_type`."""
+    if event_type == "account.activity":
+        return SignalFacts(month=parse_period(data["period"]).strftime("%Y-%m"), transactions=int(data["transactions"]))
+    if event_type == "mortgage.payment":
+        due = calendar_date(data["due_date"])
+        return SignalFacts(
+            month=due.strftime("%Y-%m"),
+            opportunity_id=data["opportunity_id"],
+            on_time=calendar_date(data["paid_date"]) <= due,
+        )
+    if event_type == "nps.response":
+        return SignalFacts(month=occurred_at.astimezone(UTC).strftime("%Y-%m"), score=int(data["score"]))
+    raise ValueError(f"{event_type!r} is not a customer-health event")
 
 
 def activity_problems(data: dict[str, Any], *, occurred_at: datetime, now: datetime) -> list[Problem]:

@@ -15,6 +15,7 @@ from pydantic import BaseModel
 
 MAIL_NEW_EXCEPTIONS = "daily.mail_new_exceptions"
 REBUILD_LEAD_MODEL = "daily.rebuild_lead_model"
+REFRESH_AUDIT_FINDINGS = "daily.refresh_audit_findings"
 
 
 class DailyReviewInput(BaseModel):
@@ -54,8 +55,16 @@ class LeadModelRebuilt(BaseModel):
     repaired: int
 
 
+class AuditFindingsRefreshed(BaseModel):
+    #: Opportunities left stale (store/audit_findings.py) and judged now: 0 when every
+    #: write had judged its own.
+    judged: int
+
+
 class DailyReviewResult(BaseModel):
     since: datetime
     until: datetime
     audit: NewExceptionsMailed
     lead_model: LeadModelRebuilt
+    #: None for a review run before the workflow did this step.
+    audit_findings: AuditFindingsRefreshed | None = None

@@ -34,12 +34,11 @@ stages: `stage_out_of_order` and `evidence_missing` say nothing about it.
 Items are ordered by `opened_at`, then opportunity id, then rule name (alphabetical).
 Times in the sentences are UTC, to the minute.
 
-Prequalifications (the campaigns work plugs in here)
-----------------------------------------------------
-`campaign_not_prequalified` reads prequalifications through `prequalification_model()`:
-the `Prequalification` model of `store.models` with columns `customer_id`, `campaign_id`,
-`qualified` (bool) and `at` (when it was decided). Where that model or its table does not
-exist, the facts carry `prequalifications=None` ("not known") and the rule reports nothing.
+The report reads the verdicts kept by store/audit_findings.py (`audit_findings`, one
+row per opportunity and rule, written with every change to what the rules read) and judges
+on the spot only the opportunities still marked `audit_stale`; both come from these
+rules. Changing a rule's verdict or sentence therefore needs a migration that marks every
+opportunity stale (store/audit_findings.py says why).
 """
 
 from __future__ import annotations
@@ -50,14 +49,13 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
 from typing import Any
 
-from sqlalchemy import and_, inspect, select
+from sqlalchemy import and_, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from domain.opportunity import CLOSED_LOST_STAGE, _missing
 from domain.process import ProcessCatalog, ProcessDefinition
 from domain.types import Product
-from store import models
-from store.models import Checkpoint, Consent, Need, Opportunity
+from store.models import AuditFinding, Checkpoint, Consent, Need, Opportunity, Prequalification
 from store.reports import _snapshot
 
 CONSENT_MISSING = "consent_missing"
@@ -111,8 +109,8 @@ class OpportunityFacts:
     campaign_id: str | None = None
     checkpoints: tuple[CheckpointFact, ...] = ()
     consents: tuple[ConsentFact, ...] = ()
-    #: None: prequalifications are not recorded in this store (yet): nothing to judge.
-    prequalifications: tuple[PrequalificationFact, ...] | None = None
+    #: Its customer's prequalifications for its campaign (none without a campaign).
+    prequalifications: tuple[PrequalificationFact, ...] = ()
 
 
 def when(at: datetime) -> str:
@@ -135,11 +133,12 @@ def consent_in_force(consents: Sequence[ConsentFact], at: datetime | None) -> bo
     return any(c.granted_at <= at and (c.withdrawn_at is None or c.withdrawn_at > at) for c in consents)
 
 
-def _stage_name(process: ProcessDefinition, key: str) -> str:
+def stage_name(process: ProcessDefinition | None, key: str) -> str:
+    """A stage as the sentences name it; its key when its process (or the catalog) lacks it."""
     if key == CLOSED_LOST_STAGE:
         return "Closed Lost"
     try:
-        return process.stage(key).name
+        return process.stage(key).name if process is not None else key
     except KeyError:
         return key
 
@@ -192,7 +191,7 @@ def stage_out_of_order(opp: OpportunityFacts) -> str | None:
     prev = -1  # the index of the stage last entered; -1 before the first checkpoint
     lost = False
     for cp in opp.checkpoints:
-        name, at = _stage_name(process, cp.stage), when(cp.entered_at)
+        name, at = stage_name(process, cp.stage), when(cp.entered_at)
         if lost:
             problems.append(f"{name} was entered on {at}, after the opportunity was closed lost.")
             continue
@@ -239,8 +238,7 @@ def evidence_missing(opp: OpportunityFacts) -> str | None:
     if process is None:
         return None
     problems = [
-        f"{_stage_name(process, cp.stage)} was entered on {when(cp.entered_at)} without the {_and(missing)} "
-        "it asks for."
+        f"{stage_name(process, cp.stage)} was entered on {when(cp.entered_at)} without the {_and(missing)} it asks for."
         for cp in opp.checkpoints
         if (missing := missing_evidence(process, cp))
     ]
@@ -248,7 +246,7 @@ def evidence_missing(opp: OpportunityFacts) -> str | None:
 
 
 def campaign_not_prequalified(opp: OpportunityFacts) -> str | None:
-    if opp.campaign_id is None or opp.prequalifications is None:
+    if opp.campaign_id is None:
         return None
     before = [p for p in opp.prequalifications if p.at <= opp.opened_at]
     if any(p.qualified for p in before):
@@ -318,18 +316,6 @@ def review(opp: OpportunityFacts) -> Review:
 # ---------------------------------------------------------------- loading the facts
 
 
-async def prequalification_model(session: AsyncSession) -> Any | None:
-    """The campaigns work's `Prequalification` model (customer_id, campaign_id, qualified,
-    at) when the store has it and its table, else None: then `campaign_not_prequalified`
-    is silent."""
-    model = getattr(models, "Prequalification", None)
-    if model is None or not all(hasattr(model, c) for c in ("customer_id", "campaign_id", "qualified", "at")):
-        return None
-    table = model.__tablename__
-    exists = await session.run_sync(lambda s: inspect(s.connection()).has_table(table))
-    return model if exists else None
-
-
 def _process(catalog: ProcessCatalog, product: str, version: int) -> ProcessDefinition | None:
     try:
         return catalog.get(Product(product), version)
@@ -337,19 +323,20 @@ def _process(catalog: ProcessCatalog, product: str, version: int) -> ProcessDefi
         return None
 
 
-def opened_between(opened_from: date | None, opened_to: date | None) -> list[Any]:
-    """`opened_at` within the UTC days `opened_from` to `opened_to`, both included."""
+def between(column: Any, opened_from: date | None, opened_to: date | None) -> list[Any]:
+    """`column` (an `opened_at`) within the UTC days `opened_from` to `opened_to`, both
+    included."""
     conds = []
     if opened_from is not None:
-        conds.append(Opportunity.opened_at >= datetime.combine(opened_from, time.min, UTC))
+        conds.append(column >= datetime.combine(opened_from, time.min, UTC))
     if opened_to is not None:
-        conds.append(Opportunity.opened_at < datetime.combine(opened_to + timedelta(days=1), time.min, UTC))
+        conds.append(column < datetime.combine(opened_to + timedelta(days=1), time.min, UTC))
     return conds
 
 
 async def load_facts(session: AsyncSession, catalog: ProcessCatalog, where: Sequence[Any]) -> list[OpportunityFacts]:
     """The facts of every opportunity matching `where` (conditions on `Opportunity`),
-    ordered by opened_at then id: four queries (three without prequalifications)."""
+    ordered by opened_at then id: four queries (three when none has a campaign)."""
     await _snapshot(session)
     rows = (
         await session.execute(
@@ -392,16 +379,19 @@ async def load_facts(session: AsyncSession, catalog: ProcessCatalog, where: Sequ
     ):
         consents[opp_id].append(ConsentFact(granted_at, withdrawn_at))
 
-    prequalified: dict[str, list[PrequalificationFact]] | None = None
-    if (model := await prequalification_model(session)) is not None:
-        prequalified = defaultdict(list)
+    prequalified: dict[str, list[PrequalificationFact]] = defaultdict(list)
+    if any(r.campaign_id is not None for r in rows):
         for opp_id, at, qualified in await session.execute(
-            select(Opportunity.id, model.at, model.qualified)
+            select(Opportunity.id, Prequalification.at, Prequalification.qualified)
             .join(
-                model, and_(model.customer_id == Opportunity.customer_id, model.campaign_id == Opportunity.campaign_id)
+                Prequalification,
+                and_(
+                    Prequalification.customer_id == Opportunity.customer_id,
+                    Prequalification.campaign_id == Opportunity.campaign_id,
+                ),
             )
             .where(*where, Opportunity.campaign_id.is_not(None))
-            .order_by(Opportunity.id, model.at)
+            .order_by(Opportunity.id, Prequalification.at)
         ):
             prequalified[opp_id].append(PrequalificationFact(at, bool(qualified)))
 
@@ -420,7 +410,7 @@ async def load_facts(session: AsyncSession, catalog: ProcessCatalog, where: Sequ
             campaign_id=r.campaign_id,
             checkpoints=tuple(checkpoints.get(r.id, ())),
             consents=tuple(consents.get(r.id, ())),
-            prequalifications=None if prequalified is None else tuple(prequalified.get(r.id, ())),
+            prequalifications=tuple(prequalified.get(r.id, ())),
         )
         for r in rows
     ]
@@ -436,6 +426,31 @@ class AuditItem:
     detail: str
     owner_id: str
     product: str
+    opened_at: datetime
+
+    @property
+    def key(self) -> AuditKey:
+        """Where the item stands in the report's order (a page ends at its last key)."""
+        return (self.opened_at, self.opportunity_id, self.rule)
+
+
+#: (opened_at, opportunity id, rule): the report's order, and a page's resume point.
+AuditKey = tuple[datetime, str, str]
+
+
+def _after(key: AuditKey) -> Any:
+    """Findings strictly after `key` in the report's order (spelt out, not as a row-value
+    comparison, so that each value binds with its column's type on every database)."""
+    at, opp_id, rule = key
+    f = AuditFinding
+    return and_(
+        f.opened_at >= at,
+        or_(
+            f.opened_at > at,
+            f.opportunity_id > opp_id,
+            and_(f.opportunity_id == opp_id, f.rule > rule),
+        ),
+    )
 
 
 async def practice_audit(
@@ -446,19 +461,44 @@ async def practice_audit(
     opened_to: date | None = None,
     owner_id: str | None = None,
     product: str | None = None,
+    after: AuditKey | None = None,
+    limit: int | None = None,
 ) -> list[AuditItem]:
     """One item per opportunity and rule it breaks, for the opportunities opened within the
-    UTC days `opened_from`..`opened_to` (both included) of that owner and product."""
-    where = opened_between(opened_from, opened_to)
+    UTC days `opened_from`..`opened_to` (both included) of that owner and product, in the
+    report's order: the first `limit` (all: None) of those after `after`.
+
+    The verdicts kept in `audit_findings`, merged with those of the opportunities still
+    marked stale, judged now (module docstring), all from one snapshot."""
+    await _snapshot(session)
+    # A stale opportunity's kept rows (if bulk SQL or a migration marked it stale) are out
+    # of date: its findings are the ones judged now.
+    judged_stale = select(Opportunity.id).where(Opportunity.id == AuditFinding.opportunity_id, Opportunity.audit_stale)
+    kept = select(AuditFinding).where(*between(AuditFinding.opened_at, opened_from, opened_to), ~judged_stale.exists())
+    stale = [Opportunity.audit_stale, *between(Opportunity.opened_at, opened_from, opened_to)]
     if owner_id is not None:
-        where.append(Opportunity.owner_id == owner_id)
+        kept = kept.where(AuditFinding.owner_id == owner_id)
+        stale.append(Opportunity.owner_id == owner_id)
     if product is not None:
-        where.append(Opportunity.product == product)
-    return [
-        AuditItem(opportunity_id=o.id, rule=f.rule, detail=f.detail, owner_id=o.owner_id, product=o.product)
-        for o in await load_facts(session, catalog, where)
+        kept = kept.where(AuditFinding.product == product)
+        stale.append(Opportunity.product == product)
+    if after is not None:
+        kept = kept.where(_after(after))
+    kept = kept.order_by(AuditFinding.opened_at, AuditFinding.opportunity_id, AuditFinding.rule)
+    if limit is not None:
+        kept = kept.limit(limit)
+    items = [
+        AuditItem(f.opportunity_id, f.rule, f.detail, f.owner_id, f.product, f.opened_at)
+        for f in await session.scalars(kept)
+    ]
+    judged_now = [
+        AuditItem(o.id, f.rule, f.detail, o.owner_id, o.product, o.opened_at)
+        for o in await load_facts(session, catalog, stale)
         for f in findings(o)
     ]
+    if judged_now:
+        items = sorted(items + [i for i in judged_now if after is None or i.key > after], key=lambda i: i.key)[:limit]
+    return items
 
 
 async def customer_review(session: AsyncSession, catalog: ProcessCatalog, customer_id: str) -> list[Review]:

@@ -8,6 +8,10 @@
   again writes nothing, and a re-import after a failure half-way finishes the work
   (checkpoints are found by opportunity and seq).
 
+Then the practice audit's verdicts (store/audit_findings.py): the book's opportunities
+are judged, `audit_findings.BATCH` per transaction, and so is every other opportunity of
+a customer and product a new consent belongs to.
+
 All or nothing is kept by validating the whole book before the first write: `write` is
 only called with a plan that had no problem. (A database failure between chunks leaves
 the chunks written so far; sending the same import again completes it.)
@@ -21,10 +25,12 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from sqlalchemy import insert, select
+from sqlalchemy import insert, select, tuple_
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from domain.imports import KINDS, Book, Known, Plan, lookups
+from domain.process import ProcessCatalog
+from store.audit_findings import judge, refresh_stale
 from store.models import Campaign, Checkpoint, Consent, Customer, Employee, Household, Need, Opportunity
 
 log = logging.getLogger("needflow.imports")
@@ -99,8 +105,11 @@ class Outcome:
     open_opportunities: set[str] = field(default_factory=set)
 
 
-async def write(sessions: async_sessionmaker[AsyncSession], plan: Plan, chunk: int = CHUNK) -> Outcome:
-    """Write what is not there yet, `chunk` rows per transaction, kind by kind."""
+async def write(
+    sessions: async_sessionmaker[AsyncSession], catalog: ProcessCatalog, plan: Plan, chunk: int = CHUNK
+) -> Outcome:
+    """Write what is not there yet, `chunk` rows per transaction, kind by kind; then judge
+    what the practice audit says of it (module docstring)."""
     _progress_shows()
     outcome = Outcome()
     started = time.monotonic()
@@ -153,6 +162,19 @@ async def write(sessions: async_sessionmaker[AsyncSession], plan: Plan, chunk: i
     outcome.open_opportunities |= {
         r["id"] for r in plan.rows["opportunities"] if r["status"] == "open" and r["id"] not in present["opportunities"]
     }
+    # A new consent can change the verdicts of opportunities from elsewhere (live ones, or
+    # another import's) of its customer and product; the book's own are judged below.
+    pairs = sorted({(r["customer_id"], r["product"]) for r in new["consents"]})
+    for part in chunks(pairs, LOOKUP_CHUNK):
+        async with sessions.begin() as session:
+            await judge(
+                session,
+                catalog,
+                tuple_(Opportunity.customer_id, Opportunity.product).in_(part),
+                Opportunity.source.is_distinct_from(plan.source),
+            )
+    judged = await refresh_stale(sessions, catalog, Opportunity.source == plan.source)
+    log.info("import %s: %d opportunities judged by the practice audit", plan.source, judged)
     log.info(
         "import %s: done in %.1f s; created %s; unchanged %s",
         plan.source,

@@ -19,6 +19,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    text,
     true,
 )
 from sqlalchemy.dialects.postgresql import JSONB
@@ -146,7 +147,36 @@ class Opportunity(Imported, Base):
     """The durable, queryable record of one OpportunityWorkflow (which owns the state)."""
 
     __tablename__ = "opportunities"
-    __table_args__ = (_imported("opportunities"),)
+    __table_args__ = (
+        _imported("opportunities"),
+        Index(
+            "ix_opportunities_audit_stale_opened_at",
+            "opened_at",
+            postgresql_where=text("audit_stale"),
+            sqlite_where=text("audit_stale"),
+        ),
+        # The scorecards' "their customers" (store/scorecards.py): per owner, in order (the
+        # opportunity figures), and from a month's responders and active customers to their
+        # owners; both read from the index alone on PostgreSQL.
+        Index(
+            "ix_opportunities_won_owner_customer",
+            "owner_id",
+            "customer_id",
+            "closed_at",
+            postgresql_where=text("status = 'won'"),
+            sqlite_where=text("status = 'won'"),
+            postgresql_include=["amount"],
+        ),
+        Index(
+            "ix_opportunities_won_customer_owner",
+            "customer_id",
+            "owner_id",
+            "closed_at",
+            postgresql_where=text("status = 'won'"),
+            sqlite_where=text("status = 'won'"),
+            postgresql_include=["amount"],
+        ),
+    )
     id: Mapped[str] = mapped_column(String(64), primary_key=True)
     customer_id: Mapped[str] = mapped_column(ForeignKey("customers.id"), index=True)
     product: Mapped[str] = mapped_column(String(32))
@@ -167,6 +197,10 @@ class Opportunity(Imported, Base):
     #: Indexed: the practice audit selects by it (bench/bench_bank_scale.py).
     opened_at: Mapped[datetime] = mapped_column(index=True)
     closed_at: Mapped[datetime | None] = mapped_column()
+    #: True until store/audit_findings.py has judged this opportunity's record as it now
+    #: stands; every write that changes what the rules read sets it again. The practice
+    #: audit judges a stale opportunity on the spot, so a stale one is only slower.
+    audit_stale: Mapped[bool] = mapped_column(default=True, server_default=true())
 
     checkpoints: Mapped[list[Checkpoint]] = relationship(order_by="Checkpoint.seq", lazy="raise", viewonly=True)
 
@@ -339,16 +373,30 @@ class ProcessedEvent(Base):
 
 
 class CustomerSignal(Base):
-    """Scorecard inputs about a customer (NPS, account activity, payments), as received."""
+    """Scorecard inputs about a customer (NPS, account activity, payments): `data` as
+    received, and beside it what the scorecards read of it (`domain.customer_health.
+    signal_facts`, written with the row), so that a month is an index range."""
 
     __tablename__ = "customer_signals"
     #: The scorecards read one type within a month (store/scorecards.py).
-    __table_args__ = (Index("ix_customer_signals_type_occurred_at", "type", "occurred_at"),)
+    __table_args__ = (
+        Index("ix_customer_signals_type_occurred_at", "type", "occurred_at"),
+        Index("ix_customer_signals_type_month", "type", "month"),
+    )
     event_id: Mapped[str] = mapped_column(ForeignKey("processed_events.id"), primary_key=True)
     customer_id: Mapped[str] = mapped_column(ForeignKey("customers.id"), index=True)
     type: Mapped[str] = mapped_column(String(64))
     data: Mapped[dict[str, Any]] = mapped_column(default=dict)
     occurred_at: Mapped[datetime] = mapped_column()
+    #: When needflow received it (its `ProcessedEvent.processed_at`): of two NPS responses
+    #: occurring at one instant, the one received last counts.
+    received_at: Mapped[datetime] = mapped_column(default=utcnow)
+    #: `SignalFacts` (the columns below are null where the event's type has no such fact).
+    month: Mapped[str] = mapped_column(String(7))
+    score: Mapped[int | None] = mapped_column(Integer)
+    transactions: Mapped[int | None] = mapped_column(Integer)
+    opportunity_id: Mapped[str | None] = mapped_column(String(64))
+    on_time: Mapped[bool | None] = mapped_column()
 
 
 class SignedDocument(Base):
@@ -447,3 +495,24 @@ class Prequalification(Base):
     #: The employee who prequalified the customer, and the API key it came through.
     actor: Mapped[str] = mapped_column(String(256))
     via: Mapped[str | None] = mapped_column(String(200))
+
+
+class AuditFinding(Base):
+    """Derived, never a record of its own: one rule of the practice audit an opportunity
+    breaks, with the sentence a manager reads, as `store.audit.findings` judged the
+    opportunity's record when it last changed (store/audit_findings.py keeps these rows in
+    the transaction of every such change). The report reads them instead of judging a
+    quarter of a million records per request; `owner_id`, `product` and `opened_at` are
+    copied from the opportunity so that its filters are one index range."""
+
+    __tablename__ = "audit_findings"
+    __table_args__ = (
+        Index("ix_audit_findings_opened_at_opportunity_id", "opened_at", "opportunity_id"),
+        Index("ix_audit_findings_owner_id_opened_at", "owner_id", "opened_at"),
+    )
+    opportunity_id: Mapped[str] = mapped_column(ForeignKey("opportunities.id"), primary_key=True)
+    rule: Mapped[str] = mapped_column(String(40), primary_key=True)
+    detail: Mapped[str] = mapped_column(Text)
+    owner_id: Mapped[str] = mapped_column(String(64))
+    product: Mapped[str] = mapped_column(String(32))
+    opened_at: Mapped[datetime] = mapped_column()

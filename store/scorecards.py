@@ -12,7 +12,7 @@ its `occurred_at`.
 Where each figure is defined (in the docstring of the function computing it, quoting
 spec/API.md) — nowhere else:
 
-- "their customers", `customers`: `_customers_of`, `_opportunity_figures`;
+- "their customers", `customers`: `_won_by`, `_opportunity_figures`;
 - `units`, `amount`: `_opportunity_figures`;
 - `nps`: `_nps_counts` (who counts) and `nps_score` (the formula and its rounding);
 - `active_customer_share`: `_active_counts` ÷ `customers` (`share`);
@@ -30,12 +30,12 @@ from dataclasses import dataclass
 from datetime import date, datetime
 from decimal import ROUND_HALF_UP, Decimal
 
-from sqlalchemy import ColumnElement, Subquery, and_, case, exists, func, or_, select, true
+from sqlalchemy import ColumnElement, and_, case, func, or_, select, true
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import aliased
 
 from domain.customer_health import month_bounds
-from store.models import CustomerSignal, Employee, Opportunity, ProcessedEvent, Referral
+from store.models import CustomerSignal, Employee, Opportunity, Referral
 from store.reports import _snapshot
 
 #: NPS: a latest score at or above this is a promoter, at or below `DETRACTOR_MAX` a detractor.
@@ -79,18 +79,17 @@ def _count(cond: ColumnElement[bool]) -> ColumnElement[int]:
 
 @dataclass(frozen=True)
 class _Scope:
-    """Which employees the report is about, as a condition on an employee id column."""
+    """Which employees the figures are computed for: these ids (None: every employee), as
+    a list of values rather than a subquery, so the planner knows how few they are."""
 
     employee_ids: tuple[str, ...] | None
-    manager_id: str | None
 
     def on(self, column: ColumnElement[str]) -> ColumnElement[bool]:
-        conds: list[ColumnElement[bool]] = []
-        if self.employee_ids is not None:
-            conds.append(column.in_(self.employee_ids))
-        if self.manager_id is not None:
-            conds.append(column.in_(select(Employee.id).where(Employee.manager_id == self.manager_id)))
-        return and_(true(), *conds)
+        return column.in_(self.employee_ids) if self.employee_ids is not None else true()
+
+
+#: (name, id) of the last employee of a page: where the next page starts.
+ScorecardKey = tuple[str, str]
 
 
 async def scorecards(
@@ -99,20 +98,23 @@ async def scorecards(
     period: date,
     employee_ids: list[str] | None = None,
     manager_id: str | None = None,
+    after: ScorecardKey | None = None,
+    limit: int | None = None,
 ) -> list[Scorecard]:
     """The scorecards of month `period` (its first day), one per employee in scope, by
-    name then id (module docstring)."""
+    name then id (module docstring): the first `limit` (all: None) after `after`."""
     await _snapshot(session)
     start, end = month_bounds(period)
-    scope = _Scope(tuple(employee_ids) if employee_ids is not None else None, manager_id)
-
-    employees = (
-        await session.execute(
-            select(Employee.id, Employee.name, Employee.active)
-            .where(scope.on(Employee.id))
-            .order_by(Employee.name, Employee.id)
-        )
-    ).all()
+    chosen = select(Employee.id, Employee.name, Employee.active)
+    if employee_ids is not None:
+        chosen = chosen.where(Employee.id.in_(employee_ids))
+    if manager_id is not None:
+        chosen = chosen.where(Employee.manager_id == manager_id)
+    if after is not None:
+        chosen = chosen.where(or_(Employee.name > after[0], and_(Employee.name == after[0], Employee.id > after[1])))
+    employees = (await session.execute(chosen.order_by(Employee.name, Employee.id).limit(limit))).all()
+    everyone = employee_ids is None and manager_id is None and after is None and limit is None
+    scope = _Scope(None if everyone else tuple(e.id for e in employees))
     opp = await _opportunity_figures(session, scope, start, end)
     nps = await _nps_counts(session, scope, start, end)
     active = await _active_counts(session, scope, end, f"{period:%Y-%m}")
@@ -144,37 +146,36 @@ async def scorecards(
 
 
 def _won_by(scope: _Scope, end: datetime) -> ColumnElement[bool]:
-    """Opportunities of the employees in scope won before `end`."""
+    """Opportunities of the employees in scope won before `end`. "Their customers" are the
+    distinct customers of these rows: customers of opportunities they own that were won
+    by the end of P."""
     return and_(Opportunity.status == "won", Opportunity.closed_at < end, scope.on(Opportunity.owner_id))
-
-
-def _customers_of(scope: _Scope, end: datetime) -> Subquery:
-    """(owner_id, customer_id), distinct: "their customers" — customers of opportunities
-    they own that were won by the end of P."""
-    return (
-        select(Opportunity.owner_id.label("owner_id"), Opportunity.customer_id.label("customer_id"))
-        .where(_won_by(scope, end))
-        .distinct()
-        .subquery("customers_of")
-    )
 
 
 async def _opportunity_figures(
     session: AsyncSession, scope: _Scope, start: datetime, end: datetime
 ) -> dict[str, tuple]:
     """owner -> (`customers`, `units`, `amount`): `customers` counts their customers
-    (`_customers_of`: the same `_won_by` rows); `units`, `amount`: their opportunities
-    won within P, and the sum of their amounts (one without an amount adds 0)."""
+    (the distinct customers of the same `_won_by` rows); `units`, `amount`: their opportunities
+    won within P, and the sum of their amounts (one without an amount adds 0).
+
+    Grouped by (owner, customer) first, then by owner: in the order of the won-by-owner
+    index, so neither grouping sorts (a COUNT(DISTINCT) would sort every won row)."""
     in_p = Opportunity.closed_at >= start
-    rows = await session.execute(
+    pairs = (
         select(
-            Opportunity.owner_id,
-            func.count(Opportunity.customer_id.distinct()),
-            _count(in_p),
-            func.coalesce(func.sum(case((in_p, func.coalesce(Opportunity.amount, 0)), else_=0)), 0),
+            Opportunity.owner_id.label("owner_id"),
+            _count(in_p).label("units"),
+            func.coalesce(func.sum(case((in_p, func.coalesce(Opportunity.amount, 0)), else_=0)), 0).label("amount"),
         )
         .where(_won_by(scope, end))
-        .group_by(Opportunity.owner_id)
+        .group_by(Opportunity.owner_id, Opportunity.customer_id)
+        .subquery("pairs")
+    )
+    rows = await session.execute(
+        select(pairs.c.owner_id, func.count(), func.sum(pairs.c.units), func.sum(pairs.c.amount)).group_by(
+            pairs.c.owner_id
+        )
     )
     return {
         owner: (int(customers), int(units), Decimal(str(amount)).quantize(Decimal("0.01")))
@@ -188,40 +189,43 @@ async def _nps_counts(
     """owner -> (promoters, detractors, responders): of their customers with an
     `nps.response` occurring within P, each one's latest score within P (latest
     `occurred_at`, then the one received last) — 9–10 a promoter, 0–6 a detractor."""
-    customers_of = _customers_of(scope, end)
     ranked = (
         select(
             CustomerSignal.customer_id.label("customer_id"),
-            CustomerSignal.data["score"].as_integer().label("score"),
+            CustomerSignal.score.label("score"),
             func.row_number()
             .over(
                 partition_by=CustomerSignal.customer_id,
                 order_by=(
                     CustomerSignal.occurred_at.desc(),
-                    ProcessedEvent.processed_at.desc(),
+                    CustomerSignal.received_at.desc(),
                     CustomerSignal.event_id.desc(),
                 ),
             )
             .label("rank"),
         )
-        .join(ProcessedEvent, ProcessedEvent.id == CustomerSignal.event_id)
         .where(
             CustomerSignal.type == "nps.response",
             CustomerSignal.occurred_at >= start,
             CustomerSignal.occurred_at < end,
-            CustomerSignal.customer_id.in_(select(Opportunity.customer_id).where(_won_by(scope, end))),
         )
         .subquery("ranked")
     )
+    # From the month's responders (thousands) to their owners, not the other way round.
+    theirs = (
+        select(Opportunity.owner_id.label("owner_id"), ranked.c.customer_id, ranked.c.score)
+        .join(Opportunity, Opportunity.customer_id == ranked.c.customer_id)
+        .where(ranked.c.rank == 1, _won_by(scope, end))
+        .distinct()
+        .subquery("theirs")
+    )
     rows = await session.execute(
         select(
-            customers_of.c.owner_id,
-            _count(ranked.c.score >= PROMOTER_MIN),
-            _count(ranked.c.score <= DETRACTOR_MAX),
+            theirs.c.owner_id,
+            _count(theirs.c.score >= PROMOTER_MIN),
+            _count(theirs.c.score <= DETRACTOR_MAX),
             func.count(),
-        )
-        .join(ranked, and_(ranked.c.customer_id == customers_of.c.customer_id, ranked.c.rank == 1))
-        .group_by(customers_of.c.owner_id)
+        ).group_by(theirs.c.owner_id)
     )
     return {owner: (int(p), int(d), int(n)) for owner, p, d, n in rows}
 
@@ -230,16 +234,24 @@ async def _active_counts(session: AsyncSession, scope: _Scope, end: datetime, pe
     """owner -> the numerator of `active_customer_share`: their customers with an
     `account.activity` for `period` P (any product) and `transactions` > 0; the share is
     that ÷ their customers, null if they have none (`share`)."""
-    customers_of = _customers_of(scope, end)
-    active = exists().where(
-        CustomerSignal.customer_id == customers_of.c.customer_id,
-        CustomerSignal.type == "account.activity",
-        CustomerSignal.data["period"].as_string() == period,
-        CustomerSignal.data["transactions"].as_integer() > 0,
+    active = (
+        select(CustomerSignal.customer_id)
+        .where(
+            CustomerSignal.type == "account.activity",
+            CustomerSignal.month == period,
+            CustomerSignal.transactions > 0,
+        )
+        .distinct()
+        .subquery("active")
     )
-    rows = await session.execute(
-        select(customers_of.c.owner_id, func.count()).where(active).group_by(customers_of.c.owner_id)
+    theirs = (
+        select(Opportunity.owner_id.label("owner_id"), Opportunity.customer_id.label("customer_id"))
+        .join(active, active.c.customer_id == Opportunity.customer_id)
+        .where(_won_by(scope, end))
+        .distinct()
+        .subquery("theirs")
     )
+    rows = await session.execute(select(theirs.c.owner_id, func.count()).group_by(theirs.c.owner_id))
     return {owner: int(n) for owner, n in rows}
 
 
@@ -248,18 +260,16 @@ async def _payment_counts(
 ) -> dict[str, tuple[int, int]]:
     """owner -> (on time, all) of `on_time_payment_share`: `mortgage.payment`s whose
     `due_date` is within P, on mortgages they own, paid on or before the due date, ÷ all
-    of those; null if none (`share`). Dates are calendar dates: the first ten characters
-    of each, as domain/customer_health.calendar_date reads them."""
-    due = func.substr(CustomerSignal.data["due_date"].as_string(), 1, 10)
-    paid = func.substr(CustomerSignal.data["paid_date"].as_string(), 1, 10)
+    of those; null if none (`share`). Dates are calendar dates, as
+    domain/customer_health.calendar_date reads them: `signal_facts` recorded each
+    payment's month (its due date's) and whether it was `on_time`."""
     rows = await session.execute(
-        select(Opportunity.owner_id, _count(paid <= due), func.count())
+        select(Opportunity.owner_id, _count(CustomerSignal.on_time.is_(True)), func.count())
         .select_from(CustomerSignal)
-        .join(Opportunity, Opportunity.id == CustomerSignal.data["opportunity_id"].as_string())
+        .join(Opportunity, Opportunity.id == CustomerSignal.opportunity_id)
         .where(
             CustomerSignal.type == "mortgage.payment",
-            due >= f"{start:%Y-%m-%d}",
-            due < f"{end:%Y-%m-%d}",
+            CustomerSignal.month == f"{start:%Y-%m}",
             Opportunity.product == "mortgage",
             scope.on(Opportunity.owner_id),
         )

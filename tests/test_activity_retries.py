@@ -212,7 +212,10 @@ async def test_conversion_twice_makes_one_customer_household_need_and_opportunit
 async def opp_acts(database_url: str) -> AsyncIterator[OpportunityActivities]:
     engine = make_async_engine(database_url)
     yield OpportunityActivities(
-        make_session_factory(engine), LocalSigningProvider("http://testserver"), Mailer(None, "test@localhost")
+        make_session_factory(engine),
+        LocalSigningProvider("http://testserver"),
+        Mailer(None, "test@localhost"),
+        load_catalog(PROCESSES),
     )
     await engine.dispose()
 

@@ -142,7 +142,7 @@ async def her(api: Api, db: Engine) -> Her:
     opened = WON_AT - timedelta(days=40)
 
     def opp(cid: str, nid: str, **kw: object) -> str:
-        return insert_opportunity(db, customer_id=cid, need_id=nid, owner_id=owner["id"], opened_at=opened, **kw)  # type: ignore[arg-type]
+        return insert_opportunity(db, customer_id=cid, need_id=nid, owner_id=owner["id"], opened_at=opened, **kw)["id"]  # type: ignore[arg-type]
 
     return Her(
         customer_id=customer_id,

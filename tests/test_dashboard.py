@@ -7,7 +7,8 @@ audit's `consent_missing`). Chromium is driven through the Chrome DevTools Proto
 a WebSocket (`websockets`, which uvicorn[standard] already brings): it signs in through
 the page's own form, so the session cookie is the one the server set. The test reads the
 numbers each drawn chart holds (`data-values`, written by static/dashboard.js from the
-Chart.js instances) and keeps a full-page screenshot in var/artifacts/dashboard.png.
+Chart.js instances) and keeps a full-page screenshot in var/artifacts/dashboard.png; then
+it follows the audit exception's link to the opportunity's page (dashboard-opportunity.png).
 
 Without a `chromium` on PATH the browser test is skipped, except under CI (the variable
 `CI` set), where it fails: .ci/run installs Debian's chromium.
@@ -20,6 +21,7 @@ import base64
 import itertools
 import json
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -29,7 +31,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from decimal import Decimal
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -46,12 +48,13 @@ from api.app import create_app
 from api.routers.dashboard import COOKIE, SECURITY_HEADERS
 from config import Settings
 from store.keys import hash_key, register_api_key
-from store.models import ApiKey, Checkpoint, Consent, Customer, Employee, Household, Need, Opportunity
+from store.models import ApiKey, Employee
 from tests.helpers import territory, unique
-from tests.store_rows import insert_referral
+from tests.store_rows import insert_opportunity, insert_referral
 from workflows.client import DATA_CONVERTER
 
 ARTIFACT = Path(__file__).resolve().parents[1] / "var" / "artifacts" / "dashboard.png"
+OPPORTUNITY_ARTIFACT = ARTIFACT.with_name("dashboard-opportunity.png")
 
 MORTGAGE = [
     ("interested", {}),
@@ -79,87 +82,13 @@ class Team:
     key: str
     period: str
     unconsented: str  # the won mortgage without consent
+    unconsented_detail: str  # the audit's sentence about it
 
 
 def _first_instant(now: datetime) -> datetime:
     """When the seeded history starts: ten minutes ago, inside the current UTC month."""
     t0 = now - timedelta(minutes=10)
     return t0 if t0.month == now.month else now.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
-
-
-def _plant(
-    session: Session,
-    owner_id: str,
-    stages: list[tuple[str, dict[str, Any]]],
-    opened: datetime,
-    *,
-    product: str = "mortgage",
-    amount: str | None = None,
-    consent: bool = True,
-) -> str:
-    """An opportunity with its customer, need (before it), checkpoints (a minute apart)
-    and, when `consent`, the customer's consent for the product before it was won."""
-    opp_id, customer_id, household_id = unique("opp_dash"), unique("cus_dash"), unique("hh_dash")
-    last = stages[-1][0]
-    status = "won" if last in ("closed_won", "opened") else "lost" if last == "closed_lost" else "open"
-    session.add(Household(id=household_id, name="Dashboard household"))
-    session.flush()
-    session.add(Customer(id=customer_id, household_id=household_id, name="Dashboard Customer"))
-    need = Need(
-        id=unique("need_dash"),
-        customer_id=customer_id,
-        kind="buy_home",
-        description="A need",
-        recorded_by=owner_id,
-        recorded_at=opened - timedelta(minutes=1),
-    )
-    session.add(need)
-    session.flush()
-    entered = [opened + timedelta(minutes=i) for i in range(len(stages))]
-    session.add(
-        Opportunity(
-            id=opp_id,
-            customer_id=customer_id,
-            product=product,
-            process_version=1,
-            owner_id=owner_id,
-            need_id=need.id,
-            amount=Decimal(amount) if amount else None,
-            stage=last,
-            probability=100 if status == "won" else 0 if status == "lost" else 50,
-            status=status,
-            lost_reason="rates" if status == "lost" else None,
-            last_seq=len(stages),
-            workflow_id=f"opportunity-{opp_id}",
-            opened_at=opened,
-            closed_at=entered[-1] if status != "open" else None,
-        )
-    )
-    session.flush()
-    for seq, ((stage, evidence), at) in enumerate(zip(stages, entered, strict=True), start=1):
-        session.add(
-            Checkpoint(
-                opportunity_id=opp_id,
-                seq=seq,
-                stage=stage,
-                entered_at=at,
-                trigger="manual",
-                actor=owner_id,
-                evidence=evidence,
-            )
-        )
-    if consent:
-        session.add(
-            Consent(
-                id=unique("con_dash"),
-                customer_id=customer_id,
-                product=product,
-                channel="branch",
-                evidence={"document_id": "DOC-1"},
-                granted_at=opened,
-            )
-        )
-    return opp_id
 
 
 @pytest.fixture(scope="module")
@@ -196,13 +125,16 @@ def team(db: Engine) -> Team:
                     manager_id=kevin,
                 )
             )
-        session.flush()
-        for _ in range(2):
-            _plant(session, alice, MORTGAGE[:1], t0)
-        _plant(session, alice, MORTGAGE[:3], t0)
-        _plant(session, bob, CHECKING, t0, product="checking")
-        unconsented = _plant(session, bob, MORTGAGE, t0, amount="250000", consent=False)
-        _plant(session, bob, [*MORTGAGE[:1], ("closed_lost", {})], t0)
+    # Checkpoints a minute apart from t0, each need a minute before it and, but for the
+    # unconsented mortgage, the customer's consent at t0.
+    plant = partial(insert_opportunity, db, opened_at=t0, step=timedelta(minutes=1))
+    consented = ((t0, None),)
+    for _ in range(2):
+        plant(MORTGAGE[:1], owner_id=alice, consents=consented)
+    plant(MORTGAGE[:3], owner_id=alice, consents=consented)
+    plant(CHECKING, owner_id=bob, product="checking", consents=consented)
+    unconsented = plant(MORTGAGE, owner_id=bob, amount="250000")["id"]
+    plant([*MORTGAGE[:1], ("closed_lost", {})], owner_id=bob, consents=consented)
     for status in ("converted", "converted", "assigned"):
         decided = t0 + timedelta(minutes=5) if status == "converted" else None
         insert_referral(
@@ -224,7 +156,9 @@ def team(db: Engine) -> Team:
         decided_at=t0 + timedelta(minutes=5),
     )
     key = register_api_key(db, unique("kevin-dashboard"), ["reports:read"], employee_id=kevin)
-    return Team(kevin, f"Kevin {state}", alice, bob, key, f"{t0:%Y-%m}", unconsented)
+    won = t0 + timedelta(minutes=len(MORTGAGE) - 1)  # its last checkpoint
+    detail = f"Won on {won:%Y-%m-%d %H:%M} UTC without any consent of the customer to mortgage."
+    return Team(kevin, f"Kevin {state}", alice, bob, key, f"{t0:%Y-%m}", unconsented, detail)
 
 
 # ---------------------------------------------------------------- sign-in over HTTP
@@ -305,6 +239,81 @@ async def test_a_key_not_bound_to_a_manager_gets_a_picker(http: httpx.AsyncClien
     assert "not a real month" in bad.text
     unknown = await http.get("/dashboard", params={"manager_id": "emp_nobody"}, headers=jar)
     assert unknown.status_code == 404
+
+
+#: Kevin's three questions on an opportunity's page: (question, "yes" / "no").
+QUESTIONS = r'data-question="(\w+)" data-answer="(\w+)"'
+
+
+async def test_an_exception_links_to_its_opportunity_under_the_session(
+    http: httpx.AsyncClient, db: Engine, team: Team
+) -> None:
+    r = await http.post("/dashboard/sign-in", data={"api_key": team.key})
+    jar = {"Cookie": _set_cookie_header(r).split(";")[0]}
+    page = await http.get("/dashboard", params={"period": team.period}, headers=jar)
+    [href] = re.findall(r'href="(/dashboard/opportunities/[^"]*)"', page.text)
+    assert href == f"/dashboard/opportunities/{team.unconsented}"
+
+    # Followed with the session cookie: the opportunity and its review, on the dashboard's terms.
+    opp = await http.get(href, headers=jar)
+    assert opp.status_code == 200 and opp.headers["content-type"].startswith("text/html")
+    for name, value in SECURITY_HEADERS.items():
+        assert opp.headers[name] == value
+    assert "<script" not in opp.text
+    assert '<tr data-rule="consent_missing"><td><code>consent_missing</code></td>' in opp.text
+    assert f'<td class="detail">{team.unconsented_detail}</td>' in opp.text
+    answers = dict(re.findall(QUESTIONS, opp.text))
+    assert answers == {"consent": "no", "need_before_sale": "yes", "all_checkpoints": "yes"}
+    assert re.findall(r'<tr data-seq="\d+" data-stage="(\w+)">', opp.text) == [s for s, _ in MORTGAGE]
+    assert team.bob in opp.text and "250000.00" in opp.text and "<code>envelope_id</code>" in opp.text
+    assert "env-1" not in opp.text  # evidence: its keys only
+    assert "Planted Customer" not in opp.text  # the customer by id only, as the dashboard shows none
+    assert f'href="/dashboard?manager_id={team.manager_id}&amp;period={team.period}"' in opp.text
+
+    # Evidence values stay off the page (an SMS's phone number is the customer's); every
+    # stored text is escaped.
+    stranger = unique("emp_stranger")
+    with Session(db) as session, session.begin():
+        session.add(
+            Employee(
+                id=stranger,
+                name="<i>Stranger</i>",
+                email="stranger@bank.test",
+                role="banker",
+                line_of_business="retail",
+                states=[territory()],
+                capacity=1,
+            )
+        )
+    sms = {"phone": "+12125550199", "message_id": "SM9", "text": "YES", "<b>note</b>": "x"}
+    checking = insert_opportunity(
+        db,
+        [("interested", {}), ("authorised", sms)],
+        owner_id=stranger,
+        opened_at=datetime.now(UTC),
+        product="checking",
+    )
+    page = await http.get(f"/dashboard/opportunities/{checking['id']}", headers=jar)
+    assert page.status_code == 200 and "<code>phone</code>" in page.text and "+12125550199" not in page.text
+    assert "<b>" not in page.text and "&lt;b&gt;note&lt;/b&gt;" in page.text
+    assert "<i>" not in page.text and "&lt;i&gt;Stranger&lt;/i&gt;" in page.text
+    assert dict(re.findall(QUESTIONS, page.text))["consent"] == "no"  # open, and no consent of hers yet
+
+    unknown = await http.get("/dashboard/opportunities/opp_nowhere", headers=jar)
+    assert unknown.status_code == 404 and "No opportunity with id opp_nowhere." in unknown.text
+    assert unknown.headers["Content-Security-Policy"] == SECURITY_HEADERS["Content-Security-Policy"]
+
+    # Without the cookie, or once signed out: to the sign-in, and nothing of the opportunity.
+    http.cookies.clear()
+    for headers in ({}, {"Cookie": f"{COOKIE}=not-a-session"}):
+        away = await http.get(href, headers=headers)
+        assert away.status_code == 303 and away.headers["location"] == "/dashboard"
+        assert team.unconsented_detail not in away.text
+    await http.post("/dashboard/sign-out", headers=jar)
+    gone = await http.get(href, headers=jar)
+    assert gone.status_code == 303 and gone.headers["location"] == "/dashboard"
+    sign_in = await http.get(gone.headers["location"], headers=jar)
+    assert 'name="api_key"' in sign_in.text
 
 
 # ---------------------------------------------------------------- the page in Chromium
@@ -458,6 +467,43 @@ READ_PAGE = """JSON.stringify({
 })"""
 
 
+#: What the test reads off an opportunity's page.
+READ_OPPORTUNITY = """JSON.stringify({
+  id: document.querySelector("#opportunity").dataset.opportunityId,
+  findings: Array.from(document.querySelectorAll("#findings-table tr[data-rule]")).map(tr => ({
+    rule: tr.dataset.rule, detail: tr.querySelector("td.detail").textContent})),
+  answers: Object.fromEntries(Array.from(document.querySelectorAll("#review-table tr[data-question]"))
+    .map(tr => [tr.dataset.question, tr.dataset.answer])),
+  stages: Array.from(document.querySelectorAll("#checkpoints-table tr[data-stage]")).map(tr => tr.dataset.stage),
+  cookie: document.cookie,
+  location: location.href,
+})"""
+
+
+def page_problems(browser: DevTools) -> list[dict[str, Any]]:
+    """Script errors and what the CSP refused, so far."""
+    return [
+        e["params"]
+        for e in browser.events
+        if e["method"] == "Runtime.exceptionThrown"
+        or (e["method"] == "Log.entryAdded" and e["params"]["entry"]["level"] == "error")
+        or (e["method"] == "Runtime.consoleAPICalled" and e["params"]["type"] == "error")
+    ]
+
+
+def screenshot(browser: DevTools, path: Path) -> None:
+    """The whole page, kept in `path`."""
+    height = browser.evaluate("document.documentElement.scrollHeight")
+    shot = browser.call(
+        "Page.captureScreenshot",
+        format="png",
+        captureBeyondViewport=True,
+        clip={"x": 0, "y": 0, "width": 1400, "height": height, "scale": 1},
+    )
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(base64.b64decode(shot["data"]))
+
+
 def test_the_dashboard_draws_the_seeded_numbers_in_chromium(
     browser: DevTools, live_api: LiveApi, team: Team, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -499,27 +545,32 @@ def test_the_dashboard_draws_the_seeded_numbers_in_chromium(
         (team.bob, 2, "250000.00"),
     ]
     assert page["exceptions"] == [
-        {"id": team.unconsented, "rule": "consent_missing", "href": f"/v1/opportunities/{team.unconsented}"}
+        {"id": team.unconsented, "rule": "consent_missing", "href": f"/dashboard/opportunities/{team.unconsented}"}
     ]
 
     # Nothing refused by the CSP, no script error.
-    problems = [
-        e["params"]
-        for e in browser.events
-        if e["method"] == "Runtime.exceptionThrown"
-        or (e["method"] == "Log.entryAdded" and e["params"]["entry"]["level"] == "error")
-        or (e["method"] == "Runtime.consoleAPICalled" and e["params"]["type"] == "error")
-    ]
+    problems = page_problems(browser)
     assert not problems, problems
+    screenshot(browser, ARTIFACT)
 
-    height = browser.evaluate("document.documentElement.scrollHeight")
-    shot = browser.call(
-        "Page.captureScreenshot",
-        format="png",
-        captureBeyondViewport=True,
-        clip={"x": 0, "y": 0, "width": 1400, "height": height, "scale": 1},
+    # The exception's link, clicked as a manager would: the opportunity's page, under the
+    # same session cookie (the API's own page would answer 401 without a Bearer key).
+    browser.evaluate("document.querySelector('#exceptions-table a').click(); true")
+    browser.wait_for(
+        "location.pathname.startsWith('/dashboard/opportunities/') && document.readyState === 'complete'"
+        " && !!document.querySelector('#findings-table')",
+        "the opportunity's page",
     )
-    ARTIFACT.parent.mkdir(parents=True, exist_ok=True)
-    ARTIFACT.write_bytes(base64.b64decode(shot["data"]))
+    opp = json.loads(browser.evaluate(READ_OPPORTUNITY))
+    assert opp["id"] == team.unconsented and opp["location"] == f"{live_api.url}{page['exceptions'][0]['href']}"
+    assert opp["findings"] == [{"rule": "consent_missing", "detail": team.unconsented_detail}]
+    assert opp["answers"] == {"consent": "no", "need_before_sale": "yes", "all_checkpoints": "yes"}
+    assert opp["stages"] == [s for s, _ in MORTGAGE] and opp["cookie"] == ""
+    problems = page_problems(browser)
+    assert not problems, problems
+    screenshot(browser, OPPORTUNITY_ARTIFACT)
     with capsys.disabled():
-        print(f"\ndashboard screenshot: {ARTIFACT} ({time.monotonic() - started:.1f}s in Chromium)")
+        print(
+            f"\ndashboard screenshots: {ARTIFACT}, {OPPORTUNITY_ARTIFACT} "
+            f"({time.monotonic() - started:.1f}s in Chromium)"
+        )

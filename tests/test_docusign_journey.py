@@ -37,6 +37,7 @@ from activities.opportunity import SENDING, OpportunityActivities
 from config import Settings
 from domain import records
 from domain.opportunity import OpportunityState
+from domain.process import load_catalog
 from esign.docusign import DocuSignProvider
 from esign.provider import Envelope, EnvelopeState
 from store.db import make_async_engine, make_session_factory
@@ -49,6 +50,8 @@ from workflows.opportunity import OpportunityWorkflow
 WEBHOOK = "http://testserver/v1/webhooks/docusign"
 #: Long enough that only a Connect message can make the workflow look at an envelope.
 NO_POLL = 3600.0
+#: The process catalog the activities judge records by (the practice audit).
+CATALOG = load_catalog(Path(__file__).resolve().parent.parent / "processes")
 STAGES_WON = ["interested", "searching", "applied", "approved", "closed_won"]
 
 
@@ -534,7 +537,7 @@ async def test_a_retry_after_a_crash_between_send_and_record_makes_one_envelope(
     try:
         with pytest.raises(Crash):
             await within(
-                OpportunityActivities(sessions, crashing, mailer, poll_seconds=NO_POLL).request_signature(ask),
+                OpportunityActivities(sessions, crashing, mailer, CATALOG, poll_seconds=NO_POLL).request_signature(ask),
                 "the first try",
             )
         [created] = crashing.sent
@@ -545,7 +548,7 @@ async def test_a_retry_after_a_crash_between_send_and_record_makes_one_envelope(
             ).all()
         assert marker_status == SENDING  # the crash left the marker, not the envelope
 
-        acts = OpportunityActivities(sessions, provider, mailer, poll_seconds=NO_POLL)
+        acts = OpportunityActivities(sessions, provider, mailer, CATALOG, poll_seconds=NO_POLL)
         sent = await within(acts.request_signature(ask), "the retry")
         assert (sent.provider, sent.envelope_id, sent.status, sent.poll_seconds) == (
             "docusign",

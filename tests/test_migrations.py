@@ -12,12 +12,12 @@ import pytest
 from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
-from sqlalchemy import Engine, inspect, select
+from sqlalchemy import Engine, column, inspect, select, table
 from sqlalchemy.orm import Session
 
 from store.db import make_sync_engine
 from store.migrate import alembic_config, upgrade
-from store.models import Base, Checkpoint, Customer, Employee, Household, Need, Opportunity
+from store.models import Base, Checkpoint, Customer, Employee, Household, JSONDoc, Need, Opportunity, UTCDateTime
 from tests import dbutil
 
 
@@ -94,3 +94,56 @@ def test_checkpoint_round_trip(database_url: str, engine: Engine) -> None:
     assert checkpoint.entered_at.tzinfo == UTC
     assert checkpoint.evidence == evidence
     assert opportunity.amount == Decimal("250000.00")
+
+
+def test_0010_fills_the_scorecard_facts_of_events_recorded_before_it(database_url: str, engine: Engine) -> None:
+    """The facts the scorecards read (domain.customer_health.signal_facts) are filled in for
+    every event already recorded, by the same function the events API calls for new ones."""
+    upgrade(database_url, "0009")
+    at = datetime(2026, 10, 31, 23, 30, tzinfo=UTC)
+    events = {
+        "ev-nps": ("nps.response", {"score": 9, "comment": "great"}),
+        "ev-act": ("account.activity", {"product": "checking", "period": "2026-09", "transactions": 3}),
+        "ev-pay": (
+            "mortgage.payment",
+            {"opportunity_id": "o1", "due_date": "2026-11-01", "paid_date": "2026-10-30T23:00:00-05:00", "amount": "1"},
+        ),
+    }
+    # The table as 0009 left it (the model has the new columns).
+    signals_0009 = table(
+        "customer_signals",
+        column("event_id"),
+        column("customer_id"),
+        column("type"),
+        column("data", JSONDoc),
+        column("occurred_at", UTCDateTime()),
+    )
+    with engine.begin() as conn:
+        conn.execute(Base.metadata.tables["households"].insert(), [{"id": "h1", "name": "Doe", "created_at": at}])
+        conn.execute(
+            Base.metadata.tables["customers"].insert(),
+            [{"id": "c1", "household_id": "h1", "name": "Jane Doe", "created_at": at}],
+        )
+        for event_id, (kind, data) in events.items():
+            conn.execute(
+                Base.metadata.tables["processed_events"].insert(),
+                [{"id": event_id, "type": kind, "subject_id": "c1", "body_sha256": "x", "processed_at": at}],
+            )
+            conn.execute(
+                signals_0009.insert(),
+                [{"event_id": event_id, "customer_id": "c1", "type": kind, "data": data, "occurred_at": at}],
+            )
+    upgrade(database_url)
+    signals = Base.metadata.tables["customer_signals"]
+    with engine.connect() as conn:
+        got = {
+            r.event_id: (r.month, r.score, r.transactions, r.opportunity_id, r.on_time)
+            for r in conn.execute(select(signals))
+        }
+        received = set(conn.scalars(select(signals.c.received_at)))
+    assert received == {at}  # when each was received: its processed_events row's time
+    assert got == {
+        "ev-nps": ("2026-10", 9, None, None, None),  # the UTC month it occurred in
+        "ev-act": ("2026-09", None, 3, None, None),  # the month it reports on
+        "ev-pay": ("2026-11", None, None, "o1", True),  # the month it is due in; paid on the 30th as written
+    }

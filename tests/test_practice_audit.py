@@ -11,12 +11,12 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import pytest
 from sqlalchemy import Engine, inspect
-from sqlalchemy.orm import Session
 
 from domain.process import ProcessDefinition, load_catalog
 from domain.types import Product
@@ -36,8 +36,8 @@ from store.audit import (
     stage_out_of_order,
 )
 from store.db import make_sync_engine
-from store.models import Checkpoint, Consent, Customer, Household, Need, Opportunity
-from tests.helpers import Api, assert_validation_error, unique
+from tests.helpers import Api, assert_validation_error
+from tests.store_rows import insert_opportunity
 
 AUDIT = "/v1/reports/practice-audit"
 CATALOG = load_catalog(Path(__file__).resolve().parents[1] / "processes")
@@ -214,10 +214,8 @@ def test_evidence_missing() -> None:
 def test_campaign_not_prequalified() -> None:
     opened = at(5)
 
-    def prequal(*found: PrequalificationFact | None) -> str | None:
-        return campaign_not_prequalified(
-            facts(campaign_id="cmp-1", prequalifications=None if found == (None,) else found)  # type: ignore[arg-type]
-        )
+    def prequal(*found: PrequalificationFact) -> str | None:
+        return campaign_not_prequalified(facts(campaign_id="cmp-1", prequalifications=found))
 
     assert (
         prequal() == "Opened on 2026-01-05 09:00 UTC in campaign cmp-1 without the customer being prequalified for it."
@@ -234,8 +232,7 @@ def test_campaign_not_prequalified() -> None:
     assert (
         prequal(PrequalificationFact(at(1), True), PrequalificationFact(at(3), False)) is None
     )  # one qualified before
-    # Prequalifications not recorded in this store: nothing to judge. No campaign: nothing either.
-    assert prequal(None) is None
+    # No campaign: nothing to judge.
     assert campaign_not_prequalified(facts(prequalifications=())) is None
 
 
@@ -293,89 +290,6 @@ def prequalifications_recorded(db: Engine) -> bool:
     return model is not None and inspect(db).has_table(model.__tablename__)
 
 
-def plant(
-    db: Engine,
-    owner_id: str,
-    stages: list[tuple[str, dict[str, Any]]],
-    *,
-    opened: datetime,
-    product: str = "mortgage",
-    need_at: datetime | None = None,
-    consents: tuple[tuple[datetime, datetime | None], ...] = (),
-    campaign_id: str | None = None,
-    customer_id: str | None = None,
-) -> dict[str, str]:
-    """An opportunity written straight to the store as an old CRM would have left it: one
-    checkpoint a day from `opened`, its need recorded a day before it opened unless
-    `need_at` says when; `consents` (granted, withdrawn) of its customer for its product."""
-    opp_id = unique("opp_planted")
-    cps = checkpoints(stages, opened)
-    last = stages[-1][0]
-    status = "won" if last in ("closed_won", "opened") else "lost" if last == "closed_lost" else "open"
-    with Session(db) as session, session.begin():
-        if customer_id is None:
-            household = Household(id=unique("hh_planted"), name="Planted household")
-            customer_id = unique("cus_planted")
-            session.add(household)
-            session.flush()
-            session.add(Customer(id=customer_id, household_id=household.id, name="Planted Customer"))
-            session.flush()
-        need = Need(
-            id=unique("need_planted"),
-            customer_id=customer_id,
-            kind="buy_home",
-            description="A home",
-            recorded_by=owner_id,
-            recorded_at=need_at or opened - timedelta(days=1),
-        )
-        session.add(need)
-        session.flush()
-        session.add(
-            Opportunity(
-                id=opp_id,
-                customer_id=customer_id,
-                product=product,
-                process_version=1,
-                owner_id=owner_id,
-                need_id=need.id,
-                campaign_id=campaign_id,
-                stage=last,
-                probability=100 if status == "won" else 0 if status == "lost" else 50,
-                status=status,
-                last_seq=len(cps),
-                workflow_id=f"opportunity-{opp_id}",
-                opened_at=opened,
-                closed_at=cps[-1].entered_at if status != "open" else None,
-            )
-        )
-        session.flush()
-        for cp in cps:
-            session.add(
-                Checkpoint(
-                    opportunity_id=opp_id,
-                    seq=cp.seq,
-                    stage=cp.stage,
-                    entered_at=cp.entered_at,
-                    trigger="manual",
-                    actor=owner_id,
-                    evidence=cp.evidence,
-                )
-            )
-        for granted, withdrawn in consents:
-            session.add(
-                Consent(
-                    id=unique("con_planted"),
-                    customer_id=customer_id,
-                    product=product,
-                    channel="branch",
-                    evidence={"document_id": "DOC-1"},
-                    granted_at=granted,
-                    withdrawn_at=withdrawn,
-                )
-            )
-    return {"id": opp_id, "customer_id": customer_id}
-
-
 async def audit(api: Api, **params: str) -> list[dict]:
     query = "&".join(f"{k}={v}" for k, v in params.items())
     return (await api.get(f"{AUDIT}?{query}")).json()["items"]
@@ -390,36 +304,31 @@ async def test_the_audit_finds_each_planted_problem_once_and_nothing_in_clean_re
     dan = await api.employee(name="Dan", email=f"dan.{tag}@bank.example", products=["mortgage", "checking"])
     eve = await api.employee(name="Eve", email=f"eve.{tag}@bank.example")
     owner = dan["id"]
+    plant = partial(insert_opportunity, db, owner_id=owner)
     m = dict(CLEAN_MORTGAGE)
 
     # The malpractice: (opportunity, rule, detail).
-    no_consent = plant(db, owner, CLEAN_MORTGAGE, opened=at(5))
-    late_consent = plant(db, owner, CLEAN_MORTGAGE, opened=at(12), consents=((at(18, 10), None),))
-    withdrawn = plant(db, owner, CLEAN_MORTGAGE, opened=at(19), consents=((at(20), at(21)),))
-    late_need = plant(db, owner, CLEAN_MORTGAGE[:3], opened=at(2, month=2), need_at=at(3, 15, 30, month=2))
-    skipped = plant(db, owner, [(k, m[k]) for k in ("interested", "searching", "approved")], opened=at(9, month=2))
+    no_consent = plant(CLEAN_MORTGAGE, opened_at=at(5))
+    late_consent = plant(CLEAN_MORTGAGE, opened_at=at(12), consents=((at(18, 10), None),))
+    withdrawn = plant(CLEAN_MORTGAGE, opened_at=at(19), consents=((at(20), at(21)),))
+    late_need = plant(CLEAN_MORTGAGE[:3], opened_at=at(2, month=2), need_at=at(3, 15, 30, month=2))
+    skipped = plant([(k, m[k]) for k in ("interested", "searching", "approved")], opened_at=at(9, month=2))
     went_back = plant(
-        db,
-        owner,
         [(k, m[k]) for k in ("interested", "searching", "applied", "searching")],
-        opened=at(16, month=2),
+        opened_at=at(16, month=2),
         customer_id=skipped["customer_id"],
     )
     no_evidence = plant(
-        db,
-        owner,
         [("interested", {}), ("searching", {"realtor": "  "}), ("applied", {"submitted": True})],
-        opened=at(2, month=3),
+        opened_at=at(2, month=3),
     )
-    insurance = plant(db, owner, CLEAN_INSURANCE, opened=at(30, month=3), product="insurance")
-    campaign = plant(db, owner, CLEAN_MORTGAGE[:2], opened=at(6, month=4), campaign_id=f"cmp-{tag}")
+    insurance = plant(CLEAN_INSURANCE, opened_at=at(30, month=3), product="insurance")
+    campaign = plant(CLEAN_MORTGAGE[:2], opened_at=at(6, month=4), campaign_id=f"cmp-{tag}")
     # Clean ones: consent before the win (withdrawn only after it), lost, a checking account.
     clean = [
-        plant(db, owner, CLEAN_MORTGAGE, opened=at(9, month=3), consents=((at(12, month=3), at(1, month=4)),)),
-        plant(db, owner, [*CLEAN_MORTGAGE[:2], ("closed_lost", {"reason": "rates"})], opened=at(16, month=3)),
-        plant(
-            db, owner, CLEAN_CHECKING, opened=at(23, month=3), product="checking", consents=((at(24, month=3), None),)
-        ),
+        plant(CLEAN_MORTGAGE, opened_at=at(9, month=3), consents=((at(12, month=3), at(1, month=4)),)),
+        plant([*CLEAN_MORTGAGE[:2], ("closed_lost", {"reason": "rates"})], opened_at=at(16, month=3)),
+        plant(CLEAN_CHECKING, opened_at=at(23, month=3), product="checking", consents=((at(24, month=3), None),)),
     ]
     # ... and a real one, through the API: need, opportunity, events, the customer's signature.
     live = await api.mortgage_to_approved(owner=dan)
@@ -427,7 +336,7 @@ async def test_the_audit_finds_each_planted_problem_once_and_nothing_in_clean_re
     assert r.status_code == 200, r.text
     assert (await api.get(f"/v1/opportunities/{live['id']}")).json()["status"] == "won"
     # Someone else's malpractice is not Dan's.
-    eves = plant(db, eve["id"], CLEAN_MORTGAGE, opened=at(5))
+    eves = insert_opportunity(db, CLEAN_MORTGAGE, owner_id=eve["id"], opened_at=at(5))
 
     expected = [
         (no_consent, "consent_missing", "Won on 2026-01-09 09:00 UTC without any consent of the customer to mortgage."),

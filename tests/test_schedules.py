@@ -27,6 +27,7 @@ from domain.scoring import FEATURES, LeadModel
 from domain.types import Product
 from store.audit import CheckpointFact, ConsentFact, OpportunityFacts
 from store.models import (
+    AuditFinding,
     Checkpoint,
     Consent,
     Customer,
@@ -245,6 +246,23 @@ async def test_the_review_mails_each_manager_the_new_exceptions_of_their_team_on
     result = await review(client, task_queue, inp)
     assert (result.audit.managers, result.audit.exceptions) == (1, 3)
     assert result.until == now and result.since == now - timedelta(hours=24)
+    # Planted by SQL, so left stale: the review's last step judged them (store/audit_findings.py).
+    planted = [no_consent, late_need, skipped_today, old_no_consent, clean, old]
+    assert result.audit_findings is not None and result.audit_findings.judged >= len(planted)
+    assert count(db, Opportunity, Opportunity.id.in_(planted), Opportunity.audit_stale) == 0
+    with db.connect() as conn:
+        kept = set(
+            conn.execute(
+                select(AuditFinding.opportunity_id, AuditFinding.rule).where(AuditFinding.opportunity_id.in_(planted))
+            ).all()
+        )
+    assert kept == {
+        (no_consent, "consent_missing"),
+        (late_need, "need_after_opportunity"),
+        (skipped_today, "stage_out_of_order"),
+        (old_no_consent, "consent_missing"),
+        (old, "consent_missing"),
+    }
 
     (mail,) = smtp_inbox.to(kevin["email"])
     assert smtp_inbox.to(mia["email"]) == []

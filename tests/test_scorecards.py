@@ -99,7 +99,7 @@ async def test_a_month_of_scorecards_equals_the_hand_computed_figures(api: Api, 
     def opp(owner: dict, cid: str, nid: str, **kw: object) -> str:
         return insert_opportunity(
             db, customer_id=cid, need_id=nid, owner_id=owner["id"], opened_at=at("2026-06-01 09:00"), **kw
-        )  # type: ignore[arg-type]
+        )["id"]  # type: ignore[arg-type]
 
     # Dan's opportunities.
     o1 = opp(dan, c1, n1, closed_at=at("2026-09-10 12:00"), amount="400000.00")  # won in P
@@ -241,6 +241,17 @@ async def test_a_month_of_scorecards_equals_the_hand_computed_figures(api: Api, 
     # The team by its manager: his direct reports, the same items.
     by_manager = await report(api, period=P, manager_id=kevin["id"])
     assert by_manager["items"] == [i for i in body["items"] if i["employee_id"] != kevin["id"]]
+    assert by_manager["next"] is None
+
+    # Page by page (each page's figures computed for its own employees): the same items.
+    pages, after = [], None
+    while True:
+        page = await report(api, period=P, manager_id=kevin["id"], limit=1, **({"after": after} if after else {}))
+        pages += page["items"]
+        after = page["next"]
+        if after is None:
+            break
+    assert len(pages) >= 2 and pages == by_manager["items"]
 
     # August: Dan's customer C3 (won Aug 15), one unit of 300000.00; nothing else happened then
     # on record except C3's 10 at Aug 31 23:59:59 -> 100.0 and C2's activity (not his customer yet).

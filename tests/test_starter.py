@@ -26,7 +26,7 @@ from pathlib import Path
 import httpx
 import pytest
 import uvicorn
-from sqlalchemy import Engine
+from sqlalchemy import Engine, update
 from temporalio.client import Client
 from temporalio.testing import WorkflowEnvironment
 
@@ -34,8 +34,9 @@ import starter
 from api.app import create_app
 from config import Settings
 from domain.scoring import priority, referrer_score
+from store.db import make_sync_engine
 from store.keys import ALL_SCOPES
-from store.models import Referral
+from store.models import Opportunity, Referral
 from tests.helpers import count
 from worker import build_worker
 from workflows.client import DATA_CONVERTER
@@ -595,3 +596,19 @@ def test_without_a_key_it_says_where_to_get_one_then_uses_the_dev_key_file(
     run = run_cli(["timeline", "opp_nope"], settings, environ={"NEEDFLOW_API_URL": stack.url})
     # authenticated, then not found
     assert (run.code, run.err) == (1, "error: 404 not_found: no opportunity 'opp_nope'\n")
+
+
+def test_audit_refresh_judges_the_opportunities_left_stale(demo: tuple[Run, str], stack: LiveStack) -> None:
+    """After a migration (or bulk SQL) leaves opportunities stale, `audit refresh` judges
+    them in the database; the practice audit's kept verdicts are current again."""
+    engine = make_sync_engine(stack.settings.resolved_database_url)
+    try:
+        with engine.begin() as conn:
+            marked = conn.execute(update(Opportunity).values(audit_stale=True)).rowcount
+        assert marked >= 1
+        run = run_cli(["audit", "refresh"], stack.settings)
+        assert run.code == 0, run.err
+        assert run.out.splitlines()[-1] == f"{marked} stale opportunities judged by the practice audit"
+        assert count(engine, Opportunity, Opportunity.audit_stale) == 0
+    finally:
+        engine.dispose()

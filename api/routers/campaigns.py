@@ -46,6 +46,7 @@ from domain.campaigns import (
 )
 from domain.ids import resource_id
 from domain.opportunity import TransitionRefused
+from store.audit_findings import judge, prequalification_affects
 from store.campaigns import campaign_progress, customer_facts, latest_prequalification
 from store.models import Campaign, Customer, Prequalification
 
@@ -192,7 +193,7 @@ async def prequalify_customer(
                 via=actor.via,
             )
             session.add(record)
-            await session.flush()
+            await judge(session, svc.catalog, *prequalification_affects(customer.id, campaign_id))
             return prequalification_out(record)
 
     return await idempotent(request, svc, who, key, 200, run)

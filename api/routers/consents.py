@@ -21,6 +21,7 @@ from api.schemas import BranchConsentCreate, ConsentOut, ConsentWithdraw
 from api.views import consent_out
 from domain.ids import resource_id
 from domain.types import ConsentChannel
+from store.audit_findings import consent_affects, judge
 from store.models import Consent, Customer, Opportunity
 
 router = APIRouter(tags=["consents"])
@@ -67,7 +68,7 @@ async def record_branch_consent(
                 via=witness.via,
             )
             session.add(consent)
-            await session.flush()
+            await judge(session, svc.catalog, *consent_affects(customer_id, body.product.value))
             return consent_out(consent)  # inside the transaction: no answer, no row
 
     return await idempotent(request, svc, who, key, 201, create)
@@ -105,6 +106,7 @@ async def withdraw_consent(
                     f"consent {consent_id} was withdrawn already",
                     withdrawn_at=consent.withdrawn_at.isoformat() if consent.withdrawn_at else None,
                 )
+            await judge(session, svc.catalog, *consent_affects(consent.customer_id, consent.product))
             await session.refresh(consent)
             return consent_out(consent)
 

@@ -32,6 +32,19 @@ The numbers reach the page as a JSON block (`#dashboard-data`) that `static/dash
 draws with the vendored Chart.js (static/vendor/chartjs, no CDN: the CSP allows scripts
 from this origin only, and none inline); they are also written as text and `data-*`
 attributes, so the page reads without script and tests can check the charts.
+
+An opportunity's page
+---------------------
+Each audit exception links to `GET /dashboard/opportunities/{id}`, under the same session
+(the cookie's path is `/dashboard`) and the same scope: `GET /v1/opportunities/{id}` wants
+a Bearer key a browser does not send, so a manager following the link would get 401. The
+page shows the opportunity, its checkpoints and its practice-audit review: Kevin's three
+questions and each broken rule's sentence, from `store.audit` (`load_facts`, `review`,
+`findings`), so it says what the report and the journey say. It shows the customer's id
+only (the dashboard shows no customer's name, nor any contact detail) and of each
+checkpoint's evidence its keys only: values such as an SMS's phone number are the
+customer's. Without a session it redirects to the sign-in at `/dashboard`; it has no
+script at all.
 """
 
 from __future__ import annotations
@@ -44,6 +57,7 @@ from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 from typing import Annotated, Any
+from urllib.parse import quote, urlencode
 
 from fastapi import APIRouter, Form, Query, Request
 from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse, Response
@@ -52,9 +66,9 @@ from sqlalchemy import select
 
 from api.deps import Principal, Services, ServicesDep, principal_for
 from domain.customer_health import month_bounds, parse_period
-from store.audit import practice_audit
+from store.audit import findings, load_facts, practice_audit, review, stage_name, when
 from store.keys import hash_key
-from store.models import Employee
+from store.models import Checkpoint, Employee, Opportunity
 from store.reports import pipeline_report, referrer_report
 from store.scorecards import scorecards
 
@@ -260,6 +274,27 @@ async def dashboard(
     return _page(request, 200, **ctx)
 
 
+def opportunity_href(opportunity_id: str) -> str:
+    """Where the dashboard links an opportunity: its page under the dashboard's session."""
+    return f"{COOKIE_PATH}/opportunities/{quote(opportunity_id, safe='')}"
+
+
+@router.get("/dashboard/opportunities/{opportunity_id}")
+async def opportunity_page(request: Request, svc: ServicesDep, opportunity_id: str):
+    """One opportunity and its practice-audit review (module docstring); without a
+    session, a redirect to the sign-in."""
+    who = await signed_in(request, svc)
+    if who is None:
+        return RedirectResponse(COOKIE_PATH, status_code=303, headers=SECURITY_HEADERS)
+    opp = await _opportunity_data(svc, opportunity_id)
+    ctx: dict[str, Any] = {"key_name": who.name, "opportunity_id": opportunity_id, "opp": opp}
+    if opp is None:
+        ctx["error"] = f"No opportunity with id {opportunity_id}."
+    return templates.TemplateResponse(
+        request, "dashboard_opportunity.html", ctx, status_code=200 if opp else 404, headers=SECURITY_HEADERS
+    )
+
+
 def _static_route(name: str, media_type: str) -> None:
     path = STATIC_DIR / name
 
@@ -320,7 +355,7 @@ async def _team_data(svc: Services, manager_id: str, first_day: date, now: datet
         team_ids = [t.id for t in team]
         pipeline = await pipeline_report(session, now=now, owner_ids=team_ids)
     async with svc.sessions() as session:
-        referrers = await referrer_report(session, now=now, window_days=window_days)
+        referrers = await referrer_report(session, now=now, window_days=window_days, employee_ids=team_ids)
     async with svc.sessions() as session:
         cards = await scorecards(session, period=first_day, manager_id=manager_id)
     exceptions = []
@@ -339,7 +374,6 @@ async def _team_data(svc: Services, manager_id: str, first_day: date, now: datet
         by_product.setdefault(row.product, {})[row.stage] = row.count
     stages = [s for s in known if s in by_stage] + sorted(s for s in by_stage if s not in known)
 
-    team_set = set(team_ids)
     return {
         "manager_id": manager_id,
         "period": f"{first_day:%Y-%m}",
@@ -363,7 +397,6 @@ async def _team_data(svc: Services, manager_id: str, first_day: date, now: datet
                     "referrer_score": r.referrer_score,
                 }
                 for r in referrers.items
-                if r.referrer_type == "employee" and r.referrer_id in team_set
             ],
         },
         "scorecards": [
@@ -390,8 +423,79 @@ async def _team_data(svc: Services, manager_id: str, first_day: date, now: datet
                 "owner_id": e.owner_id,
                 "owner": names.get(e.owner_id, e.owner_id),
                 "product": e.product,
-                "href": f"/v1/opportunities/{e.opportunity_id}",
+                "href": opportunity_href(e.opportunity_id),
             }
             for e in exceptions
         ],
+    }
+
+
+# ---------------------------------------------------------------- an opportunity's page
+
+
+async def _opportunity_data(svc: Services, opportunity_id: str) -> dict[str, Any] | None:
+    async with svc.sessions() as session:
+        # load_facts reads from one snapshot on PostgreSQL; the rows below share it.
+        facts = await load_facts(session, svc.catalog, [Opportunity.id == opportunity_id])
+        if not facts:
+            return None
+        [fact] = facts
+        opp = await session.get(Opportunity, opportunity_id)
+        assert opp is not None
+        checkpoints = (
+            await session.scalars(
+                select(Checkpoint).where(Checkpoint.opportunity_id == opportunity_id).order_by(Checkpoint.seq)
+            )
+        ).all()
+        people = {
+            e.id: e
+            for e in await session.execute(
+                select(Employee.id, Employee.name, Employee.manager_id).where(
+                    Employee.id.in_({opp.owner_id, *(c.actor for c in checkpoints)})
+                )
+            )
+        }
+    owner = people.get(opp.owner_id)
+    verdict = review(fact)
+    # Back to the dashboard where its exceptions are listed: its owner's manager's team, the
+    # month it opened.
+    back = {"manager_id": owner.manager_id} if owner is not None and owner.manager_id else {}
+    back["period"] = f"{opp.opened_at:%Y-%m}"
+    return {
+        "id": opp.id,
+        "customer_id": opp.customer_id,
+        "product": opp.product,
+        "process_version": opp.process_version,
+        "owner_id": opp.owner_id,
+        "owner": owner.name if owner is not None else opp.owner_id,
+        "stage": opp.stage,
+        "stage_name": stage_name(fact.process, opp.stage),
+        "status": opp.status,
+        "amount": _money(opp.amount) if opp.amount is not None else None,
+        "opened_at": when(opp.opened_at),
+        "closed_at": when(opp.closed_at) if opp.closed_at is not None else None,
+        "lost_reason": opp.lost_reason,
+        "campaign_id": opp.campaign_id,
+        "back": f"{COOKIE_PATH}?{urlencode(back)}",
+        "checkpoints": [
+            {
+                "seq": c.seq,
+                "stage": c.stage,
+                "stage_name": stage_name(fact.process, c.stage),
+                "entered_at": when(c.entered_at),
+                "trigger": c.trigger,
+                "actor": c.actor,
+                "actor_name": people[c.actor].name if c.actor in people else None,
+                "via": c.via,
+                "evidence_keys": sorted(c.evidence or {}),
+            }
+            for c in checkpoints
+        ],
+        "review": {
+            "won": opp.status == "won",
+            "consent": verdict.consent,
+            "need_before_sale": verdict.need_before_sale,
+            "all_checkpoints": verdict.all_checkpoints,
+        },
+        "findings": [{"rule": f.rule, "detail": f.detail} for f in findings(fact)],
     }

@@ -28,6 +28,7 @@ from domain.customer_health import (
     activity_problems,
     payment_date_problems,
     payment_mortgage_problems,
+    signal_facts,
 )
 from domain.ids import event_update_id
 from domain.opportunity import EventCommand, EventResult, event_body_sha256
@@ -130,6 +131,7 @@ async def _customer_event(svc: Services, body: EventIn, customer_id: str, data: 
                     raise _invalid_data(refused)
             session.add(ProcessedEvent(id=body.id, type=body.type.value, subject_id=customer_id, body_sha256=digest))
             await session.flush()
+            health = signal_facts(body.type.value, data, body.occurred_at)
             session.add(
                 CustomerSignal(
                     event_id=body.id,
@@ -137,6 +139,11 @@ async def _customer_event(svc: Services, body: EventIn, customer_id: str, data: 
                     type=body.type.value,
                     data=data,
                     occurred_at=body.occurred_at,
+                    month=health.month,
+                    score=health.score,
+                    transactions=health.transactions,
+                    opportunity_id=health.opportunity_id,
+                    on_time=health.on_time,
                 )
             )
     except IntegrityError:

@@ -57,7 +57,7 @@ async def import_book(body: Annotated[dict[str, Any], Body()], svc: ServicesDep,
     problems += more
     if problems:
         raise _refused(problems)
-    outcome = await store.write(svc.sessions, plan)
+    outcome = await store.write(svc.sessions, svc.catalog, plan)
 
     gate = asyncio.Semaphore(STARTS_AT_ONCE)
 

@@ -13,6 +13,7 @@ from fastapi import APIRouter, Query
 
 from api.deps import ReportReader, ServicesDep
 from api.errors import invalid
+from api.paging import read_cursor, write_cursor
 from api.schemas import (
     AgeBandCount,
     OldestOpenReferral,
@@ -29,7 +30,7 @@ from api.schemas import (
     StatusAgeCount,
 )
 from domain.types import Product
-from store.audit import practice_audit
+from store.audit import RULES, AuditKey, practice_audit
 from store.reports import Counts, pipeline_report, referrer_report
 
 router = APIRouter(prefix="/v1/reports", tags=["reports"])
@@ -126,6 +127,27 @@ async def pipeline(svc: ServicesDep, who: ReportReader):
     )
 
 
+#: The practice audit's page size, by default and at most.
+AUDIT_PAGE = 1000
+AUDIT_PAGE_MAX = 5000
+
+
+def _audit_place(key: AuditKey) -> str:
+    at, opportunity_id, rule = key
+    return write_cursor(at.isoformat(), opportunity_id, rule)
+
+
+def _audit_key(after: str) -> AuditKey:
+    at, opportunity_id, rule = read_cursor(after, 3)
+    try:
+        when = datetime.fromisoformat(at)
+    except ValueError:
+        when = None
+    if when is None or when.tzinfo is None or rule not in RULES:
+        raise invalid("'after' is not the 'next' of a page of this report", field="query.after")
+    return when, opportunity_id, rule
+
+
 @router.get("/practice-audit", response_model=PracticeAuditOut)
 async def practice_audit_report(
     svc: ServicesDep,
@@ -134,16 +156,22 @@ async def practice_audit_report(
     to: Annotated[date | None, Query(description="Last day (UTC) of opened_at, included.")] = None,
     owner_id: Annotated[str | None, Query(min_length=1, max_length=64)] = None,
     product: Product | None = None,
+    limit: Annotated[int, Query(ge=1, le=AUDIT_PAGE_MAX, description="Items per page.")] = AUDIT_PAGE,
+    after: Annotated[
+        str | None, Query(max_length=400, description="The `next` of the previous page: the page after it.")
+    ] = None,
 ):
     """Sales-practice exceptions: one item per opportunity and rule it breaks.
 
     The rules (`consent_missing`, `need_after_opportunity`, `stage_out_of_order`,
     `evidence_missing`, `campaign_not_prequalified`) are defined, and written once, in
     store/audit.py; they read the store only, so imported and live records are judged
-    alike. Ordered by opened_at, then opportunity id, then rule name.
+    alike. Ordered by opened_at, then opportunity id, then rule name, `limit` items a
+    page; `next` (null on the last page) is the `after` that fetches the page after.
     """
     if from_ is not None and to is not None and to < from_:
         raise invalid(f"'to' ({to}) is before 'from' ({from_})", field="query.to")
+    resume = _audit_key(after) if after is not None else None
     async with svc.sessions() as session:
         items = await practice_audit(
             session,
@@ -152,5 +180,11 @@ async def practice_audit_report(
             opened_to=to,
             owner_id=owner_id,
             product=product.value if product else None,
+            after=resume,
+            limit=limit + 1,  # one more than a page: is there a next one?
         )
-    return PracticeAuditOut(items=[PracticeAuditItem.model_validate(i, from_attributes=True) for i in items])
+    page = items[:limit]
+    return PracticeAuditOut(
+        items=[PracticeAuditItem.model_validate(i, from_attributes=True) for i in page],
+        next=_audit_place(page[-1].key) if len(items) > limit else None,
+    )

@@ -1,0 +1,127 @@
+"""The practice audit's findings, kept: what `store.audit.findings` says of each
+opportunity, stored in `audit_findings` by the transaction of every write that changes
+what the rules read, so that `GET /v1/reports/practice-audit` reads an index range
+instead of judging every record it covers (at bank scale, a year is 85,000 opportunities
+with 300,000 checkpoints). The rules themselves stay in store/audit.py, written once;
+this module stores their verdicts and nothing else.
+
+The writes that change what the rules read, each calling `judge` in its transaction:
+
+- an opportunity opened (activities/opportunity.py `open_opportunity`) or imported
+  (store/imports.py, after its rows are written);
+- a stage change: its checkpoint, status and close, and the e-signature consent it may
+  carry, for every opportunity of that customer and product (`record_stage_change`);
+- an owner change (the findings carry the owner for the report's filter;
+  `record_owner_change`);
+- a consent given in branch or withdrawn (api/routers/consents.py), for every
+  opportunity of that customer and product;
+- a prequalification (api/routers/campaigns.py), for that customer's opportunities in
+  that campaign.
+
+Needs and checkpoints are never changed once written, so nothing else moves a verdict.
+
+Concurrency: `judge` first locks the opportunities' rows (PostgreSQL `FOR UPDATE`; SQLite
+has one writer at a time), then reads their facts. Two writes that touch one opportunity
+(a checkpoint by the worker, a consent through the API) therefore judge it one after the
+other, and the second, reading after the first committed, sees both.
+
+Never wrong, at worst slower: the report passes over the rows here of an opportunity
+whose `audit_stale` is set, and judges it on the spot (`store.audit.practice_audit`). Opportunities are
+left stale by migration 0009 (which adds the column with every opportunity stale), by bulk
+SQL, and by a change to a rule: whoever changes a rule's verdict or sentence adds a
+migration that sets `audit_stale` on every opportunity. `refresh_stale` catches them up in
+batches, each its own transaction; the daily review runs it, as does
+`starter.py audit refresh`.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from sqlalchemy import delete, insert, select, update
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from domain.process import ProcessCatalog
+from store.audit import findings, load_facts
+from store.models import AuditFinding, Opportunity
+
+log = logging.getLogger("needflow.audit")
+
+#: Opportunities judged per transaction by `refresh_stale` (and per `IN (...)` by `judge`).
+BATCH = 1000
+
+
+def consent_affects(customer_id: str, product: str) -> tuple[Any, ...]:
+    """The opportunities a consent (given or withdrawn) can change the verdicts of: every
+    one of its customer for its product (`consent_missing` reads them all)."""
+    return (Opportunity.customer_id == customer_id, Opportunity.product == product)
+
+
+def prequalification_affects(customer_id: str, campaign_id: str) -> tuple[Any, ...]:
+    """The opportunities a prequalification can change the verdicts of: its customer's in
+    its campaign (`campaign_not_prequalified`)."""
+    return (Opportunity.customer_id == customer_id, Opportunity.campaign_id == campaign_id)
+
+
+async def judge(session: AsyncSession, catalog: ProcessCatalog, *where: Any) -> int:
+    """Judge again every opportunity matching `where` (conditions on `Opportunity`), in
+    the caller's transaction: lock their rows, replace their findings, clear their
+    `audit_stale`. Returns how many were judged."""
+    ids = list(await session.scalars(select(Opportunity.id).where(*where).order_by(Opportunity.id).with_for_update()))
+    for start in range(0, len(ids), BATCH):
+        await _judge_ids(session, catalog, ids[start : start + BATCH])
+    return len(ids)
+
+
+async def _judge_ids(session: AsyncSession, catalog: ProcessCatalog, ids: Sequence[str]) -> None:
+    await session.execute(delete(AuditFinding).where(AuditFinding.opportunity_id.in_(ids)))
+    rows = [
+        {
+            "opportunity_id": o.id,
+            "rule": f.rule,
+            "detail": f.detail,
+            "owner_id": o.owner_id,
+            "product": o.product,
+            "opened_at": o.opened_at,
+        }
+        for o in await load_facts(session, catalog, [Opportunity.id.in_(ids)])
+        for f in findings(o)
+    ]
+    if rows:
+        await session.execute(insert(AuditFinding), rows)
+    await session.execute(update(Opportunity).where(Opportunity.id.in_(ids)).values(audit_stale=False))
+
+
+async def refresh_stale(
+    sessions: async_sessionmaker[AsyncSession],
+    catalog: ProcessCatalog,
+    *where: Any,
+    batch: int = BATCH,
+    progress: Callable[[int], None] | None = None,
+) -> int:
+    """Judge every stale opportunity (matching `where`), `batch` per transaction, oldest
+    first, with progress in the log (and to `progress`, after each batch: an activity's
+    heartbeat). Returns how many were judged. Safe beside live writes: each batch locks
+    its rows, skipping those a write holds, and a row judged meanwhile is no longer stale."""
+    done = 0
+    while True:
+        async with sessions.begin() as session:
+            ids = list(
+                await session.scalars(
+                    select(Opportunity.id)
+                    .where(Opportunity.audit_stale, *where)
+                    .order_by(Opportunity.opened_at, Opportunity.id)
+                    .limit(batch)
+                    .with_for_update(skip_locked=True)
+                )
+            )
+            if not ids:
+                break
+            await _judge_ids(session, catalog, ids)
+        done += len(ids)
+        log.info("audit findings: %d stale opportunities judged", done)
+        if progress is not None:
+            progress(done)
+    return done
