@@ -54,15 +54,18 @@ from activities.mail import Mailer
 from activities.referral import TOTAL
 from domain.daily import (
     MAIL_NEW_EXCEPTIONS,
+    PURGE_EXPIRED,
     REBUILD_LEAD_MODEL,
     REFRESH_AUDIT_FINDINGS,
     AuditFindingsRefreshed,
+    ExpiredPurged,
     LeadModelRebuilt,
     NewExceptionsMailed,
     NewExceptionsRequest,
 )
 from domain.process import ProcessCatalog
 from domain.scoring import FEATURES, LeadModel
+from store import upkeep
 from store.audit import Finding, OpportunityFacts, findings, load_facts, when
 from store.audit_findings import refresh_stale
 from store.models import Checkpoint, Employee, LeadFeatureCount, Opportunity, Referral
@@ -235,5 +238,12 @@ class DailyActivities:
         judged = await refresh_stale(self.sessions, self.catalog, progress=activity.heartbeat)
         return AuditFindingsRefreshed(judged=judged)
 
+    @activity.defn(name=PURGE_EXPIRED)
+    async def purge_expired(self, now: datetime) -> ExpiredPurged:
+        """Purge the records past their retention as of the review's `until`
+        (store/upkeep.py); a retry deletes what is left."""
+        purged = await upkeep.purge_expired(self.sessions, now)
+        return ExpiredPurged(idempotency_records=purged.idempotency_records, event_claims=purged.event_claims)
+
     def all(self) -> list:
-        return [self.mail_new_exceptions, self.rebuild_lead_model, self.refresh_audit_findings]
+        return [self.mail_new_exceptions, self.rebuild_lead_model, self.refresh_audit_findings, self.purge_expired]

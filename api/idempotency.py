@@ -4,8 +4,14 @@ The key is reserved before the request runs (a row with status 0), so a repeat t
 races the first waits for the first one's answer instead of doing the work twice. The
 same key with a different body is 409 `conflict`. Where a request starts or updates a
 workflow, the key also becomes the workflow id or update id (see the routers), so
-Temporal de-duplicates too. A request that fails with a 5xx releases its key: retrying
-it is safe and does the work.
+Temporal de-duplicates too. A request that fails with a 5xx, or is refused as busy
+(429), releases its key: that is no answer to store, and retrying it is safe and does
+the work.
+
+A reservation is a lease: a key reserved more than `LEASE_SECONDS` ago and still without
+an answer belongs to a process that died mid-request, and the next repeat takes it over
+(one conditional update decides who) and does the work. Records are kept for
+`RETENTION` and then purged by the daily review (`store.upkeep`).
 """
 
 from __future__ import annotations
@@ -13,12 +19,13 @@ from __future__ import annotations
 import asyncio
 import hashlib
 from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
 from fastapi import Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.responses import JSONResponse, Response
-from sqlalchemy import delete
+from sqlalchemy import delete, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -30,6 +37,8 @@ T = TypeVar("T")
 _IN_PROGRESS = 0
 #: How long a repeat waits for the first request's answer before it gives up (409).
 WAIT_FOR_FIRST_SECONDS = 60.0
+#: A reservation older than this without an answer is a dead process's: taken over.
+LEASE_SECONDS = 300.0
 
 
 async def keyed_done(session: AsyncSession, model: type[T], row_id: str, key: str | None) -> T | None:
@@ -63,12 +72,37 @@ async def _reserve(svc: Services, principal: Principal, key: str, request: Reque
         return False
 
 
+async def _take_over(svc: Services, principal: Principal, key: str, digest: str) -> bool:
+    """Take over a reservation whose lease ran out (its process died): True when this
+    request won it (one conditional update decides) and must do the work."""
+    expired = datetime.now(UTC) - timedelta(seconds=LEASE_SECONDS)
+    async with svc.sessions.begin() as session:
+        done = await session.execute(
+            update(IdempotencyRecord)
+            .where(
+                IdempotencyRecord.api_key_id == principal.id,
+                IdempotencyRecord.key == key,
+                IdempotencyRecord.status_code == _IN_PROGRESS,
+                IdempotencyRecord.request_sha256 == digest,
+                IdempotencyRecord.created_at < expired,
+            )
+            .values(created_at=datetime.now(UTC))
+            .execution_options(synchronize_session=False)
+        )
+    return done.rowcount == 1
+
+
 async def _first_answer(svc: Services, principal: Principal, key: str) -> IdempotencyRecord | None:
     deadline = asyncio.get_running_loop().time() + WAIT_FOR_FIRST_SECONDS
     while True:
         async with svc.sessions() as session:
             stored = await session.get(IdempotencyRecord, (principal.id, key))
-        if stored is None or stored.status_code != _IN_PROGRESS or asyncio.get_running_loop().time() > deadline:
+        if (
+            stored is None
+            or stored.status_code != _IN_PROGRESS
+            or stored.created_at < datetime.now(UTC) - timedelta(seconds=LEASE_SECONDS)  # its process died
+            or asyncio.get_running_loop().time() > deadline
+        ):
             return stored
         await asyncio.sleep(0.05)
 
@@ -90,6 +124,8 @@ async def idempotent(
             continue  # the first request failed and released the key: this one does the work
         if (stored.request_sha256, stored.method, stored.path) != (digest, request.method, request.url.path):
             raise _conflict(key)
+        if stored.status_code == _IN_PROGRESS and await _take_over(svc, principal, key, digest):
+            break  # the first request's process died: this one does the work
         if stored.status_code == _IN_PROGRESS:
             raise ApiError(
                 409,
@@ -106,7 +142,7 @@ async def idempotent(
     try:
         content, code = jsonable_encoder(await handler()), status_code
     except ApiError as exc:
-        if exc.status >= 500:
+        if exc.status >= 500 or exc.status == 429:  # no answer to keep: a retry does the work
             await _release(svc, principal, key)
             raise
         content, code = exc.body(), exc.status

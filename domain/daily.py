@@ -16,6 +16,7 @@ from pydantic import BaseModel
 MAIL_NEW_EXCEPTIONS = "daily.mail_new_exceptions"
 REBUILD_LEAD_MODEL = "daily.rebuild_lead_model"
 REFRESH_AUDIT_FINDINGS = "daily.refresh_audit_findings"
+PURGE_EXPIRED = "daily.purge_expired"
 
 
 class DailyReviewInput(BaseModel):
@@ -61,10 +62,17 @@ class AuditFindingsRefreshed(BaseModel):
     judged: int
 
 
+class ExpiredPurged(BaseModel):
+    #: Rows deleted past their retention (store/upkeep.py).
+    idempotency_records: int
+    event_claims: int
+
+
 class DailyReviewResult(BaseModel):
     since: datetime
     until: datetime
     audit: NewExceptionsMailed
     lead_model: LeadModelRebuilt
-    #: None for a review run before the workflow did this step.
+    #: None for a review run before the workflow did these steps.
     audit_findings: AuditFindingsRefreshed | None = None
+    purged: ExpiredPurged | None = None

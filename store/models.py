@@ -372,6 +372,22 @@ class ProcessedEvent(Base):
     processed_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
+class EventClaim(Base):
+    """Who delivers an opportunity's event first: the API claims the event id before it
+    asks the workflow (whose Update, keyed by the same id, applies it once whoever asks).
+    Only the claimant answers `applied`; every concurrent or later copy answers
+    `duplicate`, and a copy with another body `409 conflict` (api/routers/events.py).
+    A claim whose update the workflow refused is removed, so the id stays free."""
+
+    __tablename__ = "event_claims"
+    id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    type: Mapped[str] = mapped_column(String(64))
+    subject_id: Mapped[str] = mapped_column(String(64))
+    body_sha256: Mapped[str] = mapped_column(String(64))
+    #: Indexed: claims older than the retention are purged (processed_events answers then).
+    claimed_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
+
+
 class CustomerSignal(Base):
     """Scorecard inputs about a customer (NPS, account activity, payments): `data` as
     received, and beside it what the scorecards read of it (`domain.customer_health.

@@ -15,7 +15,7 @@ from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Engine, select, update
+from sqlalchemy import Engine, insert, select, update
 from sqlalchemy.orm import Session
 from temporalio.client import Client, ScheduleActionStartWorkflow
 
@@ -26,18 +26,23 @@ from domain.process import load_catalog
 from domain.scoring import FEATURES, LeadModel
 from domain.types import Product
 from store.audit import CheckpointFact, ConsentFact, OpportunityFacts
+from store.keys import hash_key
 from store.models import (
+    ApiKey,
     AuditFinding,
     Checkpoint,
     Consent,
     Customer,
+    EventClaim,
     Household,
+    IdempotencyRecord,
     LeadFeatureCount,
     Need,
     Notification,
     Opportunity,
     Referral,
 )
+from store.upkeep import CLAIM_RETENTION, IDEMPOTENCY_RETENTION
 from tests.helpers import Api, Inbox, count, unique, until, within, workflow_ids
 from workflows.daily import SCHEDULED_START_TIME, DailyReviewWorkflow
 from workflows.schedules import DAILY_REVIEW_SCHEDULE_ID, daily_review_schedule, ensure_schedules
@@ -400,3 +405,38 @@ async def test_a_scheduled_run_reviews_the_day_before_its_scheduled_time(
         assert run_id.startswith(f"{DAILY_REVIEW_SCHEDULE_ID}-")
     finally:
         await within(handle.delete(), "delete the test's schedule")
+
+
+async def test_the_review_purges_idempotency_records_and_event_claims_past_their_retention(
+    api: Api, db: Engine, client: Client, task_queue: str
+) -> None:
+    now = datetime.now(UTC)
+    tag = uuid.uuid4().hex[:8]
+    with db.begin() as conn:
+        key_id = conn.scalar(select(ApiKey.id).where(ApiKey.key_sha256 == hash_key(api.key)))
+        for name, age in (("old", IDEMPOTENCY_RETENTION + timedelta(hours=1)), ("new", timedelta(hours=1))):
+            conn.execute(
+                insert(IdempotencyRecord).values(
+                    api_key_id=key_id,
+                    key=f"{name}-{tag}",
+                    method="POST",
+                    path="/v1/customers",
+                    request_sha256="x",
+                    status_code=201,
+                    response="{}",
+                    created_at=now - age,
+                )
+            )
+        for name, age in (("old", CLAIM_RETENTION + timedelta(hours=1)), ("new", timedelta(minutes=5))):
+            conn.execute(
+                insert(EventClaim).values(
+                    id=f"{name}-{tag}", type="t", subject_id="s", body_sha256="x", claimed_at=now - age
+                )
+            )
+    result = await review(client, task_queue, DailyReviewInput(until=now, manager_ids=[]))
+    assert result.purged is not None
+    assert result.purged.idempotency_records >= 1 and result.purged.event_claims >= 1
+    assert count(db, IdempotencyRecord, IdempotencyRecord.key.in_([f"old-{tag}", f"new-{tag}"])) == 1
+    assert count(db, IdempotencyRecord, IdempotencyRecord.key == f"new-{tag}") == 1
+    assert count(db, EventClaim, EventClaim.id.in_([f"old-{tag}", f"new-{tag}"])) == 1
+    assert count(db, EventClaim, EventClaim.id == f"new-{tag}") == 1

@@ -9,10 +9,11 @@
 2. The lead model's tallies (`lead_feature_counts`) are rebuilt from the decided referrals,
    repairing any drift. Referrer scores need no rebuild: they are not stored, every read
    computes them from the referrals (`store.queries.referrer_scores`).
-3. The practice audit's kept verdicts catch up: opportunities left stale (by a migration,
-   bulk SQL, a changed rule; store/audit_findings.py) are judged, in batches, with a
-   heartbeat. Added under `workflow.patched(REFRESHES_AUDIT_FINDINGS)`: a review recorded
-   before it (tests/histories/daily-review.json) replays without the step.
+3. Upkeep: the practice audit's kept verdicts catch up (opportunities left stale by a
+   migration, bulk SQL or a changed rule are judged, in batches, with a heartbeat;
+   store/audit_findings.py), and records past their retention are purged (idempotency
+   keys, event claims; store/upkeep.py). Added under `workflow.patched(UPKEEP)`: a review
+   recorded before it (tests/histories/daily-review.json) replays without the steps.
 
 Every activity is idempotent, so a retried activity or a re-run of the same day sends
 nothing twice and counts nothing twice.
@@ -28,11 +29,13 @@ from temporalio.common import RetryPolicy, SearchAttributeKey
 with workflow.unsafe.imports_passed_through():
     from domain.daily import (
         MAIL_NEW_EXCEPTIONS,
+        PURGE_EXPIRED,
         REBUILD_LEAD_MODEL,
         REFRESH_AUDIT_FINDINGS,
         AuditFindingsRefreshed,
         DailyReviewInput,
         DailyReviewResult,
+        ExpiredPurged,
         LeadModelRebuilt,
         NewExceptionsMailed,
         NewExceptionsRequest,
@@ -40,7 +43,7 @@ with workflow.unsafe.imports_passed_through():
     from workflows.common import record
 
 #: The patch that added step 3 (module docstring).
-REFRESHES_AUDIT_FINDINGS = "daily-refreshes-audit-findings"
+UPKEEP = "daily-upkeep"
 #: Catching up after migration 0009 judges a bank's every opportunity: minutes, not seconds;
 #: the activity heartbeats after every batch, so a dead worker is noticed within a minute.
 REFRESH_TIMEOUT = timedelta(hours=2)
@@ -71,7 +74,8 @@ class DailyReviewWorkflow:
         )
         lead_model: LeadModelRebuilt = await record(REBUILD_LEAD_MODEL, None, LeadModelRebuilt)
         findings: AuditFindingsRefreshed | None = None
-        if workflow.patched(REFRESHES_AUDIT_FINDINGS):
+        purged: ExpiredPurged | None = None
+        if workflow.patched(UPKEEP):
             findings = await workflow.execute_activity(
                 REFRESH_AUDIT_FINDINGS,
                 result_type=AuditFindingsRefreshed,
@@ -79,10 +83,13 @@ class DailyReviewWorkflow:
                 heartbeat_timeout=REFRESH_HEARTBEAT,
                 retry_policy=RetryPolicy(maximum_interval=timedelta(minutes=1)),
             )
+            purged = await record(PURGE_EXPIRED, until, ExpiredPurged)
         workflow.set_current_details(
             f"Reviewed {since:%Y-%m-%d %H:%M} to {until:%Y-%m-%d %H:%M} UTC: {audit.exceptions} new exception(s) "
             f"e-mailed to {audit.managers} manager(s); lead model rebuilt from {lead_model.decided} decided "
             f"referral(s), {lead_model.repaired} tally row(s) repaired"
             + (f"; {findings.judged} stale opportunities judged by the practice audit" if findings else "")
         )
-        return DailyReviewResult(since=since, until=until, audit=audit, lead_model=lead_model, audit_findings=findings)
+        return DailyReviewResult(
+            since=since, until=until, audit=audit, lead_model=lead_model, audit_findings=findings, purged=purged
+        )

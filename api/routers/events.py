@@ -2,7 +2,12 @@
 
 An opportunity's event is applied by its workflow as an Update whose id is the event
 id, so Temporal itself de-duplicates a repeat; the store's processed_events answer a
-later repeat as `duplicate` without asking the workflow. Customer events (NPS, account
+later repeat as `duplicate` without asking the workflow. Concurrent copies (a sender
+retrying before its first try answered) race for the event's claim (`EventClaim`): the
+one that claims it answers `applied`, every other copy asks the workflow too (so the
+event is applied even if the claimant died before asking) and answers `duplicate`, and
+a copy with another body or subject `409 conflict`. A claim whose update the workflow
+refused is released: the id was not used. Customer events (NPS, account
 activity, payments) are scorecard inputs: checked by the rules of
 domain/customer_health.py and recorded once each.
 """
@@ -15,6 +20,7 @@ from fastapi import APIRouter
 from fastapi.encoders import jsonable_encoder
 from fastapi.responses import JSONResponse
 from pydantic import ValidationError
+from sqlalchemy import delete
 from sqlalchemy.exc import IntegrityError
 
 from api.deps import EventWriter, Services, ServicesDep
@@ -33,7 +39,7 @@ from domain.customer_health import (
 from domain.ids import event_update_id
 from domain.opportunity import EventCommand, EventResult, event_body_sha256
 from domain.types import EventType
-from store.models import Customer, CustomerSignal, Opportunity, ProcessedEvent
+from store.models import Customer, CustomerSignal, EventClaim, Opportunity, ProcessedEvent
 from workflows.opportunity import OpportunityWorkflow
 
 router = APIRouter(prefix="/v1/events", tags=["events"])
@@ -70,11 +76,55 @@ async def receive_event(body: EventIn, svc: ServicesDep, who: EventWriter):
     async with svc.sessions() as session:
         if await session.get(Opportunity, subject) is None:
             raise not_found("opportunity", subject)
+    claimed = await _claim(svc, body, subject, data)
     cmd = EventCommand(event_id=body.id, type=body.type, occurred_at=body.occurred_at, data=data, source=who.name)
-    result: EventResult = await update_opportunity(
-        svc, subject, OpportunityWorkflow.apply_event, cmd, update_id=event_update_id(body.id), result_type=EventResult
+    try:
+        result: EventResult = await update_opportunity(
+            svc,
+            subject,
+            OpportunityWorkflow.apply_event,
+            cmd,
+            update_id=event_update_id(body.id),
+            result_type=EventResult,
+        )
+    except ApiError as exc:
+        if claimed and exc.status == 409:  # refused: nothing was applied, the id stays free
+            await _release(svc, body.id)
+        raise
+    answer = result.result if claimed else "duplicate"
+    return _accepted(EventOut(id=body.id, result=answer, opportunity=await read_opportunity(svc, subject)))
+
+
+async def _claim(svc: Services, body: EventIn, subject: str, data: dict) -> bool:
+    """Claim the event's id for this delivery: True when it is the first; False for a
+    copy of the same event; 409 for another event under the same id (module docstring)."""
+    digest = event_body_sha256(body.type.value, data)
+    try:
+        async with svc.sessions.begin() as session:
+            session.add(EventClaim(id=body.id, type=body.type.value, subject_id=subject, body_sha256=digest))
+        return True
+    except IntegrityError:
+        async with svc.sessions() as session:
+            claim = await session.get(EventClaim, body.id)
+        if claim is None:  # released (refused) meanwhile: this copy is asked afresh
+            return await _claim(svc, body, subject, data)
+        if (claim.type, claim.subject_id, claim.body_sha256) != (body.type.value, subject, digest):
+            raise _conflict(body.id, claim.type, claim.subject_id) from None
+        return False
+
+
+async def _release(svc: Services, event_id: str) -> None:
+    async with svc.sessions.begin() as session:
+        await session.execute(delete(EventClaim).where(EventClaim.id == event_id))
+
+
+def _conflict(event_id: str, used_type: str, used_subject: str) -> ApiError:
+    return ApiError(
+        409,
+        "conflict",
+        f"event id {event_id!r} was already used for another event ({used_type} on {used_subject})",
+        {"id": event_id},
     )
-    return _accepted(EventOut(id=body.id, result=result.result, opportunity=await read_opportunity(svc, subject)))
 
 
 async def _duplicate(svc: Services, body: EventIn, subject: str, data: dict, seen: ProcessedEvent) -> EventOut:
