@@ -312,20 +312,21 @@ async def pipeline_report(
         else None
     )
 
-    product_stage = [
-        ProductStage(product=p, stage=s, count=int(n), amount=Decimal(str(amount or 0)).quantize(Decimal("0.01")))
-        for p, s, n, amount in await session.execute(
-            select(Opportunity.product, Opportunity.stage, func.count(), func.sum(Opportunity.amount))
-            .where(owned)
-            .group_by(Opportunity.product, Opportunity.stage)
-            .order_by(Opportunity.product, Opportunity.stage)
-        )
-    ]
+    # One scan for both: by (product, stage, status), added up here both ways.
+    cells: dict[tuple[str, str], tuple[int, Decimal]] = {}
     opp_status = dict.fromkeys(OPPORTUNITY_STATUSES, 0)
-    for status, n in await session.execute(
-        select(Opportunity.status, func.count()).where(owned).group_by(Opportunity.status)
+    for p, s, status, n, amount in await session.execute(
+        select(Opportunity.product, Opportunity.stage, Opportunity.status, func.count(), func.sum(Opportunity.amount))
+        .where(owned)
+        .group_by(Opportunity.product, Opportunity.stage, Opportunity.status)
     ):
-        opp_status[status] = int(n)
+        count, total = cells.get((p, s), (0, Decimal(0)))
+        cells[(p, s)] = (count + int(n), total + Decimal(str(amount or 0)))
+        opp_status[status] = opp_status.get(status, 0) + int(n)
+    product_stage = [
+        ProductStage(product=p, stage=s, count=n, amount=total.quantize(Decimal("0.01")))
+        for (p, s), (n, total) in sorted(cells.items())
+    ]
 
     return PipelineReport(
         referrals_by_status=by_status,
