@@ -16,7 +16,7 @@ from temporalio.client import Client
 from temporalio.worker import Worker
 
 from activities.daily import DailyActivities
-from activities.mail import Mailer, SmtpSettings
+from activities.mail import Mailer, MailSender, SenderPolicy, SmtpSettings
 from activities.opportunity import OpportunityActivities
 from activities.referral import ReferralActivities
 from config import Settings, get_settings
@@ -24,16 +24,18 @@ from domain.process import load_catalog
 from esign.docusign import DocuSignProvider
 from esign.local import LocalSigningProvider
 from esign.provider import ESignatureProvider
+from observability import observe_process
 from store.db import make_async_engine, make_session_factory
 from workflows import TASK_QUEUE
 from workflows.client import connect
 from workflows.daily import DailyReviewWorkflow
+from workflows.mail import MailSenderWorkflow, MailWake, wake_mail_sender
 from workflows.opportunity import OpportunityWorkflow
 from workflows.referral import ReferralWorkflow
 from workflows.schedules import ensure_schedules
 from workflows.starts import Starts
 
-WORKFLOWS = [OpportunityWorkflow, ReferralWorkflow, DailyReviewWorkflow]
+WORKFLOWS = [OpportunityWorkflow, ReferralWorkflow, DailyReviewWorkflow, MailSenderWorkflow]
 
 
 def esign_provider(settings: Settings) -> ESignatureProvider:
@@ -45,16 +47,22 @@ def esign_provider(settings: Settings) -> ESignatureProvider:
 
 
 class _StoreWorker(Worker):
-    """A Worker that closes its activities' database pool when it stops, so a worker
-    started and stopped (a test, a restart) leaves no connections behind."""
+    """A Worker that makes sure its task queue's e-mail sender runs when it starts
+    (`workflows/mail.py`), and closes its activities' database pool when it stops, so a
+    worker started and stopped (a test, a restart) leaves no connections behind."""
 
-    def __init__(self, engine: AsyncEngine, esign: ESignatureProvider, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
+    def __init__(
+        self, engine: AsyncEngine, esign: ESignatureProvider, client: Client, *args: Any, **kwargs: Any
+    ) -> None:
+        super().__init__(client, *args, **kwargs)
         self._engine = engine
         self._esign = esign
+        self._client = client
 
     async def run(self) -> None:
         try:
+            # Started, or woken to look at what is due: mail recorded while no worker ran.
+            await wake_mail_sender(self._client, self.task_queue)
             await super().run()
         finally:
             await self._engine.dispose()
@@ -66,7 +74,27 @@ def build_worker(client: Client, settings: Settings, task_queue: str = TASK_QUEU
     """Every workflow and activity of needflow on `task_queue`; `async with` it, or `run()`."""
     engine = make_async_engine(settings.resolved_database_url)
     sessions = make_session_factory(engine)
-    mailer = Mailer(SmtpSettings.from_url(settings.smtp_url) if settings.smtp_url else None, settings.mail_from)
+    mailer = Mailer(MailWake(client, task_queue))
+    smtp = (
+        SmtpSettings.from_url(
+            settings.smtp_url,
+            timeout=settings.smtp_timeout,
+            ca_file=str(settings.smtp_ca_file) if settings.smtp_ca_file else None,
+        )
+        if settings.smtp_url
+        else None
+    )
+    sender = MailSender(
+        engine,
+        smtp,
+        settings.mail_from,
+        SenderPolicy(
+            max_attempts=settings.mail_max_attempts,
+            retry_seconds=settings.mail_retry_seconds,
+            retry_max_seconds=settings.mail_retry_max_seconds,
+            poll_seconds=settings.mail_poll_seconds,
+        ),
+    )
     esign = esign_provider(settings)
     catalog = load_catalog(settings.processes_dir)
     opportunity = OpportunityActivities(
@@ -81,13 +109,14 @@ def build_worker(client: Client, settings: Settings, task_queue: str = TASK_QUEU
         client,
         task_queue=task_queue,
         workflows=WORKFLOWS,
-        activities=[*opportunity.all(), *referral.all(), *daily.all()],
+        activities=[*opportunity.all(), *referral.all(), *daily.all(), *sender.all()],
     )
 
 
 async def main() -> None:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     settings = get_settings()
+    # Logs, the metrics port and traces, before the first client (observability/).
+    observe_process(settings, "worker")
     client = await connect(settings)
     # The schedules are created here, where every deployment starts (workflows/schedules.py).
     await ensure_schedules(client, TASK_QUEUE, settings)

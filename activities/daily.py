@@ -177,10 +177,11 @@ class DailyActivities:
                 per_manager[members[opp.owner_id]].append((opp, f))
         names = {e.id: e.name for e in staff}
         day = req.day.isoformat()
-        for manager_id in sorted(per_manager):
-            manager = managers[manager_id]
-            subject, body = _render(manager, day, per_manager[manager_id], names)
-            await self.mailer.deliver(self.sessions, f"practice-audit:{day}", [manager], subject, body)
+        async with self.sessions.begin() as session:  # recorded; the sender delivers them
+            for manager_id in sorted(per_manager):
+                manager = managers[manager_id]
+                subject, body = _render(manager, day, per_manager[manager_id], names)
+                await self.mailer.record_for(session, f"practice-audit:{day}", [manager], subject, body)
         return NewExceptionsMailed(managers=len(per_manager), exceptions=sum(len(v) for v in per_manager.values()))
 
     @activity.defn(name=REBUILD_LEAD_MODEL)

@@ -213,7 +213,6 @@ class OpportunityActivities:
         again. (For the local provider such a crash is harmless: the first token was never
         stored or mailed.)
         """
-        mails: list[str] = []
         async with self.sessions.begin() as session:
             existing = await session.scalar(
                 select(SignatureRequest).where(
@@ -262,16 +261,14 @@ class OpportunityActivities:
                     row.envelope_id = f"undeliverable-{opp.id}-{req.request_no}"
                     row.status = "undeliverable"
                     session.add(row)
-                    mails.append(
-                        await self.mailer.record(
-                            session,
-                            f"signature-undeliverable-{row.envelope_id}",
-                            owner.email,
-                            f"Signature request undeliverable on opportunity {opp.id}",
-                            f"The documents for opportunity {opp.id} could not be sent for signature: the "
-                            "customer has no e-mail address on record. Add one, then resend the signature request.",
-                            to_employee_id=owner.id,
-                        )
+                    await self.mailer.record(
+                        session,
+                        f"signature-undeliverable-{row.envelope_id}",
+                        owner.email,
+                        f"Signature request undeliverable on opportunity {opp.id}",
+                        f"The documents for opportunity {opp.id} could not be sent for signature: the "
+                        "customer has no e-mail address on record. Add one, then resend the signature request.",
+                        to_employee_id=owner.id,
                     )
                 elif self.esign.remote:
                     row.envelope_id = f"{SENDING}-{opp.id}-{req.request_no}"
@@ -285,19 +282,16 @@ class OpportunityActivities:
                     row.token_sha256 = envelope.token_sha256
                     if envelope.signing_url is not None:  # ours to deliver: by e-mail, to her only
                         row.expires_at = now + self.link_ttl
-                        mails.append(
-                            await self.mailer.record(
-                                session,
-                                f"signature-link-{envelope.envelope_id}",
-                                customer.email,
-                                req.subject,
-                                _link_mail(customer.name, owner.name, opp.id, envelope.signing_url, row.expires_at),
-                            )
+                        await self.mailer.record(
+                            session,
+                            f"signature-link-{envelope.envelope_id}",
+                            customer.email,
+                            req.subject,
+                            _link_mail(customer.name, owner.name, opp.id, envelope.signing_url, row.expires_at),
                         )
                     session.add(row)
             customer_name, customer_email = customer.name, customer.email
         if row.status != SENDING:
-            await self.mailer.send_pending(self.sessions, mails)
             return self._sent(row)
 
         # A remote provider: find what an earlier try sent, else send, then record it.
@@ -392,20 +386,20 @@ class OpportunityActivities:
 
     @activity.defn(name=records.RECORD_SIGNATURE_FAILURE)
     async def record_signature_failure(self, rec: records.SignatureFailureRecord) -> None:
-        async with self.sessions.begin() as session:
-            sig = await session.get(SignatureRequest, rec.envelope_id)
-            if sig is not None and sig.status == "sent":
-                sig.status = rec.status
-            owner = await session.get(Employee, rec.owner_id)
         subject = f"Signature {rec.status} on opportunity {rec.opportunity_id}"
         body = (
             f"The customer's signature request {rec.envelope_id} was {rec.status}"
             + (f": {rec.reason}" if rec.reason else ".")
             + " The opportunity stays where it is: resend the documents or close it lost."
         )
-        await self.mailer.deliver(
-            self.sessions, f"signature-{rec.status}-{rec.envelope_id}", [owner] if owner else [], subject, body
-        )
+        async with self.sessions.begin() as session:
+            sig = await session.get(SignatureRequest, rec.envelope_id)
+            if sig is not None and sig.status == "sent":
+                sig.status = rec.status
+            owner = await session.get(Employee, rec.owner_id)
+            await self.mailer.record_for(
+                session, f"signature-{rec.status}-{rec.envelope_id}", [owner] if owner else [], subject, body
+            )
 
     @activity.defn(name=records.RECORD_OWNER_CHANGE)
     async def record_owner_change(self, rec: records.OwnerChangeRecord) -> None:

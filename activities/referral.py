@@ -3,7 +3,9 @@ tell people about it.
 
 Idempotency: the referral row by id, history rows by (referral, seq), the customer,
 household and need of a conversion by ids derived from the referral, the opportunity by
-its workflow id, e-mails by (occasion, recipient). The lead model learns from a decided
+its workflow id, e-mails by (occasion, recipient). An e-mail a change causes (a routing, a
+hand-on) is recorded in the outbox in the change's transaction; none of these activities
+talks to SMTP (activities/mail.py delivers). The lead model learns from a decided
 referral only in the transaction that moves its row out of an open status, so a retry
 cannot count it twice.
 """
@@ -32,6 +34,7 @@ from store.models import (
     Household,
     LeadFeatureCount,
     Need,
+    Notification,
     Referral,
     ReferralHistory,
     UTCDateTime,
@@ -296,6 +299,23 @@ class ReferralActivities:
                 ),
             )
         )
+        # Who must hear of it, in this same transaction (the workflow's notify finds it recorded).
+        if req.preceding is not None and req.preceding.status == "lapsed":
+            lapsed = records.ReferralNotice(
+                referral_id=row.id,
+                kind="lapsed",
+                occasion=str(req.preceding.seq),
+                employee_id=req.preceding.assignee_id,
+            )
+            await self._tell(session, row, lapsed)
+        told = records.ReferralNotice(
+            referral_id=row.id,
+            kind="assigned" if assigned else "unassigned",
+            occasion=str(req.seq),
+            employee_id=decision.assignee_id,
+            note=None if assigned else decision.reason,
+        )
+        await self._tell(session, row, told)
         return Routed(decision=decision)
 
     async def _routing_facts(
@@ -370,6 +390,14 @@ class ReferralActivities:
             if await _has_entry(session, row.id, change.entry.seq):
                 return
             session.add(_history_row(row.id, change.entry))
+            if change.entry.status == "assigned":  # handed on (reassign): the new assignee hears of it
+                handed = records.ReferralNotice(
+                    referral_id=row.id,
+                    kind="assigned",
+                    occasion=str(change.entry.seq),
+                    employee_id=change.entry.assignee_id,
+                )
+                await self._tell(session, row, handed)
             if change.entry.seq < row.last_seq:
                 return
             decided_now = change.won is not None and row.status in OPEN_STATUSES
@@ -437,15 +465,29 @@ class ReferralActivities:
 
     @activity.defn(name=records.NOTIFY_REFERRAL)
     async def notify(self, notice: records.ReferralNotice) -> int:
-        async with self.sessions() as session:
+        """Record the notice's e-mails, unless the change that caused it recorded them
+        already (a routing, a hand-on): a reminder or an escalation, which no write causes,
+        or a workflow recorded before that. Returns how many recipients it has."""
+        async with self.sessions.begin() as session:
             row = await session.get(Referral, notice.referral_id)
             assert row is not None
-            recipients = await self._recipients(session, notice)
-            who = await self._who(session, row)
+            recorded = await session.scalar(
+                select(func.count())
+                .select_from(Notification)
+                .where(Notification.id.startswith(_notice_id(notice) + ":", autoescape=True))
+            )
+            if recorded:
+                return int(recorded)
+            return await self._tell(session, row, notice)
+
+    async def _tell(self, session: AsyncSession, row: Referral, notice: records.ReferralNotice) -> int:
+        """Record the notice's e-mail to whoever must read it, in the caller's transaction
+        (the sender delivers it); returns how many recipients it has."""
+        recipients = await self._recipients(session, notice, row)
+        who = await self._who(session, row)
         subject, body = _render(notice, row, who)
-        return await self.mailer.deliver(
-            self.sessions, f"referral:{row.id}:{notice.kind}:{notice.occasion}", recipients, subject, body
-        )
+        await self.mailer.record_for(session, _notice_id(notice), recipients, subject, body)
+        return len(recipients)
 
     def all(self) -> list:
         return [
@@ -457,7 +499,7 @@ class ReferralActivities:
             self.notify,
         ]
 
-    async def _recipients(self, session: AsyncSession, notice: records.ReferralNotice) -> list[Employee]:
+    async def _recipients(self, session: AsyncSession, notice: records.ReferralNotice, row: Referral) -> list[Employee]:
         if notice.kind in ("assigned", "reminder"):
             e = await session.get(Employee, notice.employee_id) if notice.employee_id else None
             return [e] if e else []
@@ -469,8 +511,7 @@ class ReferralActivities:
                     return [manager]
         # The managers of the referral's territory; if none, every manager: an unattended
         # referral must reach someone.
-        referral = await session.get(Referral, notice.referral_id)
-        return await territory_managers(session, [referral.state] if referral and referral.state else [])
+        return await territory_managers(session, [row.state] if row.state else [])
 
     async def _who(self, session: AsyncSession, row: Referral) -> str:
         if row.customer_id:
@@ -480,6 +521,11 @@ class ReferralActivities:
         p = row.prospect or {}
         contact = ", ".join(x for x in (p.get("phone"), p.get("email")) if x)
         return f"{p.get('name', 'a prospect')} (prospect" + (f": {contact}" if contact else "") + ")"
+
+
+def _notice_id(notice: records.ReferralNotice) -> str:
+    """The notice's message id; each recipient's message adds `:<employee id>`."""
+    return f"referral:{notice.referral_id}:{notice.kind}:{notice.occasion}"
 
 
 def _render(notice: records.ReferralNotice, row: Referral, who: str) -> tuple[str, str]:

@@ -11,7 +11,8 @@ In this order:
    `transfer_owner` update, which records the numbered owner change. Without an active
    manager the opportunities stay theirs, and the answer and the e-mail say so;
 4. their manager (without one, the managers of their territory) is told by e-mail what
-   was moved and what was not.
+   was moved and what was not: the message is recorded in the outbox (never sent from
+   here: an SMTP outage delays it, not the PATCH) and the e-mail sender delivers it.
 
 Where it runs: here, in the API request, which already speaks to the workflows through
 `svc.client`, rather than in a workflow of its own. The steps are few and short, the
@@ -39,7 +40,7 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from activities.mail import Mailer, SmtpSettings
+from activities.mail import Mailer
 from api.deps import Principal, Services
 from api.errors import ApiError
 from api.schemas import DeactivationOut
@@ -49,6 +50,7 @@ from domain.opportunity import OpportunityState, TransferOwnerCommand
 from domain.referral import WORKING_STATUSES, ReferralState, ReleaseCommand
 from store.models import Employee, Opportunity, OwnerChange, Referral, ReferralHistory
 from store.queries import territory_managers
+from workflows.mail import MailWake
 from workflows.opportunity import OpportunityWorkflow
 from workflows.referral import ReferralWorkflow
 
@@ -66,11 +68,14 @@ async def deactivate(svc: Services, employee: Employee, who: Principal, keys_rev
         manager = await session.get(Employee, employee.manager_id) if employee.manager_id else None
     heir = manager if manager is not None and manager.active else None
     transferred = await _transfer_opportunities(svc, employee.id, heir.id, actor, via) if heir else []
-    async with svc.sessions() as session:
+    async with svc.sessions.begin() as session:
         kept = await _open_opportunities(session, employee.id)
         recipients = [heir] if heir else await territory_managers(session, employee.states)
         subject, body, digest = await _notice(session, employee, heir, kept, actor, via)
-    await _mailer(svc).deliver(svc.sessions, f"employee-deactivated:{employee.id}:{digest}", recipients, subject, body)
+        # Recorded only: the sender delivers it, so an SMTP outage never holds up the PATCH.
+        await _mailer(svc).record_for(
+            session, f"employee-deactivated:{employee.id}:{digest}", recipients, subject, body
+        )
     return DeactivationOut(
         keys_revoked=keys_revoked,
         referrals_released=released,
@@ -172,8 +177,8 @@ async def _transfer_opportunities(svc: Services, employee_id: str, to: str, acto
 
 
 def _mailer(svc: Services) -> Mailer:
-    smtp = SmtpSettings.from_url(svc.settings.smtp_url) if svc.settings.smtp_url else None
-    return Mailer(smtp, svc.settings.mail_from)
+    """Records in the outbox and wakes this task queue's sender (workflows/mail.py)."""
+    return Mailer(MailWake(svc.client, svc.starts.task_queue))
 
 
 async def _notice(

@@ -109,7 +109,7 @@ async def run(url: str) -> None:
     engine = make_async_engine(url)
     acts = ReferralActivities(
         make_session_factory(engine),
-        Mailer(None, "bench@localhost"),
+        Mailer(),
         starts=None,  # type: ignore[arg-type]  # the benchmark opens no opportunity
         referrer_window_days=90,
     )

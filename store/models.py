@@ -430,9 +430,12 @@ class SignedDocument(Base):
 
 
 class Notification(Base):
-    """The outbox: messages for employees (e-mail delivery comes with the referral issue)."""
+    """The outbox: one e-mail to one recipient, recorded in the transaction of the change
+    it tells of (`activities.mail.Mailer.record`) and delivered over SMTP by the sender
+    (`activities.mail.MailSender`); `domain/mail.py` defines its statuses."""
 
     __tablename__ = "outbox"
+    __table_args__ = (Index("ix_outbox_status_created_at", "status", "created_at"),)
     id: Mapped[str] = mapped_column(String(128), primary_key=True)
     to_employee_id: Mapped[str | None] = mapped_column(ForeignKey("employees.id"))
     to_address: Mapped[str] = mapped_column(String(320))
@@ -440,6 +443,18 @@ class Notification(Base):
     body: Mapped[str] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     sent_at: Mapped[datetime | None] = mapped_column()
+    #: `pending`, `sending`, `sent`, `failed` or `unknown` (domain/mail.py).
+    status: Mapped[str] = mapped_column(String(16), default="pending", server_default="pending")
+    #: Attempts that reached the recipient (a round that could not reach the server counts none).
+    attempts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    #: When a pending message is due (its next attempt after a temporary failure).
+    next_attempt_at: Mapped[datetime] = mapped_column(default=utcnow)
+    #: The last SMTP reply or error of a failed, retried or unknown attempt.
+    last_error: Mapped[str | None] = mapped_column(Text)
+    #: The attempt that claimed it (`sending`) and how long that claim holds: a message
+    #: still `sending` after its lease is marked `unknown`, never sent again.
+    attempt_id: Mapped[str | None] = mapped_column(String(64))
+    lease_until: Mapped[datetime | None] = mapped_column()
 
 
 class ApiKey(Base):

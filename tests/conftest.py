@@ -173,7 +173,14 @@ async def skipping_stack(
     """A fresh task queue per test; afterwards the workflows it started are terminated,
     so no timer of theirs stops time skipping for the next test."""
     stack_settings = settings.model_copy(
-        update={"search_attributes": False, "referral_accept_sla": 3600, "referral_followup_sla": 86400}
+        update={
+            "search_attributes": False,
+            "referral_accept_sla": 3600,
+            "referral_followup_sla": 86400,
+            # The e-mail sender is woken by every commit that records mail; its idle poll
+            # would only fire rounds while time is skipped (days of SLA at a time).
+            "mail_poll_seconds": 30 * 86400,
+        }
     )
     task_queue = f"needflow-skip-{uuid.uuid4().hex[:8]}"
     started = StartedWorkflows()

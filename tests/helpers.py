@@ -191,6 +191,40 @@ class Inbox:
         """Messages to `address` whose subject holds both parts (e.g. a kind and an id)."""
         return [m for m in self.to(address) if subject_part in m["Subject"] and subject_part_2 in m["Subject"]]
 
+    # Mail is recorded with the change that causes it and delivered moments later by the
+    # e-mail sender (workflows/mail.py): a test waits for it, never reads it at once.
+
+    async def arrived(
+        self, address: str, subject_part: str = "", subject_part_2: str = "", count: int = 1
+    ) -> list[email.message.EmailMessage]:
+        """Wait until at least `count` messages to `address` (whose subject holds both
+        parts) have arrived, and return them all."""
+
+        async def enough() -> list[email.message.EmailMessage]:
+            found = self.about(address, subject_part, subject_part_2)
+            return found if len(found) >= count else []
+
+        return await until(enough, f"{count} e-mail(s) to {address} about {subject_part!r} {subject_part_2!r}")
+
+    async def settled(self, api: Api, address: str) -> list[email.message.EmailMessage]:
+        """The messages to `address` once the outbox holds none still on its way to it
+        (pending or sending): what arrived, with every recorded message delivered. For a
+        test that checks what did NOT come, or exactly what did."""
+
+        async def on_their_way() -> bool:
+            items = (await api.get(f"/v1/outbox?to={quote(address)}&limit=1000")).json()["items"]
+            return not [m for m in items if m["status"] in ("pending", "sending")]
+
+        await until(on_their_way, f"the e-mails to {address} delivered")
+        return self.to(address)
+
+    async def settled_about(
+        self, api: Api, address: str, subject_part: str, subject_part_2: str = ""
+    ) -> list[email.message.EmailMessage]:
+        """`about`, once every message recorded for `address` is delivered (`settled`)."""
+        await self.settled(api, address)
+        return self.about(address, subject_part, subject_part_2)
+
 
 # ---------------------------------------------------------------- the HTTP API
 

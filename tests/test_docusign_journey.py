@@ -437,7 +437,7 @@ async def test_decline_tells_the_owner_and_a_resend_is_a_second_envelope_that_wi
     [mail] = await until(mailed, "the owner's e-mail")
     assert "wrong amount" in mail.get_content() and first in mail.get_content()
 
-    async def recorded() -> list[dict]:  # marked sent in the transaction that sent it
+    async def recorded() -> list[dict]:  # marked sent by the e-mail sender
         outbox = (await stack.api.get(f"/v1/outbox?to_employee_id={owner['id']}")).json()["items"]
         return [m for m in outbox if m["subject"] == subject and m["sent_at"] is not None]
 
@@ -533,7 +533,7 @@ async def test_a_retry_after_a_crash_between_send_and_record_makes_one_envelope(
     crashing = CrashAfterSend(provider)
     engine = make_async_engine(database_url)
     sessions = make_session_factory(engine)
-    mailer = Mailer(None, "test@localhost")
+    mailer = Mailer()
     try:
         with pytest.raises(Crash):
             await within(

@@ -323,7 +323,7 @@ async def _deactivation_is_done(api: Api, db: Engine, client: Client, inbox: Inb
     assert (await api.get(f"/v1/opportunities/{bank['lost']['id']}")).json()["owner_id"] == bob["id"]
     assert owner_changes(db, bank["lost"]["id"]) == []
 
-    [mail] = inbox.about(kevin["email"], "Employee deactivated", bob["id"])
+    [mail] = await inbox.settled_about(api, kevin["email"], "Employee deactivated", bob["id"])
     text = mail.get_content()
     for thing in [*bank["open"], *bank["referrals"]]:
         assert thing["id"] in text, (thing["id"], text)
@@ -401,7 +401,7 @@ async def test_a_deactivation_that_failed_half_way_is_finished_by_the_same_patch
     assert_error(await api.get("/v1/referrals/ref_nope", key=bank["key"], expect=None), 401, "unauthenticated")
     assert [(await api.referral(r["id"]))["assignee_id"] for r in bank["referrals"]] == [bank["ann"]["id"]] * 2
     assert [owner_changes(db, o["id"]) for o in bank["open"]] == [[], []]
-    assert smtp_inbox.about(bank["kevin"]["email"], "Employee deactivated", bob["id"]) == []
+    assert await smtp_inbox.settled_about(api, bank["kevin"]["email"], "Employee deactivated", bob["id"]) == []
 
     finished = (await patch(api, bob["id"], {"active": False})).json()["deactivation"]
     assert (finished["keys_revoked"], finished["referrals_released"], finished["opportunities_transferred"]) == (
@@ -437,8 +437,8 @@ async def test_without_a_manager_the_opportunities_stay_and_the_territorys_manag
     }
     assert (await api.get(f"/v1/opportunities/{opp['id']}")).json()["owner_id"] == ann["id"]
     assert owner_changes(db, opp["id"]) == []
-    [mail] = smtp_inbox.about(
-        jackie["email"], f"Employee deactivated: Ann ({ann['id']})", "open opportunities without an owner: 1"
+    [mail] = await smtp_inbox.settled_about(
+        api, jackie["email"], f"Employee deactivated: Ann ({ann['id']})", "open opportunities without an owner: 1"
     )
     assert opp["id"] in mail.get_content()
     assert "They have no active manager" in mail.get_content()

@@ -147,3 +147,48 @@ def test_0010_fills_the_scorecard_facts_of_events_recorded_before_it(database_ur
         "ev-act": ("2026-09", None, 3, None, None),  # the month it reports on
         "ev-pay": ("2026-11", None, None, "o1", True),  # the month it is due in; paid on the 30th as written
     }
+
+
+def test_0012_marks_the_outbox_messages_sent_before_it_sent_and_the_others_pending(
+    database_url: str, engine: Engine
+) -> None:
+    """Each message's delivery state: one sent before the sender existed is `sent` (one
+    attempt); any other is `pending`, due at once (domain/mail.py)."""
+    upgrade(database_url, "0011")
+    at = datetime(2026, 11, 20, 8, 0, tzinfo=UTC)
+    outbox_0011 = table(
+        "outbox",
+        column("id"),
+        column("to_address"),
+        column("subject"),
+        column("body"),
+        column("created_at", UTCDateTime()),
+        column("sent_at", UTCDateTime()),
+    )
+    with engine.begin() as conn:
+        conn.execute(
+            outbox_0011.insert(),
+            [
+                {
+                    "id": "m-sent",
+                    "to_address": "a@bank.test",
+                    "subject": "s",
+                    "body": "b",
+                    "created_at": at,
+                    "sent_at": at + timedelta(seconds=1),
+                },
+                {
+                    "id": "m-kept",
+                    "to_address": "b@bank.test",
+                    "subject": "s",
+                    "body": "b",
+                    "created_at": at,
+                    "sent_at": None,
+                },
+            ],
+        )
+    upgrade(database_url)
+    outbox = Base.metadata.tables["outbox"]
+    with engine.connect() as conn:
+        got = {r.id: (r.status, r.attempts, r.next_attempt_at) for r in conn.execute(select(outbox))}
+    assert got == {"m-sent": ("sent", 1, at), "m-kept": ("pending", 0, at)}

@@ -127,7 +127,7 @@ async def test_the_assignee_may_hand_a_referral_on(api: Api, client: Client, db:
     assert statuses(handed) == ["created", "assigned", "assigned"]
     last = handed["history"][-1]
     assert (last["actor"], last["note"], last["assignee_id"]) == (bob["id"], "Ann speaks Portuguese", ann["id"])
-    assert len(smtp_inbox.about(ann["email"], NEW_REFERRAL, "Kiara Jones")) == 1
+    assert len(await smtp_inbox.settled_about(api, ann["email"], NEW_REFERRAL, "Kiara Jones")) == 1
     assert await open_ids(api, ann) == [ref["id"]]
     assert await open_ids(api, bob) == []
     assert await search_attributes(client, ref["workflow_id"]) == {
@@ -155,7 +155,9 @@ async def test_reassigning_to_the_current_assignee_is_refused_and_leaves_no_trac
             "reassign", {"actor_id": actor["id"], "to_employee_id": bob["id"]}, 409, "invalid_transition"
         )
         assert err["message"] == f"the referral is already assigned to {bob['id']}"
-    assert len(smtp_inbox.about(bob["email"], NEW_REFERRAL, "Kiara Jones")) == 1  # the routing's, no other
+    assert (
+        len(await smtp_inbox.settled_about(api, bob["email"], NEW_REFERRAL, "Kiara Jones")) == 1
+    )  # the routing's, no other
 
 
 async def test_reassigning_an_accepted_referral_starts_over_with_the_new_assignee(
@@ -272,7 +274,7 @@ async def test_a_referral_of_an_existing_customer_is_routed_by_her_place_and_con
     ref = await api.refer(ryan, here, customer_id=maya["id"])
     assert (ref["status"], ref["assignee_id"]) == ("assigned", bea["id"])
     assert (ref["customer_id"], ref["prospect"]) == (maya["id"], None)
-    assert len(smtp_inbox.about(bea["email"], NEW_REFERRAL, "Maya Lin")) == 1
+    assert len(await smtp_inbox.settled_about(api, bea["email"], NEW_REFERRAL, "Maya Lin")) == 1
     assert await open_ids(api, bob) == []
 
     await api.post(f"/v1/referrals/{ref['id']}/accept", {"actor_id": bea["id"]}, expect=200)
@@ -402,8 +404,10 @@ async def test_reject_with_an_idempotency_key_reroutes_once(
     assert await trace.take() == before
     assert statuses(again.json()) == ["created", "assigned", "rejected", "assigned"]
     assert before[1] == 4  # history rows in the store
-    assert len(smtp_inbox.about(ann["email"], NEW_REFERRAL, "Kiara Jones")) == 1
-    assert len(smtp_inbox.about(bob["email"], NEW_REFERRAL, "Kiara Jones")) == 1  # the first routing's
+    assert len(await smtp_inbox.settled_about(api, ann["email"], NEW_REFERRAL, "Kiara Jones")) == 1
+    assert (
+        len(await smtp_inbox.settled_about(api, bob["email"], NEW_REFERRAL, "Kiara Jones")) == 1
+    )  # the first routing's
 
     err = await trace.refused("reject", {**rejection, "reason": "on leave"}, 409, "conflict", idem=key)
     assert err["details"] == {"idempotency_key": key}
@@ -427,7 +431,7 @@ async def test_reassign_with_an_idempotency_key_happens_once(
     assert (again.status_code, again.json()) == (200, first.json())
     assert await trace.take() == before
     assert statuses(again.json()) == ["created", "assigned", "assigned"]
-    assert len(smtp_inbox.about(ann["email"], NEW_REFERRAL, "Kiara Jones")) == 1
+    assert len(await smtp_inbox.settled_about(api, ann["email"], NEW_REFERRAL, "Kiara Jones")) == 1
 
     err = await trace.refused("reassign", {**move, "reason": "another reason"}, 409, "conflict", idem=key)
     assert err["details"] == {"idempotency_key": key}

@@ -84,6 +84,7 @@ async def test_lapse_reroutes_away_and_tells_the_manager_once(skipping_stack: Sk
         # A day later nothing more has happened: no timer runs for an unassigned referral.
         await stack.env.sleep(timedelta(days=1))
         assert await _workflow_statuses(stack, ref) == statuses(now)
+        await smtp_inbox.settled(api, kevin["email"])  # delivered while the worker runs
 
     # Bob's manager (Kevin) about Bob; Ann has no manager, so the managers of the
     # referral's state (Kevin again) about Ann: two notices, one per lapse.
@@ -122,7 +123,7 @@ async def test_accepted_just_in_time_never_lapses(skipping_stack: SkippingStack,
         assert _at(accepted["sla_deadline"]) - _at(accepted["history"][-1]["at"]) == timedelta(days=1)
         await stack.env.sleep(timedelta(hours=2))
         assert await _workflow_statuses(stack, ref) == ["created", "assigned", "accepted"]
-    assert smtp_inbox.about(kevin["email"], LAPSE, ref["id"]) == []
+        assert await smtp_inbox.settled_about(api, kevin["email"], LAPSE, ref["id"]) == []
 
 
 async def test_lapse_and_escalation_reach_every_manager_when_none_lists_the_state(
@@ -155,6 +156,8 @@ async def test_lapse_and_escalation_reach_every_manager_when_none_lists_the_stat
         await until(lambda: _mail(smtp_inbox, mia["email"], ESCALATION, ref["id"]), "the escalation to Mia")
         await stack.env.sleep(timedelta(days=3))
         assert await _workflow_statuses(stack, ref) == ["created", "assigned", "lapsed", "assigned", "accepted"]
+        await smtp_inbox.settled(api, mia["email"])  # delivered while the worker runs
+        await smtp_inbox.settled(api, second_email)
 
     assert len(smtp_inbox.about(mia["email"], LAPSE, ref["id"])) == 1
     assert len(smtp_inbox.about(mia["email"], ESCALATION, ref["id"])) == 1

@@ -145,7 +145,7 @@ async def test_kiaras_referral_from_ryan_to_bob_converts(
     assert ref["history"][-1]["note"] == ASSIGNED_NOTE
     assert ref["workflow_id"] == f"referral-{ref['id']}"
 
-    [mail] = smtp_inbox.to(bob["email"])
+    [mail] = await smtp_inbox.settled(api, bob["email"])
     body = mail.get_content()
     assert mail["Subject"] == "New referral: mortgage worth 500,000.00 for Kiara Jones"
     assert "Kiara Jones" in body and "+14155550123" in body and "Wants to buy her first home" in body
@@ -331,10 +331,11 @@ async def test_nobody_eligible_goes_to_the_fallback_queue_and_local_managers_are
         "rule 'product-in-territory' (#1) matched but nobody is eligible (0 in the pool, 0 excluded, 0 at capacity); "
         "sent to the fallback queue 'unassigned-referrals'"
     )
-    told = [m["Subject"] for m in smtp_inbox.to(people["kevin"]["email"]) if ref["id"] in m.get_content()]
+    to_kevin = await smtp_inbox.settled(api, people["kevin"]["email"])
+    told = [m["Subject"] for m in to_kevin if ref["id"] in m.get_content()]
     assert told == ["Unassigned referral waiting: insurance worth 500,000.00"]
     # Managers of other territories are not bothered with it.
-    assert [m for m in smtp_inbox.to(elsewhere["email"]) if ref["id"] in m.get_content()] == []
+    assert [m for m in await smtp_inbox.settled(api, elsewhere["email"]) if ref["id"] in m.get_content()] == []
 
 
 async def test_same_idempotency_key_makes_one_referral(api: Api, client: Client, db: Engine) -> None:

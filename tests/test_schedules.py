@@ -269,8 +269,8 @@ async def test_the_review_mails_each_manager_the_new_exceptions_of_their_team_on
         (old, "consent_missing"),
     }
 
-    (mail,) = smtp_inbox.to(kevin["email"])
-    assert smtp_inbox.to(mia["email"]) == []
+    (mail,) = await smtp_inbox.settled(api, kevin["email"])
+    assert await smtp_inbox.settled(api, mia["email"]) == []
     assert mail["Subject"] == f"Practice audit {now.date()}: 3 new exceptions in your team"
     body = mail.get_content().replace("\r\n", "\n")
     for opp_id, rule in (
@@ -287,7 +287,7 @@ async def test_the_review_mails_each_manager_the_new_exceptions_of_their_team_on
     plant(db, eve["id"], journey(WON, now + timedelta(minutes=1), step=timedelta(minutes=1)))
     again = await review(client, task_queue, inp.model_copy(update={"until": now + timedelta(minutes=30)}))
     assert again.audit.exceptions == 4
-    assert len(smtp_inbox.to(kevin["email"])) == 1 and smtp_inbox.to(mia["email"]) == []
+    assert len(await smtp_inbox.settled(api, kevin["email"])) == 1 and await smtp_inbox.settled(api, mia["email"]) == []
     assert count(db, Notification, Notification.to_employee_id == kevin["id"]) == 1
 
 

@@ -16,6 +16,11 @@ The schedules
   referrals. Overlap: skip (a run still going when the next is due means the next is
   skipped, not queued); a run missed while the cluster was down is still taken if the
   cluster is back within a day (catch-up window).
+
+Not a schedule: the e-mail sender (`workflows/mail.py`) is a long-running workflow the
+worker starts, woken by every commit that records mail, because mail must go out within
+moments of being recorded and its retries fall due at times of their own; a schedule only
+runs on its clock.
 """
 
 from __future__ import annotations

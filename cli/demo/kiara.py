@@ -6,6 +6,7 @@ this run's Bob."""
 
 from __future__ import annotations
 
+import time
 from typing import TYPE_CHECKING
 
 from cli import CliError, Json
@@ -13,6 +14,18 @@ from cli.render import factors_text, prospect_text, stage_text, table, when
 
 if TYPE_CHECKING:  # the stories are played by Demo, which imports them
     from cli.demo import Demo
+
+
+def bobs_mail(demo: Demo, bob: Json, wait: float = 3.0) -> Json | None:
+    """Bob's newest e-mail, after giving the e-mail sender a moment to deliver it: the
+    referral is answered once the e-mail is recorded, and it goes out just after (with no
+    SMTP server it stays pending in the outbox)."""
+    deadline = time.monotonic() + wait
+    while True:
+        mails = demo.get(f"/v1/outbox?to_employee_id={bob['id']}&limit=1")["items"]
+        if not mails or mails[0].get("status") not in ("pending", "sending") or time.monotonic() > deadline:
+            return mails[0] if mails else None
+        time.sleep(0.1)
 
 
 def play(demo: Demo) -> Json:
@@ -45,11 +58,15 @@ def play(demo: Demo) -> Json:
     demo.out(f"  scores    lead {ref['lead_score']}/99 ({factors_text(ref)})")
     demo.out(f"            referrer {ref['referrer_score']}/100 (Ryan has no decided referral yet: the "
              f"bank-wide rate) · priority {ref['priority']:.2f}")  # fmt: skip
-    mails = demo.get(f"/v1/outbox?to_employee_id={bob['id']}&limit=1")["items"]
-    if mails:
-        mail = mails[0]
-        sent = mail.get("sent_at")
-        how = f"sent {when(sent)}" if sent else "in the outbox: no SMTP server configured"
+    mail = bobs_mail(demo, bob)
+    if mail:
+        sent, status = mail.get("sent_at"), mail.get("status", "pending")
+        if sent:
+            how = f"sent {when(sent)}"
+        elif status in ("pending", "sending"):
+            how = "in the outbox, not sent yet: no SMTP server configured, or it is not reachable"
+        else:
+            how = f"{status}: {mail.get('last_error')}"
         demo.out(f'  e-mail    to Bob <{mail["to_address"]}>: "{mail["subject"]}" ({how})')
     else:
         demo.out("  e-mail    none to Bob in the outbox")
