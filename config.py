@@ -17,6 +17,13 @@ from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_vali
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric.types import (
+        CertificatePublicKeyTypes,
+        PrivateKeyTypes,
+        PublicKeyTypes,
+    )
+    from cryptography.x509 import Certificate
+
     from workflows.codec import KeyRing
 
 PROJECT_ROOT = Path(__file__).resolve().parent
@@ -169,8 +176,55 @@ class DocuSignSettings(BaseSettings):
             ) from None
 
 
+def _read_file(path: Path, variable: str) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError as e:
+        raise ValueError(f"{variable} {str(path)!r} cannot be read: {e.strerror}") from None
+
+
+def _pem_certificates(path: Path, variable: str) -> list[Certificate]:
+    """The PEM certificates in the file (a chain or a bundle); a ValueError naming the
+    variable and the file when it cannot be read or holds none."""
+    from cryptography.x509 import load_pem_x509_certificates
+
+    data = _read_file(path, variable)
+    try:
+        return load_pem_x509_certificates(data)
+    except ValueError:
+        raise ValueError(f"{variable} {str(path)!r} holds no PEM certificate") from None
+
+
+def _pem_private_key(path: Path, variable: str) -> PrivateKeyTypes:
+    """The unencrypted PEM private key in the file; a ValueError naming the variable and
+    the file (never its content) when it cannot be read or is no such key."""
+    from cryptography.exceptions import UnsupportedAlgorithm
+    from cryptography.hazmat.primitives.serialization import load_pem_private_key
+
+    data = _read_file(path, variable)
+    try:
+        return load_pem_private_key(data, password=None)
+    except TypeError:
+        raise ValueError(
+            f"{variable} {str(path)!r} is encrypted: Temporal's client needs the key unencrypted (PEM)"
+        ) from None
+    except (ValueError, UnsupportedAlgorithm):
+        raise ValueError(f"{variable} {str(path)!r} is not a PEM private key") from None
+
+
+def _public_key_der(key: PublicKeyTypes | CertificatePublicKeyTypes) -> bytes:
+    from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+
+    return key.public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo)
+
+
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="NEEDFLOW_", extra="ignore")
+    # hide_input_in_errors: a validation error must not print what was given (the API key,
+    # the payload keys). validate_by_name: Settings(namespace=...) in code, whatever the
+    # field's environment variables (validation_alias) are called.
+    model_config = SettingsConfigDict(
+        env_prefix="NEEDFLOW_", extra="ignore", hide_input_in_errors=True, validate_by_name=True
+    )
 
     data_dir: Path = Path("./var")
     database_url: str | None = Field(
@@ -181,7 +235,26 @@ class Settings(BaseSettings):
     ui_port: int = 8233
     api_port: int = 8000
     api_host: str = "127.0.0.1"
-    namespace: str = "default"
+    #: NEEDFLOW_TEMPORAL_NAMESPACE, or NEEDFLOW_NAMESPACE (its first name, still read).
+    namespace: str = Field(
+        default="default", validation_alias=AliasChoices("NEEDFLOW_TEMPORAL_NAMESPACE", "NEEDFLOW_NAMESPACE")
+    )
+    # A real cluster (README "Running against a real cluster"): TLS, mTLS, a Temporal Cloud
+    # API key. Checked at load; the files are read again at every connect.
+    #: TLS to the Temporal frontend. Unset: on when a CA, client certificate, server name or
+    #: API key is given (each needs TLS; set false with one of them is an error).
+    temporal_tls: bool = False
+    #: The client certificate (PEM, its chain may follow) for mTLS; with temporal_tls_key.
+    temporal_tls_cert: Path | None = None
+    #: Its private key (PEM, unencrypted).
+    temporal_tls_key: Path | None = None
+    #: The CA (PEM) the server's certificate must chain to; unset: the system's roots.
+    temporal_tls_ca: Path | None = None
+    #: The name sent as SNI and checked in the server's certificate, when it is not the
+    #: address's host (e.g. connecting through a load balancer's IP).
+    temporal_tls_server_name: str | None = None
+    #: A Temporal Cloud API key (sent as a bearer token, over TLS only).
+    temporal_api_key: SecretStr | None = None
     # False only for a Temporal server that cannot register needflow's custom search
     # attributes (Temporal's time-skipping test server): workflows then carry none.
     search_attributes: bool = True
@@ -203,8 +276,20 @@ class Settings(BaseSettings):
     #: When (HH:MM, UTC) the daily review schedule runs (`workflows/schedules.py`).
     daily_review_at: str = Field(default="06:00", pattern=r"^([01][0-9]|2[0-3]):[0-5][0-9]$")
     # E-mail: smtp://[user:password@]host[:port]; unset, messages stay in the outbox table.
+    # smtps://… is TLS throughout; with a user, smtp:// must upgrade with STARTTLS first.
     smtp_url: str | None = None
     mail_from: str = "needflow@localhost"
+    #: Seconds each SMTP network operation may take (activities/mail.py).
+    smtp_timeout: float = Field(default=30, gt=0)
+    #: A CA bundle (PEM) to verify the SMTP server's certificate with; unset: the system's.
+    smtp_ca_file: Path | None = None
+    #: A message's attempts before a temporary failure (4xx, connection lost) is final.
+    mail_max_attempts: int = Field(default=8, ge=1)
+    #: Seconds before a message's (or an unreachable server's) first retry, doubling each time, up to the max.
+    mail_retry_seconds: float = Field(default=60, gt=0)
+    mail_retry_max_seconds: float = Field(default=3600, gt=0)
+    #: Seconds between the sender's looks at the outbox when nothing wakes it (workflows/mail.py).
+    mail_poll_seconds: float = Field(default=300, gt=0)
     # E-signature: needflow's own signing page, or DocuSign (configured by DOCUSIGN_*).
     esign_provider: Literal["local", "docusign"] = "local"
     #: Read from DOCUSIGN_* when esign_provider is docusign (unless given); else None.
@@ -216,6 +301,48 @@ class Settings(BaseSettings):
     #: Browser origins (the Temporal Web UI) allowed to call /codec; unset: the dev UI's,
     #: http://127.0.0.1:<ui_port> and http://localhost:<ui_port>.
     codec_cors_origins: Annotated[list[str], NoDecode] = []
+    #: The largest request body the API reads (api/limits.py): 413 beyond it.
+    max_body_bytes: int = Field(default=1024 * 1024, gt=0)
+    #: The same for POST /v1/imports: a book of 100,000 opportunities is about 90 MB.
+    max_import_bytes: int = Field(default=128 * 1024 * 1024, gt=0)
+    # Observability (observability/, README "Observability"). Off in a bare process; `make
+    # run` turns the metrics ports on (on 127.0.0.1).
+    #: The worker's Prometheus port (the Temporal SDK's metrics and the workflows' own);
+    #: unset, empty or `off`: none.
+    metrics_port: int | None = Field(default=None, ge=1, le=65535)
+    #: The API's Prometheus port (its Temporal client's metrics, events, the mail queue);
+    #: unset, empty or `off`: none. A port of its own: /metrics never shares the API's.
+    api_metrics_port: int | None = Field(default=None, ge=1, le=65535)
+    #: The address both metrics ports listen on: 0.0.0.0 for a Prometheus elsewhere.
+    metrics_host: str = "127.0.0.1"
+    #: Seconds between two looks at the mail queue for its gauges.
+    metrics_interval: float = Field(default=15, gt=0)
+    #: Traces: `otlp` (to OTEL_EXPORTER_OTLP_ENDPOINT, default http://localhost:4318),
+    #: `console`, or `off`; unset: `otlp` when OTEL_EXPORTER_OTLP_ENDPOINT is set, else off.
+    tracing: Literal["off", "otlp", "console"] | None = None
+    #: Only read to decide whether tracing is on (the exporter reads the OTEL_* variables).
+    otlp_endpoint: str | None = Field(
+        default=None,
+        validation_alias=AliasChoices("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "OTEL_EXPORTER_OTLP_ENDPOINT"),
+    )
+    #: `text` (one line, for people) or `json` (one object a line, for a log pipeline).
+    log_format: Literal["text", "json"] = "text"
+
+    @field_validator("metrics_port", "api_metrics_port", mode="before")
+    @classmethod
+    def _port_or_off(cls, v: object) -> object:
+        return None if v is None or str(v).strip().lower() in ("", "off", "none", "0", "false") else v
+
+    @field_validator("tracing", mode="before")
+    @classmethod
+    def _tracing(cls, v: object) -> object:
+        text = None if v is None else str(v).strip().lower()
+        return {"": None, "1": "otlp", "true": "otlp", "on": "otlp", "0": "off", "false": "off"}.get(text, text)
+
+    @property
+    def resolved_tracing(self) -> str:
+        """`otlp`, `console` or `off` (NEEDFLOW_TRACING, else on with an OTLP endpoint)."""
+        return self.tracing or ("otlp" if self.otlp_endpoint else "off")
 
     @field_validator("codec_keys", mode="before")
     @classmethod
@@ -223,6 +350,52 @@ class Settings(BaseSettings):
         # Parsed by codec_keyring(), not here: a validation error would print the keys.
         text = v.get_secret_value() if isinstance(v, SecretStr) else v
         return SecretStr(str(text).strip()) if text is not None and str(text).strip() else None
+
+    @field_validator("temporal_tls_cert", "temporal_tls_key", "temporal_tls_ca", "temporal_tls_server_name",
+                     "temporal_api_key", mode="before")  # fmt: skip
+    @classmethod
+    def _unset_when_blank(cls, v: object) -> object:
+        text = v.get_secret_value() if isinstance(v, SecretStr) else v
+        return None if text is None or not str(text).strip() else v
+
+    @field_validator("temporal_tls_cert")
+    @classmethod
+    def _temporal_tls_cert(cls, v: Path | None) -> Path | None:
+        if v is not None:
+            _pem_certificates(v, "NEEDFLOW_TEMPORAL_TLS_CERT")
+        return v
+
+    @field_validator("temporal_tls_key")
+    @classmethod
+    def _temporal_tls_key(cls, v: Path | None) -> Path | None:
+        if v is not None:
+            _pem_private_key(v, "NEEDFLOW_TEMPORAL_TLS_KEY")
+        return v
+
+    @field_validator("temporal_tls_ca")
+    @classmethod
+    def _temporal_tls_ca(cls, v: Path | None) -> Path | None:
+        if v is not None:
+            _pem_certificates(v, "NEEDFLOW_TEMPORAL_TLS_CA")
+        return v
+
+    @field_validator("temporal_tls_server_name")
+    @classmethod
+    def _temporal_tls_server_name(cls, v: str | None) -> str | None:
+        if v is None:
+            return None
+        v = v.strip()
+        if not _HOST.match(v) or ":" in v:
+            raise ValueError(
+                f"NEEDFLOW_TEMPORAL_TLS_SERVER_NAME must be a host name such as temporal.bank.example "
+                f"(no scheme, no port), got {v!r}"
+            )
+        return v
+
+    @field_validator("temporal_api_key", mode="after")
+    @classmethod
+    def _temporal_api_key(cls, v: SecretStr | None) -> SecretStr | None:
+        return None if v is None else SecretStr(v.get_secret_value().strip())
 
     @field_validator("codec_cors_origins", mode="before")
     @classmethod
@@ -251,6 +424,51 @@ class Settings(BaseSettings):
                     "NEEDFLOW_ESIGN_PROVIDER=docusign needs NEEDFLOW_PUBLIC_BASE_URL: DocuSign sends its "
                     "Connect messages to NEEDFLOW_PUBLIC_BASE_URL + /v1/webhooks/docusign"
                 )
+        return self
+
+    @model_validator(mode="after")
+    def _temporal_tls_configured(self) -> Settings:
+        cert, key = self.temporal_tls_cert, self.temporal_tls_key
+        if (cert is None) != (key is None):
+            given, missing = (
+                ("NEEDFLOW_TEMPORAL_TLS_CERT", "NEEDFLOW_TEMPORAL_TLS_KEY")
+                if key is None
+                else ("NEEDFLOW_TEMPORAL_TLS_KEY", "NEEDFLOW_TEMPORAL_TLS_CERT")
+            )
+            raise ValueError(
+                f"{given} is set but {missing} is not: mTLS needs the client certificate and its private key"
+            )
+        if cert is not None and key is not None:
+            leaf = _pem_certificates(cert, "NEEDFLOW_TEMPORAL_TLS_CERT")[0]
+            private = _pem_private_key(key, "NEEDFLOW_TEMPORAL_TLS_KEY")
+            if _public_key_der(leaf.public_key()) != _public_key_der(private.public_key()):
+                raise ValueError(
+                    f"NEEDFLOW_TEMPORAL_TLS_KEY {str(key)!r} is not the private key of the certificate in "
+                    f"NEEDFLOW_TEMPORAL_TLS_CERT {str(cert)!r} (its first certificate must be the client's own)"
+                )
+        needs_tls = [
+            variable
+            for variable, value in (
+                ("NEEDFLOW_TEMPORAL_API_KEY", self.temporal_api_key),
+                ("NEEDFLOW_TEMPORAL_TLS_CERT", cert),
+                ("NEEDFLOW_TEMPORAL_TLS_CA", self.temporal_tls_ca),
+                ("NEEDFLOW_TEMPORAL_TLS_SERVER_NAME", self.temporal_tls_server_name),
+            )
+            if value is not None
+        ]
+        if needs_tls and not self.temporal_tls:
+            if "temporal_tls" in self.model_fields_set:
+                raise ValueError(
+                    f"NEEDFLOW_TEMPORAL_TLS is false, but {', '.join(needs_tls)} only work over TLS "
+                    "(an API key is never sent in the clear): remove NEEDFLOW_TEMPORAL_TLS or set it to true"
+                )
+            self.temporal_tls = True
+        if self.temporal_tls and not self.temporal_address:
+            raise ValueError(
+                "TLS to Temporal is configured (NEEDFLOW_TEMPORAL_TLS*, NEEDFLOW_TEMPORAL_API_KEY) but "
+                "NEEDFLOW_TEMPORAL_ADDRESS is not set: the local dev server speaks no TLS; set the cluster's "
+                "host:port (Temporal Cloud: <namespace>.<account>.tmprl.cloud:7233 or <region>.<cloud>.api.temporal.io:7233)"
+            )
         return self
 
     @property

@@ -12,7 +12,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 from temporalio.client import Client
 
-from api import errors
+from api import errors, limits
 from api.deps import Services
 from api.routers import (
     api_keys,
@@ -35,6 +35,8 @@ from api.routers import (
 from config import Settings, get_settings
 from domain.process import load_catalog
 from domain.routing import load_routing_rules
+from observability import observe_process, tracing
+from observability.metrics import mail_queue_gauges, meter_of
 from store.db import make_async_engine, make_session_factory
 from workflows import TASK_QUEUE
 from workflows.client import connect
@@ -45,6 +47,8 @@ def create_app(
     settings: Settings | None = None, *, client: Client | None = None, task_queue: str = TASK_QUEUE
 ) -> FastAPI:
     settings = settings or get_settings()
+    if client is None:  # this process's own client: its logs, metrics port and traces first (observability/)
+        observe_process(settings, "api")
     # Both fail loudly at start, naming the file, the stage or rule, and the field.
     catalog = load_catalog(settings.processes_dir)
     routing_rules = load_routing_rules(settings.routing_rules)
@@ -61,7 +65,9 @@ def create_app(
             routing_rules=routing_rules,
             starts=Starts(temporal, task_queue, settings.search_attributes),
         )
-        yield
+        # The mail queue's gauges on the metrics port, if the client's runtime has one.
+        async with mail_queue_gauges(meter_of(temporal), app.state.services.sessions, settings.metrics_interval):
+            yield
         await engine.dispose()
 
     app = FastAPI(
@@ -69,11 +75,16 @@ def create_app(
         version="1.0.0",
         summary="Needs-based selling for banks: referrals, opportunities, consents, events.",
         lifespan=lifespan,
+        # FastAPI's own spans would record paths and queries as sent (a signing link's
+        # token, `to=ADDRESS`): needflow's (observability/tracing.py) hold route templates.
+        telemetry={"tracing": False, "metrics": False, "logs": False},
     )
     errors.install(app)
     signing.redact_signing_links_in_logs()
+    app.add_middleware(limits.RequestGuard, settings=settings)  # body size, path and query: api/limits.py
     # The Temporal Web UI calls /codec from its own origin; no other path answers CORS.
     app.add_middleware(codec.CodecCors, origins=settings.resolved_codec_cors_origins)
+    tracing.instrument_app(app, settings)  # outermost: a span for every request, refused ones too
     for router in (
         api_keys.router,
         customers.router,

@@ -1,13 +1,25 @@
-"""The one error shape of spec/API.md: {"error": {"code", "message", "details"}}."""
+"""The one error shape of spec/API.md: {"error": {"code", "message", "details"}}.
+
+Every refusal answers in it, whatever refused: a route, pydantic (422 `validation_error`
+with `details.errors[]`, each naming its `field`), a body FastAPI could not read (malformed
+JSON, invalid UTF-8, a number of more than 4,300 digits, nesting too deep: 422 as malformed
+JSON), the request guard of api/limits.py (413 `payload_too_large`, 422 for a path or
+query parameter), or a failure (500). An answer never fails to render: text it echoes is
+written with JSON escapes if it holds what UTF-8 cannot encode (a lone surrogate).
+"""
 
 from __future__ import annotations
 
+import json
+from collections.abc import Iterable
 from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from domain.validation import printable
 
 
 class ApiError(Exception):
@@ -23,7 +35,30 @@ class ApiError(Exception):
 
     def response(self) -> JSONResponse:
         headers = {"WWW-Authenticate": "Bearer"} if self.status == 401 else None
-        return JSONResponse(self.body(), status_code=self.status, headers=headers)
+        return _ErrorResponse(self.body(), status_code=self.status, headers=headers)
+
+
+class _ErrorResponse(JSONResponse):
+    def render(self, content: Any) -> bytes:
+        try:
+            return super().render(content)
+        except UnicodeEncodeError:  # a lone surrogate echoed from the request
+            return json.dumps(content, ensure_ascii=True, allow_nan=False, separators=(",", ":")).encode("ascii")
+
+
+class RaisedApiError(StarletteHTTPException):
+    """An ApiError raised where only an HTTPException passes: while FastAPI reads a body,
+    it turns any other exception into a 400 (api/limits.py raises its 413 so)."""
+
+    def __init__(self, error: ApiError) -> None:
+        super().__init__(error.status, error.message)
+        self.error = error
+
+
+def field_path(loc: Iterable[str | int]) -> str:
+    """A problem's field as the API names it: pydantic's location, dotted (`evidence.realtor`);
+    a refused dict key is written with escapes for what it must not hold."""
+    return ".".join(printable(str(part)) for part in loc)
 
 
 def not_found(what: str, id: str) -> ApiError:
@@ -45,8 +80,23 @@ _STATUS_CODES = {
     404: "not_found",
     405: "method_not_allowed",
     409: "conflict",
+    413: "payload_too_large",
     422: "validation_error",
 }
+
+#: FastAPI's words for a body it could not read at all (its cause says why).
+_UNREADABLE_BODY = "There was an error parsing the body"
+
+
+def _unreadable(cause: BaseException | None) -> str:
+    """Why a JSON body could not be read, for a person."""
+    if isinstance(cause, UnicodeDecodeError):
+        return f"the body is not valid UTF-8 (byte 0x{cause.object[cause.start]:02x} at position {cause.start})"
+    if isinstance(cause, RecursionError):
+        return "the body is nested too deeply to be read"
+    if isinstance(cause, ValueError) and "integer string conversion" in str(cause):
+        return "a number in the body has too many digits (at most 4,300)"
+    return "the body is not valid JSON"
 
 
 def install(app: FastAPI) -> None:
@@ -64,7 +114,7 @@ def install(app: FastAPI) -> None:
                     {"field": "", "message": f"the body is not valid JSON (at character {position})", "type": e["type"]}
                 )
             else:
-                field = ".".join(str(p) for p in e["loc"] if p != "body")
+                field = field_path(p for p in e["loc"] if p != "body")
                 problems.append({"field": field, "message": e["msg"], "type": e["type"]})
         first = problems[0] if problems else {"field": "", "message": "invalid request"}
         message = f"{first['field'] or 'request'}: {first['message']}"
@@ -74,6 +124,12 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        if isinstance(exc, RaisedApiError):
+            return exc.error.response()
+        if exc.status_code == 400 and exc.detail == _UNREADABLE_BODY:
+            # Malformed JSON is a 422 in the contract, whatever made it unreadable.
+            problem = {"field": "", "message": _unreadable(exc.__cause__), "type": "json_invalid"}
+            return ApiError(422, "validation_error", problem["message"], {"errors": [problem]}).response()
         code = _STATUS_CODES.get(exc.status_code, "error")
         return ApiError(exc.status_code, code, str(exc.detail)).response()
 

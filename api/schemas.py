@@ -12,7 +12,6 @@ from pydantic import (
     ConfigDict,
     Field,
     PlainSerializer,
-    StringConstraints,
     ValidationInfo,
     field_validator,
     model_validator,
@@ -20,24 +19,33 @@ from pydantic import (
 
 from domain.campaigns import CampaignGoal, PrequalificationRule
 from domain.types import ConsentChannel, EventType, InteractionChannel, LineOfBusiness, Product, Role
+from domain.validation import (
+    EVIDENCE_KEYS,
+    Email,
+    Evidence,
+    Ident,
+    Label,
+    Money,
+    Name,
+    Phone,
+    Place,
+    Text,
+    line,
+    text,
+)
 from store.keys import ALL_SCOPES
 
-Text = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=2000)]
-Name = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200)]
-Place = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=100)]
-Email = Annotated[str, StringConstraints(strip_whitespace=True, max_length=320, pattern=r"^[^@\s]+@[^@\s]+$")]
-Id = Annotated[
-    str, StringConstraints(strip_whitespace=True, min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:\-]+$")
-]
+# Every string a request takes is one of domain/validation.py's kinds, which refuse control
+# characters (free text may hold line breaks and tabs): tests/test_poison_input.py checks
+# that no request model here has a plain `str`.
+Id = Ident
 #: The employee a command is made for. A key bound to an employee may leave it out (it
 #: acts as its employee); an unbound key must name one and needs `crm:act-as`.
 ActorId = Id | None
-#: Money travels as a decimal string ("500000.00").
-Money = Annotated[
-    Decimal,
-    Field(gt=0, max_digits=14, decimal_places=2),
-    PlainSerializer(lambda d: f"{d:.2f}", return_type=str, when_used="json"),
-]
+#: A referral's notes: free text, up to 4,000 characters, may be blank.
+Notes = text(4000, min_length=0)
+#: The channel a referral came through (branch, app, partner portal, ...).
+Source = line(32)
 
 
 class Body(BaseModel):
@@ -50,7 +58,7 @@ class Body(BaseModel):
 class CustomerCreate(Body):
     name: Name
     email: Email | None = None
-    phone: Annotated[str, StringConstraints(max_length=40)] | None = None
+    phone: Phone | None = None
     employer: Name | None = None
     city: Place | None = None
     state: Place | None = None
@@ -70,7 +78,7 @@ class CustomerOut(BaseModel):
 
 
 class NeedCreate(Body):
-    kind: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=64)]
+    kind: Label
     description: Text
     recorded_by: Id
 
@@ -220,7 +228,7 @@ class ReferrerIn(Body):
 
 class ProspectIn(Body):
     name: Name
-    phone: Annotated[str, StringConstraints(max_length=40)] | None = None
+    phone: Phone | None = None
     email: Email | None = None
     employer: Name | None = None
     city: Place | None = None
@@ -233,9 +241,9 @@ class ReferralCreate(Body):
     prospect: ProspectIn | None = None
     expressed_interest: Product
     value: Money | None = None
-    notes: Annotated[str, StringConstraints(strip_whitespace=True, max_length=4000)] | None = None
+    notes: Notes | None = None
     #: The channel it came through (branch, app, partner portal, ...); default: the referrer's type.
-    source: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=32)] | None = None
+    source: Source | None = None
 
 
 class Reject(Body):
@@ -250,7 +258,7 @@ class Reassign(Body):
 
 
 class NeedIn(Body):
-    kind: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=64)]
+    kind: Label
     description: Text
 
 
@@ -316,6 +324,13 @@ class OutboxItem(BaseModel):
     body: str
     created_at: datetime
     sent_at: datetime | None
+    #: `pending`, `sending`, `sent`, `failed` or `unknown` (domain/mail.py).
+    status: str
+    #: Attempts that reached the recipient, and the last SMTP reply or error of one that failed.
+    attempts: int
+    last_error: str | None
+    #: When a pending message is next tried.
+    next_attempt_at: datetime | None
 
 
 class OutboxList(BaseModel):
@@ -337,8 +352,9 @@ class OpportunityCreate(Body):
 
 class Advance(Body):
     actor_id: ActorId = None
-    to_stage: Annotated[str, StringConstraints(min_length=1, max_length=64)]
-    evidence: dict[str, Annotated[str, StringConstraints(max_length=2000)]] = Field(default_factory=dict)
+    to_stage: Label
+    #: At most 20 keys, each value at most 2,000 characters (domain/validation.py `Evidence`).
+    evidence: Evidence = Field(default_factory=dict)
 
 
 class CloseLost(Body):
@@ -408,9 +424,6 @@ class ConsentOut(BaseModel):
     withdrawn_by: str | None = None
 
 
-EvidenceKey = Annotated[str, StringConstraints(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.\-]+$")]
-
-
 class BranchConsentCreate(Body):
     """A consent given in branch: the employee acting (`actor_id`) is its witness."""
 
@@ -421,7 +434,7 @@ class BranchConsentCreate(Body):
     opportunity_id: Id | None = None
     #: What was signed: `document_id` (the signed form, as the branch files it) and any
     #: other facts, as text.
-    evidence: dict[EvidenceKey, Annotated[str, StringConstraints(max_length=2000)]] = Field(max_length=20)
+    evidence: Evidence
 
     @field_validator("evidence")
     @classmethod
@@ -545,13 +558,19 @@ class PrequalificationOut(BaseModel):
 # ---------------------------------------------------------------- events
 
 
+#: An event's id, as its backend system made it (one line).
+EventId = line(128)
+
+
 class EventIn(Body):
-    id: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=128)]
+    id: EventId
     type: EventType
     occurred_at: AwareDatetime
     opportunity_id: Id | None = None
     customer_id: Id | None = None
-    data: dict[str, Any] = Field(default_factory=dict)
+    #: Closed per type (domain/events.py: the keys of each type's data, each value's kind);
+    #: no more keys than evidence may hold.
+    data: dict[str, Any] = Field(default_factory=dict, max_length=EVIDENCE_KEYS)
 
 
 class EventOut(BaseModel):
@@ -559,65 +578,6 @@ class EventOut(BaseModel):
     result: Literal["applied", "duplicate"]
     opportunity: OpportunityOut | None = None
     customer_id: str | None = None
-
-
-class _Data(BaseModel):
-    model_config = ConfigDict(extra="allow")
-
-
-class ApplicationSubmitted(_Data):
-    application_id: Text
-
-
-class ApplicationApproved(_Data):
-    approval_id: Text
-    approved_amount: Money | None = None
-
-
-class ApplicationDeclined(_Data):
-    reason: Text
-
-
-class SmsAuthorization(_Data):
-    phone: Annotated[str, StringConstraints(min_length=3, max_length=40)]
-    message_id: Text
-    text: Text
-    received_at: AwareDatetime
-
-
-class AccountOpened(_Data):
-    account_number: Text
-
-
-class NpsResponse(_Data):
-    score: int = Field(ge=0, le=10)
-    comment: str | None = None
-
-
-class AccountActivity(_Data):
-    product: Product
-    period: Annotated[str, StringConstraints(pattern=r"^\d{4}-(0[1-9]|1[0-2])$")]
-    transactions: int = Field(ge=0)
-
-
-class MortgagePayment(_Data):
-    opportunity_id: Id
-    due_date: AwareDatetime | Annotated[str, StringConstraints(pattern=r"^\d{4}-\d{2}-\d{2}$")]
-    paid_date: AwareDatetime | Annotated[str, StringConstraints(pattern=r"^\d{4}-\d{2}-\d{2}$")]
-    amount: Money
-
-
-#: Each event type's data, and whether its subject is an opportunity or a customer.
-EVENT_DATA: dict[EventType, tuple[type[_Data], Literal["opportunity_id", "customer_id"]]] = {
-    EventType.mortgage_application_submitted: (ApplicationSubmitted, "opportunity_id"),
-    EventType.mortgage_application_approved: (ApplicationApproved, "opportunity_id"),
-    EventType.mortgage_application_declined: (ApplicationDeclined, "opportunity_id"),
-    EventType.consent_sms_authorization: (SmsAuthorization, "opportunity_id"),
-    EventType.account_opened: (AccountOpened, "opportunity_id"),
-    EventType.nps_response: (NpsResponse, "customer_id"),
-    EventType.account_activity: (AccountActivity, "customer_id"),
-    EventType.mortgage_payment: (MortgagePayment, "customer_id"),
-}
 
 
 # ---------------------------------------------------------------- reports

@@ -38,13 +38,12 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime
 from decimal import Decimal
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 
 from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
-    StringConstraints,
     ValidationInfo,
     field_validator,
     model_validator,
@@ -54,6 +53,7 @@ from pydantic.json_schema import SkipJsonSchema
 from domain.opportunity import TransitionRefused
 from domain.routing import place_key
 from domain.types import LineOfBusiness, Product
+from domain.validation import Label, Place
 
 Metric = Literal["new_households", "cross_sell_ratio", "product_line_units"]
 METRICS: tuple[str, ...] = ("new_households", "cross_sell_ratio", "product_line_units")
@@ -66,8 +66,8 @@ PRODUCT_LINES: dict[LineOfBusiness, frozenset[Product]] = {
     LineOfBusiness.insurance: frozenset({Product.insurance}),
 }
 
-NeedKind = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=64)]
-Place = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=100)]
+#: A need's kind (`buy_home`) and a state, as the API takes them (domain/validation.py).
+NeedKind = Label
 
 _NOT_A_PUSH_GOAL = (
     "a campaign goal is never a count of one product's sales: choose new_households, cross_sell_ratio, "

@@ -30,14 +30,26 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StringConstraints, ValidationError
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError
 
 from domain.ids import imported_id, opportunity_workflow_id
 from domain.opportunity import CLOSED_LOST_STAGE, CheckpointView, ImportedOpportunity
 from domain.process import ProcessCatalog, ProcessDefinition
 from domain.types import ConsentChannel, LineOfBusiness, Product, Role, Trigger
+from domain.validation import (
+    Email,
+    ImportedEvidence,
+    Label,
+    Name,
+    Phone,
+    Place,
+    character_problem,
+    line,
+    printable,
+    text,
+)
 
 #: The kinds an import counts, in the order they are written (each only refers to kinds
 #: before it).
@@ -52,18 +64,23 @@ PREFIX = {
     "consents": "con",
 }
 
-Text = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=4000)]
-#: Evidence as the old CRM kept it: free-form, but bounded, since an open opportunity's
-#: checkpoints travel in its workflow's input (20 keys, 2,000 characters a value).
-Evidence = Annotated[
-    dict[
-        Annotated[str, StringConstraints(min_length=1, max_length=64)],
-        Annotated[str, StringConstraints(max_length=2000)] | int | float | bool | None,
-    ],
-    Field(max_length=20),
-]
-ExternalId = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=128)]
-Ref = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=128)]
+# Every string is one of domain/validation.py's kinds (no control characters; free text
+# may hold line breaks and tabs), as the API's own requests are.
+Text = text(4000)
+#: Evidence as the old CRM kept it, bounded by the one evidence rule (domain/validation.py:
+#: 20 keys, 2,000 characters a value), since an open opportunity's checkpoints travel in
+#: its workflow's input; numbers finite.
+Evidence = ImportedEvidence
+ExternalId = line(128)
+Ref = line(128)
+#: A word of the API's vocabulary (a role, a product, a channel, a stage), checked after.
+Word = line(64)
+#: What an old CRM kept of a customer: bounded as the API's fields, blank allowed.
+KeptEmail = line(320, min_length=0)
+KeptName = line(200, min_length=0, strip=False)
+KeptPlace = line(100, min_length=0, strip=False)
+#: Who entered a checkpoint, as the old system named them.
+Actor = line(256)
 
 
 class _Record(BaseModel):
@@ -72,49 +89,49 @@ class _Record(BaseModel):
 
 class EmployeeIn(_Record):
     external_id: ExternalId
-    name: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200)]
-    email: Annotated[str, StringConstraints(strip_whitespace=True, max_length=320, pattern=r"^[^@\s]+@[^@\s]+$")]
-    role: str
-    line_of_business: str
-    products: list[str] = Field(default_factory=list)
-    cities: list[str] = Field(default_factory=list)
-    states: list[str] = Field(default_factory=list)
+    name: Name
+    email: Email
+    role: Word
+    line_of_business: Word
+    products: list[Word] = Field(default_factory=list)
+    cities: list[Place] = Field(default_factory=list)
+    states: list[Place] = Field(default_factory=list)
     capacity: int = Field(default=0, ge=0, le=10_000)
     manager: Ref | None = None
 
 
 class CustomerIn(_Record):
     external_id: ExternalId
-    name: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200)]
-    email: Annotated[str, StringConstraints(strip_whitespace=True, max_length=320)] | None = None
-    phone: Annotated[str, StringConstraints(max_length=40)] | None = None
-    employer: Annotated[str, StringConstraints(max_length=200)] | None = None
-    city: Annotated[str, StringConstraints(max_length=100)] | None = None
-    state: Annotated[str, StringConstraints(max_length=100)] | None = None
+    name: Name
+    email: KeptEmail | None = None
+    phone: Phone | None = None
+    employer: KeptName | None = None
+    city: KeptPlace | None = None
+    state: KeptPlace | None = None
     household: Ref | None = None
 
 
 class NeedIn(_Record):
     external_id: ExternalId
     customer: Ref
-    kind: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=64)]
+    kind: Label
     description: Text
     recorded_by: Ref
     recorded_at: AwareDatetime
 
 
 class CheckpointIn(_Record):
-    stage: str
+    stage: Word
     entered_at: AwareDatetime
     trigger: Trigger
-    actor: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=256)]
+    actor: Actor
     evidence: Evidence = Field(default_factory=dict)
 
 
 class OpportunityIn(_Record):
     external_id: ExternalId
     customer: Ref
-    product: str
+    product: Word
     owner: Ref
     need: Ref | None = None
     amount: Decimal | None = Field(default=None, max_digits=14, decimal_places=2)
@@ -128,9 +145,9 @@ class OpportunityIn(_Record):
 class ConsentIn(_Record):
     external_id: ExternalId
     customer: Ref
-    product: str
+    product: Word
     opportunity: Ref | None = None
-    channel: str
+    channel: Word
     evidence: Evidence = Field(default_factory=dict)
     granted_at: AwareDatetime
 
@@ -173,7 +190,7 @@ class Book:
 def _path(loc: tuple[Any, ...]) -> str:
     out = ""
     for part in loc:
-        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+        out += f"[{part}]" if isinstance(part, int) else (f".{printable(part)}" if out else printable(part))
     return out
 
 
@@ -187,6 +204,9 @@ def parse(raw: Any) -> tuple[Book | None, list[Problem]]:
     source = raw.get("source")
     if not isinstance(source, str) or not source.strip() or len(source.strip()) > 64:
         problems.append(Problem("source", "the source is required: a name of the old system, 1 to 64 characters"))
+        source = ""
+    elif refused := character_problem(source):
+        problems.append(Problem("source", refused))
         source = ""
     book = Book(source=source.strip())
     for kind, model in _MODELS.items():

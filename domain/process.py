@@ -5,6 +5,24 @@ at load. A malformed file stops the process that loads it with a message naming 
 file, the stage and the field, rendered by `domain.validation` in the same form as a
 routing rules file's. Workflows receive the whole validated definition in
 their input, so a process edited tomorrow never changes an opportunity started today.
+
+A file is also checked at load for everything its activities will need (`usable_problems`),
+since a process that passes its own schema but names a template that does not render, or a
+subject an e-mail header cannot carry, would fail an activity on every retry, long after
+the file was deployed:
+
+- a `request_signature` names a document template (`esign/templates/<name>.html`) that
+  exists and renders for a customer with every detail and for one with none; its
+  `subject` is one line (no control characters) of at most `SUBJECT_MAX` characters;
+- the process's and each stage's `name` is one line of at most `NAME_MAX` characters (they
+  are shown in the workflow's summary and details);
+- each stage's evidence keys are keys the API takes (domain/validation.py `EvidenceKey`),
+  at most `EVIDENCE_KEYS` of them, so a manual move can supply them;
+- a stage entered by an event names as evidence only fields of that event's data
+  (domain/events.py: data is closed per type), and a lost event's `reason_field` is one.
+
+These are checked at load only, not by the models: a workflow's input holds its process,
+and a stricter model must not refuse the process of an opportunity started before.
 """
 
 from __future__ import annotations
@@ -13,10 +31,19 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, model_validator
 
+from domain.events import data_fields
 from domain.types import ConsentChannel, EventType, Product
-from domain.validation import ItemList, describe_errors, file_message
+from domain.validation import (
+    EVIDENCE_KEYS,
+    EvidenceKey,
+    ItemList,
+    Loc,
+    character_problem,
+    describe_errors,
+    file_message,
+)
 
 StageKey = str
 
@@ -147,6 +174,13 @@ class ProcessDefinition(BaseModel):
 #: How a process file's messages name a stage: by key and position.
 STAGES = ItemList(field="stages", noun="stage", name_field="key")
 
+#: The longest e-mail subject of a signature request: DocuSign's (esign/docusign.py
+#: `EMAIL_SUBJECT_MAX`), which would cut a longer one.
+SUBJECT_MAX = 100
+#: The longest process or stage name (shown in a workflow's summary and details).
+NAME_MAX = 100
+_EVIDENCE_KEY = TypeAdapter(EvidenceKey)
+
 
 def load_process(path: Path) -> ProcessDefinition:
     try:
@@ -154,9 +188,123 @@ def load_process(path: Path) -> ProcessDefinition:
     except (OSError, yaml.YAMLError) as exc:
         raise ProcessError(file_message(path, (), f"cannot read process file: {exc}")) from exc
     try:
-        return ProcessDefinition.model_validate(raw)
+        process = ProcessDefinition.model_validate(raw)
     except ValidationError as exc:
         raise ProcessError(describe_errors(path, raw, exc, items=STAGES, whole="process")) from exc
+    if problems := usable_problems(process):
+        raise ProcessError(
+            "\n".join(
+                file_message(path, loc, message, items=STAGES, raw=raw, whole="process") for loc, message in problems
+            )
+        )
+    return process
+
+
+def _one_line(value: str, max_length: int) -> str | None:
+    if problem := character_problem(value):
+        return problem
+    if not value.strip():
+        return "must not be blank"
+    if len(value) > max_length:
+        return f"is {len(value)} characters long; at most {max_length}"
+    return None
+
+
+def usable_problems(process: ProcessDefinition) -> list[tuple[Loc, str]]:
+    """What an activity would fail on, for ever, in a process that passed its schema
+    (module docstring): each as (location in the file, message)."""
+    problems: list[tuple[Loc, str]] = []
+    if refused := _one_line(process.name, NAME_MAX):
+        problems.append((("name",), f"the process's name {refused}"))
+    for i, stage in enumerate(process.stages):
+        if refused := _one_line(stage.name, NAME_MAX):
+            problems.append((("stages", i, "name"), f"a stage's name {refused}"))
+        if len(stage.evidence) > EVIDENCE_KEYS:
+            problems.append(
+                (("stages", i, "evidence"), f"at most {EVIDENCE_KEYS} evidence keys, not {len(stage.evidence)}")
+            )
+        for j, key in enumerate(stage.evidence):
+            try:
+                _EVIDENCE_KEY.validate_python(key)
+            except ValidationError:
+                problems.append(
+                    (
+                        ("stages", i, "evidence", j),
+                        f"evidence key {key!r} is not one the API takes: 1 to 64 of A-Z a-z 0-9 _ . -",
+                    )
+                )
+        if stage.entry.event is not None:
+            carried = data_fields(stage.entry.event)
+            for j, key in enumerate(stage.evidence):
+                if key not in carried:
+                    problems.append(
+                        (
+                            ("stages", i, "evidence", j),
+                            f"evidence {key!r} is not in a {stage.entry.event.value!r} event's data, so the stage could "
+                            f"never be entered; its data holds: {', '.join(sorted(carried))}",
+                        )
+                    )
+        if stage.request_signature is not None:
+            spec = stage.request_signature
+            if refused := _one_line(spec.subject, SUBJECT_MAX):
+                problems.append((("stages", i, "request_signature", "subject"), f"the e-mail subject {refused}"))
+            if refused := template_problem(spec.template):
+                problems.append((("stages", i, "request_signature", "template"), refused))
+    for i, lost in enumerate(process.lost_events):
+        carried = data_fields(lost.event)
+        if lost.reason_field not in carried:
+            problems.append(
+                (
+                    ("lost_events", i, "reason_field"),
+                    f"{lost.reason_field!r} is not in a {lost.event.value!r} event's data; it holds: "
+                    f"{', '.join(sorted(carried))}",
+                )
+            )
+    return problems
+
+
+def template_problem(template: str) -> str | None:
+    """Why the document template `template` cannot be sent for signature, or None: it
+    must exist and render (esign/documents.py) for a customer with every detail recorded
+    and for one with none (no city, state, amount or need)."""
+    # Imported here: workflows import this module, and only a loader renders documents.
+    from datetime import UTC, datetime
+    from decimal import Decimal
+
+    from jinja2 import TemplateNotFound
+
+    from esign.documents import TEMPLATES, DocumentContext, render_document
+
+    at = datetime(2026, 1, 1, tzinfo=UTC)
+    contexts = (
+        DocumentContext(
+            opportunity_id="opp-sample",
+            product="sample",
+            customer_name="Sample Customer",
+            customer_city="Sample City",
+            customer_state="NY",
+            amount=Decimal("500000.00"),
+            owner_name="Sample Adviser",
+            need_description="A need as recorded,\nover two lines",
+            issued_at=at,
+        ),
+        DocumentContext(
+            opportunity_id="opp-sample",
+            product="sample",
+            customer_name="Sample Customer",
+            owner_name="Sample Adviser",
+            need_description="",
+            issued_at=at,
+        ),
+    )
+    try:
+        for ctx in contexts:
+            render_document(template, ctx)
+    except TemplateNotFound:
+        return f"no document template {template!r} ({TEMPLATES / (template + '.html')} does not exist)"
+    except Exception as exc:  # noqa: BLE001 (whatever fails it would fail the activity: say what)
+        return f"document template {template!r} does not render: {type(exc).__name__}: {exc}"
+    return None
 
 
 class ProcessCatalog:

@@ -24,9 +24,9 @@ from sqlalchemy import delete
 from sqlalchemy.exc import IntegrityError
 
 from api.deps import EventWriter, Services, ServicesDep
-from api.errors import ApiError, invalid, not_found
+from api.errors import ApiError, field_path, invalid, not_found
 from api.routers.opportunities import read_opportunity
-from api.schemas import EVENT_DATA, EventIn, EventOut
+from api.schemas import EventIn, EventOut
 from api.workflows import update_opportunity
 from domain.customer_health import (
     MortgageFacts,
@@ -36,9 +36,11 @@ from domain.customer_health import (
     payment_mortgage_problems,
     signal_facts,
 )
+from domain.events import EVENT_DATA
 from domain.ids import event_update_id
 from domain.opportunity import EventCommand, EventResult, event_body_sha256
 from domain.types import EventType
+from observability.metrics import counts_events
 from store.models import Customer, CustomerSignal, EventClaim, Opportunity, ProcessedEvent
 from workflows.opportunity import OpportunityWorkflow
 
@@ -50,6 +52,7 @@ def _accepted(out: EventOut) -> JSONResponse:
 
 
 @router.post("", status_code=202, response_model=EventOut)
+@counts_events  # needflow_events_total{type, result} (observability/names.py)
 async def receive_event(body: EventIn, svc: ServicesDep, who: EventWriter):
     data_model, subject_field = EVENT_DATA[body.type]
     subject = getattr(body, subject_field)
@@ -58,7 +61,9 @@ async def receive_event(body: EventIn, svc: ServicesDep, who: EventWriter):
     try:
         data = data_model.model_validate(body.data).model_dump(mode="json", exclude_none=True)
     except ValidationError as exc:
-        problems = [{"field": "data." + ".".join(map(str, e["loc"])), "message": e["msg"]} for e in exc.errors()]
+        problems = [
+            {"field": field_path(("data", *e["loc"])), "message": e["msg"], "type": e["type"]} for e in exc.errors()
+        ]
         raise ApiError(
             422, "validation_error", f"{problems[0]['field']}: {problems[0]['message']}", {"errors": problems}
         ) from None
@@ -134,12 +139,7 @@ async def _duplicate(svc: Services, body: EventIn, subject: str, data: dict, see
         subject,
         event_body_sha256(body.type.value, data),
     ):
-        raise ApiError(
-            409,
-            "conflict",
-            f"event id {body.id!r} was already used for another event ({seen.type} on {seen.subject_id})",
-            {"id": body.id},
-        )
+        raise _conflict(body.id, seen.type, seen.subject_id)
     if seen.type in {t.value for t, (_, f) in EVENT_DATA.items() if f == "customer_id"}:
         return EventOut(id=body.id, result="duplicate", customer_id=seen.subject_id)
     return EventOut(id=body.id, result="duplicate", opportunity=await read_opportunity(svc, seen.subject_id))

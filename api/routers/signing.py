@@ -27,6 +27,7 @@ from api.deps import Services, ServicesDep
 from api.errors import ApiError
 from api.workflows import update_opportunity
 from domain.opportunity import OpportunityState, SignatureOutcome
+from domain.validation import character_problem
 from esign.local import token_sha256
 from store.models import SignatureRequest
 from workflows.opportunity import OpportunityWorkflow
@@ -166,7 +167,10 @@ async def sign(
             at=now,
         )
     else:
-        if not full_name.strip() or agree != "yes":
+        # The name goes into the consent's evidence: one line, no control characters
+        # (domain/validation.py, the API's rule for every name).
+        unusable = character_problem(full_name) is not None
+        if not full_name.strip() or agree != "yes" or unusable:
             return _page(
                 request,
                 422,
@@ -174,7 +178,7 @@ async def sign(
                 document=sig.document_html,
                 sha256=sig.document_sha256,
                 show_form=True,
-                full_name=full_name,
+                full_name="" if unusable else full_name,
                 error=True,
                 message="To sign, type your full name and tick the box to say you agree.",
             )
