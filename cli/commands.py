@@ -223,6 +223,85 @@ def _key_store(database_url: str) -> Iterator[Engine]:
         engine.dispose()
 
 
+# ------------------------------------------------------------------------------ a real cluster
+
+
+def setup_cluster(settings: Settings, out: Out) -> list[str]:
+    """Ready the configured Temporal cluster and namespace (NEEDFLOW_TEMPORAL_*) for
+    needflow: connect as the worker and the API do (no payload keys needed), check that
+    the namespace exists, and register needflow's search attributes
+    (`workflows.client.ensure_search_attributes`: idempotent, a type conflict is an
+    error). Where the cluster refuses to add them (Temporal Cloud), prints the tcld
+    command that does. Returns the names it added."""
+    import asyncio
+
+    from temporalio.api.enums.v1 import NamespaceState
+    from temporalio.api.workflowservice.v1 import DescribeNamespaceRequest
+    from temporalio.service import RPCError, RPCStatusCode
+
+    from workflows.client import (
+        SearchAttributeError,
+        SearchAttributesNotAllowed,
+        TemporalConnectError,
+        connect,
+        describe_connection,
+        ensure_search_attributes,
+    )
+
+    namespace = settings.namespace
+    where = describe_connection(settings)
+
+    async def run() -> list[str]:
+        client = await connect(settings, payloads=False)
+        out(f"connected to Temporal at {where}")
+        try:
+            described = await client.workflow_service.describe_namespace(DescribeNamespaceRequest(namespace=namespace))
+        except RPCError as err:
+            if err.status == RPCStatusCode.NOT_FOUND:
+                raise CliError(
+                    f"namespace {namespace!r} does not exist on {settings.resolved_temporal_address}: create it "
+                    f"(self-hosted: `temporal operator namespace create --namespace {namespace} --retention 30d`; "
+                    "Temporal Cloud: `tcld namespace create` or the Cloud UI), then run setup-cluster again",
+                    exit_code=1,
+                ) from None
+            raise
+        state = described.namespace_info.state
+        if state != NamespaceState.NAMESPACE_STATE_REGISTERED:
+            raise CliError(
+                f"namespace {namespace!r} exists but is {NamespaceState.Name(state).removeprefix('NAMESPACE_STATE_')}: "
+                "needflow needs a registered (active) namespace",
+                exit_code=1,
+            )
+        retention = described.config.workflow_execution_retention_ttl.ToTimedelta()
+        out(f"namespace {namespace!r} exists (retention {retention.days} days)")
+        setup = await ensure_search_attributes(client, namespace)
+        if setup.added:
+            out(f"registered search attribute(s): {', '.join(setup.added)}")
+        if setup.present:
+            out(f"already registered: {', '.join(setup.present)}")
+        out(f"namespace {namespace!r} is ready for needflow's worker and API")
+        return setup.added
+
+    try:
+        return asyncio.run(run())
+    except TemporalConnectError as err:
+        raise CliError(str(err), exit_code=1) from None
+    except SearchAttributesNotAllowed as err:
+        flags = " ".join(f'--search-attribute "{item}"' for item in err.missing)
+        out(
+            "Temporal Cloud adds search attributes with tcld (or in the Cloud UI, Namespaces > "
+            f"{namespace} > Search attributes), not through the operator service:"
+        )
+        out(f"  tcld namespace search-attributes add --namespace {namespace} {flags}")
+        out("then run `python starter.py setup-cluster` again to check them. On a self-hosted cluster, the "
+            "identity connecting (its client certificate or token) needs Temporal's admin role instead.")  # fmt: skip
+        raise CliError(f"search attributes not registered: {err}", exit_code=1) from None
+    except SearchAttributeError as err:
+        raise CliError(str(err), exit_code=1) from None
+    except RPCError as err:
+        raise CliError(f"Temporal at {where} answered {err.status.name}: {err.message}", exit_code=1) from None
+
+
 # ------------------------------------------------------------------------------ connection
 
 

@@ -21,6 +21,7 @@ from cli.commands import (
     refresh_audit,
     revoke_api_key,
     send_event,
+    setup_cluster,
     show_referral,
     show_timeline,
 )
@@ -85,6 +86,12 @@ def build_parser(description: str | None = None) -> argparse.ArgumentParser:
     audit_sub = audit.add_subparsers(dest="action", required=True, metavar="ACTION")
     audit_sub.add_parser("refresh", help="judge the opportunities whose kept verdicts are stale (after a migration)")
 
+    commands.add_parser(
+        "setup-cluster",
+        help="ready the configured Temporal cluster (NEEDFLOW_TEMPORAL_*): check the namespace, register "
+        "needflow's search attributes",
+    )
+
     stories = "play Rachel's story (seed 000) and Kiara's referral (seed 003)"
     demo = commands.add_parser("demo", parents=[conn], help=stories)
     demo.add_argument("--run-id", help="replay an earlier run: its keys make every step a repeat")
@@ -107,6 +114,9 @@ def run(argv: Sequence[str] | None = None, settings: Settings | None = None,
         if args.command == "api-key" and args.action == "revoke":
             revoke_api_key(settings.resolved_database_url, args.key_id)
             print(f"API key {args.key_id} revoked: it answers 401 from now on.", file=sys.stderr)
+            return 0
+        if args.command == "setup-cluster":
+            setup_cluster(settings, out)
             return 0
         if args.command == "audit":
             refresh_audit(settings, out)

@@ -18,17 +18,6 @@ from pathlib import Path
 from config import Settings
 from devstack import StackError
 
-# `temporal server start-dev --search-attribute NAME=TYPE` spells the types like this.
-_CLI_TYPE = {
-    "KEYWORD": "Keyword",
-    "TEXT": "Text",
-    "INT": "Int",
-    "DOUBLE": "Double",
-    "BOOL": "Bool",
-    "DATETIME": "Datetime",
-    "KEYWORD_LIST": "KeywordList",
-}
-
 
 def _executable(name: str, what: str, package: str) -> str:
     """`name` next to this Python (where pip puts a package's executables in a venv, which
@@ -58,10 +47,11 @@ test_server.__test__ = False  # type: ignore[attr-defined]
 
 def search_attribute_args() -> list[str]:
     from workflows import SEARCH_ATTRIBUTES
+    from workflows.client import search_attribute_type_name
 
     args = []
     for key in SEARCH_ATTRIBUTES:
-        args += ["--search-attribute", f"{key.name}={_CLI_TYPE[key.indexed_value_type.name]}"]
+        args += ["--search-attribute", f"{key.name}={search_attribute_type_name(key.indexed_value_type)}"]
     return args
 
 
@@ -85,43 +75,27 @@ def temporal_command(settings: Settings, data_dir: Path) -> list[str]:
 
 async def _register_search_attributes(address: str, namespace: str) -> list[str]:
     # Imported here so that the stack's other parts don't pay for temporalio at import.
-    from temporalio.api.enums.v1 import IndexedValueType
-    from temporalio.api.operatorservice.v1 import AddSearchAttributesRequest, ListSearchAttributesRequest
     from temporalio.client import Client
-    from temporalio.service import RPCError, RPCStatusCode
 
-    from workflows import SEARCH_ATTRIBUTES
+    from workflows.client import ensure_search_attributes
 
     client = await Client.connect(address, namespace=namespace)
-    existing = await client.operator_service.list_search_attributes(ListSearchAttributesRequest(namespace=namespace))
-    known = set(existing.custom_attributes) | set(existing.system_attributes)
-    added = []
-    for key in SEARCH_ATTRIBUTES:
-        if key.name in known:
-            continue
-        try:
-            await client.operator_service.add_search_attributes(
-                AddSearchAttributesRequest(
-                    namespace=namespace,
-                    search_attributes={key.name: IndexedValueType.ValueType(int(key.indexed_value_type))},
-                )
-            )
-            added.append(key.name)
-        except RPCError as err:
-            if err.status != RPCStatusCode.ALREADY_EXISTS:
-                raise
-    return added
+    return (await ensure_search_attributes(client, namespace)).added
 
 
 def register_search_attributes(address: str, namespace: str, timeout: float = 60.0) -> list[str]:
     """Register every workflows.SEARCH_ATTRIBUTES key on the namespace (existing ones are
-    left alone); retried while a just-started server is still coming up."""
+    left alone; `workflows.client.ensure_search_attributes`, which `starter.py
+    setup-cluster` runs on a real cluster); retried while a just-started server is still
+    coming up, but not when a name is taken with another type."""
+    from workflows.client import SearchAttributeError
+
     deadline = time.monotonic() + timeout
     while True:
         try:
             return asyncio.run(_register_search_attributes(address, namespace))
         except Exception as err:
-            if time.monotonic() > deadline:
+            if isinstance(err, SearchAttributeError) or time.monotonic() > deadline:
                 raise StackError(
                     f"could not register search attributes on {address} namespace {namespace!r}: {err}"
                 ) from err
