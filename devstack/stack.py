@@ -33,6 +33,10 @@ from devstack.children import ChildDied, Children, StopRequested
 from devstack.temporal import register_search_attributes, temporal_command
 
 DEV_KEY_NAME = "devstack"
+#: The metrics ports `make run` opens (on NEEDFLOW_METRICS_HOST, 127.0.0.1) unless
+#: NEEDFLOW_METRICS_PORT / NEEDFLOW_API_METRICS_PORT say otherwise (`off`: none).
+DEV_METRICS_PORT = 9464
+DEV_API_METRICS_PORT = 9465
 
 
 # ---------------------------------------------------------------------------- probes
@@ -152,10 +156,20 @@ def start_temporal(settings: Settings, data_dir: Path, log_dir: Path, env: dict[
     return address
 
 
+def metrics_ports(settings: Settings) -> tuple[int | None, int | None]:
+    """The worker's and the API's metrics ports: on by default here (README "Observability")."""
+    worker = settings.metrics_port if "metrics_port" in settings.model_fields_set else DEV_METRICS_PORT
+    api = settings.api_metrics_port if "api_metrics_port" in settings.model_fields_set else DEV_API_METRICS_PORT
+    return worker, api
+
+
 def child_env(settings: Settings, data_dir: Path, address: str, codec_keys: str) -> dict[str, str]:
     """The children see the same, fully resolved configuration as this process."""
     env = dict(os.environ)
+    worker_metrics, api_metrics = metrics_ports(settings)
     env.update(
+        NEEDFLOW_METRICS_PORT=str(worker_metrics or "off"),
+        NEEDFLOW_API_METRICS_PORT=str(api_metrics or "off"),
         NEEDFLOW_CODEC_KEYS=codec_keys,
         NEEDFLOW_DATA_DIR=str(data_dir),
         DATABASE_URL=settings.resolved_database_url,
@@ -166,6 +180,16 @@ def child_env(settings: Settings, data_dir: Path, address: str, codec_keys: str)
         PYTHONUNBUFFERED="1",
     )
     return env
+
+
+def metrics_banner(settings: Settings) -> str:
+    host = "127.0.0.1" if settings.metrics_host in ("", "0.0.0.0", "::") else settings.metrics_host
+    shown = [
+        f"{who} http://{host}:{port}/metrics"
+        for who, port in zip(("worker", "API"), metrics_ports(settings), strict=True)
+        if port
+    ]
+    return "   ".join(shown) or "off (NEEDFLOW_METRICS_PORT, NEEDFLOW_API_METRICS_PORT)"
 
 
 def banner(settings: Settings, data_dir: Path, address: str, key: str, log_dir: Path) -> str:
@@ -186,6 +210,7 @@ def banner(settings: Settings, data_dir: Path, address: str, key: str, log_dir: 
             f"{settings.codec_endpoint}   (payloads are encrypted; for the Web UI sign in at "
             f"{settings.codec_endpoint}/sign-in, see README)",
         ),
+        ("Metrics", metrics_banner(settings)),
         ("Data dir", str(data_dir)),
         ("Logs", f"worker and api below, prefixed; all in {log_dir}/*.log (temporal.log only there)"),
     ]
@@ -206,6 +231,14 @@ def run(temporal_only: bool = False) -> int:
         try:
             if not temporal_only:
                 check_free(settings.api_port, "API", "NEEDFLOW_API_PORT")
+                for port, what, variable in zip(
+                    metrics_ports(settings),
+                    ("worker metrics", "API metrics"),
+                    ("NEEDFLOW_METRICS_PORT", "NEEDFLOW_API_METRICS_PORT"),
+                    strict=True,
+                ):
+                    if port:
+                        check_free(port, what, variable)
                 key = dev_api_key(settings)
                 codec_keys = dev_codec_keys(settings)
                 prepare_database(settings.resolved_database_url, key)

@@ -41,7 +41,9 @@ def _sqlite_pragmas(dbapi_conn, _record) -> None:  # noqa: ANN001
 
 
 def make_sync_engine(url: str) -> Engine:
-    engine = create_engine(sync_url(url))
+    # hide_parameters (both engines): a database error's message, logged and carried in an
+    # activity's failure, names the statement, never the values (a customer's name, e-mail).
+    engine = create_engine(sync_url(url), hide_parameters=True)
     if engine.dialect.name == "sqlite":
         event.listen(engine, "connect", _sqlite_pragmas)
     return engine
@@ -50,7 +52,7 @@ def make_sync_engine(url: str) -> Engine:
 def make_async_engine(url: str) -> AsyncEngine:
     # A server connection may have been dropped while pooled: ping it on checkout. An
     # embedded SQLite file cannot drop, so it skips the extra round trip.
-    engine = create_async_engine(async_url(url), pool_pre_ping=not url.startswith("sqlite"))
+    engine = create_async_engine(async_url(url), pool_pre_ping=not url.startswith("sqlite"), hide_parameters=True)
     if engine.dialect.name == "sqlite":
         event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
     return engine

@@ -24,7 +24,7 @@ ends when the opportunity is won or lost and every handler has finished.
 from __future__ import annotations
 
 import asyncio
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from temporalio import workflow
@@ -58,6 +58,7 @@ with workflow.unsafe.imports_passed_through():
     )
     from domain.process import Stage
     from domain.types import ConsentChannel, OpportunityStatus, Trigger
+    from observability import workflow_metrics
     from workflows import SA_CUSTOMER_ID, SA_OPPORTUNITY_STATUS, SA_OWNER_ID, SA_PRODUCT, SA_STAGE
     from workflows.common import Console, record, validate
     from workflows.timers import RearmableTimer
@@ -97,6 +98,8 @@ class OpportunityWorkflow:
         self._envelope_timer = RearmableTimer()
         self._envelope_prompted = False
         self._watchers: list[asyncio.Task[None]] = []
+        #: When the current signature request was sent (its round trip's metric).
+        self._signature_sent_at: datetime | None = None
         self._console = Console(input.search_attributes)
         # Persisting in the order the state changed: an asyncio.Lock is FIFO.
         self._write_lock = asyncio.Lock()
@@ -275,6 +278,10 @@ class OpportunityWorkflow:
                 )
             return
         sig.status = "completed"
+        if self._signature_sent_at is not None:
+            workflow_metrics.signature_completed(
+                self.state.product.value, sig.provider, self._signature_sent_at, outcome.at
+            )
         evidence = {
             "provider": sig.provider,
             "envelope_id": outcome.envelope_id,
@@ -366,6 +373,7 @@ class OpportunityWorkflow:
             evidence=evidence,
         )
         self.state.checkpoints.append(checkpoint)
+        workflow_metrics.stage_entered(self.state.product.value, checkpoint.stage, trigger.value)
         return checkpoint
 
     def _consent(
@@ -471,6 +479,7 @@ class OpportunityWorkflow:
         sig.envelope_id = sent.envelope_id
         sig.document_sha256 = sent.document_sha256
         sig.status = sent.status  # "undeliverable": no e-mail address; the activity told the owner
+        self._signature_sent_at = workflow.now() if sent.status == "sent" else None
         self._publish()
         if sent.poll_seconds is not None and sent.status == "sent":  # a remote provider's envelope
             self._envelope_timer = RearmableTimer()

@@ -51,6 +51,7 @@ with workflow.unsafe.imports_passed_through():
         next_sla,
     )
     from domain.scoring import Factor
+    from observability import workflow_metrics
     from workflows import SA_ASSIGNEE_ID, SA_EXPRESSED_INTEREST, SA_REFERRAL_STATUS
     from workflows.common import Console, record, validate
     from workflows.timers import RearmableTimer
@@ -235,6 +236,7 @@ class ReferralWorkflow:
         if not await self._sla.wait(due.at if due else None):
             return
         assert due is not None
+        workflow_metrics.sla_breached(due.kind, self.input.expressed_interest.value)
         if due.kind == "lapse":
             await self._lapse()
         else:
