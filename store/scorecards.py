@@ -189,13 +189,21 @@ async def _nps_counts(
     """owner -> (promoters, detractors, responders): of their customers with an
     `nps.response` occurring within P, each one's latest score within P (latest
     `occurred_at`, then the one received last) — 9–10 a promoter, 0–6 a detractor."""
+    # Their customers (owner, customer) meet the month's responses first, in one hash
+    # join, and only those responses are ranked: a page of employees ranks its own.
+    customers = (
+        select(Opportunity.owner_id.label("owner_id"), Opportunity.customer_id.label("customer_id"))
+        .where(_won_by(scope, end))
+        .distinct()
+        .subquery("customers")
+    )
     ranked = (
         select(
-            CustomerSignal.customer_id.label("customer_id"),
+            customers.c.owner_id,
             CustomerSignal.score.label("score"),
             func.row_number()
             .over(
-                partition_by=CustomerSignal.customer_id,
+                partition_by=(customers.c.owner_id, CustomerSignal.customer_id),
                 order_by=(
                     CustomerSignal.occurred_at.desc(),
                     CustomerSignal.received_at.desc(),
@@ -204,6 +212,7 @@ async def _nps_counts(
             )
             .label("rank"),
         )
+        .join(customers, customers.c.customer_id == CustomerSignal.customer_id)
         .where(
             CustomerSignal.type == "nps.response",
             CustomerSignal.occurred_at >= start,
@@ -211,14 +220,7 @@ async def _nps_counts(
         )
         .subquery("ranked")
     )
-    # From the month's responders (thousands) to their owners, not the other way round.
-    theirs = (
-        select(Opportunity.owner_id.label("owner_id"), ranked.c.customer_id, ranked.c.score)
-        .join(Opportunity, Opportunity.customer_id == ranked.c.customer_id)
-        .where(ranked.c.rank == 1, _won_by(scope, end))
-        .distinct()
-        .subquery("theirs")
-    )
+    theirs = select(ranked.c.owner_id, ranked.c.score).where(ranked.c.rank == 1).subquery("theirs")
     rows = await session.execute(
         select(
             theirs.c.owner_id,
