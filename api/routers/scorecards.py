@@ -19,7 +19,7 @@ router = APIRouter(prefix="/v1/reports", tags=["reports"])
 
 #: Employees per page, by default and at most: a page is what the 300 ms budget holds at
 #: bank scale (bench/bench_bank_scale.py).
-PAGE = 200
+PAGE = 100
 PAGE_MAX = 1000
 
 
