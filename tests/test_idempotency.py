@@ -14,10 +14,11 @@ import json
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from sqlalchemy import Engine, insert, select
+from sqlalchemy import Engine, delete, insert, select
 from temporalio.client import Client
 
 from api.idempotency import LEASE_SECONDS
+from domain.ids import referral_workflow_id
 from store.keys import hash_key, register_api_key
 from store.models import (
     ApiKey,
@@ -30,8 +31,19 @@ from store.models import (
     Need,
     Opportunity,
     ProcessedEvent,
+    Referral,
 )
-from tests.helpers import Api, assert_error, assert_validation_error, count, unique, until_equal, workflow_ids
+from tests.helpers import (
+    Api,
+    assert_error,
+    assert_validation_error,
+    count,
+    territory,
+    unique,
+    until_equal,
+    within,
+    workflow_ids,
+)
 
 OCCURRED_AT = "2026-11-25T10:00:00+00:00"
 
@@ -557,3 +569,49 @@ async def test_a_key_reserved_within_its_lease_is_still_in_progress(
     err = assert_error(r, 409, "conflict")
     assert "still in progress" in err["message"]
     assert count(db, Customer, Customer.name == name) == 0
+
+
+async def test_opening_again_after_the_opportunity_closed_never_starts_it_again(
+    api: Api, db: Engine, client: Client
+) -> None:
+    """Once the key's stored answer is purged (store/upkeep.py), the same opening again
+    lands on the closed opportunity's workflow id, which is never started again
+    (REJECT_DUPLICATE): the answer is the closed opportunity, not a second lifecycle."""
+    body = await opening_body(api)
+    key = unique("idem-reopen")
+    opp = (await api.post("/v1/opportunities", body, idem=key, expect=201)).json()
+    lost = {"actor_id": body["owner_id"], "reason": "went elsewhere"}
+    await api.post(f"/v1/opportunities/{opp['id']}/close-lost", lost, expect=200)
+    handle = client.get_workflow_handle(opp["workflow_id"])
+    await within(handle.result(), "the lost opportunity's workflow closing")
+    first_run = (await within(handle.describe(), "describe")).run_id
+    with db.begin() as conn:  # the key's record purged, as after its retention
+        conn.execute(delete(IdempotencyRecord).where(IdempotencyRecord.key == key))
+    again = await api.post("/v1/opportunities", body, idem=key)
+    assert again.status_code == 201, again.text
+    assert (again.json()["id"], again.json()["status"]) == (opp["id"], "lost")
+    described = await within(handle.describe(), "describe")
+    assert described.run_id == first_run
+    assert checkpoints_in(db, opp["id"]) == 2  # interested, closed_lost: nothing opened again
+
+
+async def test_creating_a_referral_again_after_it_closed_answers_it_as_it_ended(
+    api: Api, db: Engine, client: Client
+) -> None:
+    """The same create after the key's record is purged lands on the closed referral's
+    workflow id, which is never started again: the answer is the closed referral."""
+    state = territory()
+    people = await api.staff(state)
+    key = unique("idem-referral")
+    ref = await api.refer(people["ryan"], state, idem=key)
+    closing = {"actor_id": ref["assignee_id"], "reason": "not moving after all"}
+    await api.post(f"/v1/referrals/{ref['id']}/close", closing, expect=200)
+    handle = client.get_workflow_handle(referral_workflow_id(ref["id"]))
+    await within(handle.result(), "the closed referral's workflow ending")
+    first_run = (await within(handle.describe(), "describe")).run_id
+    with db.begin() as conn:
+        conn.execute(delete(IdempotencyRecord).where(IdempotencyRecord.key == key))
+    again = await api.refer(people["ryan"], state, idem=key)
+    assert (again["id"], again["status"]) == (ref["id"], "closed")
+    assert count(db, Referral, Referral.id == ref["id"]) == 1
+    assert (await within(handle.describe(), "describe")).run_id == first_run  # not routed again

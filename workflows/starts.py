@@ -8,7 +8,12 @@ import contextlib
 from dataclasses import dataclass
 
 from temporalio.client import Client, WithStartWorkflowOperation
-from temporalio.common import SearchAttributePair, TypedSearchAttributes, WorkflowIDConflictPolicy
+from temporalio.common import (
+    SearchAttributePair,
+    TypedSearchAttributes,
+    WorkflowIDConflictPolicy,
+    WorkflowIDReusePolicy,
+)
 from temporalio.exceptions import WorkflowAlreadyStartedError
 
 from domain.ids import opportunity_workflow_id, referral_workflow_id
@@ -59,6 +64,8 @@ class Starts:
             id=opportunity_workflow_id(wf_input.opportunity_id),
             task_queue=self.task_queue,
             id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
+            # A closed opportunity's id is never started again: a repeat finds it closed.
+            id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
             search_attributes=self._attributes(
                 [
                     SearchAttributePair(SA_PRODUCT, wf_input.product.value),
@@ -73,16 +80,18 @@ class Starts:
             + (f" (imported from {imported.source}: {imported.external_id})" if imported else ""),
             static_details=f"Owner `{wf_input.owner_id}` · {process.name} process v{process.version}",
         )
-        # WorkflowAlreadyStartedError: a repeat after the opportunity's workflow has already finished.
-        with contextlib.suppress(WorkflowAlreadyStartedError):
+        try:
             await self.client.execute_update_with_start_workflow(
                 opportunity.OpportunityWorkflow.opened, start_workflow_operation=start, result_type=OpportunityState
             )
+        except WorkflowAlreadyStartedError:  # a repeat after the opportunity's workflow has finished
+            await _settle(start)
 
-    async def open_referral(self, wf_input: ReferralInput) -> ReferralState:
+    async def open_referral(self, wf_input: ReferralInput) -> ReferralState | None:
         """Start the referral's workflow (or find it started) and wait until it is recorded,
         scored, routed and the recipient told. The workflow id is the referral id, so a
-        repeated create lands on the same referral."""
+        repeated create lands on the same referral; None when that referral has already
+        closed (its id is never started again: the store holds how it ended)."""
         ref = wf_input.model_copy(update={"search_attributes": self.search_attributes})
         start = WithStartWorkflowOperation(
             referral.ReferralWorkflow.run,
@@ -90,6 +99,7 @@ class Starts:
             id=referral_workflow_id(ref.referral_id),
             task_queue=self.task_queue,
             id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
+            id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
             search_attributes=self._attributes(
                 [
                     SearchAttributePair(SA_REFERRAL_STATUS, "routing"),
@@ -101,6 +111,17 @@ class Starts:
             static_details=f"Routing rules v{ref.rules.version} · acceptance SLA {ref.sla.accept_seconds:g} s · "
             f"follow-up SLA {ref.sla.followup_seconds:g} s",
         )
-        return await self.client.execute_update_with_start_workflow(
-            referral.ReferralWorkflow.created, start_workflow_operation=start, result_type=ReferralState
-        )
+        try:
+            return await self.client.execute_update_with_start_workflow(
+                referral.ReferralWorkflow.created, start_workflow_operation=start, result_type=ReferralState
+            )
+        except WorkflowAlreadyStartedError:
+            await _settle(start)
+            return None
+
+
+async def _settle(start: WithStartWorkflowOperation) -> None:
+    """Retrieve the start's own outcome after a refused update-with-start (the same
+    WorkflowAlreadyStartedError), so it is not reported as never retrieved."""
+    with contextlib.suppress(WorkflowAlreadyStartedError):
+        await start.workflow_handle()
