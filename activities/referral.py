@@ -16,6 +16,8 @@ import copy
 from datetime import datetime, timedelta
 
 from sqlalchemy import ScalarSelect, Select, String, Text, bindparam, case, cast, func, select, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from temporalio import activity
 
@@ -94,6 +96,23 @@ async def _assign(session: AsyncSession, row: Referral, status: str, assignee_id
             await _bump(session, after, +1, stamp)
     elif stamp is not None and assignee_id is not None:
         await _bump(session, assignee_id, 0, stamp)
+
+
+async def _has_room(session: AsyncSession, candidate: Candidate) -> bool:
+    """Whether `candidate` can take one more referral, decided under a lock on their
+    workload row (created if missing): concurrent routings that picked the same employee
+    from the same load figure take turns here, and the second sees the first's
+    assignment, so capacity holds (PostgreSQL; SQLite has one writer at a time)."""
+    values = {"employee_id": candidate.employee_id, "open_referrals": 0, "last_assigned_at": None}
+    dialect = session.bind.dialect.name
+    make = pg_insert if dialect == "postgresql" else sqlite_insert
+    await session.execute(make(EmployeeWorkload).values(**values).on_conflict_do_nothing())
+    load = await session.scalar(
+        select(EmployeeWorkload.open_referrals)
+        .where(EmployeeWorkload.employee_id == candidate.employee_id)
+        .with_for_update()
+    )
+    return (load or 0) < candidate.capacity
 
 
 def _with_load(c: Candidate, open_load: int, last_assigned_at: datetime | None) -> Candidate:
@@ -274,7 +293,13 @@ class ReferralActivities:
                 session.add(_history_row(row.id, req.preceding))
         with session.no_autoflush:  # a new row is inserted once, with its decision in it
             candidates = await self._candidates(session, req, team)
-        decision = route(req.rules, req.facts, candidates, frozenset(req.exclude))
+        excluded = frozenset(req.exclude)
+        while True:  # the pick must still have room once its workload row is locked
+            decision = route(req.rules, req.facts, candidates, excluded)
+            chosen = next((c for c in candidates if c.employee_id == decision.assignee_id), None)
+            if chosen is None or await _has_room(session, chosen):
+                break
+            excluded |= {chosen.employee_id}  # filled by a concurrent routing meanwhile
         assigned = decision.assignee_id is not None
         row.queue = decision.queue
         row.routing_rule = decision.rule

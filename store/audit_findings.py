@@ -49,8 +49,10 @@ from store.models import AuditFinding, Opportunity
 
 log = logging.getLogger("needflow.audit")
 
-#: Opportunities judged per transaction by `refresh_stale` (and per `IN (...)` by `judge`).
-BATCH = 1000
+#: Opportunities judged per transaction by `refresh_stale` (and per `IN (...)` by `judge`):
+#: small enough that a batch holds its locks (SQLite: the database's write lock) for a
+#: moment, not seconds, beside live writes.
+BATCH = 200
 
 
 def consent_affects(customer_id: str, product: str) -> tuple[Any, ...]:
@@ -76,7 +78,8 @@ async def judge(session: AsyncSession, catalog: ProcessCatalog, *where: Any) -> 
 
 
 async def _judge_ids(session: AsyncSession, catalog: ProcessCatalog, ids: Sequence[str]) -> None:
-    await session.execute(delete(AuditFinding).where(AuditFinding.opportunity_id.in_(ids)))
+    # Read everything first, then write: on SQLite a transaction holds the one write lock
+    # from its first write to its commit, so the writes come last and close together.
     rows = [
         {
             "opportunity_id": o.id,
@@ -89,6 +92,7 @@ async def _judge_ids(session: AsyncSession, catalog: ProcessCatalog, ids: Sequen
         for o in await load_facts(session, catalog, [Opportunity.id.in_(ids)])
         for f in findings(o)
     ]
+    await session.execute(delete(AuditFinding).where(AuditFinding.opportunity_id.in_(ids)))
     if rows:
         await session.execute(insert(AuditFinding), rows)
     await session.execute(update(Opportunity).where(Opportunity.id.in_(ids)).values(audit_stale=False))

@@ -3,6 +3,7 @@ e-mail, accept / reject / reassign, conversion, closing, scores and priorities."
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from datetime import UTC, datetime, timedelta
 from typing import TypeVar
@@ -13,7 +14,7 @@ from temporalio.client import Client
 
 from domain.ids import referral_customer_id, referral_household_id, referral_need_id, referral_opportunity_id
 from domain.scoring import FEATURES, LeadFeatures, LeadModel, priority, referrer_score
-from store.models import LeadFeatureCount, Referral
+from store.models import EmployeeWorkload, LeadFeatureCount, Referral
 from tests.helpers import (
     Api,
     Inbox,
@@ -456,3 +457,22 @@ async def test_priority_counts_age_while_open_and_none_once_decided(api: Api, db
     decided = await api.referral(closed)
     assert (decided["status"], decided["lead_score"], decided["referrer_score"]) == ("closed", 40, score)
     assert decided["priority"] == priority(40, score, timedelta(0), ACCEPT_SLA)  # no age points once decided
+
+
+async def test_concurrent_referrals_never_put_an_employee_over_capacity(api: Api, db: Engine) -> None:
+    """Twelve referrals at once for a territory whose only broker (Bob) has room for two:
+    two are his, ten wait unassigned, whatever order the routings ran in (each pick is
+    confirmed under a lock on the employee's workload row: activities/referral.py)."""
+    state = territory()
+    people = await api.staff(state)
+    bob = people["bob"]
+    r = await api.request("PATCH", f"/v1/employees/{bob['id']}", json={"capacity": 2}, headers=api.headers())
+    assert r.status_code == 200, r.text
+    made = await asyncio.gather(*(api.refer(people["ryan"], state, name=f"Prospect {i}") for i in range(12)))
+    assigned = [m for m in made if m["assignee_id"] == bob["id"]]
+    assert len(assigned) == 2, [(m["status"], m["assignee_id"]) for m in made]
+    assert sorted(m["status"] for m in made) == ["assigned"] * 2 + ["unassigned"] * 10
+    assert count(db, Referral, Referral.assignee_id == bob["id"], Referral.status == "assigned") == 2
+    with db.connect() as conn:
+        load = conn.scalar(select(EmployeeWorkload.open_referrals).where(EmployeeWorkload.employee_id == bob["id"]))
+    assert load == 2
