@@ -36,6 +36,7 @@ batches, each its own transaction; the daily review runs it, as does
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -53,6 +54,8 @@ log = logging.getLogger("needflow.audit")
 #: small enough that a batch holds its locks (SQLite: the database's write lock) for a
 #: moment, not seconds, beside live writes.
 BATCH = 200
+#: Between batches on SQLite: longer than a waiting writer's longest poll (100 ms).
+SQLITE_PAUSE = 0.15
 
 
 def consent_affects(customer_id: str, product: str) -> tuple[Any, ...]:
@@ -128,4 +131,8 @@ async def refresh_stale(
         log.info("audit findings: %d stale opportunities judged", done)
         if progress is not None:
             progress(done)
+        if sessions.kw["bind"].dialect.name == "sqlite":
+            # One writer at a time: a waiting writer's busy handler polls up to 100 ms
+            # apart, and batches back to back would starve it past its busy timeout.
+            await asyncio.sleep(SQLITE_PAUSE)
     return done

@@ -30,13 +30,9 @@ from __future__ import annotations
 
 import base64
 import binascii
-import hashlib
 import html
 import logging
-import secrets
-import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Form, Header, Request
@@ -49,6 +45,7 @@ from temporalio.converter import PayloadCodec
 
 from api.deps import Principal, Services, ServicesDep, principal_for, require
 from api.errors import ApiError
+from api.sessions import BrowserSessions, sessions_for
 from store.keys import hash_key
 from workflows.codec import CodecError
 
@@ -118,48 +115,8 @@ def _from_proto(payloads: list[Payload]) -> CodecPayloads:
 # ---------------------------------------------------------------- browser sessions
 
 
-@dataclass
-class _Session:
-    key_sha256: str
-    expires_at: float
-
-
-@dataclass
-class CodecSessions:
-    """Signed-in codec sessions of this process, by SHA-256 of the cookie's id."""
-
-    ttl: float = SESSION_TTL
-    _by_id: dict[str, _Session] = field(default_factory=dict)
-
-    @staticmethod
-    def _digest(session_id: str) -> str:
-        return hashlib.sha256(session_id.encode()).hexdigest()
-
-    def open(self, key_sha256: str) -> str:
-        now = time.monotonic()
-        for sid in [s for s, v in self._by_id.items() if v.expires_at <= now]:
-            del self._by_id[sid]
-        session_id = secrets.token_urlsafe(32)
-        self._by_id[self._digest(session_id)] = _Session(key_sha256, now + self.ttl)
-        return session_id
-
-    def get(self, session_id: str | None) -> _Session | None:
-        found = self._by_id.get(self._digest(session_id)) if session_id else None
-        if found is not None and found.expires_at <= time.monotonic():
-            self.close(session_id)
-            return None
-        return found
-
-    def close(self, session_id: str | None) -> None:
-        if session_id:
-            self._by_id.pop(self._digest(session_id), None)
-
-
-def _sessions(request: Request) -> CodecSessions:
-    state = request.app.state
-    if not hasattr(state, "codec_sessions"):
-        state.codec_sessions = CodecSessions()
-    return state.codec_sessions
+def _sessions(request: Request) -> BrowserSessions:
+    return sessions_for(request, "codec", SESSION_TTL)
 
 
 async def codec_caller(

@@ -9,7 +9,7 @@ session cookie: a random id (32 bytes, `secrets.token_urlsafe`), `HttpOnly`,
 `SameSite=Strict`, `Secure` when the page was served over https, scoped to `/dashboard`.
 Never the key, never anything in the URL.
 
-Sessions are kept server-side, in the API process's memory (`DashboardSessions`, keyed by
+Sessions are kept server-side, in the API process's memory (`api.sessions`, keyed by
 the SHA-256 of the session id), for at most `SESSION_TTL`. Chosen over a signed cookie
 because it needs no new secret to configure and rotate, and signing out really ends the
 session (a signed cookie stays valid until it expires). The cost: a restart of the API, or
@@ -49,10 +49,6 @@ script at all.
 
 from __future__ import annotations
 
-import hashlib
-import secrets
-import time
-from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
@@ -65,6 +61,7 @@ from fastapi.templating import Jinja2Templates
 from sqlalchemy import select
 
 from api.deps import Principal, Services, ServicesDep, principal_for
+from api.sessions import BrowserSessions, sessions_for
 from domain.customer_health import month_bounds, parse_period
 from store.audit import findings, load_facts, practice_audit, review, stage_name, when
 from store.keys import hash_key
@@ -108,50 +105,8 @@ templates = Jinja2Templates(directory=_HERE / "templates")
 # ---------------------------------------------------------------- sessions
 
 
-@dataclass
-class _Session:
-    key_sha256: str
-    expires_at: float
-
-
-@dataclass
-class DashboardSessions:
-    """Signed-in dashboard sessions of this process, by SHA-256 of the cookie's id."""
-
-    ttl: float = SESSION_TTL
-    _by_id: dict[str, _Session] = field(default_factory=dict)
-
-    @staticmethod
-    def _digest(session_id: str) -> str:
-        return hashlib.sha256(session_id.encode()).hexdigest()
-
-    def open(self, key_sha256: str) -> str:
-        now = time.monotonic()
-        for sid in [s for s, v in self._by_id.items() if v.expires_at <= now]:
-            del self._by_id[sid]  # forget the expired ones
-        session_id = secrets.token_urlsafe(32)
-        self._by_id[self._digest(session_id)] = _Session(key_sha256, now + self.ttl)
-        return session_id
-
-    def get(self, session_id: str | None) -> _Session | None:
-        if not session_id:
-            return None
-        found = self._by_id.get(self._digest(session_id))
-        if found is not None and found.expires_at <= time.monotonic():
-            self.close(session_id)
-            return None
-        return found
-
-    def close(self, session_id: str | None) -> None:
-        if session_id:
-            self._by_id.pop(self._digest(session_id), None)
-
-
-def sessions_of(request: Request) -> DashboardSessions:
-    state = request.app.state
-    if not hasattr(state, "dashboard_sessions"):
-        state.dashboard_sessions = DashboardSessions()
-    return state.dashboard_sessions
+def sessions_of(request: Request) -> BrowserSessions:
+    return sessions_for(request, "dashboard", SESSION_TTL)
 
 
 async def signed_in(request: Request, svc: Services) -> Principal | None:
