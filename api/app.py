@@ -103,7 +103,10 @@ def create_app(
         dashboard.router,
         codec.router,
     ):
-        app.include_router(router)
+        # The JSON API declares its error shape; the HTML pages (signing, dashboard, the
+        # codec's sign-in) answer their own pages.
+        json_api = any(getattr(r, "path", "").startswith("/v1/") for r in router.routes)
+        app.include_router(router, responses=errors.ERROR_RESPONSES if json_api else None)
 
     @app.get("/healthz", tags=["ops"])
     async def healthz() -> dict[str, str]:

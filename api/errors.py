@@ -17,9 +17,43 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from domain.validation import printable
+
+
+class ErrorBody(BaseModel):
+    #: What refused, for programs: `validation_error`, `unauthenticated`, `forbidden`,
+    #: `not_found`, `conflict`, `invalid_transition`, `payload_too_large`, ...
+    code: str
+    #: What refused, for people.
+    message: str
+    #: More for programs: `errors[]` (each with its `field`) for `validation_error`.
+    details: dict[str, Any]
+
+
+class ErrorOut(BaseModel):
+    """The one error shape of spec/API.md."""
+
+    error: ErrorBody
+
+
+#: The refusals a route may answer, declared on every route of the OpenAPI document so
+#: that /docs shows the real shape (not FastAPI's default 422 body, which the API never
+#: sends). api/app.py includes every router with them.
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    status: {"model": ErrorOut, "description": description}
+    for status, description in (
+        (401, "No API key, or an unknown or revoked one (`unauthenticated`)"),
+        (403, "The key lacks the route's scope, or may not act as that employee (`forbidden`)"),
+        (404, "No such resource (`not_found`)"),
+        (409, "Refused in the resource's present state (`invalid_transition`), or a reused key or id (`conflict`)"),
+        (413, "The request body is over the limit (`payload_too_large`)"),
+        (422, "The request is not valid: `details.errors[]` names each field (`validation_error`)"),
+        (500, "needflow failed; nothing was changed unless the answer says so (`internal_error`)"),
+    )
+}
 
 
 class ApiError(Exception):

@@ -824,3 +824,19 @@ async def test_openapi_document_is_served_and_lists_the_main_paths(api: Api) -> 
     opening = set(schemas["OpportunityCreate"]["properties"])
     assert opening == {"customer_id", "product", "owner_id", "need_id", "amount", "referral_id", "campaign_id"}
     assert set(schemas["OpportunityCreate"]["required"]) == {"customer_id", "product", "owner_id", "need_id"}
+
+
+async def test_openapi_declares_the_error_shape_on_every_route(api: Api) -> None:
+    """/docs shows what a refusal really looks like ({"error": {code, message, details}}),
+    not FastAPI's default 422 body, which the API never sends."""
+    doc = (await api.request("GET", "/openapi.json")).json()
+    error = doc["components"]["schemas"]["ErrorOut"]
+    assert error["properties"]["error"]["$ref"].endswith("/ErrorBody")
+    assert set(doc["components"]["schemas"]["ErrorBody"]["required"]) == {"code", "message", "details"}
+    v1 = {path: ops for path, ops in doc["paths"].items() if path.startswith("/v1/")}
+    assert len(v1) > 30
+    for path, operations in v1.items():
+        for method, op in operations.items():
+            for status in ("401", "422"):
+                ref = op["responses"][status]["content"]["application/json"]["schema"]["$ref"]
+                assert ref.endswith("/ErrorOut"), (method, path, status, ref)
