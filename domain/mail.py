@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 SEND_DUE = "mail.send_due"
 
@@ -47,6 +47,9 @@ class MailSenderInput(BaseModel):
     row found the SMTP server unreachable, so its back-off goes on growing."""
 
     outage_streak: int = 0
+    #: Rounds per run before it continues as new (workflows/mail.py): 200 keeps a run's
+    #: history far below Temporal's limits; a test sets a few to see it carry on.
+    rounds_per_run: int = Field(default=200, ge=1)
 
 
 class SendDue(BaseModel):

@@ -34,20 +34,21 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from sqlalchemy import Engine, select
 from temporalio.client import Client
+from temporalio.common import WorkflowIDConflictPolicy
 from temporalio.service import RPCError
 
 from activities.mail import SmtpSettings
 from config import Settings
-from domain.mail import retry_delay
+from domain.mail import MailSenderInput, retry_delay
 from store.db import make_async_engine, make_session_factory, make_sync_engine
 from store.keys import ALL_SCOPES, register_api_key
 from store.migrate import upgrade
 from store.models import Notification
 from store.outbox import mail_queue
 from tests.dbutil import fresh_database_url, test_database_base_url
-from tests.helpers import Api, serve_app, territory, until, within
+from tests.helpers import Api, serve_app, territory, until, until_equal, within
 from worker import build_worker
-from workflows.mail import sender_workflow_id
+from workflows.mail import MailSenderWorkflow, sender_workflow_id
 
 #: How fast an answer must come while mail cannot go out: the lifecycle never waits on SMTP.
 PROMPT = 5.0
@@ -503,3 +504,42 @@ def test_smtp_url_settings_pick_tls_and_keep_the_password_out_of_sight() -> None
     with pytest.raises(ValueError) as refused:
         SmtpSettings.from_url("http://needflow:hunter2@relay.bank.example")
     assert "hunter2" not in str(refused.value)
+
+
+async def test_the_sender_continues_as_new_and_goes_on_delivering(
+    client: Client, settings: Settings, mail_database: str, admin_key: str
+) -> None:
+    """With a low threshold (2 rounds a run; 200 in production) the sender continues as
+    new before its history grows: the first run ends CONTINUED_AS_NEW, the same workflow id
+    runs on, and every message recorded across the runs is delivered once."""
+    states = [territory() for _ in range(3)]
+    with smtp_server(Smtp()) as smtp:
+        async with mail_stack(client, settings, mail_database, admin_key, smtp.url) as stack:
+            sender_id = sender_workflow_id(stack.task_queue)
+            first = await within(
+                client.start_workflow(
+                    MailSenderWorkflow.run,
+                    MailSenderInput(rounds_per_run=2),
+                    id=sender_id,
+                    task_queue=stack.task_queue,
+                    # The worker's own sender (or one a wake restarted) gives way to ours.
+                    id_conflict_policy=WorkflowIDConflictPolicy.TERMINATE_EXISTING,
+                ),
+                "start the sender",
+            )
+            for state in states:  # each referral records mail, and its commit wakes the sender
+                people = await stack.api.staff(state)
+                await stack.api.refer(people["ryan"], state)
+                await stack.message(people["bob"]["email"], "sent")
+
+            async def first_run_status() -> str:
+                described = await within(
+                    client.get_workflow_handle(sender_id, run_id=first.first_execution_run_id).describe(), "describe"
+                )
+                return described.status.name if described.status else ""
+
+            await until_equal(first_run_status, "CONTINUED_AS_NEW", "the first run continuing as new")
+            current = await within(client.get_workflow_handle(sender_id).describe(), "describe")
+            assert current.run_id != first.first_execution_run_id and current.status.name == "RUNNING"
+            for state in states:
+                assert len(smtp.to(f"bob.{state}@bank.example")) == 1

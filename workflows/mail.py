@@ -8,8 +8,8 @@ is due. Between rounds it waits for that moment, for its idle poll
 (NEEDFLOW_MAIL_POLL_SECONDS), or for a `wake` signal, whichever comes first: every
 transaction that records mail sends one when it commits (`MailWake`), so mail goes out
 within moments. While the SMTP server is unreachable it ignores wakes and waits its
-doubling back-off instead. After `ROUNDS_PER_RUN` rounds (or when the server suggests
-it) it continues as new, so its history stays short.
+doubling back-off instead. After `MailSenderInput.rounds_per_run` rounds (200; or when
+the server suggests it) it continues as new, so its history stays short.
 
 Why a workflow of its own, not a Temporal Schedule: a schedule runs on its clock (at best
 every few seconds, each run a workflow execution of its own in the Web UI), and can be
@@ -38,8 +38,6 @@ from temporalio.common import RetryPolicy
 with workflow.unsafe.imports_passed_through():
     from domain.mail import SEND_DUE, MailSenderInput, SendDue, SendReport
 
-#: Rounds per run before the workflow continues as new.
-ROUNDS_PER_RUN = 200
 #: A round sends for at most a minute (activities.mail.SenderPolicy.batch_seconds) plus
 #: the message in flight; heartbeats come every few seconds while it waits on SMTP.
 ROUND_TIMEOUT = timedelta(minutes=10)
@@ -65,7 +63,7 @@ class MailSenderWorkflow:
     @workflow.run
     async def run(self, input: MailSenderInput) -> None:
         outage = input.outage_streak
-        for _ in range(ROUNDS_PER_RUN):
+        for _ in range(input.rounds_per_run):
             self._woken = False  # a wake during the round makes the next one start at once
             report: SendReport = await workflow.execute_activity(
                 SEND_DUE,
@@ -87,7 +85,7 @@ class MailSenderWorkflow:
             if workflow.info().is_continue_as_new_suggested():
                 break
         await workflow.wait_condition(workflow.all_handlers_finished)
-        workflow.continue_as_new(MailSenderInput(outage_streak=outage))
+        workflow.continue_as_new(MailSenderInput(outage_streak=outage, rounds_per_run=input.rounds_per_run))
 
 
 def _details(r: SendReport, outage: int) -> str:
