@@ -150,7 +150,7 @@ def start_temporal(settings: Settings, data_dir: Path, log_dir: Path, env: dict[
         children.start("temporal", temporal_command(settings, data_dir), env, log_dir, echo=False)
     host, port = split_address(address)
     children.wait_until(f"the Temporal frontend on {address}", lambda: port_open(host, port), timeout=90)
-    added = register_search_attributes(address, settings.namespace)
+    added = register_search_attributes(settings)
     if added:
         log(f"registered search attribute(s) {', '.join(added)} on namespace {settings.namespace!r}")
     return address

@@ -73,17 +73,17 @@ def temporal_command(settings: Settings, data_dir: Path) -> list[str]:
     ]  # fmt: skip
 
 
-async def _register_search_attributes(address: str, namespace: str) -> list[str]:
+async def _register_search_attributes(settings: Settings) -> list[str]:
     # Imported here so that the stack's other parts don't pay for temporalio at import.
-    from temporalio.client import Client
+    from workflows.client import connect, ensure_search_attributes
 
-    from workflows.client import ensure_search_attributes
+    # As every process connects (TLS, client certificate, API key when configured), for
+    # cluster operations only: no payload keys needed.
+    client = await connect(settings, payloads=False)
+    return (await ensure_search_attributes(client, settings.namespace)).added
 
-    client = await Client.connect(address, namespace=namespace)
-    return (await ensure_search_attributes(client, namespace)).added
 
-
-def register_search_attributes(address: str, namespace: str, timeout: float = 60.0) -> list[str]:
+def register_search_attributes(settings: Settings, timeout: float = 60.0) -> list[str]:
     """Register every workflows.SEARCH_ATTRIBUTES key on the namespace (existing ones are
     left alone; `workflows.client.ensure_search_attributes`, which `starter.py
     setup-cluster` runs on a real cluster); retried while a just-started server is still
@@ -93,10 +93,11 @@ def register_search_attributes(address: str, namespace: str, timeout: float = 60
     deadline = time.monotonic() + timeout
     while True:
         try:
-            return asyncio.run(_register_search_attributes(address, namespace))
+            return asyncio.run(_register_search_attributes(settings))
         except Exception as err:
             if isinstance(err, SearchAttributeError) or time.monotonic() > deadline:
                 raise StackError(
-                    f"could not register search attributes on {address} namespace {namespace!r}: {err}"
+                    f"could not register search attributes on {settings.resolved_temporal_address} "
+                    f"namespace {settings.namespace!r}: {err}"
                 ) from err
             time.sleep(1.0)
