@@ -16,6 +16,9 @@ import email
 import email.message
 import email.policy
 import re
+import socket
+import threading
+import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -24,6 +27,7 @@ from typing import Any, TypeVar
 from urllib.parse import quote
 
 import httpx
+import uvicorn
 from sqlalchemy import Engine, func, select
 from temporalio.client import (
     Client,
@@ -40,6 +44,7 @@ from temporalio.worker import Worker
 from api.app import create_app
 from config import Settings
 from worker import build_worker
+from workflows.client import DATA_CONVERTER
 
 T = TypeVar("T")
 
@@ -503,3 +508,40 @@ class SkippingStack:
         """Another API app on this stack, with some settings changed (e.g. new SLAs)."""
         async with serve_app(self.settings.model_copy(update=settings), self.client, self.task_queue) as http:
             yield Api(http, self.api.key)
+
+
+# ---------------------------------------------------------------- the API over real HTTP
+
+
+class LiveApi:
+    """The API alone (no worker), served by uvicorn on a free port from a thread with its
+    own loop and Temporal client: for a real browser (the dashboard) or a real CLI (the
+    codec server) to call over HTTP."""
+
+    def __init__(self, settings: Settings, temporal_address: str, namespace: str) -> None:
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.sock.bind(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
+        self.settings, self.temporal_address, self.namespace = settings, temporal_address, namespace
+        self.server: uvicorn.Server | None = None
+        self.thread = threading.Thread(target=lambda: asyncio.run(self._serve()), name="live-api", daemon=True)
+
+    async def _serve(self) -> None:
+        client = await Client.connect(self.temporal_address, namespace=self.namespace, data_converter=DATA_CONVERTER)
+        app = create_app(self.settings, client=client)
+        self.server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on"))
+        await self.server.serve(sockets=[self.sock])
+
+    def start(self, timeout: float = 30.0) -> None:
+        self.thread.start()
+        deadline = time.monotonic() + timeout
+        while not (self.server is not None and self.server.started):
+            assert self.thread.is_alive(), "the API did not start"
+            assert time.monotonic() < deadline, "the API did not start in time"
+            time.sleep(0.05)
+
+    def stop(self) -> None:
+        if self.server is not None:
+            self.server.should_exit = True
+        self.thread.join(timeout=10)
+        self.sock.close()

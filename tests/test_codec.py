@@ -14,28 +14,23 @@ import asyncio
 import base64
 import json
 import os
-import socket
 import stat
-import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
-import uvicorn
 from google.protobuf.message import Message
 from temporalio.api.common.v1 import Payload
 from temporalio.client import Client, WorkflowHistory
 from temporalio.testing import WorkflowEnvironment
 
-from api.app import create_app
 from api.routers.codec import COOKIE
 from config import Settings
 from devstack.stack import dev_codec_keys
 from devstack.temporal import temporal_cli, temporal_command
 from domain.ids import opportunity_workflow_id, referral_workflow_id
-from tests.helpers import TEST_CODEC_KEYS, Api, IsolatedSettings, assert_error, serve_app, within
+from tests.helpers import TEST_CODEC_KEYS, Api, IsolatedSettings, LiveApi, assert_error, serve_app, within
 from tests.journeys import checking_to_opened, mortgage_to_closed_won, referral_converted
 from workflows.client import CODEC, DATA_CONVERTER, connect
 from workflows.codec import (
@@ -392,39 +387,6 @@ async def test_histories_hold_no_customer_data_in_the_clear(api: Api, client: Cl
 
 
 # ---------------------------------------------------------------- the Temporal CLI
-
-
-class LiveApi:
-    """The API alone, served by uvicorn on a free port from a thread with its own loop and
-    Temporal client (the `temporal` CLI calls its codec server over real HTTP)."""
-
-    def __init__(self, settings: Settings, temporal_address: str, namespace: str) -> None:
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        self.sock.bind(("127.0.0.1", 0))
-        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
-        self.settings, self.temporal_address, self.namespace = settings, temporal_address, namespace
-        self.server: uvicorn.Server | None = None
-        self.thread = threading.Thread(target=lambda: asyncio.run(self._serve()), name="codec-api", daemon=True)
-
-    async def _serve(self) -> None:
-        client = await Client.connect(self.temporal_address, namespace=self.namespace, data_converter=DATA_CONVERTER)
-        app = create_app(self.settings, client=client)
-        self.server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on"))
-        await self.server.serve(sockets=[self.sock])
-
-    def start(self, timeout: float = 30.0) -> None:
-        self.thread.start()
-        deadline = time.monotonic() + timeout
-        while not (self.server is not None and self.server.started):
-            assert self.thread.is_alive(), "the API did not start"
-            assert time.monotonic() < deadline, "the API did not start in time"
-            time.sleep(0.05)
-
-    def stop(self) -> None:
-        if self.server is not None:
-            self.server.should_exit = True
-        self.thread.join(timeout=10)
-        self.sock.close()
 
 
 @pytest.fixture(scope="module")

@@ -16,17 +16,14 @@ Without a `chromium` on PATH the browser test is skipped, except under CI (the v
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import itertools
 import json
 import os
 import re
 import shutil
-import socket
 import subprocess
 import tempfile
-import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -37,21 +34,17 @@ from typing import Any
 
 import httpx
 import pytest
-import uvicorn
 from sqlalchemy import Engine, update
 from sqlalchemy.orm import Session
-from temporalio.client import Client
 from temporalio.testing import WorkflowEnvironment
 from websockets.sync.client import ClientConnection, connect
 
-from api.app import create_app
 from api.routers.dashboard import COOKIE, SECURITY_HEADERS
 from config import Settings
 from store.keys import hash_key, register_api_key
 from store.models import ApiKey, Employee
-from tests.helpers import territory, unique
+from tests.helpers import LiveApi, territory, unique
 from tests.store_rows import insert_opportunity, insert_referral
-from workflows.client import DATA_CONVERTER
 
 ARTIFACT = Path(__file__).resolve().parents[1] / "var" / "artifacts" / "dashboard.png"
 OPPORTUNITY_ARTIFACT = ARTIFACT.with_name("dashboard-opportunity.png")
@@ -317,38 +310,6 @@ async def test_an_exception_links_to_its_opportunity_under_the_session(
 
 
 # ---------------------------------------------------------------- the page in Chromium
-
-
-class LiveApi:
-    """The API alone (no worker: the page only reads the store) served by uvicorn on a
-    free port from a thread."""
-
-    def __init__(self, settings: Settings, temporal_address: str, namespace: str) -> None:
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        self.sock.bind(("127.0.0.1", 0))
-        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
-        self.settings, self.temporal_address, self.namespace = settings, temporal_address, namespace
-        self.server: uvicorn.Server | None = None
-        self.thread = threading.Thread(target=lambda: asyncio.run(self._serve()), name="dashboard-api", daemon=True)
-
-    async def _serve(self) -> None:
-        client = await Client.connect(self.temporal_address, namespace=self.namespace, data_converter=DATA_CONVERTER)
-        app = create_app(self.settings, client=client)
-        self.server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on"))
-        await self.server.serve(sockets=[self.sock])
-
-    def start(self, timeout: float = 30.0) -> None:
-        self.thread.start()
-        deadline = time.monotonic() + timeout
-        while not (self.server is not None and self.server.started):
-            assert self.thread.is_alive(), "the API did not start"
-            assert time.monotonic() < deadline, "the API did not start in time"
-            time.sleep(0.05)
-
-    def stop(self) -> None:
-        if self.server is not None:
-            self.server.should_exit = True
-        self.thread.join(timeout=10)
 
 
 @pytest.fixture(scope="module")
