@@ -69,6 +69,7 @@ from sqlalchemy.orm import Session
 from temporalio import activity
 
 from domain.mail import SEND_DUE, SendDue, SendReport, retry_delay
+from domain.validation import printable
 from observability.logs import redact
 from store import outbox
 from store.models import Employee, Notification
@@ -202,9 +203,20 @@ class Outcome:
     error: str = ""
 
 
+#: The most of an SMTP reply or error kept in `last_error`: a server's text is not ours.
+ERROR_TEXT_MAX = 500
+
+
+def _kept(text: str) -> str:
+    """A server's or library's text as the outbox may store it: control characters
+    escaped (PostgreSQL refuses NUL in text: a reply holding one must not fail the round
+    for ever) and at most ERROR_TEXT_MAX characters."""
+    return printable(text)[:ERROR_TEXT_MAX]
+
+
 def _reply(step: str, code: int, reply: bytes | str) -> str:
     text = reply.decode("utf-8", "replace") if isinstance(reply, bytes) else str(reply)
-    return f"{step}: {code} {text}".strip()
+    return _kept(f"{step}: {code} {text}".strip())
 
 
 def _by_code(step: str, code: int, reply: bytes | str) -> Outcome:
@@ -213,7 +225,7 @@ def _by_code(step: str, code: int, reply: bytes | str) -> Outcome:
 
 
 def _error(exc: BaseException) -> str:
-    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+    return _kept(f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__)
 
 
 _LEADING_DOT = re.compile(rb"(?m)^\.")
@@ -397,7 +409,7 @@ class MailSender:
                     try:
                         await self._blocking(conn.open)
                     except (SessionRefused, smtplib.SMTPException, OSError) as exc:
-                        report.smtp_down = _error(exc)
+                        report.smtp_down = redact(_error(exc))  # shown in the Web UI
                         break
                 # Shielded: a cancelled round (worker stopping) still records what became
                 # of the message in flight, then stops.
@@ -462,7 +474,7 @@ class MailSender:
                 report.unknown += 1
             elif outcome.kind == "session":
                 await outbox.release(db, message_id, attempt_id)
-                report.smtp_down = outcome.error
+                report.smtp_down = redact(outcome.error)  # shown in the Web UI
             elif attempts >= p.max_attempts:
                 await outbox.mark_failed(
                     db, message_id, attempt_id, f"{outcome.error} (gave up after {attempts} attempts)"

@@ -16,8 +16,6 @@ import copy
 from datetime import datetime, timedelta
 
 from sqlalchemy import ScalarSelect, Select, String, Text, bindparam, case, cast, func, select, update
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from temporalio import activity
 
@@ -29,6 +27,7 @@ from domain.referral import OPEN_STATUSES, WORKING_STATUSES, HistoryEntry, Route
 from domain.routing import Candidate, RoutingDecision, reachable, route
 from domain.scoring import FEATURES, LeadFeatures, LeadModel
 from domain.types import LineOfBusiness, Product, Role
+from store.db import insert_if_missing
 from store.models import (
     Customer,
     Employee,
@@ -103,10 +102,7 @@ async def _has_room(session: AsyncSession, candidate: Candidate) -> bool:
     workload row (created if missing): concurrent routings that picked the same employee
     from the same load figure take turns here, and the second sees the first's
     assignment, so capacity holds (PostgreSQL; SQLite has one writer at a time)."""
-    values = {"employee_id": candidate.employee_id, "open_referrals": 0, "last_assigned_at": None}
-    dialect = session.bind.dialect.name
-    make = pg_insert if dialect == "postgresql" else sqlite_insert
-    await session.execute(make(EmployeeWorkload).values(**values).on_conflict_do_nothing())
+    await insert_if_missing(session, EmployeeWorkload, employee_id=candidate.employee_id, open_referrals=0)
     load = await session.scalar(
         select(EmployeeWorkload.open_referrals)
         .where(EmployeeWorkload.employee_id == candidate.employee_id)

@@ -83,6 +83,10 @@ KeptPlace = line(100, min_length=0, strip=False)
 Actor = line(256)
 
 
+#: Checkpoints one imported opportunity may bring (OpportunityIn.checkpoints).
+MAX_CHECKPOINTS = 50
+
+
 class _Record(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -139,7 +143,9 @@ class OpportunityIn(_Record):
     opened_at: AwareDatetime
     status: Literal["open", "won", "lost"]
     lost_reason: Text | None = None
-    checkpoints: list[CheckpointIn] = Field(default_factory=list)
+    #: At most MAX_CHECKPOINTS: an open one's checkpoints travel in its workflow's input
+    #: (Temporal refuses a payload over 2 MiB; each checkpoint may hold 40 KB of evidence).
+    checkpoints: list[CheckpointIn] = Field(default_factory=list, max_length=MAX_CHECKPOINTS)
 
 
 class ConsentIn(_Record):

@@ -46,6 +46,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from domain.process import ProcessCatalog
 from store.audit import findings, load_facts
+from store.db import writer_pause
 from store.models import AuditFinding, Opportunity
 
 log = logging.getLogger("needflow.audit")
@@ -54,8 +55,6 @@ log = logging.getLogger("needflow.audit")
 #: small enough that a batch holds its locks (SQLite: the database's write lock) for a
 #: moment, not seconds, beside live writes.
 BATCH = 200
-#: Between batches on SQLite: longer than a waiting writer's longest poll (100 ms).
-SQLITE_PAUSE = 0.15
 
 
 def consent_affects(customer_id: str, product: str) -> tuple[Any, ...]:
@@ -131,8 +130,6 @@ async def refresh_stale(
         log.info("audit findings: %d stale opportunities judged", done)
         if progress is not None:
             progress(done)
-        if sessions.kw["bind"].dialect.name == "sqlite":
-            # One writer at a time: a waiting writer's busy handler polls up to 100 ms
-            # apart, and batches back to back would starve it past its busy timeout.
-            await asyncio.sleep(SQLITE_PAUSE)
+        if (pause := writer_pause(sessions)) is not None:  # SQLite: let waiting writers in
+            await asyncio.sleep(pause)
     return done

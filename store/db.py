@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from sqlalchemy import Engine, create_engine, event
-from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 
 
 def _split(url: str) -> tuple[str, str]:
@@ -60,3 +64,22 @@ def make_async_engine(url: str) -> AsyncEngine:
 
 def make_session_factory(engine: AsyncEngine) -> async_sessionmaker:
     return async_sessionmaker(engine, expire_on_commit=False)
+
+
+async def insert_if_missing(session: AsyncSession, model: Any, **values: Any) -> None:
+    """INSERT a row unless its key is there already (ON CONFLICT DO NOTHING), on either
+    database: for a row that must exist before it is locked, made by whichever of two
+    racing transactions comes first."""
+    insert = pg_insert if session.bind.dialect.name == "postgresql" else sqlite_insert
+    await session.execute(insert(model).values(**values).on_conflict_do_nothing())
+
+
+#: How long a loop of write transactions pauses between them on a database with one
+#: writer at a time (SQLite): longer than a waiting writer's longest busy poll (100 ms),
+#: so that back-to-back batches never starve it past its busy timeout. None elsewhere.
+SQLITE_WRITER_PAUSE = 0.15
+
+
+def writer_pause(sessions: async_sessionmaker) -> float | None:
+    """The pause a batch loop owes other writers between its transactions (see above)."""
+    return SQLITE_WRITER_PAUSE if sessions.kw["bind"].dialect.name == "sqlite" else None

@@ -20,6 +20,7 @@ from temporalio.client import Client
 from cli.imports import import_book
 from cli.main import build_parser
 from domain.ids import imported_id, opportunity_workflow_id
+from domain.imports import MAX_CHECKPOINTS
 from domain.opportunity import OpportunityState
 from store.models import Checkpoint, Consent, Customer, Employee, Household, Need, Opportunity, SignatureRequest
 from tests.helpers import Api, assert_validation_error, count, unique, until_equal, within, workflow_ids
@@ -479,4 +480,18 @@ async def test_oversized_evidence_is_refused_with_its_path_and_writes_nothing(ap
     # The value is refused as each type a value may be (text too long, not a number, ...).
     where = {e["path"].split(".note")[0] for e in err["details"]["errors"]}
     assert where == {"consents[0].evidence", "opportunities[0].checkpoints[0].evidence"}, err
+    assert count(db, Opportunity, Opportunity.source == source) == 0
+
+
+async def test_an_opportunity_with_more_checkpoints_than_a_workflow_input_holds_is_refused(
+    api: Api, db: Engine
+) -> None:
+    """An open one's checkpoints travel in its workflow's input (Temporal refuses a payload
+    over 2 MiB): more than MAX_CHECKPOINTS is a 422 naming them, and nothing is written."""
+    source = unique("crm")
+    body = book(source)
+    body["opportunities"][0]["checkpoints"] = [cp("interested", 2)] * (MAX_CHECKPOINTS + 1)
+    r = await post_import(api, body, expect=422)
+    fields = [e["field"] for e in r.json()["error"]["details"]["errors"]]
+    assert any(f.startswith("opportunities[0].checkpoints") for f in fields), fields
     assert count(db, Opportunity, Opportunity.source == source) == 0

@@ -341,11 +341,15 @@ async def test_a_temporary_refusal_is_retried_with_a_doubling_backoff_then_fails
             people = await api.staff(state)
             await api.refer(people["ryan"], state)
 
-            retrying = await stack.message(bob, "pending")
+            async def retrying() -> dict | None:  # refused once, waiting for its next attempt
+                m = await stack.message(bob)
+                return m if m["status"] == "pending" and m["attempts"] >= 1 else None
+
+            waiting = await until(retrying, "the refused message waiting for its retry")
+            assert waiting["last_error"].startswith("RCPT TO: 451") and waiting["sent_at"] is None
             failed = await stack.message(bob, "failed")
             assert failed["attempts"] == 3 == stack.settings.mail_max_attempts
             assert failed["last_error"] == "RCPT TO: 451 4.3.0 mailbox busy, try again later (gave up after 3 attempts)"
-            assert retrying["status"] == "pending"
             # Three tries, the second after one back-off, the third after twice that.
             times = [t for a, t in smtp.rcpts if a == bob]
             assert len(times) == 3

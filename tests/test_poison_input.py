@@ -100,16 +100,20 @@ from domain.validation import FREE_TEXT, ONE_LINE
 from esign import documents
 from store.models import (
     ApiKey,
+    AuditFinding,
     Campaign,
     Checkpoint,
     Consent,
     Customer,
     CustomerSignal,
     Employee,
+    EmployeeWorkload,
+    EventClaim,
     Household,
     IdempotencyRecord,
     Interaction,
     Need,
+    Notification,
     Opportunity,
     Prequalification,
     ProcessedEvent,
@@ -148,6 +152,10 @@ WRITTEN = (
     CustomerSignal,
     IdempotencyRecord,
     SignatureRequest,
+    EventClaim,
+    Notification,
+    AuditFinding,
+    EmployeeWorkload,
 )
 OCCURRED_AT = "2026-11-25T10:00:00+00:00"
 

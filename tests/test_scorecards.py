@@ -247,11 +247,14 @@ async def test_a_month_of_scorecards_equals_the_hand_computed_figures(api: Api, 
     pages, after = [], None
     while True:
         page = await report(api, period=P, manager_id=kevin["id"], limit=1, **({"after": after} if after else {}))
-        pages += page["items"]
+        pages.append(page["items"])
         after = page["next"]
         if after is None:
             break
-    assert len(pages) >= 2 and pages == by_manager["items"]
+    # One employee a page, as many pages as employees, and together the same items.
+    assert len(by_manager["items"]) >= 2 and len(pages) == len(by_manager["items"])
+    assert all(len(p) == 1 for p in pages)
+    assert [i for p in pages for i in p] == by_manager["items"]
 
     # August: Dan's customer C3 (won Aug 15), one unit of 300000.00; nothing else happened then
     # on record except C3's 10 at Aug 31 23:59:59 -> 100.0 and C2's activity (not his customer yet).

@@ -91,6 +91,7 @@ class MailSenderWorkflow:
 def _details(r: SendReport, outage: int) -> str:
     last = f"Last round: {r.sent} sent, {r.retrying} to retry, {r.failed} failed, {r.unknown} unknown"
     if r.smtp_down:
+        # `smtp_down` comes redacted (activities/mail.py): a reply may quote an address.
         return f"SMTP server unavailable ({outage} round(s) in a row): {r.smtp_down}. Next try in {r.wait_seconds:g} s"
     return f"{last}; next look in {r.wait_seconds:g} s at the latest"
 

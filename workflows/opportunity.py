@@ -496,8 +496,8 @@ class OpportunityWorkflow:
         ]
         if s.signature:
             lines.append(f"signature #{s.signature.request_no}: {s.signature.status} ({s.signature.provider})")
-        if s.lost_reason:
-            lines.append(f"lost: {s.lost_reason}")
+        if s.lost_reason:  # free text the customer may be in: on record, never in the Web UI
+            lines.append("lost: the reason is on record (`starter.py timeline`)")
         attributes = [
             SA_PRODUCT.value_set(s.product.value),
             SA_STAGE.value_set(s.stage),

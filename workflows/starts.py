@@ -77,7 +77,8 @@ class Starts:
             ),
             static_summary=f"{process.name} opportunity {wf_input.opportunity_id} for customer {wf_input.customer_id}"
             + (f" (referral {wf_input.referral_id})" if wf_input.referral_id else "")
-            + (f" (imported from {imported.source}: {imported.external_id})" if imported else ""),
+            # The source only: an old CRM's own id may be an e-mail or an account number.
+            + (f" (imported from {imported.source})" if imported else ""),
             static_details=f"Owner `{wf_input.owner_id}` · {process.name} process v{process.version}",
         )
         try:
