@@ -16,6 +16,7 @@ from temporalio.client import Client
 from temporalio.worker import Worker
 
 from activities.daily import DailyActivities
+from activities.errors import ActivityErrors
 from activities.mail import Mailer, MailSender, SenderPolicy, SmtpSettings
 from activities.opportunity import OpportunityActivities
 from activities.referral import ReferralActivities
@@ -110,6 +111,8 @@ def build_worker(client: Client, settings: Settings, task_queue: str = TASK_QUEU
         task_queue=task_queue,
         workflows=WORKFLOWS,
         activities=[*opportunity.all(), *referral.all(), *daily.all(), *sender.all()],
+        # What retrying cannot fix fails once, and the workflow shows it (activities/errors.py).
+        interceptors=[ActivityErrors()],
     )
 
 

@@ -302,6 +302,64 @@ def setup_cluster(settings: Settings, out: Out) -> list[str]:
         raise CliError(f"Temporal at {where} answered {err.status.name}: {err.message}", exit_code=1) from None
 
 
+# ------------------------------------------------------------------------------ needs attention
+
+
+def attention_list(settings: Settings, out: Out) -> list[str]:
+    """The running workflows whose records failed for good and wait for a repair
+    (`NeedsAttention = true`, workflows/attention.py), with what failed; their ids."""
+    import asyncio
+
+    from workflows.client import TemporalConnectError, connect
+
+    async def run() -> list[tuple[str, str]]:
+        client = await connect(settings)
+        found = []
+        async for wf in client.list_workflows('NeedsAttention = true AND ExecutionStatus = "Running"'):
+            found.append((wf.id, wf.workflow_type))
+        return found
+
+    try:
+        found = asyncio.run(run())
+    except TemporalConnectError as err:
+        raise CliError(str(err), exit_code=1) from None
+    if not found:
+        out("no workflow needs attention")
+    for workflow_id, workflow_type in found:
+        out(f"{workflow_id}  ({workflow_type}): see its current details in the Web UI")
+    return [workflow_id for workflow_id, _ in found]
+
+
+def attention_retry(settings: Settings, out: Out, workflow_id: str) -> tuple[int, int]:
+    """Run again what failed for good in `workflow_id`, once its cause is repaired (the
+    `retry_failed` update); (retried, still blocked)."""
+    import asyncio
+
+    from temporalio.client import WorkflowUpdateFailedError
+    from temporalio.service import RPCError, RPCStatusCode
+
+    from workflows.attention import RETRY_FAILED, Retried
+    from workflows.client import TemporalConnectError, connect
+
+    async def run() -> Retried:
+        client = await connect(settings)
+        handle = client.get_workflow_handle(workflow_id)
+        return await handle.execute_update(RETRY_FAILED, result_type=Retried)
+
+    try:
+        done = asyncio.run(run())
+    except TemporalConnectError as err:
+        raise CliError(str(err), exit_code=1) from None
+    except WorkflowUpdateFailedError as err:
+        raise CliError(f"{workflow_id}: {getattr(err.cause, 'message', err)}", exit_code=1) from None
+    except RPCError as err:
+        if err.status == RPCStatusCode.NOT_FOUND:
+            raise CliError(f"no running workflow {workflow_id!r}", exit_code=1) from None
+        raise CliError(f"Temporal answered {err.status.name}: {err.message}", exit_code=1) from None
+    out(f"{workflow_id}: {done.retried} retried; {done.still_blocked} still waiting for a repair")
+    return done.retried, done.still_blocked
+
+
 # ------------------------------------------------------------------------------ connection
 
 

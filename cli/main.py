@@ -15,6 +15,8 @@ from cli import CliError, Out
 from cli.commands import (
     api_key,
     api_url,
+    attention_list,
+    attention_retry,
     create_api_key,
     list_api_keys,
     parse_event_data,
@@ -86,6 +88,14 @@ def build_parser(description: str | None = None) -> argparse.ArgumentParser:
     audit_sub = audit.add_subparsers(dest="action", required=True, metavar="ACTION")
     audit_sub.add_parser("refresh", help="judge the opportunities whose kept verdicts are stale (after a migration)")
 
+    attention = commands.add_parser(
+        "attention", help="workflows whose records failed for good and wait for a repair (NeedsAttention)"
+    )
+    attention_sub = attention.add_subparsers(dest="action", required=True, metavar="ACTION")
+    attention_sub.add_parser("list", help="the running workflows that need attention")
+    retry = attention_sub.add_parser("retry", help="once the cause is repaired, run again what failed for good")
+    retry.add_argument("workflow_id", help="e.g. opportunity-opp_…, as `attention list` or the Web UI shows it")
+
     commands.add_parser(
         "setup-cluster",
         help="ready the configured Temporal cluster (NEEDFLOW_TEMPORAL_*): check the namespace, register "
@@ -117,6 +127,12 @@ def run(argv: Sequence[str] | None = None, settings: Settings | None = None,
             return 0
         if args.command == "setup-cluster":
             setup_cluster(settings, out)
+            return 0
+        if args.command == "attention" and args.action == "list":
+            attention_list(settings, out)
+            return 0
+        if args.command == "attention":
+            attention_retry(settings, out, args.workflow_id)
             return 0
         if args.command == "audit":
             refresh_audit(settings, out)

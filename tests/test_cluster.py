@@ -62,6 +62,9 @@ TLS_NS = "needflow-tls"
 CLOUD_NS = "needflow-cloud"
 API_KEY = "tmprl-cloud-api-key-do-not-print"
 NAMES = [key.name for key in SEARCH_ATTRIBUTES]
+#: As `temporal`, `tcld` and the Web UI spell the types: every attribute a Keyword (ids,
+#: products, stages, statuses), and one Bool.
+TYPES = {name: "Keyword" for name in NAMES} | {"NeedsAttention": "Bool"}
 
 
 # ------------------------------------------------------------------------------ certificates
@@ -401,7 +404,7 @@ async def test_setup_cluster_registers_the_search_attributes_once(
     assert f"registered search attribute(s): {', '.join(NAMES)}" in first.out
     after = await custom_attributes(client, "default")
     assert {name: after[name] for name in NAMES} == {
-        name: IndexedValueType.INDEXED_VALUE_TYPE_KEYWORD for name in NAMES
+        name: IndexedValueType.Value(f"INDEXED_VALUE_TYPE_{TYPES[name].upper()}") for name in NAMES
     }
 
     again = await asyncio.to_thread(setup_cluster, settings)
@@ -480,14 +483,14 @@ async def test_setup_cluster_explains_temporal_cloud(
     assert run.code == 1
     assert "search attributes not registered" in run.err and "PERMISSION_DENIED" not in run.err
     assert "Request unauthorized." in run.err
-    flags = " ".join(f'--search-attribute "{name}=Keyword"' for name in NAMES)
+    flags = " ".join(f'--search-attribute "{name}={TYPES[name]}"' for name in NAMES)
     assert f"tcld namespace search-attributes add --namespace {CLOUD_NS} {flags}" in run.out
     assert not set(NAMES) & set(await custom_attributes(bare_env.client, CLOUD_NS))
 
     with pytest.raises(SearchAttributesNotAllowed) as refused:
         await as_on_cloud(bare_env.client, CLOUD_NS)
     assert refused.value.status == RPCStatusCode.PERMISSION_DENIED
-    assert refused.value.missing == [f"{name}=Keyword" for name in NAMES]
+    assert refused.value.missing == [f"{name}={TYPES[name]}" for name in NAMES]
 
 
 # ------------------------------------------------------------------------------ TLS

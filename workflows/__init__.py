@@ -22,3 +22,9 @@ SA_ASSIGNEE_ID = SearchAttributeKey.for_keyword("AssigneeId")
 SA_EXPRESSED_INTEREST = SearchAttributeKey.for_keyword("ExpressedInterest")
 
 SEARCH_ATTRIBUTES += [SA_REFERRAL_STATUS, SA_ASSIGNEE_ID, SA_EXPRESSED_INTEREST]
+
+#: True while an activity of the workflow has failed for good and waits for ops to repair
+#: and retry it (workflows/attention.py); set from the first such failure on.
+SA_NEEDS_ATTENTION = SearchAttributeKey.for_bool("NeedsAttention")
+
+SEARCH_ATTRIBUTES += [SA_NEEDS_ATTENTION]

@@ -65,8 +65,21 @@ class Console:
 
     def __init__(self, search_attributes: bool) -> None:
         self.search_attributes = search_attributes
+        #: What the workflow showed last, for `refresh`.
+        self._last: tuple[list[SearchAttributeUpdate], str] | None = None
+        #: A hook that may add to what is shown (workflows/attention.py: `NeedsAttention`).
+        self.decorate: Callable[[list[SearchAttributeUpdate], str], str] | None = None
 
     def publish(self, attributes: Sequence[SearchAttributeUpdate], details: str) -> None:
+        self._last = (list(attributes), details)
+        attributes = list(attributes)
+        if self.decorate is not None:
+            details = self.decorate(attributes, details)
         if self.search_attributes:
-            workflow.upsert_search_attributes(list(attributes))
+            workflow.upsert_search_attributes(attributes)
         workflow.set_current_details(details)
+
+    def refresh(self) -> None:
+        """Show again what was shown last, with what `decorate` adds now."""
+        if self._last is not None:
+            self.publish(*self._last)

@@ -60,6 +60,7 @@ with workflow.unsafe.imports_passed_through():
     from domain.types import ConsentChannel, OpportunityStatus, Trigger
     from observability import workflow_metrics
     from workflows import SA_CUSTOMER_ID, SA_OPPORTUNITY_STATUS, SA_OWNER_ID, SA_PRODUCT, SA_STAGE
+    from workflows.attention import Attention, Repairable
     from workflows.common import Console, record, validate
     from workflows.timers import RearmableTimer
 
@@ -73,7 +74,7 @@ def _blank_evidence_is_missing() -> bool:
 
 
 @workflow.defn
-class OpportunityWorkflow:
+class OpportunityWorkflow(Repairable):
     @workflow.init
     def __init__(self, input: OpportunityInput) -> None:
         self.input = input
@@ -101,6 +102,8 @@ class OpportunityWorkflow:
         #: When the current signature request was sent (its round trip's metric).
         self._signature_sent_at: datetime | None = None
         self._console = Console(input.search_attributes)
+        #: Recording activities that failed for good wait here for ops (workflows/attention.py).
+        self.attention = Attention(self._console)
         # Persisting in the order the state changed: an asyncio.Lock is FIFO.
         self._write_lock = asyncio.Lock()
 
@@ -115,7 +118,7 @@ class OpportunityWorkflow:
             checkpoint = input.imported.checkpoints[0]
         self._publish()
         async with self._write_lock:
-            await record(
+            await self.attention.record(
                 records.OPEN_OPPORTUNITY,
                 records.OpenOpportunity(
                     opportunity_id=input.opportunity_id,
@@ -266,7 +269,7 @@ class OpportunityWorkflow:
             sig.status = outcome.status
             self._publish()
             async with self._write_lock:
-                await record(
+                await self.attention.record(
                     records.RECORD_SIGNATURE_FAILURE,
                     records.SignatureFailureRecord(
                         opportunity_id=self.state.opportunity_id,
@@ -349,7 +352,7 @@ class OpportunityWorkflow:
         self._publish()
         await workflow.wait_condition(lambda: self._opened)
         async with self._write_lock:
-            await record(records.RECORD_OWNER_CHANGE, change)
+            await self.attention.record(records.RECORD_OWNER_CHANGE, change)
         return self.state
 
     @transfer_owner.validator
@@ -445,7 +448,7 @@ class OpportunityWorkflow:
 
     async def _record(self, checkpoint: CheckpointView, **extra: Any) -> None:
         """Record a checkpoint and what changes with it (consent, event, signature)."""
-        await record(
+        await self.attention.record(
             records.RECORD_STAGE_CHANGE,
             records.StageChange(
                 opportunity_id=self.state.opportunity_id,
@@ -465,7 +468,7 @@ class OpportunityWorkflow:
         spec = stage.request_signature
         sig = self.state.signature
         assert spec is not None and sig is not None
-        sent: records.SignatureSent = await record(
+        sent: records.SignatureSent = await self.attention.record(
             records.REQUEST_SIGNATURE,
             records.SignatureRequestInput(
                 opportunity_id=self.state.opportunity_id,

@@ -53,14 +53,15 @@ with workflow.unsafe.imports_passed_through():
     from domain.scoring import Factor
     from observability import workflow_metrics
     from workflows import SA_ASSIGNEE_ID, SA_EXPRESSED_INTEREST, SA_REFERRAL_STATUS
-    from workflows.common import Console, record, validate
+    from workflows.attention import Attention, Repairable
+    from workflows.common import Console, validate
     from workflows.timers import RearmableTimer
 
 SYSTEM = "needflow"
 
 
 @workflow.defn
-class ReferralWorkflow:
+class ReferralWorkflow(Repairable):
     @workflow.init
     def __init__(self, input: ReferralInput) -> None:
         self.input = input
@@ -68,6 +69,8 @@ class ReferralWorkflow:
         self._ready = False
         self._sla = RearmableTimer()  # re-armed by every status change
         self._console = Console(input.search_attributes)
+        #: Recording activities that failed for good wait here for ops (workflows/attention.py).
+        self.attention = Attention(self._console)
         self._accepted_at: datetime | None = None
         self._followups_sent = 0
         self._write_lock = asyncio.Lock()
@@ -77,7 +80,7 @@ class ReferralWorkflow:
         async with self._write_lock:
             created = self._entry("created", input.referrer.id, None, via=input.created_via)
             route = self._route_request(SYSTEM, None, via=None)
-            opened: records.ReferralOpened = await record(
+            opened: records.ReferralOpened = await self.attention.record(
                 records.OPEN_REFERRAL,
                 records.OpenReferral(
                     input=input, workflow_id=workflow.info().workflow_id, created=created, route=route
@@ -159,7 +162,7 @@ class ReferralWorkflow:
         self._publish()
         at = workflow.now()
         async with self._write_lock:
-            conversion: records.Conversion = await record(
+            conversion: records.Conversion = await self.attention.record(
                 records.PREPARE_CONVERSION,
                 records.PrepareConversion(
                     referral_id=self.input.referral_id,
@@ -172,7 +175,7 @@ class ReferralWorkflow:
             )
             opportunity_id = referral_opportunity_id(self.input.referral_id)
             owner = self.state.assignee_id or cmd.actor.id
-            await record(
+            await self.attention.record(
                 records.START_OPPORTUNITY,
                 OpportunityInput(
                     opportunity_id=opportunity_id,
@@ -312,7 +315,7 @@ class ReferralWorkflow:
     async def _route(self, actor: str, preceding: HistoryEntry | None = None, *, via: str | None) -> None:
         """Re-route the referral and tell whoever must know. Holds the write lock."""
         req = self._route_request(actor, preceding, via=via)
-        await self._routed(req, await record(records.ROUTE_REFERRAL, req, Routed))
+        await self._routed(req, await self.attention.record(records.ROUTE_REFERRAL, req, Routed))
 
     async def _routed(self, req: records.RouteReferral, routed: Routed) -> None:
         d = routed.decision
@@ -346,7 +349,7 @@ class ReferralWorkflow:
 
     async def _record_locked(self, entry: HistoryEntry, **extra) -> None:  # noqa: ANN003
         s = self.state
-        await record(
+        await self.attention.record(
             records.RECORD_REFERRAL_CHANGE,
             records.ReferralChange(
                 referral_id=s.referral_id,
@@ -365,7 +368,7 @@ class ReferralWorkflow:
             await self._notify_locked(kind, occasion, employee_id, note)
 
     async def _notify_locked(self, kind: str, occasion: str, employee_id: str | None, note: str | None = None) -> None:
-        await record(
+        await self.attention.record(
             records.NOTIFY_REFERRAL,
             records.ReferralNotice(
                 referral_id=self.input.referral_id, kind=kind, occasion=occasion, employee_id=employee_id, note=note
