@@ -275,7 +275,7 @@ class OpportunityActivities:
                     row.status = SENDING
                     session.add(row)  # committed before the provider is called
                 else:
-                    envelope = await self._send(opp.id, req, row, customer)
+                    envelope = await self._send(req, row.document_html, customer.name, customer.email)
                     row.envelope_id = envelope.envelope_id
                     row.provider = envelope.provider
                     row.status = "sent"
@@ -297,14 +297,7 @@ class OpportunityActivities:
         # A remote provider: find what an earlier try sent, else send, then record it.
         envelope = await self.esign.find(req.opportunity_id, req.request_no) if existing is not None else None
         if envelope is None:
-            envelope = await self.esign.send(
-                opportunity_id=req.opportunity_id,
-                request_no=req.request_no,
-                subject=req.subject,
-                document_html=row.document_html or "",
-                signer_name=customer_name,
-                signer_email=customer_email,
-            )
+            envelope = await self._send(req, row.document_html, customer_name, customer_email)
         async with self.sessions.begin() as session:
             marker = await session.get(SignatureRequest, row.envelope_id)
             if marker is not None:
@@ -325,15 +318,16 @@ class OpportunityActivities:
         return self._sent(recorded)
 
     async def _send(
-        self, opportunity_id: str, req: records.SignatureRequestInput, row: SignatureRequest, customer: Customer
+        self, req: records.SignatureRequestInput, document_html: str | None, name: str, email: str | None
     ) -> Envelope:
+        """The one call to the provider, local or remote."""
         return await self.esign.send(
-            opportunity_id=opportunity_id,
+            opportunity_id=req.opportunity_id,
             request_no=req.request_no,
             subject=req.subject,
-            document_html=row.document_html or "",
-            signer_name=customer.name,
-            signer_email=customer.email,
+            document_html=document_html or "",
+            signer_name=name,
+            signer_email=email,
         )
 
     def _sent(self, row: SignatureRequest) -> records.SignatureSent:
