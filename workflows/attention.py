@@ -33,7 +33,7 @@ from temporalio.exceptions import ActivityError, ApplicationError, RetryState
 
 with workflow.unsafe.imports_passed_through():
     from workflows import SA_NEEDS_ATTENTION
-    from workflows.common import Console, record
+    from workflows.common import LEAN_HISTORY, Console, record, record_locally
 
 #: The patch that turned "fail the command" into "wait for a repair".
 PATCH = "needs-attention"
@@ -50,15 +50,16 @@ class Retried:
     still_blocked: int
 
 
-def failed_for_good(exc: ActivityError) -> bool:
-    cause = exc.cause
-    return exc.retry_state == RetryState.NON_RETRYABLE_FAILURE or (
-        isinstance(cause, ApplicationError) and cause.non_retryable
-    )
+def failed_for_good(exc: Exception) -> bool:
+    """Whether a recording activity's failure is for good. A regular activity's comes as
+    an ActivityError around its cause; a local activity's as the cause itself."""
+    if isinstance(exc, ActivityError):
+        return exc.retry_state == RetryState.NON_RETRYABLE_FAILURE or failed_for_good(exc.cause)
+    return isinstance(exc, ApplicationError) and exc.non_retryable
 
 
-def _kind(exc: ActivityError) -> str:
-    cause = exc.cause
+def _kind(exc: Exception) -> str:
+    cause = exc.cause if isinstance(exc, ActivityError) else exc
     return (cause.type if isinstance(cause, ApplicationError) else None) or type(cause).__name__
 
 
@@ -85,8 +86,9 @@ class Attention:
         try:
             while True:
                 try:
-                    return await record(activity, arg, result_type)
-                except ActivityError as exc:
+                    run = record_locally if workflow.patched(LEAN_HISTORY) else record
+                    return await run(activity, arg, result_type)
+                except (ActivityError, ApplicationError) as exc:
                     if not failed_for_good(exc) or not workflow.patched(PATCH):
                         raise
                     token = self._block(f"{activity}: {_kind(exc)}")
