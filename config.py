@@ -13,7 +13,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Literal
 from urllib.parse import urlsplit
 
-from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic import (
+    AliasChoices,
+    Field,
+    SecretStr,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 if TYPE_CHECKING:
@@ -305,6 +313,22 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(default=1024 * 1024, gt=0)
     #: The same for POST /v1/imports: a book of 100,000 opportunities is about 90 MB.
     max_import_bytes: int = Field(default=128 * 1024 * 1024, gt=0)
+    #: Seconds the API waits for a workflow to answer an update (a command, an event, a
+    #: create) before it answers 503 `timeout` (api/workflows.py): under a typical client
+    #: or proxy timeout (30 s), so the caller hears something rather than hangs while no
+    #: worker runs or an activity retries. The update stays with the workflow: the same
+    #: request repeated (same Idempotency-Key, or event id) later gets its outcome.
+    update_deadline: float = Field(default=15, gt=0)
+    #: That 503's `Retry-After`, in whole seconds.
+    update_retry_after: int = Field(default=5, ge=1)
+    #: Requests one API key may make to one API process (api/ratelimit.py), in the `limits`
+    #: package's notation (`6000/minute`, `100/second;6000/minute`); `off`: no limit. Per
+    #: process: N API processes allow N times as many. The default is a ceiling for a
+    #: runaway client, not a quota: a bulk feed of events may send 100 a second.
+    rate_limit: str | None = "6000/minute"
+    #: The same per client address, for requests without a live key: signing pages,
+    #: dashboard and codec sessions, webhooks, and every request with a missing or unknown key.
+    rate_limit_anonymous: str | None = "600/minute"
     # Observability (observability/, README "Observability"). Off in a bare process; `make
     # run` turns the metrics ports on (on 127.0.0.1).
     #: The worker's Prometheus port (the Temporal SDK's metrics and the workflows' own);
@@ -332,6 +356,23 @@ class Settings(BaseSettings):
     @classmethod
     def _port_or_off(cls, v: object) -> object:
         return None if v is None or str(v).strip().lower() in ("", "off", "none", "0", "false") else v
+
+    @field_validator("rate_limit", "rate_limit_anonymous", mode="before")
+    @classmethod
+    def _rate_limit(cls, v: object, info: ValidationInfo) -> str | None:
+        from limits import parse_many
+
+        text = None if v is None else str(v).strip()
+        if text is None or text.lower() in ("", "off", "none", "0", "false"):
+            return None
+        try:
+            parse_many(text)
+        except ValueError:
+            raise ValueError(
+                f"NEEDFLOW_{str(info.field_name).upper()} must be a rate such as 6000/minute or "
+                f"100/second;6000/minute (or off), got {text!r}"
+            ) from None
+        return text
 
     @field_validator("tracing", mode="before")
     @classmethod

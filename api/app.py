@@ -12,7 +12,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 from temporalio.client import Client
 
-from api import errors, limits
+from api import access, errors, limits
 from api.deps import Services
 from api.routers import (
     api_keys,
@@ -82,6 +82,8 @@ def create_app(
     errors.install(app)
     signing.redact_signing_links_in_logs()
     app.add_middleware(limits.RequestGuard, settings=settings)  # body size, path and query: api/limits.py
+    # Outside the request guard: the caller's key and rate limit first (api/access.py).
+    app.add_middleware(access.AccessGuard, settings=settings)
     # The Temporal Web UI calls /codec from its own origin; no other path answers CORS.
     app.add_middleware(codec.CodecCors, origins=settings.resolved_codec_cors_origins)
     tracing.instrument_app(app, settings)  # outermost: a span for every request, refused ones too
@@ -103,9 +105,10 @@ def create_app(
         dashboard.router,
         codec.router,
     ):
-        # The JSON API declares its error shape; the HTML pages (signing, dashboard, the
-        # codec's sign-in) answer their own pages.
-        json_api = any(getattr(r, "path", "").startswith("/v1/") for r in router.routes)
+        # The JSON API (the codec's protocol too) declares its error shape; the HTML pages
+        # (signing: its own declarations; dashboard, the codec's sign-in: not in the
+        # document) answer their own pages.
+        json_api = any(getattr(r, "path", "").startswith(("/v1/", "/codec/")) for r in router.routes)
         app.include_router(router, responses=errors.ERROR_RESPONSES if json_api else None)
 
     @app.get("/healthz", tags=["ops"])

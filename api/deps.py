@@ -58,13 +58,34 @@ async def principal_for(svc: Services, key_sha256: str) -> Principal | None:
     return Principal(id=row.id, name=row.name, scopes=frozenset(row.scopes), employee_id=row.employee_id)
 
 
+async def authenticate(svc: Services, authorization: str | None) -> Principal:
+    """The live key an `Authorization: Bearer` header carries, else a 401: the one check,
+    made by the access guard (api/access.py) before a body is read, and by `require`."""
+    if not authorization or not authorization.lower().startswith("bearer "):
+        raise ApiError(401, "unauthenticated", "send an API key as 'Authorization: Bearer <key>'")
+    who = await principal_for(svc, hash_key(authorization[7:].strip()))
+    if who is None:
+        raise ApiError(401, "unauthenticated", "unknown or revoked API key")
+    return who
+
+
+#: Where the access guard leaves the key it authenticated: (the Authorization header, the Principal).
+AUTHENTICATED = "needflow.authenticated"
+
+
 def require(scope: str) -> Callable[..., Awaitable[Principal]]:
-    async def dependency(svc: ServicesDep, authorization: Annotated[str | None, Header()] = None) -> Principal:
-        if not authorization or not authorization.lower().startswith("bearer "):
-            raise ApiError(401, "unauthenticated", "send an API key as 'Authorization: Bearer <key>'")
-        who = await principal_for(svc, hash_key(authorization[7:].strip()))
-        if who is None:
-            raise ApiError(401, "unauthenticated", "unknown or revoked API key")
+    async def dependency(
+        svc: ServicesDep,
+        authorization: Annotated[str | None, Header()] = None,
+        *,
+        request: Request = None,  # type: ignore[assignment]  # FastAPI passes it; a direct call may not
+    ) -> Principal:
+        # The access guard looked this header's key up a moment ago: no second query.
+        found = request.scope.get(AUTHENTICATED) if request is not None else None
+        if found is not None and found[0] == authorization:
+            who = found[1]
+        else:
+            who = await authenticate(svc, authorization)
         if scope not in who.scopes:
             raise ApiError(403, "forbidden", f"this API key lacks the scope {scope!r}", {"required_scope": scope})
         return who

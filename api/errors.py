@@ -4,8 +4,10 @@ Every refusal answers in it, whatever refused: a route, pydantic (422 `validatio
 with `details.errors[]`, each naming its `field`), a body FastAPI could not read (malformed
 JSON, invalid UTF-8, a number of more than 4,300 digits, nesting too deep: 422 as malformed
 JSON), the request guard of api/limits.py (413 `payload_too_large`, 422 for a path or
-query parameter), or a failure (500). An answer never fails to render: text it echoes is
-written with JSON escapes if it holds what UTF-8 cannot encode (a lone surrogate).
+query parameter), the access guard of api/access.py (401 before a body is read, 429
+`rate_limited` with `Retry-After`: api/ratelimit.py), or a failure (500). An answer
+never fails to render: text it echoes is written with JSON escapes if it holds what
+UTF-8 cannot encode (a lone surrogate).
 """
 
 from __future__ import annotations
@@ -51,8 +53,27 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
         (409, "Refused in the resource's present state (`invalid_transition`), or a reused key or id (`conflict`)"),
         (413, "The request body is over the limit (`payload_too_large`)"),
         (422, "The request is not valid: `details.errors[]` names each field (`validation_error`)"),
+        (429, "Too many requests from this API key or address; `Retry-After` says when to retry (`rate_limited`)"),
         (500, "needflow failed; nothing was changed unless the answer says so (`internal_error`)"),
     )
+}
+
+ERROR_RESPONSES[429]["headers"] = {
+    "Retry-After": {"description": "Seconds to wait before retrying", "schema": {"type": "integer", "minimum": 1}}
+}
+
+#: A command's workflow did not answer within NEEDFLOW_UPDATE_DEADLINE (api/workflows.py).
+ERROR_RESPONSES[503] = {
+    "model": ErrorOut,
+    "description": "The workflow has not answered in time (`timeout`); `details.id` names the resource or event. "
+    "The command may still take effect: repeat the same request (same Idempotency-Key or event id) after "
+    "`Retry-After` for its outcome",
+    "headers": {
+        "Retry-After": {
+            "description": "Seconds to wait before repeating the request",
+            "schema": {"type": "integer", "minimum": 1},
+        }
+    },
 }
 
 
@@ -116,6 +137,7 @@ _STATUS_CODES = {
     409: "conflict",
     413: "payload_too_large",
     422: "validation_error",
+    429: "rate_limited",
 }
 
 #: FastAPI's words for a body it could not read at all (its cause says why).

@@ -6,7 +6,8 @@ same key with a different body is 409 `conflict`. Where a request starts or upda
 workflow, the key also becomes the workflow id or update id (see the routers), so
 Temporal de-duplicates too. A request that fails with a 5xx, or is refused as busy
 (429), releases its key: that is no answer to store, and retrying it is safe and does
-the work.
+the work. So does a 503 `timeout` (api/workflows.py): its update is still with the
+workflow, and the retry, under the same update id, attaches to it and answers its outcome.
 
 A reservation is a lease: a key reserved more than `LEASE_SECONDS` ago and still without
 an answer belongs to a process that died mid-request, and the next repeat takes it over

@@ -57,14 +57,17 @@ _EAST = timedelta(hours=14)
 
 def parse_period(text: str) -> date:
     """The first day of the month `YYYY-MM` names; ValueError unless it is a real month
-    (month 01–12, year 0001–9999)."""
+    (month 01–12, year 0001–9999) whose end is a date too (not 9999-12: a report of it
+    failed with a 500 computing its `month_bounds`)."""
     m = _PERIOD.match(text) if isinstance(text, str) else None
     if not m:
         raise ValueError(f"{text!r} is not a month written YYYY-MM")
     try:
-        return date(int(m[1]), int(m[2]), 1)
+        first_day = date(int(m[1]), int(m[2]), 1)
+        month_bounds(first_day)
     except ValueError:
         raise ValueError(f"{text!r} is not a real month") from None
+    return first_day
 
 
 def month_bounds(first_day: date) -> tuple[datetime, datetime]:

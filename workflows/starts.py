@@ -1,13 +1,21 @@
 """Client-side starts of workflows: update-with-start, so the caller hears back once the
 workflow has recorded what it was started with. Shared by the API and by activities that
-open one workflow from another (a converted referral opens its opportunity)."""
+open one workflow from another (a converted referral opens its opportunity).
+
+The update of each start has a fixed id (`OPENED_UPDATE_ID`, `CREATED_UPDATE_ID`), one
+per workflow, so a repeated start (a retried request or activity) attaches to the first
+one's update instead of sending another: a create whose wait was cut short (the API's
+deadline, api/workflows.py) answers with the created resource when it is repeated,
+without a second workflow (the workflow id is the resource's) or a second update.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from dataclasses import dataclass
 
-from temporalio.client import Client, WithStartWorkflowOperation
+from temporalio.client import Client, WithStartWorkflowOperation, WorkflowUpdateRPCTimeoutOrCancelledError
 from temporalio.common import (
     SearchAttributePair,
     TypedSearchAttributes,
@@ -15,10 +23,11 @@ from temporalio.common import (
     WorkflowIDReusePolicy,
 )
 from temporalio.exceptions import WorkflowAlreadyStartedError
+from temporalio.service import RPCError
 
 from domain.ids import opportunity_workflow_id, referral_workflow_id
-from domain.opportunity import OpportunityInput, OpportunityState
-from domain.referral import ReferralInput, ReferralState
+from domain.opportunity import OpportunityState, OpportunityInput
+from domain.referral import ReferralState, ReferralInput
 from workflows import (
     SA_CUSTOMER_ID,
     SA_EXPRESSED_INTEREST,
@@ -30,6 +39,10 @@ from workflows import (
     opportunity,
     referral,
 )
+
+#: The update id of an opportunity's `opened` and a referral's `created` (see above).
+OPENED_UPDATE_ID = "opened"
+CREATED_UPDATE_ID = "created"
 
 
 @dataclass(frozen=True)
@@ -83,10 +96,16 @@ class Starts:
         )
         try:
             await self.client.execute_update_with_start_workflow(
-                opportunity.OpportunityWorkflow.opened, start_workflow_operation=start, result_type=OpportunityState
+                opportunity.OpportunityWorkflow.opened,
+                start_workflow_operation=start,
+                id=OPENED_UPDATE_ID,
+                result_type=OpportunityState,
             )
         except WorkflowAlreadyStartedError:  # a repeat after the opportunity's workflow has finished
             await _settle(start)
+        except (WorkflowUpdateRPCTimeoutOrCancelledError, RPCError):  # e.g. the caller's deadline
+            await _settle(start)
+            raise
 
     async def open_referral(self, wf_input: ReferralInput) -> ReferralState | None:
         """Start the referral's workflow (or find it started) and wait until it is recorded,
@@ -114,15 +133,22 @@ class Starts:
         )
         try:
             return await self.client.execute_update_with_start_workflow(
-                referral.ReferralWorkflow.created, start_workflow_operation=start, result_type=ReferralState
+                referral.ReferralWorkflow.created,
+                start_workflow_operation=start,
+                id=CREATED_UPDATE_ID,
+                result_type=ReferralState,
             )
         except WorkflowAlreadyStartedError:
             await _settle(start)
             return None
+        except (WorkflowUpdateRPCTimeoutOrCancelledError, RPCError):  # e.g. the caller's deadline
+            await _settle(start)
+            raise
 
 
 async def _settle(start: WithStartWorkflowOperation) -> None:
-    """Retrieve the start's own outcome after a refused update-with-start (the same
-    WorkflowAlreadyStartedError), so it is not reported as never retrieved."""
-    with contextlib.suppress(WorkflowAlreadyStartedError):
+    """Retrieve the start's own outcome after a refused or interrupted update-with-start
+    (the SDK has set it, to the same error, or to the cancellation of a wait cut short),
+    so it is not reported as never retrieved. Nothing here waits: it is already set."""
+    with contextlib.suppress(WorkflowAlreadyStartedError, RPCError, asyncio.CancelledError):
         await start.workflow_handle()

@@ -7,9 +7,12 @@ retrying before its first try answered) race for the event's claim (`EventClaim`
 one that claims it answers `applied`, every other copy asks the workflow too (so the
 event is applied even if the claimant died before asking) and answers `duplicate`, and
 a copy with another body or subject `409 conflict`. A claim whose update the workflow
-refused is released: the id was not used. Customer events (NPS, account
-activity, payments) are scorecard inputs: checked by the rules of
-domain/customer_health.py and recorded once each.
+refused is released: the id was not used. A workflow that does not answer within the
+deadline is 503 naming the event (api/workflows.py); the claim stays, so the same event
+sent again asks the same update (its id is the event's) and answers `duplicate` with the
+opportunity once the workflow has taken it, or 409 (releasing the claim) if it refused.
+Customer events (NPS, account activity, payments) are scorecard inputs: checked by the
+rules of domain/customer_health.py and recorded once each.
 """
 
 from __future__ import annotations
@@ -91,10 +94,13 @@ async def receive_event(body: EventIn, svc: ServicesDep, who: EventWriter):
             cmd,
             update_id=event_update_id(body.id),
             result_type=EventResult,
+            about={"id": body.id, "opportunity_id": subject},
         )
     except ApiError as exc:
-        if claimed and exc.status == 409:  # refused: nothing was applied, the id stays free
-            await _release(svc, body.id)
+        # Refused: nothing was applied, the id stays free. Also when this is a copy: the
+        # claimant's own wait may have ended in a 503 before the refusal came.
+        if exc.status == 409:
+            await _release(svc, body.id, event_body_sha256(body.type.value, data))
         raise
     answer = result.result if claimed else "duplicate"
     return _accepted(EventOut(id=body.id, result=answer, opportunity=await read_opportunity(svc, subject)))
@@ -118,9 +124,11 @@ async def _claim(svc: Services, body: EventIn, subject: str, data: dict) -> bool
         return False
 
 
-async def _release(svc: Services, event_id: str) -> None:
+async def _release(svc: Services, event_id: str, digest: str) -> None:
+    """Free a refused event's id: its claim, if it is this event's (a corrected event that
+    claimed the id meanwhile keeps it)."""
     async with svc.sessions.begin() as session:
-        await session.execute(delete(EventClaim).where(EventClaim.id == event_id))
+        await session.execute(delete(EventClaim).where(EventClaim.id == event_id, EventClaim.body_sha256 == digest))
 
 
 def _conflict(event_id: str, used_type: str, used_subject: str) -> ApiError:

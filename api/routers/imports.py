@@ -18,6 +18,8 @@ from pydantic import BaseModel
 
 from api.deps import Admin, ServicesDep
 from api.errors import ApiError
+from api.workflows import answered
+from domain.ids import opportunity_workflow_id
 from domain.imports import KINDS, Resume, check, parse
 from domain.opportunity import OpportunityInput
 from store import imports as store
@@ -63,7 +65,7 @@ async def import_book(body: Annotated[dict[str, Any], Body()], svc: ServicesDep,
 
     async def resume(r: Resume) -> None:
         async with gate:
-            await svc.starts.open_opportunity(
+            opening = svc.starts.open_opportunity(
                 OpportunityInput(
                     opportunity_id=r.opportunity_id,
                     customer_id=r.customer_id,
@@ -77,6 +79,10 @@ async def import_book(body: Annotated[dict[str, Any], Body()], svc: ServicesDep,
                     process=r.process,
                     imported=r.imported,
                 )
+            )
+            # Within the deadline: a 503 names it, and the same import again resumes it.
+            await answered(
+                svc, opening, workflow_id=opportunity_workflow_id(r.opportunity_id), about={"id": r.opportunity_id}
             )
 
     await asyncio.gather(*(resume(r) for r in plan.resume if r.opportunity_id in outcome.open_opportunities))

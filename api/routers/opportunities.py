@@ -16,14 +16,14 @@ from api.idempotency import idempotent
 from api.routers.campaigns import require_prequalified
 from api.schemas import ActorOnly, Advance, CloseLost, OpportunityCreate, OpportunityOut
 from api.views import opportunity_out
-from api.workflows import update_opportunity
-from domain.ids import keyed_update_id, resource_id
+from api.workflows import answered, update_opportunity
+from domain.ids import keyed_update_id, opportunity_workflow_id, resource_id
 from domain.opportunity import (
     Actor,
     AdvanceCommand,
     CloseLostCommand,
-    OpportunityInput,
     OpportunityState,
+    OpportunityInput,
     ResendSignatureCommand,
     TransitionRefused,
     check_opening,
@@ -92,7 +92,14 @@ async def open_opportunity(
             opened_via=who.name,
             process=process,
         )
-        await svc.starts.open_opportunity(wf_input)
+        # Within the deadline, else 503 naming the id: repeated with the same key, the
+        # start lands on the same workflow and update (workflows/starts.py) and answers 201.
+        await answered(
+            svc,
+            svc.starts.open_opportunity(wf_input),
+            workflow_id=opportunity_workflow_id(opportunity_id),
+            about={"id": opportunity_id},
+        )
         return await read_opportunity(svc, opportunity_id)
 
     return await idempotent(request, svc, who, key, 201, create)

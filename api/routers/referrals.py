@@ -21,7 +21,7 @@ from api.errors import invalid, not_found
 from api.idempotency import idempotent
 from api.schemas import ActorOnly, CloseReferral, Convert, Reassign, ReferralCreate, ReferralList, ReferralOut, Reject
 from api.views import referral_out
-from api.workflows import run_update
+from api.workflows import answered, run_update
 from domain.ids import keyed_update_id, referral_workflow_id, resource_id
 from domain.opportunity import Actor
 from domain.referral import (
@@ -32,9 +32,9 @@ from domain.referral import (
     NeedSpec,
     Prospect,
     ReassignCommand,
+    ReferralState,
     ReferralInput,
     ReferralSla,
-    ReferralState,
     Referrer,
     RejectCommand,
 )
@@ -108,7 +108,14 @@ async def create_referral(
                 accept_seconds=svc.settings.referral_accept_sla, followup_seconds=svc.settings.referral_followup_sla
             ),
         )
-        await svc.starts.open_referral(wf_input)
+        # Within the deadline, else 503 naming the id: repeated with the same key, the
+        # start lands on the same workflow and update (workflows/starts.py) and answers 201.
+        await answered(
+            svc,
+            svc.starts.open_referral(wf_input),
+            workflow_id=referral_workflow_id(referral_id),
+            about={"id": referral_id},
+        )
         return await read_referral(svc, referral_id)
 
     return await idempotent(request, svc, who, key, 201, create)
@@ -138,6 +145,7 @@ async def _command(
         update_id=keyed_update_id(who.id, key),
         result_type=ReferralState,
         closed_message="this referral is converted or closed; nothing more can happen to it",
+        about={"id": referral_id},
     )
     return await read_referral(svc, referral_id)
 

@@ -24,8 +24,8 @@ from fastapi.templating import Jinja2Templates
 from sqlalchemy import select
 
 from api.deps import Services, ServicesDep
-from api.errors import ApiError
-from api.workflows import update_opportunity
+from api.errors import ERROR_RESPONSES, ApiError
+from api.workflows import NotAnswered, update_opportunity
 from domain.opportunity import OpportunityState, SignatureOutcome
 from domain.validation import character_problem
 from esign.local import token_sha256
@@ -68,7 +68,36 @@ def redact_signing_links_in_logs() -> None:
         access.addFilter(RedactSigningLinks())
 
 
-router = APIRouter(tags=["signing"], include_in_schema=True)
+_PAGE = {"text/html": {"schema": {"type": "string"}}}
+#: The API's error shape, named as a JSON answer: on these HTML routes FastAPI would file
+#: a `model` under text/html.
+_ERROR = {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorOut"}}}
+#: What else the pages answer, declared so that /openapi.json says so (schemathesis found
+#: a 404 page and a JSON 422 the document did not list): pages for a browser, and the
+#: API's error shape for what is refused before a page is made (api/limits.py,
+#: api/access.py, a form field FastAPI refuses).
+PAGE_RESPONSES: dict[int | str, dict[str, Any]] = {
+    404: {"description": "An unknown signing link: a page saying so", "content": _PAGE},
+    410: {"description": "An expired, used or withdrawn link: a page saying so", "content": _PAGE},
+    413: {"description": ERROR_RESPONSES[413]["description"], "content": _ERROR},
+    422: {
+        "description": "The form again, saying what is missing (a page); or a path or form field refused "
+        "before it (`validation_error`)",
+        "content": {**_PAGE, **_ERROR},
+    },
+    429: {
+        "description": ERROR_RESPONSES[429]["description"],
+        "headers": ERROR_RESPONSES[429]["headers"],
+        "content": _ERROR,
+    },
+    500: {"description": ERROR_RESPONSES[500]["description"], "content": _ERROR},
+    503: {
+        "description": "The opportunity's workflow did not answer in time: a page saying to come back",
+        "headers": ERROR_RESPONSES[503]["headers"],
+        "content": _PAGE,
+    },
+}
+router = APIRouter(tags=["signing"], include_in_schema=True, responses=PAGE_RESPONSES)
 templates = Jinja2Templates(directory=Path(__file__).resolve().parent.parent / "templates")
 
 
@@ -89,6 +118,14 @@ async def _envelope(svc: Services, token: str) -> SignatureRequest | None:
 
 def _gone(request: Request, message: str) -> HTMLResponse:
     return _page(request, 410, "This signing link is no longer valid", message=message, error=True)
+
+
+def _not_answered(request: Request, exc: NotAnswered, message: str) -> HTMLResponse:
+    """The opportunity's workflow did not answer in time (api/workflows.py): a page that
+    says to come back, with the 503's Retry-After, rather than the API's JSON."""
+    page = _page(request, 503, "Please try again in a minute", message=message, error=True)
+    page.headers["Retry-After"] = str(exc.retry_after)
+    return page
 
 
 def _dead(request: Request, sig: SignatureRequest) -> HTMLResponse:
@@ -129,6 +166,8 @@ async def _usable(request: Request, svc: ServicesDep, token: str) -> SignatureRe
                 update_id=f"expire:{sig.envelope_id}",
                 result_type=OpportunityState,
             )
+        except NotAnswered as exc:
+            return _not_answered(request, exc, "We could not check this link just now.")
         except ApiError as exc:
             if exc.status != 409:  # 409: the workflow already closed it some other way
                 raise
@@ -200,6 +239,13 @@ async def sign(
             outcome,
             update_id=None,
             result_type=OpportunityState,
+        )
+    except NotAnswered as exc:
+        return _not_answered(
+            request,
+            exc,
+            "We could not confirm your answer yet. Open this link again in a minute: it will say "
+            "whether it was recorded, and if it was not, you can answer again.",
         )
     except ApiError as exc:
         if exc.status != 409:
