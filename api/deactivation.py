@@ -46,8 +46,8 @@ from api.errors import ApiError
 from api.schemas import DeactivationOut
 from api.workflows import run_update, update_opportunity
 from domain.ids import owner_change_update_id, referral_workflow_id, release_update_id
-from domain.opportunity import OpportunityState, TransferOwnerCommand
-from domain.referral import WORKING_STATUSES, ReferralState, ReleaseCommand
+from domain.opportunity import OpportunityAnswer, TransferOwnerCommand
+from domain.referral import WORKING_STATUSES, ReferralAnswer, ReleaseCommand
 from store.models import Employee, Opportunity, OwnerChange, Referral, ReferralHistory
 from store.queries import territory_managers
 from workflows.mail import MailWake
@@ -123,7 +123,7 @@ async def _release_referrals(svc: Services, employee_id: str, actor: str, via: s
                 ReferralWorkflow.release,
                 cmd,
                 update_id=release_update_id(referral_id, employee_id, seq),
-                result_type=ReferralState,
+                result_type=ReferralAnswer,
                 closed_message="this referral is converted or closed",
             )
         ):
@@ -166,7 +166,7 @@ async def _transfer_opportunities(svc: Services, employee_id: str, to: str, acto
                 OpportunityWorkflow.transfer_owner,
                 cmd,
                 update_id=owner_change_update_id(opportunity_id, seq),
-                result_type=OpportunityState,
+                result_type=OpportunityAnswer,
             )
         ):
             transferred.append(opportunity_id)

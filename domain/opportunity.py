@@ -151,7 +151,7 @@ class SignatureState(BaseModel):
 
 
 class OpportunityState(BaseModel):
-    """The workflow's whole state: its query answer and every update's result."""
+    """The workflow's whole state: its query answer (`current_state`) and its result."""
 
     opportunity_id: str
     customer_id: str
@@ -174,6 +174,19 @@ class OpportunityState(BaseModel):
 OpportunityInput.model_rebuild()
 
 
+class OpportunityAnswer(BaseModel):
+    """What an opportunity's update answers: which one and where it stands, not its whole
+    state. An update's result stays in the workflow's history as long as the history does
+    (sealed by the codec, but kept, and a copy per update), and callers read the
+    opportunity back from the store, which the update wrote before answering; the whole
+    state is the `current_state` query's."""
+
+    opportunity_id: str
+    stage: str
+    status: OpportunityStatus
+    checkpoints: int
+
+
 def event_body_sha256(event_type: str, data: dict[str, Any]) -> str:
     """What makes two deliveries of one event id the same event: its type and data."""
     return hashlib.sha256(
@@ -183,7 +196,7 @@ def event_body_sha256(event_type: str, data: dict[str, Any]) -> str:
 
 class EventResult(BaseModel):
     result: Literal["applied", "duplicate"]
-    state: OpportunityState
+    opportunity: OpportunityAnswer
 
 
 # ---------------------------------------------------------------- the rules

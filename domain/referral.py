@@ -159,6 +159,17 @@ class ReferralState(BaseModel):
     history: list[HistoryEntry] = Field(default_factory=list)
 
 
+class ReferralAnswer(BaseModel):
+    """What a referral's update answers: which one, its status, who has it and the
+    opportunity it became; not its whole state (domain/opportunity.py `OpportunityAnswer`
+    says why)."""
+
+    referral_id: str
+    status: ReferralStatus
+    assignee_id: str | None = None
+    opportunity_id: str | None = None
+
+
 # ---------------------------------------------------------------- the rules
 
 

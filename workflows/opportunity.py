@@ -40,6 +40,7 @@ with workflow.unsafe.imports_passed_through():
         CloseLostCommand,
         EventCommand,
         EventResult,
+        OpportunityAnswer,
         OpportunityInput,
         OpportunityState,
         ResendSignatureCommand,
@@ -160,15 +161,15 @@ class OpportunityWorkflow(Repairable):
         return self.state
 
     @workflow.update
-    async def opened(self) -> OpportunityState:
+    async def opened(self) -> OpportunityAnswer:
         await workflow.wait_condition(lambda: self._opened)
-        return self.state
+        return self._answer()
 
     @workflow.update
-    async def advance(self, cmd: AdvanceCommand) -> OpportunityState:
+    async def advance(self, cmd: AdvanceCommand) -> OpportunityAnswer:
         stage = check_advance(self.process, self.state, cmd, blank_is_missing=_blank_evidence_is_missing())
         await self._enter(stage, Trigger.manual, cmd.actor.id, dict(cmd.evidence), via=cmd.actor.via)
-        return self.state
+        return self._answer()
 
     @advance.validator
     def _validate_advance(self, cmd: AdvanceCommand) -> None:
@@ -179,7 +180,7 @@ class OpportunityWorkflow(Repairable):
         if cmd.event_id in self.state.applied_events:
             # Already taken: wait until its write is done so the caller reads it back.
             async with self._write_lock:
-                return EventResult(result="duplicate", state=self.state)
+                return EventResult(result="duplicate", opportunity=self._answer())
         effect, stage = check_event(self.process, self.state, cmd, blank_is_missing=_blank_evidence_is_missing())
         self.state.applied_events.append(cmd.event_id)
         processed = records.ProcessedEventRecord(
@@ -201,7 +202,7 @@ class OpportunityWorkflow(Repairable):
             await self._enter(
                 stage, Trigger.event, actor, evidence, via=via, consent=consent, processed_event=processed
             )
-        return EventResult(result="applied", state=self.state)
+        return EventResult(result="applied", opportunity=self._answer())
 
     @apply_event.validator
     def _validate_event(self, cmd: EventCommand) -> None:
@@ -210,10 +211,10 @@ class OpportunityWorkflow(Repairable):
         validate(check_event, self.process, self.state, cmd)
 
     @workflow.update
-    async def signature_outcome(self, outcome: SignatureOutcome) -> OpportunityState:
+    async def signature_outcome(self, outcome: SignatureOutcome) -> OpportunityAnswer:
         """The local signing page's word: signed, declined, or the link expired."""
         await self._take_signature_outcome(outcome)
-        return self.state
+        return self._answer()
 
     @signature_outcome.validator
     def _validate_signature_outcome(self, outcome: SignatureOutcome) -> None:
@@ -308,32 +309,32 @@ class OpportunityWorkflow(Repairable):
         )
 
     @workflow.update
-    async def resend_signature(self, cmd: ResendSignatureCommand) -> OpportunityState:
+    async def resend_signature(self, cmd: ResendSignatureCommand) -> OpportunityAnswer:
         check_resend(self.state, cmd)
         stage = self.process.stage(self.state.stage)
         self._start_signature_request()
         async with self._write_lock:
             await self._request_signature(stage)
-        return self.state
+        return self._answer()
 
     @resend_signature.validator
     def _validate_resend(self, cmd: ResendSignatureCommand) -> None:
         validate(check_resend, self.state, cmd)
 
     @workflow.update
-    async def close_lost(self, cmd: CloseLostCommand) -> OpportunityState:
+    async def close_lost(self, cmd: CloseLostCommand) -> OpportunityAnswer:
         check_close_lost(self.state, cmd)
         await self._close_lost(
             cmd.reason, Trigger.manual, cmd.actor.id, {"reason": cmd.reason}, None, via=cmd.actor.via
         )
-        return self.state
+        return self._answer()
 
     @close_lost.validator
     def _validate_close_lost(self, cmd: CloseLostCommand) -> None:
         validate(check_close_lost, self.state, cmd)
 
     @workflow.update
-    async def transfer_owner(self, cmd: TransferOwnerCommand) -> OpportunityState:
+    async def transfer_owner(self, cmd: TransferOwnerCommand) -> OpportunityAnswer:
         """A new owner: the search attribute moves at once, the owner change (numbered by
         this workflow) and the opportunity's owner are recorded before the update answers."""
         check_transfer(self.state, cmd)
@@ -353,7 +354,7 @@ class OpportunityWorkflow(Repairable):
         await workflow.wait_condition(lambda: self._opened)
         async with self._write_lock:
             await self.attention.record(records.RECORD_OWNER_CHANGE, change)
-        return self.state
+        return self._answer()
 
     @transfer_owner.validator
     def _validate_transfer_owner(self, cmd: TransferOwnerCommand) -> None:
@@ -487,6 +488,12 @@ class OpportunityWorkflow(Repairable):
         if sent.poll_seconds is not None and sent.status == "sent":  # a remote provider's envelope
             self._envelope_timer = RearmableTimer()
             self._watchers.append(asyncio.create_task(self._watch_envelope(sent.envelope_id, sent.poll_seconds)))
+
+    def _answer(self) -> OpportunityAnswer:
+        s = self.state
+        return OpportunityAnswer(
+            opportunity_id=s.opportunity_id, stage=s.stage, status=s.status, checkpoints=len(s.checkpoints)
+        )
 
     def _publish(self) -> None:
         """Search attributes and current details: where the Web UI shows this opportunity."""

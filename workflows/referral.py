@@ -35,6 +35,7 @@ with workflow.unsafe.imports_passed_through():
         ConvertCommand,
         HistoryEntry,
         ReassignCommand,
+        ReferralAnswer,
         ReferralInput,
         ReferralState,
         RejectCommand,
@@ -104,25 +105,25 @@ class ReferralWorkflow(Repairable):
         return self.state
 
     @workflow.update
-    async def created(self) -> ReferralState:
+    async def created(self) -> ReferralAnswer:
         await workflow.wait_condition(lambda: self._ready)
-        return self.state
+        return self._answer()
 
     @workflow.update
-    async def accept(self, cmd: AcceptCommand) -> ReferralState:
+    async def accept(self, cmd: AcceptCommand) -> ReferralAnswer:
         self._accepted_at = workflow.now()
         self._followups_sent = 0
         self.state.sla_deadline = followup_deadline(self._accepted_at, self.input.sla, 0)
         entry = self._change("accepted", cmd.actor.id, None, self.state.assignee_id, via=cmd.actor.via)
         await self._record(entry, accepted_at=self._accepted_at)
-        return self.state
+        return self._answer()
 
     @accept.validator
     def _validate_accept(self, cmd: AcceptCommand) -> None:
         validate(check_accept, self.state, cmd)
 
     @workflow.update
-    async def reject(self, cmd: RejectCommand) -> ReferralState:
+    async def reject(self, cmd: RejectCommand) -> ReferralAnswer:
         rejected_by = self.state.assignee_id
         if rejected_by and rejected_by not in self.state.excluded:
             self.state.excluded.append(rejected_by)
@@ -131,14 +132,14 @@ class ReferralWorkflow(Repairable):
         )
         async with self._write_lock:
             await self._route(cmd.actor.id, preceding=entry, via=cmd.actor.via)
-        return self.state
+        return self._answer()
 
     @reject.validator
     def _validate_reject(self, cmd: RejectCommand) -> None:
         validate(check_reject, self.state, cmd)
 
     @workflow.update
-    async def reassign(self, cmd: ReassignCommand) -> ReferralState:
+    async def reassign(self, cmd: ReassignCommand) -> ReferralAnswer:
         deadline = acceptance_deadline(workflow.now(), self.input.sla)
         self.state.queue = None
         self.state.sla_deadline = deadline
@@ -148,14 +149,14 @@ class ReferralWorkflow(Repairable):
         )
         await self._record(entry)
         await self._notify("assigned", str(entry.seq), cmd.to_employee_id)
-        return self.state
+        return self._answer()
 
     @reassign.validator
     def _validate_reassign(self, cmd: ReassignCommand) -> None:
         validate(check_reassign, self.state, cmd)
 
     @workflow.update
-    async def convert(self, cmd: ConvertCommand) -> ReferralState:
+    async def convert(self, cmd: ConvertCommand) -> ReferralAnswer:
         assert cmd.process is not None
         self.state.status = "converting"  # refuses other commands until it is done
         self._sla.rearm()
@@ -197,25 +198,25 @@ class ReferralWorkflow(Repairable):
             )
             self.state.sla_deadline = None
             await self._record_locked(done, opportunity_id=opportunity_id, customer_id=conversion.customer_id, won=True)
-        return self.state
+        return self._answer()
 
     @convert.validator
     def _validate_convert(self, cmd: ConvertCommand) -> None:
         validate(check_convert, self.state, cmd, self.input.expressed_interest, self.input.value)
 
     @workflow.update
-    async def close(self, cmd: CloseCommand) -> ReferralState:
+    async def close(self, cmd: CloseCommand) -> ReferralAnswer:
         self.state.sla_deadline = None
         entry = self._change("closed", cmd.actor.id, cmd.reason, self.state.assignee_id, via=cmd.actor.via)
         await self._record(entry, close_reason=cmd.reason, won=False)
-        return self.state
+        return self._answer()
 
     @close.validator
     def _validate_close(self, cmd: CloseCommand) -> None:
         validate(check_close, self.state, cmd)
 
     @workflow.update
-    async def release(self, cmd: ReleaseCommand) -> ReferralState:
+    async def release(self, cmd: ReleaseCommand) -> ReferralAnswer:
         """The assignee can no longer work the referral (deactivated): re-route it as a
         rejection does, excluding them, so it never comes back to them."""
         released = self.state.assignee_id
@@ -224,7 +225,7 @@ class ReferralWorkflow(Repairable):
         entry = self._change("routing", cmd.actor, cmd.reason, released, record_status="released", via=cmd.via)
         async with self._write_lock:
             await self._route(cmd.actor, preceding=entry, via=cmd.via)
-        return self.state
+        return self._answer()
 
     @release.validator
     def _validate_release(self, cmd: ReleaseCommand) -> None:
@@ -373,6 +374,12 @@ class ReferralWorkflow(Repairable):
             records.ReferralNotice(
                 referral_id=self.input.referral_id, kind=kind, occasion=occasion, employee_id=employee_id, note=note
             ),
+        )
+
+    def _answer(self) -> ReferralAnswer:
+        s = self.state
+        return ReferralAnswer(
+            referral_id=s.referral_id, status=s.status, assignee_id=s.assignee_id, opportunity_id=s.opportunity_id
         )
 
     def _publish(self) -> None:

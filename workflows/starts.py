@@ -26,8 +26,8 @@ from temporalio.exceptions import WorkflowAlreadyStartedError
 from temporalio.service import RPCError
 
 from domain.ids import opportunity_workflow_id, referral_workflow_id
-from domain.opportunity import OpportunityState, OpportunityInput
-from domain.referral import ReferralState, ReferralInput
+from domain.opportunity import OpportunityAnswer, OpportunityInput
+from domain.referral import ReferralAnswer, ReferralInput
 from workflows import (
     SA_CUSTOMER_ID,
     SA_EXPRESSED_INTEREST,
@@ -99,7 +99,7 @@ class Starts:
                 opportunity.OpportunityWorkflow.opened,
                 start_workflow_operation=start,
                 id=OPENED_UPDATE_ID,
-                result_type=OpportunityState,
+                result_type=OpportunityAnswer,
             )
         except WorkflowAlreadyStartedError:  # a repeat after the opportunity's workflow has finished
             await _settle(start)
@@ -107,7 +107,7 @@ class Starts:
             await _settle(start)
             raise
 
-    async def open_referral(self, wf_input: ReferralInput) -> ReferralState | None:
+    async def open_referral(self, wf_input: ReferralInput) -> ReferralAnswer | None:
         """Start the referral's workflow (or find it started) and wait until it is recorded,
         scored, routed and the recipient told. The workflow id is the referral id, so a
         repeated create lands on the same referral; None when that referral has already
@@ -136,7 +136,7 @@ class Starts:
                 referral.ReferralWorkflow.created,
                 start_workflow_operation=start,
                 id=CREATED_UPDATE_ID,
-                result_type=ReferralState,
+                result_type=ReferralAnswer,
             )
         except WorkflowAlreadyStartedError:
             await _settle(start)

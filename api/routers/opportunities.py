@@ -22,7 +22,7 @@ from domain.opportunity import (
     Actor,
     AdvanceCommand,
     CloseLostCommand,
-    OpportunityState,
+    OpportunityAnswer,
     OpportunityInput,
     ResendSignatureCommand,
     TransitionRefused,
@@ -125,7 +125,7 @@ async def advance(
             OpportunityWorkflow.advance,
             cmd,
             update_id=keyed_update_id(who.id, key),
-            result_type=OpportunityState,
+            result_type=OpportunityAnswer,
         )
         return await read_opportunity(svc, opportunity_id)
 
@@ -146,7 +146,7 @@ async def close_lost(
             OpportunityWorkflow.close_lost,
             CloseLostCommand(actor=actor, reason=body.reason),
             update_id=keyed_update_id(who.id, key),
-            result_type=OpportunityState,
+            result_type=OpportunityAnswer,
         )
         return await read_opportunity(svc, opportunity_id)
 
@@ -167,7 +167,7 @@ async def resend_signature(
             OpportunityWorkflow.resend_signature,
             ResendSignatureCommand(actor=actor),
             update_id=keyed_update_id(who.id, key),
-            result_type=OpportunityState,
+            result_type=OpportunityAnswer,
         )
         return await read_opportunity(svc, opportunity_id)
 

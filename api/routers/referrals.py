@@ -32,7 +32,7 @@ from domain.referral import (
     NeedSpec,
     Prospect,
     ReassignCommand,
-    ReferralState,
+    ReferralAnswer,
     ReferralInput,
     ReferralSla,
     Referrer,
@@ -143,7 +143,7 @@ async def _command(
         update,
         cmd,
         update_id=keyed_update_id(who.id, key),
-        result_type=ReferralState,
+        result_type=ReferralAnswer,
         closed_message="this referral is converted or closed; nothing more can happen to it",
         about={"id": referral_id},
     )

@@ -26,7 +26,7 @@ from sqlalchemy import select
 from api.deps import Services, ServicesDep
 from api.errors import ERROR_RESPONSES, ApiError
 from api.workflows import NotAnswered, update_opportunity
-from domain.opportunity import OpportunityState, SignatureOutcome
+from domain.opportunity import OpportunityAnswer, SignatureOutcome
 from domain.validation import character_problem
 from esign.local import token_sha256
 from store.models import SignatureRequest
@@ -164,7 +164,7 @@ async def _usable(request: Request, svc: ServicesDep, token: str) -> SignatureRe
                 OpportunityWorkflow.signature_outcome,
                 outcome,
                 update_id=f"expire:{sig.envelope_id}",
-                result_type=OpportunityState,
+                result_type=OpportunityAnswer,
             )
         except NotAnswered as exc:
             return _not_answered(request, exc, "We could not check this link just now.")
@@ -238,7 +238,7 @@ async def sign(
             OpportunityWorkflow.signature_outcome,
             outcome,
             update_id=None,
-            result_type=OpportunityState,
+            result_type=OpportunityAnswer,
         )
     except NotAnswered as exc:
         return _not_answered(
