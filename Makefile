@@ -52,10 +52,12 @@ test: lint
 test-pg:
 	$(MAKE) test DATABASE_URL=$(PG_URL)
 
-# Every bench/*.py script, one after another (nothing to do while there are none).
+# Every bench/*.py script, one after another (nothing to do while there are none);
+# bench/_*.py are modules the scripts use, not scripts.
 bench: venv
 	@set -e; for script in bench/*.py; do \
 		[ -e "$$script" ] || { echo "no bench/*.py scripts"; break; }; \
+		case "$${script##*/}" in _*) continue;; esac; \
 		echo "== $$script"; $(PY) "$$script"; \
 	done
 
