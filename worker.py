@@ -30,7 +30,7 @@ from store.db import make_async_engine, make_session_factory
 from workflows import TASK_QUEUE
 from workflows.client import connect
 from workflows.daily import DailyReviewWorkflow
-from workflows.mail import MailSenderWorkflow, MailWake, wake_mail_sender
+from workflows.mail import MailSenderWorkflow, mail_wake, wake_mail_sender
 from workflows.opportunity import OpportunityWorkflow
 from workflows.referral import ReferralWorkflow
 from workflows.schedules import ensure_schedules
@@ -75,7 +75,7 @@ def build_worker(client: Client, settings: Settings, task_queue: str = TASK_QUEU
     """Every workflow and activity of needflow on `task_queue`; `async with` it, or `run()`."""
     engine = make_async_engine(settings.resolved_database_url)
     sessions = make_session_factory(engine)
-    mailer = Mailer(MailWake(client, task_queue))
+    mailer = Mailer(mail_wake(client, task_queue, settings.smtp_url))
     smtp = (
         SmtpSettings.from_url(
             settings.smtp_url,

@@ -50,7 +50,7 @@ from domain.opportunity import OpportunityAnswer, TransferOwnerCommand
 from domain.referral import WORKING_STATUSES, ReferralAnswer, ReleaseCommand
 from store.models import Employee, Opportunity, OwnerChange, Referral, ReferralHistory
 from store.queries import territory_managers
-from workflows.mail import MailWake
+from workflows.mail import mail_wake
 from workflows.opportunity import OpportunityWorkflow
 from workflows.referral import ReferralWorkflow
 
@@ -178,7 +178,7 @@ async def _transfer_opportunities(svc: Services, employee_id: str, to: str, acto
 
 def _mailer(svc: Services) -> Mailer:
     """Records in the outbox and wakes this task queue's sender (workflows/mail.py)."""
-    return Mailer(MailWake(svc.client, svc.starts.task_queue))
+    return Mailer(mail_wake(svc.client, svc.starts.task_queue, svc.settings.smtp_url))
 
 
 async def _notice(

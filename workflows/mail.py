@@ -119,6 +119,14 @@ async def wake_mail_sender(client: Client, task_queue: str) -> None:
     )
 
 
+def mail_wake(client: Client, task_queue: str, smtp_url: str | None) -> MailWake | None:
+    """The wake for a `Mailer` of a process whose settings name `smtp_url`; None when
+    there is no SMTP server: the outbox is then the delivery (`make run`, a demo), the
+    sender has nothing to send, and waking it would cost a round of its workflow (about
+    a dozen history events) per e-mail for nothing (bench/README.md)."""
+    return MailWake(client, task_queue) if smtp_url else None
+
+
 class MailWake:
     """`Mailer`'s wake: called when a transaction that recorded mail commits; signals the
     sender in the background (the caller never waits on it) and never fails. Coalesced:
