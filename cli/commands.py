@@ -305,6 +305,18 @@ def setup_cluster(settings: Settings, out: Out) -> list[str]:
 # ------------------------------------------------------------------------------ needs attention
 
 
+def _with_payload_keys(settings: Settings) -> Settings:
+    """The settings, with the dev stack's payload keys (<data dir>/codec-keys, which
+    `make run` makes) when NEEDFLOW_CODEC_KEYS is unset, as `api_key` falls back to the dev
+    stack's API key."""
+    path = settings.dev_codec_keys_file
+    if settings.codec_keys is not None or not path.is_file():
+        return settings
+    from pydantic import SecretStr
+
+    return settings.model_copy(update={"codec_keys": SecretStr(path.read_text().strip())})
+
+
 def attention_list(settings: Settings, out: Out) -> list[str]:
     """The running workflows whose records failed for good and wait for a repair
     (`NeedsAttention = true`, workflows/attention.py), with what failed; their ids."""
@@ -313,7 +325,7 @@ def attention_list(settings: Settings, out: Out) -> list[str]:
     from workflows.client import TemporalConnectError, connect
 
     async def run() -> list[tuple[str, str]]:
-        client = await connect(settings)
+        client = await connect(settings, payloads=False)  # a search: no payload to read
         found = []
         async for wf in client.list_workflows('NeedsAttention = true AND ExecutionStatus = "Running"'):
             found.append((wf.id, wf.workflow_type))
@@ -342,12 +354,14 @@ def attention_retry(settings: Settings, out: Out, workflow_id: str) -> tuple[int
     from workflows.client import TemporalConnectError, connect
 
     async def run() -> Retried:
-        client = await connect(settings)
+        client = await connect(_with_payload_keys(settings))  # its answer is a sealed payload
         handle = client.get_workflow_handle(workflow_id)
         return await handle.execute_update(RETRY_FAILED, result_type=Retried)
 
     try:
         done = asyncio.run(run())
+    except ValueError as err:  # no payload keys: the message says how to set them
+        raise CliError(str(err), exit_code=2) from None
     except TemporalConnectError as err:
         raise CliError(str(err), exit_code=1) from None
     except WorkflowUpdateFailedError as err:
