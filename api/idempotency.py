@@ -38,8 +38,12 @@ T = TypeVar("T")
 _IN_PROGRESS = 0
 #: How long a repeat waits for the first request's answer before it gives up (409).
 WAIT_FOR_FIRST_SECONDS = 60.0
-#: A reservation older than this without an answer is a dead process's: taken over.
-LEASE_SECONDS = 300.0
+#: A reservation older than this without an answer is a dead process's: taken over. A
+#: live request holds its key no longer than its longest wait, the update deadline
+#: (NEEDFLOW_UPDATE_DEADLINE, 15 s by default) and a few reads and writes; four times that
+#: is ample. The fault tests (tests/faults/) killed APIs mid-request with a 300 s lease: the
+#: repeats of the requests they held waited all of it.
+LEASE_SECONDS = 60.0
 
 
 async def keyed_done(session: AsyncSession, model: type[T], row_id: str, key: str | None) -> T | None:
