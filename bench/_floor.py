@@ -6,8 +6,8 @@ Updates, each validated and answered once its stage's activity has run (needflow
 `advance`, `apply_event`, `signature_outcome`); five activities that do nothing, and the
 run ends after the fifth stage. Temporal's default data converter (JSON, no encryption),
 no search attributes, no store: what is left is what Temporal itself costs. Started with
-`local=True`, the activities are local activities, as needflow's store writes are since
-the lean-history change (workflows/common.py `record_locally`): the floor of that design.
+`local=True`, the activities are local activities: what that design would cost (needflow
+tried it for its store writes and went back; workflows/common.py `record` says why).
 
 A module of its own (not in lifecycle.py) because the workflow sandbox re-imports a
 workflow's module: this one imports only temporalio. The leading `_` keeps `make bench`

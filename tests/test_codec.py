@@ -338,12 +338,6 @@ def _payloads(message: Message, field: str = "") -> Iterator[tuple[str, Payload]
                 yield from _payloads(item, descriptor.name)
 
 
-def _is_core_data(event: Message, payload: Payload) -> bool:
-    """Whether `payload` is a local activity marker's `data` (the SDK's own, in the clear)."""
-    data = event.marker_recorded_event_attributes.details.get("data")
-    return data is not None and any(payload is p or payload == p for p in data.payloads)
-
-
 CUSTOMER_DATA = ["Kiara Jones", "+14155550123", "kiara@example.com", "Rachel Adams", "+12125550100"]
 
 
@@ -372,16 +366,13 @@ async def test_histories_hold_no_customer_data_in_the_clear(api: Api, client: Cl
         assert value.encode() not in raw_bytes, f"{value!r} is in a history's bytes"
 
     # Every payload is sealed, with the test key, but the search attributes (ids and
-    # stages, which the server indexes) and the SDK's own bookkeeping in markers: a patch
-    # marker (a patch's id), a local activity's `data` (its sequence number, attempt,
-    # activity type and times; its result is ours, and sealed).
+    # stages, which the server indexes) and the SDK's own patch markers (a patch's id).
     found = [
         (f, p)
         for h in histories
         for e in h.events
         if e.marker_recorded_event_attributes.marker_name != "core_patch"
         for f, p in _payloads(e)
-        if not (e.marker_recorded_event_attributes.marker_name == "core_local_activity" and _is_core_data(e, p))
     ]
     sealed = [p for f, p in found if f not in ("indexed_fields", "search_attributes")]
     assert len(sealed) > 20

@@ -33,7 +33,7 @@ from temporalio.exceptions import ActivityError, ApplicationError, RetryState
 
 with workflow.unsafe.imports_passed_through():
     from workflows import SA_NEEDS_ATTENTION
-    from workflows.common import LEAN_HISTORY, Console, record, record_locally
+    from workflows.common import Console, record
 
 #: The patch that turned "fail the command" into "wait for a repair".
 PATCH = "needs-attention"
@@ -86,8 +86,7 @@ class Attention:
         try:
             while True:
                 try:
-                    run = record_locally if workflow.patched(LEAN_HISTORY) else record
-                    return await run(activity, arg, result_type)
+                    return await record(activity, arg, result_type)
                 except (ActivityError, ApplicationError) as exc:
                     if not failed_for_good(exc) or not workflow.patched(PATCH):
                         raise

@@ -25,11 +25,6 @@ ACTIVITY_TIMEOUT = timedelta(seconds=30)
 #: Activities are idempotent, so they retry until they succeed; the wait tops out at 30 s.
 ACTIVITY_RETRY = RetryPolicy(initial_interval=timedelta(milliseconds=200), maximum_interval=timedelta(seconds=30))
 
-#: The patch under which the lifecycle workflows write a leaner history (issue 10): store
-#: writes as local activities (`record_locally`), search attributes upserted only when
-#: one changed (`Console`). Older histories replay without it, as they ran.
-LEAN_HISTORY = "lean-history"
-
 #: The ApplicationError type a refused command carries to the client (the API's 409).
 INVALID_TRANSITION = "InvalidTransition"
 
@@ -49,24 +44,16 @@ def validate(check: Callable[..., object], *args: Any) -> None:
 
 
 async def record(activity: str, arg: object, result_type: type | None = None) -> Any:
-    """Run a recording activity by name with the standard timeout and retry policy."""
+    """Run a recording activity by name with the standard timeout and retry policy.
+
+    A regular activity, not a local one, although a local activity would save three
+    history events and a workflow task per write (bench/README.md): a local activity
+    writes the store inside the workflow task that accepts the update, before that
+    acceptance is durable. The fault tests (tests/faults/) restarted the Temporal server
+    at that moment: the update was gone while its checkpoint was in the store, and a
+    later command would have numbered its own checkpoint the same. A regular activity is
+    only scheduled once the acceptance is in history, so the store never runs ahead."""
     return await workflow.execute_activity(
-        activity,
-        arg,
-        result_type=result_type,
-        start_to_close_timeout=ACTIVITY_TIMEOUT,
-        retry_policy=ACTIVITY_RETRY,
-    )
-
-
-async def record_locally(activity: str, arg: object, result_type: type | None = None) -> Any:
-    """Run a recording activity as a local activity (under LEAN_HISTORY): the worker that runs the workflow
-    runs it within the same workflow task, and history keeps one marker with its result,
-    instead of an activity task's three events and a second workflow task (bench/README.md
-    has the figures). For the lifecycle's store writes: short, idempotent, with nothing to
-    heartbeat. Same timeout and retry policy as `record`: the SDK retries in the worker
-    for a while, then across workflow tasks with timers, for as long as it takes."""
-    return await workflow.execute_local_activity(
         activity,
         arg,
         result_type=result_type,
@@ -88,8 +75,6 @@ class Console:
         self.search_attributes = search_attributes
         #: What the workflow showed last, for `refresh`.
         self._last: tuple[list[SearchAttributeUpdate], str] | None = None
-        #: The values last upserted, by attribute name.
-        self._upserted: dict[str, object] | None = None
         #: A hook that may add to what is shown (workflows/attention.py: `NeedsAttention`).
         self.decorate: Callable[[list[SearchAttributeUpdate], str], str] | None = None
 
@@ -98,22 +83,9 @@ class Console:
         attributes = list(attributes)
         if self.decorate is not None:
             details = self.decorate(attributes, details)
-        if self.search_attributes and self._changes(attributes):
+        if self.search_attributes:
             workflow.upsert_search_attributes(attributes)
         workflow.set_current_details(details)
-
-    def _changes(self, attributes: list[SearchAttributeUpdate]) -> bool:
-        """Whether `attributes` change what was upserted last: an upsert is a command and an
-        event, so a change that moves no attribute (a signature sent, say) upserts
-        nothing (under LEAN_HISTORY; the details still change)."""
-        values = {update.key.name: update.value for update in attributes}
-        if self._upserted is None:  # what the start set (workflows/starts.py)
-            started = workflow.info().typed_search_attributes
-            self._upserted = {update.key.name: started.get(update.key) for update in attributes}
-        if values == self._upserted and workflow.patched(LEAN_HISTORY):
-            return False
-        self._upserted = values
-        return True
 
     def refresh(self) -> None:
         """Show again what was shown last, with what `decorate` adds now."""
