@@ -196,14 +196,20 @@ class DailyActivities:
             )
             won = func.coalesce(func.sum(case((Referral.status == "converted", 1), else_=0)), 0)
             lost = func.coalesce(func.sum(case((Referral.status != "converted", 1), else_=0)), 0)
-            total_won, total_lost = (await session.execute(select(won, lost).where(decided))).one()
+            # One statement, so one snapshot: referrals are decided while this runs, and
+            # separate queries for the totals and each feature (each its own snapshot under
+            # READ COMMITTED, or SQLite's autocommit reads) were seen not to add up.
+            values = [Referral.features[f].as_string() for f in FEATURES]
+            groups = (await session.execute(select(*values, won, lost).where(decided).group_by(*values))).all()
+            total_won = sum(int(g[-2]) for g in groups)
+            total_lost = sum(int(g[-1]) for g in groups)
             wanted: dict[tuple[str, str], tuple[int, int]] = {}
             if total_won or total_lost:
-                wanted[(TOTAL, TOTAL)] = (int(total_won), int(total_lost))
-            for feature in FEATURES:
-                value = Referral.features[feature].as_string()
-                for v, w, lo in await session.execute(select(value, won, lost).where(decided).group_by(value)):
-                    wanted[(feature, v)] = (int(w), int(lo))
+                wanted[(TOTAL, TOTAL)] = (total_won, total_lost)
+            for g in groups:
+                for feature, v in zip(FEATURES, g[:-2], strict=True):
+                    w, lo = wanted.get((feature, v), (0, 0))
+                    wanted[(feature, v)] = (w + int(g[-2]), lo + int(g[-1]))
             try:  # the tallies add up by construction; never write a model routing cannot read
                 LeadModel.from_dict(
                     {
