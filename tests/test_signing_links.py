@@ -97,6 +97,32 @@ async def test_an_expired_link_is_410_and_the_owner_is_told(api: Api, db: Engine
     assert fresh != link and (await api.sign(fresh)).status_code == 200
 
 
+async def test_an_answer_the_workflow_has_not_caught_up_with_is_come_back_not_a_dead_link(api: Api, db: Engine) -> None:
+    """The store can say a request is out before its workflow knows it (the sending
+    activity commits first; after a worker dies, for seconds): she is asked to come back,
+    not told the link is dead. Simulated by the reverse: a declined request set back to
+    `sent` in the store, which the workflow refuses."""
+    opp = await api.mortgage_to_approved()
+    link = await api.signing_link(opp)
+    assert (await api.request("POST", _path(link), data={"action": "decline"})).status_code == 200
+    with db.begin() as conn:
+        conn.execute(update(SignatureRequest).where(SignatureRequest.opportunity_id == opp["id"]).values(status="sent"))
+
+    page = await api.sign(link)
+    assert page.status_code == 503 and "Open this link again in a minute" in page.text, page.text
+    assert page.headers["Retry-After"].isdigit()
+    now = (await api.get(f"/v1/opportunities/{opp['id']}")).json()
+    assert (now["stage"], now["status"]) == ("approved", "open")  # nothing signed
+
+    # Once the store says what happened, the page says it.
+    with db.begin() as conn:
+        conn.execute(
+            update(SignatureRequest).where(SignatureRequest.opportunity_id == opp["id"]).values(status="declined")
+        )
+    page = await api.sign(link)
+    assert page.status_code == 410 and "You declined these documents." in page.text
+
+
 async def test_a_customer_with_no_e_mail_is_undeliverable_and_the_owner_told(api: Api, db: Engine) -> None:
     owner = await api.employee(name="Dan Nomail")
     customer = (await api.post("/v1/customers", {"name": "Nora Nomail", "city": "Boston"}, expect=201)).json()

@@ -128,6 +128,26 @@ def _not_answered(request: Request, exc: NotAnswered, message: str) -> HTMLRespo
     return page
 
 
+async def _refused(request: Request, svc: Services, token: str) -> HTMLResponse:
+    """The workflow refused her answer. When the store still says the request is out
+    (`sent`), the workflow has not caught up with it yet: the activity that sent it
+    commits before the workflow hears of it, and after a worker dies that takes seconds
+    (the fault tests saw up to 33 s). So she is asked to come back, not told the link is
+    dead; once the store says otherwise, the page says why."""
+    sig = await _envelope(svc, token)
+    if sig is not None and sig.status != "sent":
+        return _dead(request, sig)
+    page = _page(
+        request,
+        503,
+        "Please try again in a minute",
+        message="We could not record your answer just now. Open this link again in a minute and answer again.",
+        error=True,
+    )
+    page.headers["Retry-After"] = str(svc.settings.update_retry_after)
+    return page
+
+
 def _dead(request: Request, sig: SignatureRequest) -> HTMLResponse:
     what = {
         "completed": "These documents have been signed already.",
@@ -250,7 +270,7 @@ async def sign(
     except ApiError as exc:
         if exc.status != 409:
             raise
-        return _gone(request, "This link no longer works. Ask your adviser if you need a new link.")
+        return await _refused(request, svc, token)
     if outcome.status == "declined":
         return _page(request, 200, "You declined to sign", message="Your adviser has been told.")
     return _page(
