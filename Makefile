@@ -3,6 +3,7 @@
 #   make test                                  tests on SQLite (DATABASE_URL unset)
 #   make test DATABASE_URL=postgresql://...    tests on that PostgreSQL database
 #   make test PYTEST_ARGS='-x -k referral'     extra pytest arguments
+#   make faults                                the fault tests (tests/faults/, not in `make test`)
 
 PYTHON ?= python3
 VENV   := .venv
@@ -18,7 +19,7 @@ ifdef DATABASE_URL
 export DATABASE_URL
 endif
 
-.PHONY: venv run lint format test test-pg bench clean
+.PHONY: venv run lint format test test-pg faults bench clean
 
 venv: $(STAMP)
 
@@ -51,6 +52,13 @@ test: lint
 
 test-pg:
 	$(MAKE) test DATABASE_URL=$(PG_URL)
+
+# Faults during a load of 200 journeys each (tests/faults/): a worker killed, PostgreSQL
+# stopped, the dev server restarted, events twice and out of order, an API killed. Each
+# runs its own stack and PostgreSQL cluster (DATABASE_URL is not used); minutes each, so
+# `make test` leaves them out. The table: printed at the end, and var/artifacts/faults.md.
+faults: venv
+	$(PY) -m pytest tests/faults -p no:randomly $(PYTEST_ARGS)
 
 # Every bench/*.py script, one after another (nothing to do while there are none);
 # bench/_*.py are modules the scripts use, not scripts.
