@@ -345,6 +345,7 @@ def child_env(extra: dict[str, str]) -> dict[str, str]:
 
 def start_stack(args: argparse.Namespace, tmp: Path) -> Stack:
     from config import Settings
+    from devstack.stack import http_ok
     from devstack.temporal import temporal_command
     from store.db import make_sync_engine
     from store.keys import ALL_SCOPES, register_api_key
@@ -427,22 +428,11 @@ def start_stack(args: argparse.Namespace, tmp: Path) -> Stack:
         )
         procs["floor-worker"].wait_ready_line()
         procs["worker"].wait_ready_line()
-        procs["api"].wait_for("/healthz", lambda: _http_ok(f"{stack.api_url}/healthz"))
+        procs["api"].wait_for("/healthz", lambda: http_ok(f"{stack.api_url}/healthz"))
     except BaseException:
         stack.stop()
         raise
     return stack
-
-
-def _http_ok(url: str) -> bool:
-    import urllib.error
-    import urllib.request
-
-    try:
-        with urllib.request.urlopen(url, timeout=2.0) as resp:
-            return resp.status == 200
-    except (urllib.error.URLError, OSError, ValueError):
-        return False
 
 
 # ================================================================ measuring

@@ -34,6 +34,7 @@ from pathlib import Path
 import psycopg
 
 from devstack.children import STOP_TIMEOUT, Child, Children
+from devstack.stack import http_ok
 from devstack.temporal import register_search_attributes, search_attribute_args, temporal_cli
 from tests.helpers import TEST_CODEC_KEYS, IsolatedSettings
 from workflows import TASK_QUEUE
@@ -52,14 +53,6 @@ def identity(pid: int) -> str:
     """The Temporal identity a process's client reports (the SDK's default: pid@host):
     what histories record as the worker that took a task."""
     return f"{pid}@{socket.gethostname()}"
-
-
-def http_ok(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(url, timeout=2.0) as resp:
-            return resp.status == 200
-    except (urllib.error.URLError, OSError, ValueError):
-        return False
 
 
 def scrape(url: str) -> dict[str, float]:
