@@ -33,22 +33,26 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from sqlalchemy import Engine, select
-from temporalio.client import Client
+from temporalio import activity
+from temporalio.client import Client, WorkflowExecutionStatus
 from temporalio.common import WorkflowIDConflictPolicy
+from temporalio.exceptions import ApplicationError
 from temporalio.service import RPCError
+from temporalio.testing import WorkflowEnvironment
+from temporalio.worker import Worker
 
 from activities.mail import SmtpSettings
 from config import Settings
-from domain.mail import MailSenderInput, retry_delay
+from domain.mail import SEND_DUE, MailSenderInput, SendDue, SendReport, retry_delay
 from store.db import make_async_engine, make_session_factory, make_sync_engine
 from store.keys import ALL_SCOPES, register_api_key
 from store.migrate import upgrade
 from store.models import Notification
 from store.outbox import mail_queue
 from tests.dbutil import fresh_database_url, test_database_base_url
-from tests.helpers import Api, serve_app, territory, until, until_equal, within
+from tests.helpers import Api, IsolatedSettings, serve_app, territory, until, until_equal, within
 from worker import build_worker
-from workflows.mail import MailSenderWorkflow, sender_workflow_id
+from workflows.mail import POLL_AFTER_FAILURE, MailSenderWorkflow, sender_workflow_id
 
 #: How fast an answer must come while mail cannot go out: the lifecycle never waits on SMTP.
 PROMPT = 5.0
@@ -547,3 +551,41 @@ async def test_the_sender_continues_as_new_and_goes_on_delivering(
             assert current.run_id != first.first_execution_run_id and current.status.name == "RUNNING"
             for state in states:
                 assert len(smtp.to(f"bob.{state}@bank.example")) == 1
+
+
+async def test_a_round_that_fails_for_good_does_not_end_the_sender(skipping_env: WorkflowEnvironment) -> None:
+    """A round the worker's interceptor turned into a failure for good (activities/errors.py:
+    the database refused a write) is logged and shown, and the sender looks again after
+    POLL_AFTER_FAILURE instead of failing: mail cannot stall until the next wake. The
+    round's activity is a stand-in that fails its first call as the interceptor would."""
+    calls: list[int] = []
+
+    @activity.defn(name=SEND_DUE)
+    async def send_due(req: SendDue) -> SendReport:
+        calls.append(1)
+        if len(calls) == 1:
+            raise ApplicationError("the database refused the write", type="IntegrityError", non_retryable=True)
+        return SendReport(sent=1, wait_seconds=3600)
+
+    queue = f"mail-failure-{uuid.uuid4().hex[:8]}"
+    async with Worker(skipping_env.client, task_queue=queue, workflows=[MailSenderWorkflow], activities=[send_due]):
+        handle = await skipping_env.client.start_workflow(
+            MailSenderWorkflow.run, MailSenderInput(rounds_per_run=2), id=f"sender-{queue}", task_queue=queue
+        )
+        await skipping_env.sleep(POLL_AFTER_FAILURE + dt.timedelta(seconds=1))
+        await until_equal(lambda: asyncio.sleep(0, len(calls)), 2, "the round after the failure")
+        desc = await handle.describe()
+        assert desc.status == WorkflowExecutionStatus.RUNNING
+        await handle.terminate("test over")
+
+
+def test_an_unreadable_smtp_ca_file_stops_the_start_not_every_round(tmp_path: Path) -> None:
+    """NEEDFLOW_SMTP_CA_FILE is read when settings load: a missing or malformed file is an
+    error naming the variable, not an 'SMTP server unavailable' retried for ever."""
+    garbage = tmp_path / "ca.pem"
+    garbage.write_text("not a certificate")
+    for path in (tmp_path / "missing.pem", garbage):
+        with pytest.raises(ValueError, match="NEEDFLOW_SMTP_CA_FILE"):
+            IsolatedSettings(smtp_ca_file=path)
+    cert, _key = self_signed(tmp_path)
+    assert IsolatedSettings(smtp_ca_file=cert).smtp_ca_file == cert

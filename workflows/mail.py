@@ -34,6 +34,7 @@ from datetime import timedelta
 from temporalio import workflow
 from temporalio.client import Client
 from temporalio.common import RetryPolicy
+from temporalio.exceptions import ActivityError
 
 with workflow.unsafe.imports_passed_through():
     from domain.mail import SEND_DUE, MailSenderInput, SendDue, SendReport
@@ -44,6 +45,10 @@ ROUND_TIMEOUT = timedelta(minutes=10)
 ROUND_HEARTBEAT = timedelta(seconds=30)
 #: A failed round (the database unreachable, say) is retried, at most a minute apart.
 ROUND_RETRY = RetryPolicy(initial_interval=timedelta(seconds=1), maximum_interval=timedelta(minutes=1))
+
+
+#: After a round that failed for good, the sender looks again this much later.
+POLL_AFTER_FAILURE = timedelta(minutes=5)
 
 
 def sender_workflow_id(task_queue: str) -> str:
@@ -65,14 +70,26 @@ class MailSenderWorkflow:
         outage = input.outage_streak
         for _ in range(input.rounds_per_run):
             self._woken = False  # a wake during the round makes the next one start at once
-            report: SendReport = await workflow.execute_activity(
-                SEND_DUE,
-                SendDue(outage_streak=outage),
-                result_type=SendReport,
-                start_to_close_timeout=ROUND_TIMEOUT,
-                heartbeat_timeout=ROUND_HEARTBEAT,
-                retry_policy=ROUND_RETRY,
-            )
+            try:
+                report: SendReport = await workflow.execute_activity(
+                    SEND_DUE,
+                    SendDue(outage_streak=outage),
+                    result_type=SendReport,
+                    start_to_close_timeout=ROUND_TIMEOUT,
+                    heartbeat_timeout=ROUND_HEARTBEAT,
+                    retry_policy=ROUND_RETRY,
+                )
+            except ActivityError as exc:
+                # A round that failed for good (activities/errors.py: the database refused a
+                # write) must not end the sender, or mail stalls until the next wake fails
+                # the same way: say so, wait a poll and look again.
+                workflow.logger.error("mail round failed for good: %s", type(exc.cause).__name__)
+                workflow.set_current_details(
+                    f"Last round failed for good ({type(exc.cause).__name__}); see the worker's log. "
+                    f"Next look in {POLL_AFTER_FAILURE.total_seconds():g} s"
+                )
+                await workflow.sleep(POLL_AFTER_FAILURE)
+                continue
             outage = outage + 1 if report.smtp_down else 0
             workflow.set_current_details(_details(report, outage))
             if report.more:
