@@ -420,6 +420,15 @@ class Settings(BaseSettings):
             _pem_certificates(v, "NEEDFLOW_TEMPORAL_TLS_CA")
         return v
 
+    @field_validator("smtp_ca_file")
+    @classmethod
+    def _smtp_ca_file(cls, v: Path | None) -> Path | None:
+        # Checked at start, like the Temporal CA: unread, it failed every round of the mail
+        # sender as "SMTP server unavailable", retried for ever.
+        if v is not None:
+            _pem_certificates(v, "NEEDFLOW_SMTP_CA_FILE")
+        return v
+
     @field_validator("temporal_tls_server_name")
     @classmethod
     def _temporal_tls_server_name(cls, v: str | None) -> str | None:

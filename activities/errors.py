@@ -49,8 +49,8 @@ def _constraint(exc: Exception) -> str | None:
 
 def for_good(exc: Exception) -> ApplicationError | None:
     """The non-retryable error `exc` stands for, or None when a retry may succeed."""
-    if isinstance(exc, InvariantBroken):
-        return ApplicationError(f"a broken invariant: {exc}", type="InvariantBroken", non_retryable=True)
+    if isinstance(exc, InvariantBroken):  # its message stays in the code that raised it: it may quote data
+        return ApplicationError("a broken invariant", type="InvariantBroken", non_retryable=True)
     for cls, kind in FOR_GOOD.items():
         if isinstance(exc, cls):
             parts = [p for p in (_code(exc), _constraint(exc) and f"constraint {_constraint(exc)}") if p]
