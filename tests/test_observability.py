@@ -222,6 +222,11 @@ async def test_a_journey_counts_stage_transitions_events_and_the_signature_round
 
 async def test_the_metrics_port_serves_the_temporal_sdks_metrics(observed: Observed) -> None:
     api = observed.api
+    # The module's stack is shared: count from what earlier tests left, so the wait is for
+    # this test's workflow, not one finished before it.
+    before = total(
+        await scrape(observed.metrics_url), "temporal_workflow_completed", workflow_type="OpportunityWorkflow"
+    )
     opp = await api.opportunity()
     await api.post(
         f"/v1/opportunities/{opp['id']}/close-lost", {"actor_id": opp["owner_id"], "reason": "no longer interested"}
@@ -230,7 +235,7 @@ async def test_the_metrics_port_serves_the_temporal_sdks_metrics(observed: Obser
     async def completed() -> list[Sample] | None:
         samples = await scrape(observed.metrics_url)
         done = total(samples, "temporal_workflow_completed", workflow_type="OpportunityWorkflow")
-        return samples if done >= 1 else None
+        return samples if done >= before + 1 else None
 
     samples = await until(completed, "temporal_workflow_completed for an opportunity")
     present = {s.name for s in samples}
