@@ -193,14 +193,6 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def port_open(host: str, port: int) -> bool:
-    try:
-        with socket.create_connection((host, port), timeout=1.0):
-            return True
-    except OSError:
-        return False
-
-
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 
 
@@ -345,7 +337,7 @@ def child_env(extra: dict[str, str]) -> dict[str, str]:
 
 def start_stack(args: argparse.Namespace, tmp: Path) -> Stack:
     from config import Settings
-    from devstack.stack import http_ok
+    from devstack.stack import http_ok, port_open
     from devstack.temporal import temporal_command
     from store.db import make_sync_engine
     from store.keys import ALL_SCOPES, register_api_key

@@ -34,7 +34,7 @@ from pathlib import Path
 import psycopg
 
 from devstack.children import STOP_TIMEOUT, Child, Children
-from devstack.stack import http_ok
+from devstack.stack import http_ok, port_open
 from devstack.temporal import register_search_attributes, search_attribute_args, temporal_cli
 from tests.helpers import TEST_CODEC_KEYS, IsolatedSettings
 from workflows import TASK_QUEUE
@@ -182,7 +182,7 @@ class ProcessStack:
         """Wait for the frontend, then register the search attributes as devstack does after
         every start (idempotent; retried while the server is still coming up)."""
         host, port = self.temporal_address.split(":")
-        await self.wait_until("the Temporal frontend", lambda: _port_open(host, int(port)), seconds)
+        await self.wait_until("the Temporal frontend", lambda: port_open(host, int(port)), seconds)
         settings = IsolatedSettings(temporal_address=self.temporal_address)
         await asyncio.to_thread(register_search_attributes, settings, seconds)
 
@@ -278,14 +278,6 @@ async def end(child: Child, how: signal.Signals) -> None:
         except subprocess.TimeoutExpired:
             child.proc.kill()
             await asyncio.to_thread(child.proc.wait)
-
-
-def _port_open(host: str, port: int) -> bool:
-    try:
-        with socket.create_connection((host, port), timeout=1.0):
-            return True
-    except OSError:
-        return False
 
 
 # ---------------------------------------------------------------------------- PostgreSQL
