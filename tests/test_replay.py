@@ -76,9 +76,15 @@ RECORDED_BY_OLDER_CODE = [
     "v0-reminded-converted",
 ]
 
+#: Every path as the code recorded it at commit 7e8b4f5, before the history was made
+#: leaner (issue 10: a signature requested in the stage change's own activity, search
+#: attributes upserted only when one changes, the blank-evidence patch asked only where
+#: evidence is blank). Workflows started then may still be running.
+RECORDED_BEFORE_LEAN_HISTORY = [f"v1-{path}" for path in PATHS]
+
 
 def test_every_path_has_a_saved_history() -> None:
-    assert sorted(p.stem for p in HISTORIES.glob("*.json")) == sorted(PATHS + RECORDED_BY_OLDER_CODE)
+    assert sorted(p.stem for p in HISTORIES.glob("*.json")) == sorted(PATHS + RECORDED_BY_OLDER_CODE + RECORDED_BEFORE_LEAN_HISTORY)
 
 
 @asynccontextmanager
