@@ -124,7 +124,17 @@ class OpportunityActivities:
             await judge(session, self.catalog, Opportunity.id == rec.opportunity_id)
 
     @activity.defn(name=records.RECORD_STAGE_CHANGE)
-    async def record_stage_change(self, change: records.StageChange) -> None:
+    async def record_stage_change(self, change: records.StageChange) -> records.SignatureSent | None:
+        """Record a checkpoint and what changes with it, in one transaction; then, when the
+        stage sends documents for signature, request it (`request_signature`, keyed by its
+        request number) and return the envelope. A retry finds the checkpoint recorded and
+        the envelope too, whichever of the two the last attempt reached."""
+        await self._record_stage_change(change)
+        if change.signature_request is None:
+            return None
+        return await self.request_signature(change.signature_request)
+
+    async def _record_stage_change(self, change: records.StageChange) -> None:
         voided_as = "voided"
         if change.void_envelope_id is not None:
             voided_as = await self._void_at_provider(change.void_envelope_id)

@@ -241,6 +241,12 @@ def _missing(stage: Stage, supplied: dict[str, Any], blank_is_missing: bool) -> 
     return [k for k in stage.evidence if supplied.get(k) is None or str(supplied[k]).strip() == ""]
 
 
+def has_blank_text(supplied: dict[str, Any]) -> bool:
+    """Whether any value is blank text other than "": the only input on which `_missing`'s
+    two rules (blank_is_missing or not) disagree."""
+    return any(v is not None and v != "" and str(v).strip() == "" for v in supplied.values())
+
+
 def check_advance(
     process: ProcessDefinition, state: OpportunityState, cmd: AdvanceCommand, *, blank_is_missing: bool = True
 ) -> Stage:

@@ -70,6 +70,13 @@ class SignatureCompletion(BaseModel):
     completed_at: datetime
 
 
+class SignatureRequestInput(BaseModel):
+    opportunity_id: str
+    request_no: int
+    template: str
+    subject: str
+
+
 class StageChange(BaseModel):
     """One checkpoint and everything that changes with it, written in one transaction."""
 
@@ -84,13 +91,9 @@ class StageChange(BaseModel):
     #: The envelope still out for signature when the opportunity closed: voided with it
     #: (the workflow decides; the activity voids it at the provider and in the store).
     void_envelope_id: str | None = None
-
-
-class SignatureRequestInput(BaseModel):
-    opportunity_id: str
-    request_no: int
-    template: str
-    subject: str
+    #: The stage sends documents for signature: once the change is recorded, the same
+    #: activity requests the signature and returns the envelope (`SignatureSent`).
+    signature_request: SignatureRequestInput | None = None
 
 
 class SignatureSent(BaseModel):

@@ -283,6 +283,25 @@ async def test_every_opportunity_activity_twice_writes_once(
     await opp_acts.record_signature_failure(failure)
     assert count(db, Notification, Notification.id.like(f"signature-declined-{sent.envelope_id}:%")) == 1
 
+    # A stage that sends documents (the lean way): the stage change and the signature
+    # request in one activity, retried: one checkpoint, one envelope, one link e-mailed.
+    resend = records.SignatureRequestInput(
+        opportunity_id=oid, request_no=2, template="mortgage_closing", subject="Sign"
+    )
+    sending = records.StageChange(
+        opportunity_id=oid,
+        checkpoint=_checkpoint(3, "applied"),
+        probability=60,
+        status="open",
+        signature_request=resend,
+    )
+    again = await opp_acts.record_stage_change(sending)
+    assert again is not None and again.status == "sent" and again.envelope_id != sent.envelope_id
+    assert await opp_acts.record_stage_change(sending) == again
+    assert _checkpoints(db, oid) == ["interested", "searching", "applied"]
+    assert count(db, SignatureRequest, SignatureRequest.opportunity_id == oid) == 2
+    assert count(db, Notification, Notification.id.like(f"signature-link-{again.envelope_id}%")) == 1
+
 
 _NOW = datetime(2026, 11, 25, 10, 0, tzinfo=UTC)
 PROCESSES = Path(__file__).resolve().parent.parent / "processes"

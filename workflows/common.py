@@ -73,6 +73,10 @@ class Console:
 
     def __init__(self, search_attributes: bool) -> None:
         self.search_attributes = search_attributes
+        #: Upsert only the attributes whose value changes. Each upsert is a history event
+        #: (and server work); the start sets them all and most commands change one or
+        #: none. A workflow turns this on behind its own patch: older runs upserted all.
+        self.changes_only = False
         #: What the workflow showed last, for `refresh`.
         self._last: tuple[list[SearchAttributeUpdate], str] | None = None
         #: A hook that may add to what is shown (workflows/attention.py: `NeedsAttention`).
@@ -84,7 +88,11 @@ class Console:
         if self.decorate is not None:
             details = self.decorate(attributes, details)
         if self.search_attributes:
-            workflow.upsert_search_attributes(attributes)
+            if self.changes_only:
+                current = workflow.info().typed_search_attributes
+                attributes = [a for a in attributes if current.get(a.key) != a.value]
+            if attributes:
+                workflow.upsert_search_attributes(attributes)
         workflow.set_current_details(details)
 
     def refresh(self) -> None:
