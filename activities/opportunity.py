@@ -20,7 +20,7 @@ from domain.opportunity import CheckpointView, SignatureOutcome
 from domain.process import ProcessCatalog
 from esign.documents import DocumentContext, render_document, sha256_hex
 from esign.provider import Envelope, EnvelopeStatus, ESignatureProvider
-from store.audit_findings import consent_affects, judge
+from store.audit_findings import consent_affects, judge, judge_locked
 from store.models import (
     Checkpoint,
     Consent,
@@ -96,32 +96,34 @@ class OpportunityActivities:
         imported = rec.imported
         checkpoints = imported.checkpoints if imported else [rec.first_checkpoint]
         async with self.sessions.begin() as session:
-            if await session.get(Opportunity, rec.opportunity_id) is None:
-                session.add(
-                    Opportunity(
-                        id=rec.opportunity_id,
-                        customer_id=rec.customer_id,
-                        product=rec.product.value,
-                        process_version=rec.process_version,
-                        owner_id=rec.owner_id,
-                        need_id=rec.need_id,
-                        amount=rec.amount,
-                        referral_id=rec.referral_id,
-                        campaign_id=rec.campaign_id,
-                        stage=checkpoints[-1].stage,
-                        probability=rec.probability,
-                        status="open",
-                        last_seq=checkpoints[-1].seq,
-                        workflow_id=rec.workflow_id,
-                        opened_at=imported.opened_at if imported else rec.first_checkpoint.entered_at,
-                        source=imported.source if imported else None,
-                        external_id=imported.external_id if imported else None,
-                    )
+            # Locked as `judge_locked` needs it: a retry finds the row; else it is ours.
+            opp = await session.get(Opportunity, rec.opportunity_id, with_for_update=True)
+            if opp is None:
+                opp = Opportunity(
+                    id=rec.opportunity_id,
+                    customer_id=rec.customer_id,
+                    product=rec.product.value,
+                    process_version=rec.process_version,
+                    owner_id=rec.owner_id,
+                    need_id=rec.need_id,
+                    amount=rec.amount,
+                    referral_id=rec.referral_id,
+                    campaign_id=rec.campaign_id,
+                    stage=checkpoints[-1].stage,
+                    probability=rec.probability,
+                    status="open",
+                    last_seq=checkpoints[-1].seq,
+                    workflow_id=rec.workflow_id,
+                    opened_at=imported.opened_at if imported else rec.first_checkpoint.entered_at,
+                    source=imported.source if imported else None,
+                    external_id=imported.external_id if imported else None,
+                    audit_stale=False,  # judged below, in this transaction
                 )
+                session.add(opp)
                 await session.flush()
             for checkpoint in checkpoints:
                 await _add_checkpoint(session, rec.opportunity_id, checkpoint)
-            await judge(session, self.catalog, Opportunity.id == rec.opportunity_id)
+            await judge_locked(session, self.catalog, opp)
 
     @activity.defn(name=records.RECORD_STAGE_CHANGE)
     async def record_stage_change(self, change: records.StageChange) -> records.SignatureSent | None:
@@ -191,7 +193,7 @@ class OpportunityActivities:
             if change.consent:
                 await judge(session, self.catalog, *consent_affects(opp.customer_id, change.consent.product.value))
             else:
-                await judge(session, self.catalog, Opportunity.id == opp.id)
+                await judge_locked(session, self.catalog, opp)
 
     async def _void_at_provider(self, envelope_id: str) -> str:
         """Void a remote envelope at its provider; the status to record for it: `voided`,
@@ -431,7 +433,7 @@ class OpportunityActivities:
             )
             if rec.seq > max(recorded, default=0):
                 opp.owner_id = rec.to_owner_id
-                await judge(session, self.catalog, Opportunity.id == opp.id)
+                await judge_locked(session, self.catalog, opp)
 
     def all(self) -> list:
         return [

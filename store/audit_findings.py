@@ -20,6 +20,10 @@ The writes that change what the rules read, each calling `judge` in its transact
 
 Needs and checkpoints are never changed once written, so nothing else moves a verdict.
 
+One opportunity whose row the writing transaction holds already (a stage change without
+a consent, an owner change, an opening) is judged by `judge_locked`: the same verdicts,
+written only when they changed.
+
 Concurrency: `judge` first locks the opportunities' rows (PostgreSQL `FOR UPDATE`; SQLite
 has one writer at a time), then reads their facts. Two writes that touch one opportunity
 (a checkpoint by the worker, a consent through the API) therefore judge it one after the
@@ -79,10 +83,34 @@ async def judge(session: AsyncSession, catalog: ProcessCatalog, *where: Any) -> 
     return len(ids)
 
 
-async def _judge_ids(session: AsyncSession, catalog: ProcessCatalog, ids: Sequence[str]) -> None:
-    # Read everything first, then write: on SQLite a transaction holds the one write lock
-    # from its first write to its commit, so the writes come last and close together.
-    rows = [
+async def judge_locked(session: AsyncSession, catalog: ProcessCatalog, opp: Opportunity) -> None:
+    """`judge` for one opportunity that this transaction has loaded and locked (read `FOR
+    UPDATE`, or inserted): a stage change, an owner change, an opening. The same verdicts
+    in fewer statements, on the path every command takes: no second lock, the findings
+    written only when they changed (most stage changes change none), and `audit_stale`
+    cleared in the row's own UPDATE."""
+    verdicts = await _verdicts(session, catalog, [opp.id])
+    kept = await session.execute(select(*_FINDING_COLUMNS).where(AuditFinding.opportunity_id == opp.id))
+    if sorted(map(tuple, kept)) != sorted(tuple(v[c.key] for c in _FINDING_COLUMNS) for v in verdicts):
+        await _write_findings(session, [opp.id], verdicts)
+    if opp.audit_stale:
+        opp.audit_stale = False
+
+
+#: What a kept finding holds, in the order `judge_locked` compares them.
+_FINDING_COLUMNS = (
+    AuditFinding.opportunity_id,
+    AuditFinding.rule,
+    AuditFinding.detail,
+    AuditFinding.owner_id,
+    AuditFinding.product,
+    AuditFinding.opened_at,
+)
+
+
+async def _verdicts(session: AsyncSession, catalog: ProcessCatalog, ids: Sequence[str]) -> list[dict[str, Any]]:
+    """The findings rows of `ids`, as the rules judge them now."""
+    return [
         {
             "opportunity_id": o.id,
             "rule": f.rule,
@@ -94,9 +122,19 @@ async def _judge_ids(session: AsyncSession, catalog: ProcessCatalog, ids: Sequen
         for o in await load_facts(session, catalog, [Opportunity.id.in_(ids)])
         for f in findings(o)
     ]
+
+
+async def _write_findings(session: AsyncSession, ids: Sequence[str], verdicts: list[dict[str, Any]]) -> None:
     await session.execute(delete(AuditFinding).where(AuditFinding.opportunity_id.in_(ids)))
-    if rows:
-        await session.execute(insert(AuditFinding), rows)
+    if verdicts:
+        await session.execute(insert(AuditFinding), verdicts)
+
+
+async def _judge_ids(session: AsyncSession, catalog: ProcessCatalog, ids: Sequence[str]) -> None:
+    # Read everything first, then write: on SQLite a transaction holds the one write lock
+    # from its first write to its commit, so the writes come last and close together.
+    verdicts = await _verdicts(session, catalog, ids)
+    await _write_findings(session, ids, verdicts)
     await session.execute(update(Opportunity).where(Opportunity.id.in_(ids)).values(audit_stale=False))
 
 

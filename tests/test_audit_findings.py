@@ -151,3 +151,35 @@ async def test_the_report_pages_through_in_its_order(api: Api, db: Engine) -> No
         ("limit=5001", "query.limit"),
     ]:
         assert_validation_error(await api.get(f"/v1/reports/practice-audit?{query}", expect=None), field)
+
+
+async def test_a_stage_change_writes_the_verdicts_only_when_the_kept_ones_differ(
+    api: Api, db: Engine, settings: Settings
+) -> None:
+    """A stage change judges its opportunity again and writes its findings only when they
+    differ from those kept (store/audit_findings.py `judge_locked`). Ann's mortgage, open
+    at Applied, was opened before her need: its kept finding is lost here by hand, the
+    lender's approval brings it back."""
+    source = unique("crm")
+    body: dict[str, Any] = book(source)
+    body["needs"][0]["recorded_at"] = t(3)
+    ids = (await post_import(api, body)).json()["ids"]
+    dan, mortgage = ids["employees"]["E-DAN"], ids["opportunities"]["O-MORT"]
+    expected = (mortgage, "need_after_opportunity")
+
+    def kept() -> list[tuple[str, str]]:
+        with db.connect() as conn:
+            rows = conn.execute(
+                select(AuditFinding.opportunity_id, AuditFinding.rule).where(AuditFinding.opportunity_id == mortgage)
+            )
+            return [tuple(r) for r in rows]
+
+    assert kept() == [expected]
+    with db.begin() as conn:
+        conn.execute(AuditFinding.__table__.delete().where(AuditFinding.opportunity_id == mortgage))
+    assert kept() == []
+
+    r = await api.event("mortgage.application_approved", mortgage, {"approval_id": unique("APR")})
+    assert r.status_code == 202 and r.json()["opportunity"]["stage"] == "approved", r.text
+    assert kept() == [expected]
+    await assert_kept_is_what_judging_now_says(api, db, settings, source, owner_id=dan)
