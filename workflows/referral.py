@@ -60,6 +60,14 @@ with workflow.unsafe.imports_passed_through():
 
 SYSTEM = "needflow"
 
+#: Since this patch a notice that a write causes (assigned, unassigned, lapsed: a routing
+#: or a hand-on) is recorded by that write's activity alone. Those activities have recorded
+#: them in their own transaction for a while, and the workflow's `referral.notify` after
+#: each found them there: an activity round trip (six history events, a workflow task) for
+#: nothing, on every create and every re-routing. Reminders and escalations, which no
+#: write causes, still go through `referral.notify`.
+NOTICES_WITH_THEIR_WRITE = "notices-with-their-write"
+
 
 @workflow.defn
 class ReferralWorkflow(Repairable):
@@ -75,6 +83,14 @@ class ReferralWorkflow(Repairable):
         self._accepted_at: datetime | None = None
         self._followups_sent = 0
         self._write_lock = asyncio.Lock()
+        self._notices_with_write: bool | None = None
+
+    def _written_notices(self) -> bool:
+        """Whether this run leaves write-caused notices to their write (NOTICES_WITH_THEIR_WRITE),
+        asked once, at the run's first routing: a run keeps the answer it got then."""
+        if self._notices_with_write is None:
+            self._notices_with_write = workflow.patched(NOTICES_WITH_THEIR_WRITE)
+        return self._notices_with_write
 
     @workflow.run
     async def run(self, input: ReferralInput) -> ReferralState:
@@ -148,7 +164,8 @@ class ReferralWorkflow(Repairable):
             "assigned", cmd.actor.id, cmd.reason or "reassigned", cmd.to_employee_id, via=cmd.actor.via
         )
         await self._record(entry)
-        await self._notify("assigned", str(entry.seq), cmd.to_employee_id)
+        if not self._written_notices():  # else record_change told the new assignee
+            await self._notify("assigned", str(entry.seq), cmd.to_employee_id)
         return self._answer()
 
     @reassign.validator
@@ -253,7 +270,8 @@ class ReferralWorkflow(Repairable):
         entry = self._change("routing", SYSTEM, "acceptance SLA lapsed", lapsed, record_status="lapsed", via=None)
         async with self._write_lock:
             await self._route(SYSTEM, preceding=entry, via=None)
-            await self._notify_locked("lapsed", str(entry.seq), lapsed)
+            if not self._written_notices():  # else the routing told the lapsed one's manager
+                await self._notify_locked("lapsed", str(entry.seq), lapsed)
 
     async def _follow_up(self, kind: str) -> None:
         """The follow-up SLA fell due: a reminder to the assignee, then an escalation."""
@@ -338,6 +356,8 @@ class ReferralWorkflow(Repairable):
         self.state.status = status  # type: ignore[assignment]
         self._sla.rearm()
         self._publish()
+        if self._written_notices():
+            return  # the routing activity recorded the notice in its own transaction
         if d.assignee_id:
             await self._notify_locked("assigned", str(req.seq), d.assignee_id)
         else:
