@@ -13,7 +13,7 @@ UTF-8 cannot encode (a lone surrogate).
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -124,6 +124,19 @@ def invalid(message: str, **details: Any) -> ApiError:
     return ApiError(422, "validation_error", message, details)
 
 
+def refused(problems: Sequence[dict[str, str]], prefix: str = "", whole: str = "request") -> ApiError:
+    """422 `validation_error` naming every problem (each a dict with its `field`, `message`
+    and, where known, `type`) in `details.errors[]`; the message is `prefix`, then the
+    first problem's field (`whole` when it is about the whole of it) and message, and how
+    many more there are. Every 422 with `errors[]` is built here: pydantic's, the request
+    guard's, an event's data, an import."""
+    first = problems[0] if problems else {"field": "", "message": "invalid request"}
+    message = f"{prefix}{first['field'] or whole}: {first['message']}"
+    if len(problems) > 1:
+        message += f" (and {len(problems) - 1} more)"
+    return ApiError(422, "validation_error", message, {"errors": list(problems)})
+
+
 def invalid_transition(message: str, **details: Any) -> ApiError:
     return ApiError(409, "invalid_transition", message, details)
 
@@ -172,11 +185,7 @@ def install(app: FastAPI) -> None:
             else:
                 field = field_path(p for p in e["loc"] if p != "body")
                 problems.append({"field": field, "message": e["msg"], "type": e["type"]})
-        first = problems[0] if problems else {"field": "", "message": "invalid request"}
-        message = f"{first['field'] or 'request'}: {first['message']}"
-        if len(problems) > 1:
-            message += f" (and {len(problems) - 1} more)"
-        return ApiError(422, "validation_error", message, {"errors": problems}).response()
+        return refused(problems).response()
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:

@@ -35,7 +35,7 @@ from urllib.parse import unquote_plus
 from starlette.routing import compile_path
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from api.errors import ApiError, RaisedApiError
+from api.errors import ApiError, RaisedApiError, refused
 from domain.validation import character_problem
 
 MiB = 1024 * 1024
@@ -63,14 +63,6 @@ def too_large(limit: int) -> ApiError:
         f"the request body is larger than {_size(limit)}, the most this path takes",
         {"limit_bytes": limit},
     )
-
-
-def _refused(problems: list[dict[str, str]]) -> ApiError:
-    first = problems[0]
-    message = f"{first['field']}: {first['message']}"
-    if len(problems) > 1:
-        message += f" (and {len(problems) - 1} more)"
-    return ApiError(422, "validation_error", message, {"errors": problems})
 
 
 def _problem(field: str, message: str, type_: str = "control_character") -> dict[str, str]:
@@ -105,7 +97,7 @@ class RequestGuard:
             await self.app(scope, receive, send)
             return
         if problems := [*_path_problems(scope), *_query_problems(scope["query_string"]), *_header_problems(scope)]:
-            await _refused(problems).response()(scope, receive, send)
+            await refused(problems).response()(scope, receive, send)
             return
 
         limit = self.limit_for(scope["path"])

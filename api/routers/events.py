@@ -27,7 +27,7 @@ from sqlalchemy import delete
 from sqlalchemy.exc import IntegrityError
 
 from api.deps import EventWriter, Services, ServicesDep
-from api.errors import ApiError, field_path, invalid, not_found
+from api.errors import ApiError, field_path, invalid, not_found, refused
 from api.routers.opportunities import read_opportunity
 from api.schemas import EventIn, EventOut
 from api.workflows import update_opportunity
@@ -64,14 +64,11 @@ async def receive_event(body: EventIn, svc: ServicesDep, who: EventWriter):
     try:
         data = data_model.model_validate(body.data).model_dump(mode="json", exclude_none=True)
     except ValidationError as exc:
-        problems = [
-            {"field": field_path(("data", *e["loc"])), "message": e["msg"], "type": e["type"]} for e in exc.errors()
-        ]
-        raise ApiError(
-            422, "validation_error", f"{problems[0]['field']}: {problems[0]['message']}", {"errors": problems}
+        raise refused(
+            [{"field": field_path(("data", *e["loc"])), "message": e["msg"], "type": e["type"]} for e in exc.errors()]
         ) from None
-    if refused := _data_problems(body, data):
-        raise _invalid_data(refused)
+    if problems := _data_problems(body, data):
+        raise _invalid_data(problems)
 
     async with svc.sessions() as session:
         seen = await session.get(ProcessedEvent, body.id)
@@ -155,8 +152,7 @@ async def _duplicate(svc: Services, body: EventIn, subject: str, data: dict, see
 
 def _invalid_data(problems: list[Problem]) -> ApiError:
     """422 naming every field refused by the rules of domain/customer_health.py."""
-    errors = [{"field": field, "message": message} for field, message in problems]
-    return ApiError(422, "validation_error", f"{errors[0]['field']}: {errors[0]['message']}", {"errors": errors})
+    return refused([{"field": field, "message": message} for field, message in problems])
 
 
 def _data_problems(body: EventIn, data: dict) -> list[Problem]:

@@ -17,7 +17,7 @@ from fastapi import APIRouter, Body
 from pydantic import BaseModel
 
 from api.deps import Admin, ServicesDep
-from api.errors import ApiError
+from api.errors import ApiError, refused
 from api.workflows import answered
 from domain.ids import opportunity_workflow_id
 from domain.imports import KINDS, Resume, check, parse
@@ -38,14 +38,7 @@ class ImportOut(BaseModel):
 
 
 def _refused(problems: list[Any]) -> ApiError:
-    first = problems[0]
-    more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
-    return ApiError(
-        422,
-        "validation_error",
-        f"nothing was imported: {first.path or 'the import'}: {first.message}{more}",
-        {"errors": [p.as_dict() for p in problems]},
-    )
+    return refused([p.as_dict() for p in problems], prefix="nothing was imported: ", whole="the import")
 
 
 @router.post("", response_model=ImportOut)
