@@ -72,6 +72,7 @@ from domain.mail import SEND_DUE, SendDue, SendReport, retry_delay
 from domain.validation import printable
 from observability.logs import redact
 from store import outbox
+from store.db import insert_if_missing
 from store.models import Employee, Notification
 
 log = logging.getLogger("needflow.mail")
@@ -153,12 +154,15 @@ class Mailer:
         """Put one message for one recipient in the outbox inside the caller's transaction,
         so it is there exactly when what it tells of is (a retry finds it by id and adds
         nothing). The sender delivers it after the commit. Returns the message's id."""
-        if await session.get(Notification, message_id) is None:
-            session.add(
-                Notification(
-                    id=message_id, to_employee_id=to_employee_id, to_address=to_address, subject=subject, body=body
-                )
-            )
+        if await insert_if_missing(
+            session,
+            Notification,
+            id=message_id,
+            to_employee_id=to_employee_id,
+            to_address=to_address,
+            subject=subject,
+            body=body,
+        ):
             self._wake_on_commit(session)
         return message_id
 

@@ -289,13 +289,13 @@ class ReferralActivities:
                 session.add(_history_row(row.id, req.preceding))
         with session.no_autoflush:  # a new row is inserted once, with its decision in it
             candidates = await self._candidates(session, req, team)
-        excluded = frozenset(req.exclude)
-        while True:  # the pick must still have room once its workload row is locked
-            decision = route(req.rules, req.facts, candidates, excluded)
-            chosen = next((c for c in candidates if c.employee_id == decision.assignee_id), None)
-            if chosen is None or await _has_room(session, chosen):
-                break
-            excluded |= {chosen.employee_id}  # filled by a concurrent routing meanwhile
+            excluded = frozenset(req.exclude)
+            while True:  # the pick must still have room once its workload row is locked
+                decision = route(req.rules, req.facts, candidates, excluded)
+                chosen = next((c for c in candidates if c.employee_id == decision.assignee_id), None)
+                if chosen is None or await _has_room(session, chosen):
+                    break
+                excluded |= {chosen.employee_id}  # filled by a concurrent routing meanwhile
         assigned = decision.assignee_id is not None
         row.queue = decision.queue
         row.routing_rule = decision.rule

@@ -69,12 +69,14 @@ def make_session_factory(engine: AsyncEngine) -> async_sessionmaker:
     return async_sessionmaker(engine, expire_on_commit=False)
 
 
-async def insert_if_missing(session: AsyncSession, model: Any, **values: Any) -> None:
+async def insert_if_missing(session: AsyncSession, model: Any, **values: Any) -> bool:
     """INSERT a row unless its key is there already (ON CONFLICT DO NOTHING), on either
     database: for a row that must exist before it is locked, made by whichever of two
-    racing transactions comes first."""
+    racing transactions comes first, or a row written once however often its write is
+    retried, in one statement. Returns whether this call inserted it."""
     insert = pg_insert if session.bind.dialect.name == "postgresql" else sqlite_insert
-    await session.execute(insert(model).values(**values).on_conflict_do_nothing())
+    result = await session.execute(insert(model).values(**values).on_conflict_do_nothing())
+    return bool(result.rowcount)
 
 
 #: How long a loop of write transactions pauses between them on a database with one
