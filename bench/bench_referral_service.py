@@ -4,7 +4,7 @@ learned from 20,000 past referrals. 10,000 referrals, one after another.
 
 bench_routing_scoring.py measures the pure functions; this one adds what the service
 pays around them (reading the lead model, candidates and loads; writing the referral,
-its history and assignment). The issue's budget is 5 ms per referral for routing plus
+its history and assignment). The budget is 3 ms per referral for routing plus
 scoring. E-mail and Temporal round trips are not part of that figure. The new referral's
 record, score and first routing are one activity, one transaction.
 
@@ -44,7 +44,7 @@ from tests.dbutil import fresh_database_url  # noqa: E402
 EMPLOYEES = 1_000
 PAST = 20_000
 REFERRALS = int(os.environ.get("BENCH_REFERRALS", "10000"))
-BUDGET_MS = 5.0
+BUDGET_MS = 3.0  # issue 10 (issue 6 asked 5 ms)
 PLACES = {
     "ON": ["Toronto", "Ottawa"],
     "QC": ["Montréal", "Laval"],
