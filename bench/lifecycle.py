@@ -335,7 +335,9 @@ def child_env(extra: dict[str, str]) -> dict[str, str]:
     return {**env, "PYTHONUNBUFFERED": "1", **extra}
 
 
-def start_stack(args: argparse.Namespace, tmp: Path) -> Stack:
+def start_stack(args: argparse.Namespace, tmp: Path, extra_env: dict[str, str] | None = None) -> Stack:
+    """`extra_env`: more environment for the processes started here (bench/open_many.py
+    turns needflow's worker's metrics port on with it); none by default."""
     from config import Settings
     from devstack.stack import http_ok, port_open
     from devstack.temporal import temporal_command
@@ -402,6 +404,7 @@ def start_stack(args: argparse.Namespace, tmp: Path) -> Stack:
                 "NEEDFLOW_METRICS_PORT": "off",
                 "NEEDFLOW_API_METRICS_PORT": "off",
                 "BENCH_SQL_COUNTS": str(tmp / "sql-counts"),
+                **(extra_env or {}),
             }
         )
         me = [sys.executable, str(Path(__file__).resolve())]
