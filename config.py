@@ -298,6 +298,16 @@ class Settings(BaseSettings):
     mail_retry_max_seconds: float = Field(default=3600, gt=0)
     #: Seconds between the sender's looks at the outbox when nothing wakes it (workflows/mail.py).
     mail_poll_seconds: float = Field(default=300, gt=0)
+    #: Workflows a worker keeps in memory between their tasks (temporalio's
+    #: max_cached_workflows): one that is not must be replayed from its history before its
+    #: next task. Each costs the worker ~0.12 MB (bench/open_many.py): 6,000 keep it under
+    #: 1 GiB. Size it to the worker's memory; a bank's open opportunities may be many more.
+    workflow_cache: int = Field(default=6000, ge=0)
+    #: Run workflow code in temporalio's sandbox, which re-imports the workflow's module
+    #: for every run it starts or replays and fails a task that calls what a workflow must
+    #: not (the clock, random, I/O). Off, the worker runs them as plain code (worker.py
+    #: says why); the test suite runs them in the sandbox, so its checks stay.
+    workflow_sandbox: bool = False
     # E-signature: needflow's own signing page, or DocuSign (configured by DOCUSIGN_*).
     esign_provider: Literal["local", "docusign"] = "local"
     #: Read from DOCUSIGN_* when esign_provider is docusign (unless given); else None.

@@ -13,7 +13,8 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 from temporalio.client import Client
-from temporalio.worker import Worker
+from temporalio.worker import UnsandboxedWorkflowRunner, Worker, WorkflowRunner
+from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner
 
 from activities.daily import DailyActivities
 from activities.errors import ActivityErrors
@@ -71,6 +72,27 @@ class _StoreWorker(Worker):
                 self._esign.close()
 
 
+def workflow_runner(settings: Settings) -> WorkflowRunner:
+    """How the worker runs workflow code: as plain code unless NEEDFLOW_WORKFLOW_SANDBOX.
+
+    temporalio's sandbox re-imports a workflow's module into a fresh namespace for every
+    run it starts or replays, and checks each call a workflow makes. Measured here
+    (bench/README.md): creating those instances and the sandbox's per-payload hooks took
+    about a fifth of the worker's Python CPU per mortgage; opening 10,000 opportunities
+    cost the worker 37 ms of CPU each in the sandbox and 18 ms without; a cached workflow
+    holds ~0.26 MB in it and ~0.12 MB without; and every advance of a workflow evicted
+    from the cache replays it into a new sandboxed instance. Passing every module through
+    the sandbox is no middle way: the workflow's own module is then imported outside it,
+    and its calls go unchecked (tried).
+
+    What the sandbox guarded stays guarded elsewhere: workflow code is deterministic by
+    construction (domain rules are pure functions; time, ids and randomness come from
+    `workflow.*`), its modules hold only constants, every in-process test runs its
+    workflows in the sandbox (tests/helpers.py `IsolatedSettings`), and every saved and
+    fresh history is replayed in it (tests/test_replay.py)."""
+    return SandboxedWorkflowRunner() if settings.workflow_sandbox else UnsandboxedWorkflowRunner()
+
+
 def build_worker(client: Client, settings: Settings, task_queue: str = TASK_QUEUE) -> Worker:
     """Every workflow and activity of needflow on `task_queue`; `async with` it, or `run()`."""
     engine = make_async_engine(settings.resolved_database_url)
@@ -110,6 +132,8 @@ def build_worker(client: Client, settings: Settings, task_queue: str = TASK_QUEU
         client,
         task_queue=task_queue,
         workflows=WORKFLOWS,
+        workflow_runner=workflow_runner(settings),
+        max_cached_workflows=settings.workflow_cache,
         activities=[*opportunity.all(), *referral.all(), *daily.all(), *sender.all()],
         # What retrying cannot fix fails once, and the workflow shows it (activities/errors.py).
         interceptors=[ActivityErrors()],

@@ -435,6 +435,12 @@ class IsolatedSettings(Settings):
     """Settings from the test's own arguments and defaults only: a NEEDFLOW_* variable in
     the developer's environment must not change what a test sees."""
 
+    #: Every in-process test runs its workflows in temporalio's sandbox, which fails a
+    #: workflow task that reads the clock, draws a random number or does I/O: the checks
+    #: the worker leaves out for speed (worker.py). The tests that start workers as
+    #: processes (scale-out, faults, the dev stack) run them as deployed, without it.
+    workflow_sandbox: bool = True
+
     @classmethod
     def settings_customise_sources(
         cls,

@@ -15,16 +15,16 @@ SA_CUSTOMER_ID = SearchAttributeKey.for_keyword("CustomerId")
 SA_OPPORTUNITY_STATUS = SearchAttributeKey.for_keyword("OpportunityStatus")
 
 #: Every custom search attribute needflow uses; the dev stack and tests register these.
-SEARCH_ATTRIBUTES = [SA_PRODUCT, SA_STAGE, SA_OWNER_ID, SA_CUSTOMER_ID, SA_OPPORTUNITY_STATUS]
+SEARCH_ATTRIBUTES = (SA_PRODUCT, SA_STAGE, SA_OWNER_ID, SA_CUSTOMER_ID, SA_OPPORTUNITY_STATUS)
 
 SA_REFERRAL_STATUS = SearchAttributeKey.for_keyword("ReferralStatus")
 SA_ASSIGNEE_ID = SearchAttributeKey.for_keyword("AssigneeId")
 SA_EXPRESSED_INTEREST = SearchAttributeKey.for_keyword("ExpressedInterest")
 
-SEARCH_ATTRIBUTES += [SA_REFERRAL_STATUS, SA_ASSIGNEE_ID, SA_EXPRESSED_INTEREST]
+SEARCH_ATTRIBUTES += (SA_REFERRAL_STATUS, SA_ASSIGNEE_ID, SA_EXPRESSED_INTEREST)
 
 #: True while an activity of the workflow has failed for good and waits for ops to repair
 #: and retry it (workflows/attention.py); set from the first such failure on.
 SA_NEEDS_ATTENTION = SearchAttributeKey.for_bool("NeedsAttention")
 
-SEARCH_ATTRIBUTES += [SA_NEEDS_ATTENTION]
+SEARCH_ATTRIBUTES += (SA_NEEDS_ATTENTION,)
