@@ -335,9 +335,29 @@ def child_env(extra: dict[str, str]) -> dict[str, str]:
     return {**env, "PYTHONUNBUFFERED": "1", **extra}
 
 
+def settings_given(args: argparse.Namespace) -> dict[str, str]:
+    """--setting NAME=VALUE, each a NEEDFLOW_* variable for the worker and the API."""
+    given = dict(s.split("=", 1) for s in getattr(args, "setting", None) or [])
+    if wrong := [name for name in given if not name.startswith("NEEDFLOW_")]:
+        raise BenchError(f"--setting takes NEEDFLOW_* variables, not {', '.join(wrong)}")
+    return given
+
+
+def add_setting_argument(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--setting",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="a NEEDFLOW_* setting for the worker and the API, to compare runs by "
+        "(e.g. NEEDFLOW_WORKFLOW_SANDBOX=true)",
+    )
+
+
 def start_stack(args: argparse.Namespace, tmp: Path, extra_env: dict[str, str] | None = None) -> Stack:
     """`extra_env`: more environment for the processes started here (bench/open_many.py
-    turns needflow's worker's metrics port on with it); none by default."""
+    turns needflow's worker's metrics port on with it); none by default. `args.setting`
+    (--setting, each NAME=VALUE) comes last: a setting to compare runs by."""
     from config import Settings
     from devstack.stack import http_ok, port_open
     from devstack.temporal import temporal_command
@@ -405,6 +425,7 @@ def start_stack(args: argparse.Namespace, tmp: Path, extra_env: dict[str, str] |
                 "NEEDFLOW_API_METRICS_PORT": "off",
                 "BENCH_SQL_COUNTS": str(tmp / "sql-counts"),
                 **(extra_env or {}),
+                **settings_given(args),
             }
         )
         me = [sys.executable, str(Path(__file__).resolve())]
@@ -1316,6 +1337,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         metavar="PRAGMA=VALUE",
         help="experiment: a --sqlite-pragma for the dev server started here (e.g. synchronous=OFF)",
     )
+    add_setting_argument(p)
     p.add_argument("--profile", metavar="DIR", type=Path, help="py-spy the worker and the API during `http`")
     p.add_argument("--json", metavar="FILE", type=Path, help="also write the results as JSON")
     p.add_argument("--keep", action="store_true", help="keep the temp dir (database, logs) and print where")

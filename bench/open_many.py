@@ -85,6 +85,7 @@ from bench.lifecycle import (  # noqa: E402
     Recorder,
     Scenarios,
     Stack,
+    add_setting_argument,
     free_port,
     machine,
     own_cpu_seconds,
@@ -544,6 +545,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--database-url", metavar="URL",
                    help="a PostgreSQL server (default DATABASE_URL) to make a fresh database on (dropped afterwards);\n"
                         "unset: a fresh SQLite file")  # fmt: skip
+    add_setting_argument(p)
     p.add_argument("--json", metavar="FILE", type=Path, help="also write the figures as JSON")
     p.add_argument("--keep", action="store_true", help="keep each N's temp dir (databases, logs) and print where")
     args = p.parse_args(argv)
