@@ -300,9 +300,10 @@ class Settings(BaseSettings):
     mail_poll_seconds: float = Field(default=300, gt=0)
     #: Workflows a worker keeps in memory between their tasks (temporalio's
     #: max_cached_workflows): one that is not must be replayed from its history before its
-    #: next task. Each costs the worker ~0.12 MB (bench/open_many.py): 6,000 keep it under
-    #: 1 GiB. Size it to the worker's memory; a bank's open opportunities may be many more.
-    workflow_cache: int = Field(default=6000, ge=0)
+    #: next task. Each costs the worker ~0.12 MB (bench/open_many.py: with 6,000 cached it
+    #: peaked at 1,009 MB); 5,000 leave it ~120 MB below 1 GiB. Size it to the worker's
+    #: memory: a bank's open opportunities may be many more.
+    workflow_cache: int = Field(default=5000, ge=0)
     #: Run workflow code in temporalio's sandbox, which re-imports the workflow's module
     #: for every run it starts or replays and fails a task that calls what a workflow must
     #: not (the clock, random, I/O). Off, the worker runs them as plain code (worker.py
