@@ -196,6 +196,18 @@ def free_port() -> int:
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 
 
+def status_mb(pid: int, field: str) -> float | None:
+    """A memory figure of /proc/PID/status (VmRSS: resident now, VmHWM: its peak), MB;
+    None once the process is gone."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith(f"{field}:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return None
+
+
 def cpu_seconds(pid: int) -> float | None:
     """User + system CPU of a process (all its threads), from /proc."""
     try:
@@ -259,13 +271,7 @@ class Proc:
             Path(f"/proc/{self.pid}/clear_refs").write_text("5")
 
     def peak_rss_mb(self) -> float | None:
-        try:
-            for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) / 1024
-        except OSError:
-            pass
-        return None
+        return status_mb(self.pid, "VmHWM")
 
     def sql_counts(self, path: Path) -> Counter[str] | None:
         """The child's SQL statement and commit counts so far (`count_sql`), or None."""

@@ -93,6 +93,7 @@ from bench.lifecycle import (  # noqa: E402
     percentile,
     settings_given,
     start_stack,
+    status_mb,
 )
 from config import Settings  # noqa: E402
 
@@ -119,13 +120,7 @@ AMOUNT = Decimal("500000.00")
 
 def rss_mb(pid: int) -> float | None:
     """The process's resident set now (VmRSS), MB."""
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return None
+    return status_mb(pid, "VmRSS")
 
 
 def sdk_metrics(port: int) -> dict[str, float]:
