@@ -84,7 +84,9 @@ RECORDED_BEFORE_LEAN_HISTORY = [f"v1-{path}" for path in PATHS]
 
 
 def test_every_path_has_a_saved_history() -> None:
-    assert sorted(p.stem for p in HISTORIES.glob("*.json")) == sorted(PATHS + RECORDED_BY_OLDER_CODE + RECORDED_BEFORE_LEAN_HISTORY)
+    assert sorted(p.stem for p in HISTORIES.glob("*.json")) == sorted(
+        PATHS + RECORDED_BY_OLDER_CODE + RECORDED_BEFORE_LEAN_HISTORY
+    )
 
 
 @asynccontextmanager
