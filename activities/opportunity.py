@@ -21,6 +21,7 @@ from domain.process import ProcessCatalog
 from esign.documents import DocumentContext, render_document, sha256_hex
 from esign.provider import Envelope, EnvelopeStatus, ESignatureProvider
 from store.audit_findings import consent_affects, judge, judge_locked
+from store.db import insert_if_missing
 from store.models import (
     Checkpoint,
     Consent,
@@ -36,22 +37,19 @@ from store.models import (
 
 
 async def _add_checkpoint(session: AsyncSession, opportunity_id: str, cp: CheckpointView) -> None:
-    exists = await session.scalar(
-        select(Checkpoint.id).where(Checkpoint.opportunity_id == opportunity_id, Checkpoint.seq == cp.seq)
+    """The checkpoint, once: a retry finds (opportunity, seq) taken and writes nothing."""
+    await insert_if_missing(
+        session,
+        Checkpoint,
+        opportunity_id=opportunity_id,
+        seq=cp.seq,
+        stage=cp.stage,
+        entered_at=cp.entered_at,
+        trigger=cp.trigger.value,
+        actor=cp.actor,
+        via=cp.via,
+        evidence=cp.evidence,
     )
-    if exists is None:
-        session.add(
-            Checkpoint(
-                opportunity_id=opportunity_id,
-                seq=cp.seq,
-                stage=cp.stage,
-                entered_at=cp.entered_at,
-                trigger=cp.trigger.value,
-                actor=cp.actor,
-                via=cp.via,
-                evidence=cp.evidence,
-            )
-        )
 
 
 #: The status of a remote envelope's marker row while the provider is being called.
@@ -162,24 +160,27 @@ class OpportunityActivities:
                     .where(SignatureRequest.envelope_id == change.void_envelope_id, SignatureRequest.status == "sent")
                     .values(status=voided_as)
                 )
-            if change.consent and await session.get(Consent, change.consent.consent_id) is None:
+            # Each once, by its key: a retry finds them written and writes nothing.
+            if change.consent:
                 c = change.consent
-                session.add(
-                    Consent(
-                        id=c.consent_id,
-                        customer_id=c.customer_id,
-                        opportunity_id=opp.id,
-                        product=c.product.value,
-                        channel=c.channel.value,
-                        evidence=c.evidence,
-                        granted_at=c.granted_at,
-                        actor=c.actor,
-                        via=c.via,
-                    )
+                await insert_if_missing(
+                    session,
+                    Consent,
+                    id=c.consent_id,
+                    customer_id=c.customer_id,
+                    opportunity_id=opp.id,
+                    product=c.product.value,
+                    channel=c.channel.value,
+                    evidence=c.evidence,
+                    granted_at=c.granted_at,
+                    actor=c.actor,
+                    via=c.via,
                 )
-            if change.processed_event and await session.get(ProcessedEvent, change.processed_event.event_id) is None:
+            if change.processed_event:
                 e = change.processed_event
-                session.add(ProcessedEvent(id=e.event_id, type=e.type, subject_id=opp.id, body_sha256=e.body_sha256))
+                await insert_if_missing(
+                    session, ProcessedEvent, id=e.event_id, type=e.type, subject_id=opp.id, body_sha256=e.body_sha256
+                )
             if change.signature_completion:
                 done = change.signature_completion
                 sig = await session.get(SignatureRequest, done.envelope_id)
