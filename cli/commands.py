@@ -308,13 +308,16 @@ def setup_cluster(settings: Settings, out: Out) -> list[str]:
 def _with_payload_keys(settings: Settings) -> Settings:
     """The settings, with the dev stack's payload keys (<data dir>/codec-keys, which
     `make run` makes) when NEEDFLOW_CODEC_KEYS is unset, as `api_key` falls back to the dev
-    stack's API key."""
-    path = settings.dev_codec_keys_file
-    if settings.codec_keys is not None or not path.is_file():
-        return settings
+    stack's API key: the dev stack's own reading of them (devstack/stack.py)."""
     from pydantic import SecretStr
 
-    return settings.model_copy(update={"codec_keys": SecretStr(path.read_text().strip())})
+    from devstack.stack import StackError, kept_codec_keys
+
+    try:
+        keys = kept_codec_keys(settings)
+    except StackError as err:
+        raise CliError(str(err), exit_code=2) from None
+    return settings if keys is None else settings.model_copy(update={"codec_keys": SecretStr(keys)})
 
 
 def attention_list(settings: Settings, out: Out) -> list[str]:

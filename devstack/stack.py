@@ -84,9 +84,9 @@ def dev_api_key(settings: Settings) -> str:
     return key
 
 
-def dev_codec_keys(settings: Settings) -> str:
-    """NEEDFLOW_CODEC_KEYS if set; else the dev key kept in <data_dir>/codec-keys (made
-    once, beside the Temporal db whose histories it encrypts: `make clean` drops both)."""
+def kept_codec_keys(settings: Settings) -> str | None:
+    """NEEDFLOW_CODEC_KEYS if set; else the dev stack's keys from <data_dir>/codec-keys if
+    `make run` made them; else None. Checked: a malformed entry is a StackError naming it."""
     from workflows.codec import CodecError, KeyRing
 
     if settings.codec_keys is not None:
@@ -96,15 +96,27 @@ def dev_codec_keys(settings: Settings) -> str:
             raise StackError(str(err)) from None
         return settings.codec_keys.get_secret_value()
     path = settings.dev_codec_keys_file
-    if path.exists() and path.read_text().strip():
-        keys = path.read_text().strip()
-        try:
-            KeyRing.parse(keys, variable=str(path))
-        except CodecError as err:
-            raise StackError(
-                f"{err} (delete it to make a new one: histories encrypted with it become unreadable)"
-            ) from None
+    if not (path.exists() and path.read_text().strip()):
+        return None
+    keys = path.read_text().strip()
+    try:
+        KeyRing.parse(keys, variable=str(path))
+    except CodecError as err:
+        raise StackError(
+            f"{err} (delete it to make a new one: histories encrypted with it become unreadable)"
+        ) from None
+    return keys
+
+
+def dev_codec_keys(settings: Settings) -> str:
+    """NEEDFLOW_CODEC_KEYS if set; else the dev key kept in <data_dir>/codec-keys (made
+    once, beside the Temporal db whose histories it encrypts: `make clean` drops both)."""
+    keys = kept_codec_keys(settings)
+    if keys is not None:
         return keys
+    from workflows.codec import KeyRing
+
+    path = settings.dev_codec_keys_file
     keys = KeyRing.new_entry("dev-" + time.strftime("%Y%m%d"))
     path.write_text(keys + "\n")
     path.chmod(0o600)
