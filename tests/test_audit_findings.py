@@ -153,7 +153,7 @@ async def test_the_report_pages_through_in_its_order(api: Api, db: Engine) -> No
         assert_validation_error(await api.get(f"/v1/reports/practice-audit?{query}", expect=None), field)
 
 
-async def test_a_stage_change_writes_the_verdicts_only_when_the_kept_ones_differ(
+async def test_a_stage_change_writes_back_a_verdict_the_kept_findings_lost(
     api: Api, db: Engine, settings: Settings
 ) -> None:
     """A stage change judges its opportunity again and writes its findings only when they
