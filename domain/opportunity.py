@@ -238,13 +238,17 @@ def _missing(stage: Stage, supplied: dict[str, Any], blank_is_missing: bool) -> 
     False: workflows replaying what they did under the old rule) only "" did."""
     if not blank_is_missing:
         return [k for k in stage.evidence if supplied.get(k) in (None, "")]
-    return [k for k in stage.evidence if supplied.get(k) is None or str(supplied[k]).strip() == ""]
+    return [k for k in stage.evidence if _blank(supplied.get(k))]
+
+
+def _blank(value: Any) -> bool:
+    return value is None or str(value).strip() == ""
 
 
 def has_blank_text(supplied: dict[str, Any]) -> bool:
     """Whether any value is blank text other than "": the only input on which `_missing`'s
     two rules (blank_is_missing or not) disagree."""
-    return any(v is not None and v != "" and str(v).strip() == "" for v in supplied.values())
+    return any(v not in (None, "") and _blank(v) for v in supplied.values())
 
 
 def check_advance(

@@ -1102,3 +1102,16 @@ def test_next_sla(
     state = ReferralState(referral_id="ref-1", status=status, assignee_id="bob", sla_deadline=deadline)  # type: ignore[arg-type]
     due = next_sla(state, SLA, accepted_at, followups)
     assert (None if due is None else (due.kind, due.at)) == expected
+
+
+@pytest.mark.parametrize("realtor", [None, "", " ", "\t\n", "Jane Realty", " Jane ", 0, "0"], ids=repr)
+def test_the_blank_evidence_patch_is_asked_exactly_where_the_two_rules_differ(realtor: Any) -> None:
+    """A lean opportunity run asks `blank-evidence-is-missing` only when `has_blank_text`
+    (workflows/opportunity.py): that must be every input on which the old rule (only ""
+    is missing) and the new one (blank text is too) decide differently."""
+    from domain.opportunity import _missing, has_blank_text
+
+    stage = MORTGAGE.stage("searching")
+    supplied = {} if realtor is None else {"realtor": realtor}
+    differ = _missing(stage, supplied, blank_is_missing=True) != _missing(stage, supplied, blank_is_missing=False)
+    assert differ == has_blank_text(supplied)
