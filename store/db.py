@@ -73,10 +73,25 @@ async def insert_if_missing(session: AsyncSession, model: Any, **values: Any) ->
     """INSERT a row unless its key is there already (ON CONFLICT DO NOTHING), on either
     database: for a row that must exist before it is locked, made by whichever of two
     racing transactions comes first, or a row written once however often its write is
-    retried, in one statement. Returns whether this call inserted it."""
-    insert = pg_insert if session.bind.dialect.name == "postgresql" else sqlite_insert
-    result = await session.execute(insert(model).values(**values).on_conflict_do_nothing())
+    retried, in one statement. Returns whether this call inserted it (`preserve_rowcount`:
+    SQLAlchemy keeps an INSERT's row count only when asked, and on PostgreSQL answered -1,
+    read as "inserted", before it was).
+
+    The statement is built once per table and database and the values travel as its
+    parameters: building `insert(...).values(**values)` afresh cost more than the INSERT
+    itself on every call (a referral's routing makes two or three)."""
+    dialect = session.bind.dialect.name
+    statement = _INSERT_IF_MISSING.get((dialect, model))
+    if statement is None:
+        insert = pg_insert if dialect == "postgresql" else sqlite_insert
+        statement = _INSERT_IF_MISSING[(dialect, model)] = (
+            insert(model.__table__).on_conflict_do_nothing().execution_options(preserve_rowcount=True)
+        )
+    result = await session.execute(statement, values)
     return bool(result.rowcount)
+
+
+_INSERT_IF_MISSING: dict[tuple[str, Any], Any] = {}
 
 
 #: How long a loop of write transactions pauses between them on a database with one

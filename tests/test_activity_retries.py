@@ -30,7 +30,7 @@ from domain.referral import HistoryEntry, Prospect, ReferralInput, ReferralSla, 
 from domain.routing import load_routing_rules
 from domain.types import ConsentChannel, Product, Trigger
 from esign.local import LocalSigningProvider
-from store.db import make_async_engine, make_session_factory
+from store.db import insert_if_missing, make_async_engine, make_session_factory
 from store.models import (
     Checkpoint,
     Consent,
@@ -317,3 +317,16 @@ def _checkpoints(db: Engine, opportunity_id: str) -> list[str]:
             Checkpoint.__table__.select().where(Checkpoint.opportunity_id == opportunity_id).order_by(Checkpoint.seq)
         )
         return [r.stage for r in rows]
+
+
+async def test_insert_if_missing_says_whether_this_call_inserted(database_url: str, api: Api) -> None:
+    """On either database (PostgreSQL's driver reports an INSERT's count only when
+    SQLAlchemy is asked to keep it): the first call inserts, the repeat writes nothing."""
+    bob = await api.employee(name="Bob", email=f"bob.{uuid.uuid4().hex[:6]}@bank.example")
+    engine = make_async_engine(database_url)
+    try:
+        async with make_session_factory(engine).begin() as session:
+            row = {"employee_id": bob["id"], "open_referrals": 0}
+            assert [await insert_if_missing(session, EmployeeWorkload, **row) for _ in range(2)] == [True, False]
+    finally:
+        await engine.dispose()
