@@ -13,9 +13,12 @@ cannot count it twice.
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 from datetime import datetime, timedelta
 
-from sqlalchemy import ScalarSelect, Select, String, Text, bindparam, case, cast, func, select, update
+from sqlalchemy import Insert, ScalarSelect, Select, Table, Update, bindparam, case, func, select, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from temporalio import activity
 
@@ -24,10 +27,9 @@ from domain import records
 from domain.ids import referral_customer_id, referral_household_id, referral_need_id
 from domain.opportunity import OpportunityInput
 from domain.referral import OPEN_STATUSES, WORKING_STATUSES, HistoryEntry, Routed
-from domain.routing import Candidate, RoutingDecision, reachable, route
+from domain.routing import Candidate, RoutingDecision, Team, reachable, route
 from domain.scoring import FEATURES, LeadFeatures, LeadModel
 from domain.types import LineOfBusiness, Product, Role
-from store.db import insert_if_missing
 from store.models import (
     Customer,
     Employee,
@@ -38,6 +40,7 @@ from store.models import (
     Notification,
     Referral,
     ReferralHistory,
+    TeamVersion,
     UTCDateTime,
 )
 from store.queries import referrer_tallies, score_from_tallies, territory_managers
@@ -62,25 +65,40 @@ def _counts_toward_load(status: str | None, assignee_id: str | None) -> str | No
     return assignee_id if status in WORKING_STATUSES else None
 
 
+def _workload_statements() -> tuple[Update, Update]:
+    """`_bump`'s two statements, built once (with and without an assignment's stamp)."""
+    w = EmployeeWorkload.__table__.c
+    base = update(EmployeeWorkload.__table__).where(w.employee_id == bindparam("whose"))
+    counted = base.values(open_referrals=w.open_referrals + bindparam("delta"))
+    return counted, counted.values(last_assigned_at=bindparam("at", type_=UTCDateTime))
+
+
+_BUMP, _BUMP_STAMPED = _workload_statements()
+
+
 async def _bump(session: AsyncSession, employee_id: str, delta: int, assigned_at: datetime | None) -> None:
     """Add `delta` to an employee's open referrals (and stamp an assignment), in one statement."""
-    values: dict = {"open_referrals": EmployeeWorkload.open_referrals + delta}
-    if assigned_at is not None:
-        values["last_assigned_at"] = assigned_at
-    result = await session.execute(
-        update(EmployeeWorkload)
-        .where(EmployeeWorkload.employee_id == employee_id)
-        .values(**values)
-        .execution_options(synchronize_session=False)
-    )
+    params = {"whose": employee_id, "delta": delta}
+    if assigned_at is None:
+        result = await session.execute(_BUMP, params)
+    else:
+        result = await session.execute(_BUMP_STAMPED, {**params, "at": assigned_at})
     if result.rowcount == 0:
         session.add(
             EmployeeWorkload(employee_id=employee_id, open_referrals=max(delta, 0), last_assigned_at=assigned_at)
         )
 
 
-async def _assign(session: AsyncSession, row: Referral, status: str, assignee_id: str | None, at: datetime) -> None:
-    """Change a referral's status and assignee, keeping employee_workload in step."""
+async def _assign(
+    session: AsyncSession,
+    row: Referral,
+    status: str,
+    assignee_id: str | None,
+    at: datetime,
+    claimed: bool = False,
+) -> None:
+    """Change a referral's status and assignee, keeping employee_workload in step.
+    `claimed`: the new assignee's count and stamp are written already (`_claim`)."""
     before = _counts_toward_load(row.status, row.assignee_id)
     after = _counts_toward_load(status, assignee_id)
     newly_assigned = status == "assigned" and (row.status != "assigned" or row.assignee_id != assignee_id)
@@ -91,24 +109,39 @@ async def _assign(session: AsyncSession, row: Referral, status: str, assignee_id
     if before != after:
         if before is not None:
             await _bump(session, before, -1, None)
-        if after is not None:
+        if after is not None and not claimed:
             await _bump(session, after, +1, stamp)
     elif stamp is not None and assignee_id is not None:
         await _bump(session, assignee_id, 0, stamp)
 
 
-async def _has_room(session: AsyncSession, candidate: Candidate) -> bool:
-    """Whether `candidate` can take one more referral, decided under a lock on their
-    workload row (created if missing): concurrent routings that picked the same employee
-    from the same load figure take turns here, and the second sees the first's
-    assignment, so capacity holds (PostgreSQL; SQLite has one writer at a time)."""
-    await insert_if_missing(session, EmployeeWorkload, employee_id=candidate.employee_id, open_referrals=0)
-    load = await session.scalar(
-        select(EmployeeWorkload.open_referrals)
-        .where(EmployeeWorkload.employee_id == candidate.employee_id)
-        .with_for_update()
+def _claim_statement(insert: Callable[[Table], Insert]) -> Insert:
+    """`_claim`'s statement for one database (both speak INSERT … ON CONFLICT … DO UPDATE …
+    WHERE), built once."""
+    w = EmployeeWorkload.__table__
+    new = insert(w).values(
+        employee_id=bindparam("whose"), open_referrals=1, last_assigned_at=bindparam("at", type_=UTCDateTime)
     )
-    return (load or 0) < candidate.capacity
+    return new.on_conflict_do_update(
+        index_elements=[w.c.employee_id],
+        set_={"open_referrals": w.c.open_referrals + 1, "last_assigned_at": new.excluded.last_assigned_at},
+        where=w.c.open_referrals < bindparam("capacity"),
+    ).execution_options(preserve_rowcount=True)  # an INSERT's count is kept only when asked
+
+
+_CLAIM = {"postgresql": _claim_statement(pg_insert), "sqlite": _claim_statement(sqlite_insert)}
+
+
+async def _claim(session: AsyncSession, candidate: Candidate, at: datetime) -> bool:
+    """Count one more referral against `candidate` and stamp the assignment if they still
+    have room, deciding under the lock of their workload row (made if missing), in one
+    statement: concurrent routings that picked the same employee from the same load figure
+    take turns on the row, and the second sees the first's assignment, so capacity holds
+    (PostgreSQL re-checks the WHERE on the row it waited for; SQLite has one writer at a
+    time). False: they are full, and nothing was written."""
+    params = {"whose": candidate.employee_id, "at": at, "capacity": candidate.capacity}
+    result = await session.execute(_CLAIM[session.bind.dialect.name], params)
+    return bool(result.rowcount)
 
 
 def _with_load(c: Candidate, open_load: int, last_assigned_at: datetime | None) -> Candidate:
@@ -138,31 +171,11 @@ async def _has_entry(session: AsyncSession, referral_id: str, seq: int) -> bool:
 
 
 def _team_statement() -> ScalarSelect:
-    """What routing reads of every employee that can change, as one string: the team
-    cache's key.
-
-    Employees are added (POST) and changed (PATCH: capacity, products, cities, states,
-    active), so their number no longer says whether the cached team is still the team;
-    their routing columns together do (role and line of business never change after
-    creation; a new employee is a new row). The store keeps no version to read instead,
-    so this is a scan of the employees table, in the database and never decoded: about
-    half a millisecond per thousand employees on SQLite; the team itself is re-read only
-    when the key differs. Each row reads `id`, a separator, the three JSON lists (their
-    brackets delimit them), capacity and active; rows are comma-separated, and an id has
-    neither comma nor separator. Row order may differ between reads (PostgreSQL after an
-    update or a vacuum): that costs a re-read, never a stale team.
-    """
-    e = Employee
-    row = (
-        e.id
-        + "\x1f"
-        + cast(e.products, Text)
-        + cast(e.cities, Text)
-        + cast(e.states, Text)
-        + cast(e.capacity, String)
-        + cast(e.active, String)
-    )
-    return select(func.coalesce(func.aggregate_strings(row, ","), "")).scalar_subquery()
+    """The team cache's key: the number the database raises on every write to `employees`
+    (store.models.TeamVersion, kept by triggers), so a POST or PATCH of an employee, an
+    import or an operator's SQL applies to the very next routing, and an unchanged team
+    costs one primary-key read instead of a scan of every employee."""
+    return select(TeamVersion.version).where(TeamVersion.id == 1).scalar_subquery()
 
 
 _TEAM = _team_statement()
@@ -184,6 +197,11 @@ def _opening_facts_statement() -> Select:
 
 _OPENING_FACTS = _opening_facts_statement()
 
+#: The open work of some employees (`ids`), built once.
+_WORKLOAD = select(
+    EmployeeWorkload.employee_id, EmployeeWorkload.open_referrals, EmployeeWorkload.last_assigned_at
+).where(EmployeeWorkload.employee_id.in_(bindparam("ids", expanding=True)))
+
 
 class ReferralActivities:
     def __init__(
@@ -198,7 +216,7 @@ class ReferralActivities:
         self.starts = starts
         self.window = timedelta(days=referrer_window_days)
         # Caches for routing speed; each is checked against the store on every use.
-        self._team: tuple[str, list[Candidate]] | None = None
+        self._team: tuple[int, Team] | None = None
         self._model: tuple[tuple[int, int], LeadModel] | None = None
 
     @activity.defn(name=records.OPEN_REFERRAL)
@@ -271,7 +289,7 @@ class ReferralActivities:
         row: Referral,
         req: records.RouteReferral,
         created: HistoryEntry | None = None,
-        team: str | None = None,
+        team: int | None = None,
     ) -> Routed:
         """Route `row` (a new one when `created` is given) and record the decision."""
         if created is None:  # a re-routing: what is recorded already, and the team cache's key, in one query
@@ -290,10 +308,14 @@ class ReferralActivities:
         with session.no_autoflush:  # a new row is inserted once, with its decision in it
             candidates = await self._candidates(session, req, team)
             excluded = frozenset(req.exclude)
+            counted = _counts_toward_load(row.status, row.assignee_id)
             while True:  # the pick must still have room once its workload row is locked
                 decision = route(req.rules, req.facts, candidates, excluded)
                 chosen = next((c for c in candidates if c.employee_id == decision.assignee_id), None)
-                if chosen is None or await _has_room(session, chosen):
+                if chosen is None or chosen.employee_id == counted:  # nobody, or (never: excluded) the same
+                    claimed = False
+                    break
+                if claimed := await _claim(session, chosen, req.at):
                     break
                 excluded |= {chosen.employee_id}  # filled by a concurrent routing meanwhile
         assigned = decision.assignee_id is not None
@@ -302,7 +324,9 @@ class ReferralActivities:
         row.routing_reason = decision.reason
         row.sla_deadline = req.accept_deadline if assigned else None
         row.last_seq = req.seq
-        await _assign(session, row, "assigned" if assigned else "unassigned", decision.assignee_id, req.at)
+        await _assign(
+            session, row, "assigned" if assigned else "unassigned", decision.assignee_id, req.at, claimed=claimed
+        )
         if created is not None:
             await session.flush()  # the referral before its history (no ORM relationship orders them)
             session.add(_history_row(row.id, created))
@@ -341,7 +365,7 @@ class ReferralActivities:
 
     async def _routing_facts(
         self, session: AsyncSession, referral_id: str, req: records.RouteReferral
-    ) -> tuple[set[int], str]:
+    ) -> tuple[set[int], int]:
         """Which of this routing's history entries are recorded already, and the team cache's key."""
         seqs = [req.seq] + ([req.preceding.seq] if req.preceding else [])
         row = (
@@ -351,7 +375,7 @@ class ReferralActivities:
                 ).where(ReferralHistory.referral_id == referral_id)
             )
         ).one()
-        return {n for n, present in zip(seqs, row[1:], strict=True) if present}, str(row[0])
+        return {n for n, present in zip(seqs, row[1:], strict=True) if present}, int(row[0])
 
     async def _lead_model(self, session: AsyncSession, key: tuple[int, int]) -> LeadModel:
         """The lead model, re-read only when a decision has changed its totals (`key`)."""
@@ -364,18 +388,20 @@ class ReferralActivities:
         return self._model[1]
 
     async def _candidates(
-        self, session: AsyncSession, req: records.RouteReferral, team: str | None = None
+        self, session: AsyncSession, req: records.RouteReferral, team: int | None = None
     ) -> list[Candidate]:
         """The active employees a matching rule could pick, with their open work now.
 
-        The team is re-read only when what routing reads of the employees changed
-        (`_team_statement`), so a PATCH applies to the very next routing; an inactive
-        employee is never a candidate. The workload is read for the reachable employees
-        alone, into copies, so concurrent routings in this worker never share a load figure.
+        The team is re-read only when the employees changed (`_team_statement`; the key
+        is read before the team, so a change committed in between costs a re-read, never a
+        stale team), and a PATCH applies to the very next routing; an inactive employee is
+        never a candidate. The workload is read for the reachable employees alone, into
+        copies, so concurrent routings in this worker never share a load figure.
         """
-        key = team if team is not None else str(await session.scalar(_TEAM))
+        key = team if team is not None else int(await session.scalar(_TEAM) or 0)
         if self._team is None or self._team[0] != key:
-            members = [
+            active = await session.scalars(select(Employee).where(Employee.active))
+            members = Team(
                 Candidate(
                     employee_id=e.id,
                     role=Role(e.role),
@@ -385,19 +411,15 @@ class ReferralActivities:
                     states=e.states,
                     capacity=e.capacity,
                 )
-                for e in await session.scalars(select(Employee).where(Employee.active))
-            ]
+                for e in active
+            )
             self._team = (key, members)
         near = reachable(req.rules, req.facts, self._team[1])
         if not near:
             return []
         workload = {
             employee_id: (load, last)
-            for employee_id, load, last in await session.execute(
-                select(
-                    EmployeeWorkload.employee_id, EmployeeWorkload.open_referrals, EmployeeWorkload.last_assigned_at
-                ).where(EmployeeWorkload.employee_id.in_([c.employee_id for c in near]))
-            )
+            for employee_id, load, last in await session.execute(_WORKLOAD, {"ids": [c.employee_id for c in near]})
         }
         return [
             copy.copy(c) if c.employee_id not in workload else _with_load(c, *workload[c.employee_id]) for c in near

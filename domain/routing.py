@@ -39,7 +39,7 @@ of them per call and must stay well under a millisecond for a thousand.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
@@ -282,37 +282,76 @@ def _rank(c: Candidate) -> tuple[int, bool, datetime | int, str]:
     return (c.open_load, c.last_assigned_at is not None, c.last_assigned_at or 0, c.employee_id)
 
 
-def _admits(pool: Pool, facts: ReferralFacts) -> Callable[[Candidate], bool] | None:
-    """The static half of a pool: whom it admits for this referral, before exclusions,
-    capacity and load. None when it can admit nobody (a territory pool, no state)."""
+@dataclass(frozen=True, slots=True)
+class _Filter:
+    """The static half of a pool for one referral: whom it admits, before exclusions,
+    capacity and load. `state` and `products` also say which of a `Team`'s buckets can
+    hold anyone it admits."""
+
+    products: tuple[Product, ...]
+    state: str | None
+    roles: tuple[Role, ...] | None
+    lobs: tuple[LineOfBusiness, ...] | None
+
+    def __call__(self, c: Candidate) -> bool:
+        if len(self.products) == 1:
+            if self.products[0] not in c.products:
+                return False
+        elif c.products.isdisjoint(self.products):
+            return False
+        if self.state is not None and self.state not in c.states:
+            return False
+        if self.roles is not None and c.role not in self.roles:
+            return False
+        return self.lobs is None or c.line_of_business in self.lobs
+
+
+def _admits(pool: Pool, facts: ReferralFacts) -> _Filter | None:
+    """The pool's filter for this referral; None when it can admit nobody (a territory
+    pool, no state)."""
     products = (facts.expressed_interest,) if pool.products == "referral" else pool.products
-    single = products[0] if len(products) == 1 else None
-    roles, lobs = pool.roles, pool.lines_of_business
     state = None
     if pool.territory != "any":
         if facts.state is None:
             return None
         state = place_key(facts.state)
-
-    def admits(c: Candidate) -> bool:
-        if single is not None:
-            if single not in c.products:
-                return False
-        elif c.products.isdisjoint(products):
-            return False
-        if state is not None and state not in c.states:
-            return False
-        if roles is not None and c.role not in roles:
-            return False
-        return lobs is None or c.line_of_business in lobs
-
-    return admits
+    return _Filter(products=products, state=state, roles=pool.roles, lobs=pool.lines_of_business)
 
 
-def reachable(rules: RoutingRules, facts: ReferralFacts, candidates: Iterable[Candidate]) -> list[Candidate]:
-    """Everyone a rule that matches this referral could pick, whatever their load: the
-    only employees whose open work routing needs to know. Rules after a queue rule that
-    matches are never reached."""
+class Team:
+    """The candidates routing chooses among, indexed by the states and the products they
+    list, so that `reachable` reads, for each pool, only the smaller of the buckets that can
+    hold anyone it admits (the referral's state, the pool's one product) instead of the
+    whole bank: built once per read of the employees (the service caches it)."""
+
+    __slots__ = ("_by_product", "_by_state", "members")
+
+    def __init__(self, members: Iterable[Candidate]) -> None:
+        self.members: tuple[Candidate, ...] = tuple(members)
+        by_state: dict[str, list[int]] = {}
+        by_product: dict[Product, list[int]] = {}
+        for i, c in enumerate(self.members):
+            for state in c.states:
+                by_state.setdefault(state, []).append(i)
+            for product in c.products:
+                by_product.setdefault(product, []).append(i)
+        self._by_state = by_state
+        self._by_product = by_product
+
+    def positions(self, f: _Filter) -> Sequence[int]:
+        """Where anyone `f` admits can be: a superset, in team order."""
+        buckets: list[Sequence[int]] = []
+        if f.state is not None:
+            buckets.append(self._by_state.get(f.state, ()))
+        if len(f.products) == 1:
+            buckets.append(self._by_product.get(f.products[0], ()))
+        return min(buckets, key=len) if buckets else range(len(self.members))
+
+
+def reachable(rules: RoutingRules, facts: ReferralFacts, team: Team | Iterable[Candidate]) -> list[Candidate]:
+    """Everyone a rule that matches this referral could pick, whatever their load, in team
+    order: the only employees whose open work routing needs to know. Rules after a queue
+    rule that matches are never reached."""
     filters = []
     for rule in rules.rules:
         if not rule.match.applies(facts):
@@ -325,7 +364,12 @@ def reachable(rules: RoutingRules, facts: ReferralFacts, candidates: Iterable[Ca
             filters.append(admits)
     if not filters:
         return []
-    return [c for c in candidates if any(f(c) for f in filters)]
+    team = team if isinstance(team, Team) else Team(team)
+    members = team.members
+    found: set[int] = set()
+    for f in filters:
+        found.update(i for i in team.positions(f) if f(members[i]))
+    return [members[i] for i in sorted(found)]
 
 
 def _pick(

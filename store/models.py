@@ -9,6 +9,8 @@ from typing import Any
 
 from sqlalchemy import (
     JSON,
+    BigInteger,
+    CheckConstraint,
     DateTime,
     ForeignKey,
     Index,
@@ -303,6 +305,16 @@ class EmployeeWorkload(Base):
     employee_id: Mapped[str] = mapped_column(ForeignKey("employees.id"), primary_key=True)
     open_referrals: Mapped[int] = mapped_column(Integer, default=0)
     last_assigned_at: Mapped[datetime | None] = mapped_column()
+
+
+class TeamVersion(Base):
+    """One row whose `version` the database raises on every write to `employees` (triggers,
+    migration 0013): routing's team cache is still the team while it reads the same number."""
+
+    __tablename__ = "team_version"
+    __table_args__ = (CheckConstraint("id = 1", name="one_row"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    version: Mapped[int] = mapped_column(BigInteger)
 
 
 class LeadFeatureCount(Base):

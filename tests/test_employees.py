@@ -13,7 +13,7 @@ from typing import Any
 
 import httpx
 import pytest
-from sqlalchemy import Engine, select
+from sqlalchemy import Engine, select, text
 from temporalio.client import Client
 from temporalio.worker import Replayer
 
@@ -226,6 +226,25 @@ async def test_capacity_and_product_updates_apply_to_the_next_routing_and_spare_
     accepted = (await api.post(f"/v1/referrals/{first['id']}/accept", {"actor_id": bob["id"]}, expect=200)).json()
     assert (accepted["status"], accepted["assignee_id"]) == ("accepted", bob["id"])
     assert statuses(await api.referral(third["id"])) == ["created", "assigned"]
+
+
+async def test_an_employee_changed_outside_the_api_reaches_the_next_routing(api: Api, db: Engine) -> None:
+    """Routing caches the team while the database's team version stays the same; the
+    version is raised by triggers, so a change no API call made (an operator's SQL, an
+    import) applies to the very next routing too."""
+    state = territory()
+    people = await api.staff(state)
+    ryan, bob = people["ryan"], people["bob"]
+    ann = await api.broker(state)
+    assert (await api.refer(ryan, state))["assignee_id"] == bob["id"]  # the team is cached now
+
+    with db.begin() as conn:
+        conn.execute(text("UPDATE employees SET capacity = 1 WHERE id = :id"), {"id": bob["id"]})
+    assert (await api.refer(ryan, state))["assignee_id"] == ann["id"]  # Bob is full at his new capacity
+
+    with db.begin() as conn:
+        conn.execute(text("UPDATE employees SET capacity = 5 WHERE id = :id"), {"id": bob["id"]})
+    assert (await api.refer(ryan, state))["assignee_id"] == bob["id"]
 
 
 async def test_routing_and_reassignment_never_pick_an_inactive_employee(api: Api, db: Engine) -> None:

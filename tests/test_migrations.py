@@ -12,12 +12,23 @@ import pytest
 from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
-from sqlalchemy import Engine, column, inspect, select, table
+from sqlalchemy import Engine, column, inspect, select, table, text
 from sqlalchemy.orm import Session
 
 from store.db import make_sync_engine
 from store.migrate import alembic_config, upgrade
-from store.models import Base, Checkpoint, Customer, Employee, Household, JSONDoc, Need, Opportunity, UTCDateTime
+from store.models import (
+    Base,
+    Checkpoint,
+    Customer,
+    Employee,
+    Household,
+    JSONDoc,
+    Need,
+    Opportunity,
+    TeamVersion,
+    UTCDateTime,
+)
 from tests import dbutil
 
 
@@ -192,3 +203,25 @@ def test_0012_marks_the_outbox_messages_sent_before_it_sent_and_the_others_pendi
     with engine.connect() as conn:
         got = {r.id: (r.status, r.attempts, r.next_attempt_at) for r in conn.execute(select(outbox))}
     assert got == {"m-sent": ("sent", 1, at), "m-kept": ("pending", 0, at)}
+
+
+def test_every_write_to_employees_raises_the_team_version(database_url: str, engine: Engine) -> None:
+    """Routing's team cache trusts `team_version` (migration 0013's triggers): whoever
+    writes employees, by ORM or plain SQL, an insert, an update or a delete raises it."""
+    upgrade(database_url)
+
+    def version() -> int:
+        with engine.connect() as conn:
+            return conn.scalar(select(TeamVersion.version))
+
+    seen = [version()]
+    with Session(engine) as s, s.begin():
+        s.add(
+            Employee(id="e1", name="Sam", email="sam@bank.test", role="banker", line_of_business="retail", capacity=5)
+        )
+    seen.append(version())
+    for sql in ("UPDATE employees SET capacity = 6 WHERE id = 'e1'", "DELETE FROM employees WHERE id = 'e1'"):
+        with engine.begin() as conn:
+            conn.execute(text(sql))
+        seen.append(version())
+    assert seen == sorted(set(seen)) and len(seen) == 4, seen  # each write raised it

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 import re
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -17,6 +18,8 @@ from domain.routing import (
     ReferralFacts,
     RoutingRules,
     RoutingRulesError,
+    Team,
+    _admits,
     load_routing_rules,
     reachable,
     route,
@@ -434,3 +437,45 @@ def test_reachable_is_everyone_a_matching_rule_could_pick() -> None:
     assert reachable(queue_first, facts(), team) == []
     # A territory pool reaches nobody for a referral with no state.
     assert reachable(DEFAULT, facts(state=None), team) == []
+
+
+def test_the_indexed_team_reaches_exactly_whom_a_scan_of_everyone_admits() -> None:
+    """`Team` reads, per pool, only the bucket of the referral's state or the pool's one
+    product; over random banks, rules and referrals it finds exactly whom a scan of every
+    employee finds, in team order, and routing the reachable few decides as routing all."""
+    rng = random.Random(10)
+    products, states = list(Product), ["ON", "QC", "BC", "NY"]
+
+    def random_pool() -> dict[str, Any]:
+        pool: dict[str, Any] = {"territory": rng.choice(["referral_state", "referral_state_and_city_if_listed", "any"])}
+        if rng.random() < 0.5:
+            pool["products"] = [p.value for p in rng.sample(products, k=rng.randint(1, 2))]
+        if rng.random() < 0.3:
+            pool["roles"] = [rng.choice(list(Role)).value]
+        if rng.random() < 0.3:
+            pool["lines_of_business"] = [rng.choice(list(LineOfBusiness)).value]
+        return pool
+
+    for case in range(200):
+        people = [
+            cand(
+                f"e{i:03d}",
+                products=tuple(p.value for p in rng.sample(products, k=rng.randint(0, 3))),
+                states=tuple(rng.sample(states, k=rng.randint(0, 2))),
+                cities=("Toronto",) if rng.random() < 0.2 else (),
+                role=rng.choice(list(Role)),
+                lob=rng.choice(list(LineOfBusiness)),
+                capacity=rng.randint(1, 4),
+                load=rng.randint(0, 4),
+            )
+            for i in range(rng.randint(0, 60))
+        ]
+        bank = rules(*({"name": f"r{n}", "pool": random_pool()} for n in range(rng.randint(1, 3))))
+        referral = facts(expressed_interest=rng.choice(products), state=rng.choice([*states, None]))
+        admitted = [f for rule in bank.rules if (f := _admits(rule.pool, referral)) is not None]
+        scanned = [c for c in people if any(f(c) for f in admitted)]
+
+        near = reachable(bank, referral, Team(people))
+        assert near == scanned, f"case {case}"
+        excluded = frozenset(c.employee_id for c in people if rng.random() < 0.1)
+        assert route(bank, referral, near, excluded) == route(bank, referral, people, excluded), f"case {case}"
