@@ -135,6 +135,11 @@ class Load:
             why.split(" ", 1)[0] for _, _, _, why in self.retries if not why.startswith("answered")
         )
 
+    def failed_attempts(self) -> int:
+        """How many attempts have failed so far (each repeated): to tell whether a fault
+        touched the load while it lasted."""
+        return sum(1 for _, _, _, why in self.retries if not why.startswith("answered"))
+
     def at(self, share: float) -> asyncio.Event:
         """Set once `share` of `total_calls` have been answered: when to do something mid-load."""
         reached = asyncio.Event()
@@ -357,18 +362,30 @@ class Journey:
         await self.sign(httpx.URL(links[0].group(0)).path)
 
     async def sign(self, path: str) -> None:
-        """The customer signs. A 410 ("no longer valid") is right only for a link used up by
-        this call's own earlier attempt (the signature then completed); a 410 while the
-        signature request is still `sent` is an anomaly: the customer opens the link again
-        a little later, as she would have to, until the load's call deadline."""
+        """The customer signs. A 410 ("no longer valid") is right only where an earlier
+        attempt of ours got no answer and may have used the link (the signature then reads
+        completed); at a first attempt it is an anomaly. A 410 while the signature request
+        is still `sent` is one too: the customer opens the link again a little later, as
+        she would have to, until the load's call deadline."""
         form = {"full_name": f"Customer {self.n}", "agree": "yes"}
         loop = asyncio.get_running_loop()
         began = loop.time()
         refused = 0
-        while (await self.call("sign", "POST", path, data=form, ok=(200, 410))).response.status_code == 410:
+        repeated = False  # an attempt of ours that got no answer may have used the link
+        while True:
+            answer = await self.call("sign", "POST", path, data=form, ok=(200, 410))
+            repeated = repeated or answer.attempts > 1
+            if answer.response.status_code != 410:
+                break
             opp = await self.get("signature after a 410", f"/v1/opportunities/{self.opportunity['id']}")
             status = (opp.get("signature") or {}).get("status")
             if status == "completed":
+                if not repeated:
+                    self.anomalous = True
+                    self.load.anomalies.append(
+                        f"{self.name}: POST /sign answered 410 at its first attempt, and the signature reads "
+                        "completed: somebody else used the link"
+                    )
                 break
             assert status == "sent", (self.name, "the signing link answered 410", opp)
             refused += 1

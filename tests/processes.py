@@ -32,12 +32,17 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import psycopg
+from temporalio.client import Client
 
 from devstack.children import STOP_TIMEOUT, Child, Children
 from devstack.stack import http_ok, port_open
 from devstack.temporal import register_search_attributes, search_attribute_args, temporal_cli
+from store.db import make_sync_engine
+from store.keys import ALL_SCOPES, register_api_key
+from store.migrate import upgrade
 from tests.helpers import TEST_CODEC_KEYS, IsolatedSettings
 from workflows import TASK_QUEUE
+from workflows.client import DATA_CONVERTER
 
 #: Variables a developer's shell may hold that would change what a child process does.
 _OWN_VARIABLES = ("NEEDFLOW_", "DOCUSIGN_", "OTEL_")
@@ -110,6 +115,23 @@ def in_hand(worker: Worker) -> dict[str, float]:
     }
 
 
+async def busiest(workers: list[Worker], seconds: float) -> tuple[Worker, dict[str, float]]:
+    """The worker with the most in hand (by its metrics: activity slots, then workflow
+    slots), one with an activity in hand if any has one within `seconds`: killed then, its
+    write may be done or not, and either way a retry must not write it twice."""
+    loop = asyncio.get_running_loop()
+    give_up = loop.time() + seconds
+    while True:
+        seen = await asyncio.gather(*(asyncio.to_thread(in_hand, w) for w in workers))
+        worker, now = max(
+            zip(workers, seen, strict=True),
+            key=lambda ws: (ws[1]["activity_slots"] + ws[1]["local_activity_slots"], ws[1]["workflow_slots"]),
+        )
+        if now["activity_slots"] + now["local_activity_slots"] > 0 or loop.time() > give_up:
+            return worker, now
+        await asyncio.sleep(0.02)
+
+
 def polling(worker: Worker) -> bool:
     """The worker polls needflow's task queue for workflow tasks and for activities (by its
     own metrics: the server lists a poller only once it polled the root partition)."""
@@ -129,6 +151,19 @@ class ApiProcess:
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
+
+
+@dataclass
+class Serving:
+    """Two workers and two API processes on one store, serving (`serve_two_of_each`)."""
+
+    workers: list[Worker]
+    apis: list[ApiProcess]
+    client: Client
+    #: An API key with every scope.
+    key: str
+    #: Where signing links point: the first API.
+    public_url: str
 
 
 class ProcessStack:
@@ -227,6 +262,23 @@ class ProcessStack:
     def start_api_process(self, name: str, port: int, public_url: str) -> ApiProcess:
         return ApiProcess(name, port, self.start_api(name, port, NEEDFLOW_PUBLIC_BASE_URL=public_url))
 
+    async def serve_two_of_each(self, key_name: str) -> Serving:
+        """Migrate the store, register an API key with every scope, and, once the dev server
+        (`start_temporal`) is ready, start two metered workers and two API processes;
+        returns when all four serve."""
+        await asyncio.to_thread(upgrade, self.database_url)  # while the server comes up
+        engine = make_sync_engine(self.database_url)
+        key = register_api_key(engine, key_name, ALL_SCOPES)
+        engine.dispose()
+        await self.temporal_ready()
+        ports = [free_port(), free_port()]
+        public = f"http://127.0.0.1:{ports[0]}"
+        workers = [self.start_metered_worker(f"worker-{n}", public) for n in (1, 2)]
+        apis = [self.start_api_process(f"api-{n}", port, public) for n, port in enumerate(ports, start=1)]
+        client = await Client.connect(self.temporal_address, data_converter=DATA_CONVERTER)
+        await self.serving(workers, apis)
+        return Serving(workers, apis, client, key, public)
+
     async def serving(self, workers: list[Worker], apis: list[ApiProcess], seconds: float = 60.0) -> None:
         """Wait until every API answers /healthz and every worker polls the task queue."""
         for api in apis:
@@ -298,7 +350,8 @@ def postgres_bin_dir() -> Path | None:
 
 
 class PrivatePostgres:
-    """A PostgreSQL cluster of the test's own, in a temp dir, on 127.0.0.1 and a free port:
+    """A PostgreSQL cluster of the test's own, in a temp dir of its own (not pytest's
+    tmp_path, whose parents only root may enter, and the server runs as `postgres`), on 127.0.0.1 and a free port:
     one the test may stop and start (`stop`, `start`), unlike the machine's shared server.
     Run as root, the server runs as the `postgres` user (PostgreSQL refuses root), through
     `setpriv`, which execs it (no process in between) and gives it SIGINT (a fast
@@ -370,15 +423,17 @@ class PrivatePostgres:
             return False
 
     def destroy(self) -> None:
-        """Stop the server fast (immediately if it will not) and remove its files."""
+        """Stop the server fast, immediately if it will not, killed if it will not even
+        then, and remove its files."""
         try:
             if self.child is not None and self.child.poll() is None:
-                self.child.proc.send_signal(signal.SIGINT)
-                try:
-                    self.child.proc.wait(timeout=STOP_TIMEOUT)
-                except subprocess.TimeoutExpired:
-                    self.child.proc.send_signal(signal.SIGQUIT)
-                    self.child.proc.wait(timeout=STOP_TIMEOUT)
+                for how in (signal.SIGINT, signal.SIGQUIT, signal.SIGKILL):
+                    self.child.proc.send_signal(how)
+                    try:
+                        self.child.proc.wait(timeout=STOP_TIMEOUT)
+                        break
+                    except subprocess.TimeoutExpired:
+                        continue
         finally:
             shutil.rmtree(self.root, ignore_errors=True)
 

@@ -44,9 +44,6 @@ from temporalio.api.enums.v1 import EventType, TimeoutType
 from temporalio.client import Client
 
 from devstack.children import Child
-from store.db import make_sync_engine
-from store.keys import ALL_SCOPES, register_api_key
-from store.migrate import upgrade
 from tests.dbutil import fresh_database_url, test_database_base_url
 from tests.load import (
     MIX,
@@ -60,8 +57,7 @@ from tests.load import (
     staff,
     wait_completed,
 )
-from tests.processes import ProcessStack, Worker, free_port, in_hand
-from workflows.client import DATA_CONVERTER
+from tests.processes import ProcessStack, Worker, busiest
 
 #: How many journeys of each kind (tests/load.py: the mix every load has).
 LOAD = MIX
@@ -122,27 +118,15 @@ async def stack(tmp_path: Path) -> AsyncIterator[Stack]:
         processes = ProcessStack(tmp_path / "logs", database_url)
         try:
             processes.start_temporal()
-            await asyncio.to_thread(upgrade, database_url)  # while the server comes up
-            engine = make_sync_engine(database_url)
-            key = register_api_key(engine, "scale-out", ALL_SCOPES)
-            engine.dispose()
-            await processes.temporal_ready()
-
-            api_ports = [free_port(), free_port()]
-            public = f"http://127.0.0.1:{api_ports[0]}"
-            workers = [processes.start_metered_worker(f"worker-{n}", public) for n in (1, 2)]
-            apis = [processes.start_api_process(f"api-{n}", port, public) for n, port in enumerate(api_ports, start=1)]
-
-            client = await Client.connect(processes.temporal_address, data_converter=DATA_CONVERTER)
-            await processes.serving(workers, apis)
+            up = await processes.serve_two_of_each("scale-out")
             print(f"\n[scale-out] stack up in {time.monotonic() - started:.1f} s; logs in {processes.log_dir}")
             yield Stack(
                 processes,
-                client,
-                [a.url for a in apis],
-                workers,
-                [a.child for a in apis],
-                key,
+                up.client,
+                [a.url for a in up.apis],
+                up.workers,
+                [a.child for a in up.apis],
+                up.key,
                 database_url,
                 processes.log_dir,
             )
@@ -216,23 +200,11 @@ async def _kill_one_worker(stack: Stack, load: Load, began: float) -> Kill:
     (its database write may be done or not: either way a retry must not write it twice),
     else the one with the most in hand."""
     await load.at(KILL_AT).wait()
-    loop = asyncio.get_running_loop()
-    give_up = loop.time() + KILL_WAIT
-    while True:
-        scraped = await asyncio.gather(*(asyncio.to_thread(in_hand, w) for w in stack.workers))
-        seen = {w.name: now for w, now in zip(stack.workers, scraped, strict=True)}
-        ranked = sorted(
-            stack.workers,
-            key=lambda w: (seen[w.name]["activity_slots"], seen[w.name]["workflow_slots"]),
-            reverse=True,
-        )
-        if seen[ranked[0].name]["activity_slots"] > 0 or loop.time() > give_up:
-            break
-        await asyncio.sleep(0.02)
-    killed, survivor = ranked
+    killed, in_flight = await busiest(stack.workers, seconds=KILL_WAIT)
+    (survivor,) = (w for w in stack.workers if w is not killed)
     os.kill(killed.child.proc.pid, signal.SIGKILL)
     killed.child.proc.wait(timeout=10)
-    return Kill(killed, survivor, time.monotonic() - began, load.answered, seen[killed.name])
+    return Kill(killed, survivor, time.monotonic() - began, load.answered, in_flight)
 
 
 @dataclass

@@ -5,21 +5,15 @@ they run only when a path inside tests/faults/ is named on the command line."""
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 import pytest_asyncio
-from temporalio.client import Client
 
-from store.db import make_sync_engine
-from store.keys import ALL_SCOPES, register_api_key
-from store.migrate import upgrade
 from tests.faults.stack import ROWS, TABLE, FaultStack, table
-from tests.processes import PrivatePostgres, ProcessStack, free_port, postgres_bin_dir
-from workflows.client import DATA_CONVERTER
+from tests.processes import PrivatePostgres, ProcessStack, postgres_bin_dir
 
 HERE = Path(__file__).parent.resolve()
 
@@ -65,20 +59,9 @@ async def fault_stack(tmp_path: Path) -> AsyncIterator[FaultStack]:
     try:
         processes.start_temporal(db_filename=tmp_path / "temporal.db")
         await postgres.create()
-        await asyncio.to_thread(upgrade, postgres.url)
-        engine = make_sync_engine(postgres.url)
-        key = register_api_key(engine, "faults", ALL_SCOPES)
-        engine.dispose()
-        await processes.temporal_ready()
-
-        ports = [free_port(), free_port()]
-        public = f"http://127.0.0.1:{ports[0]}"
-        workers = [processes.start_metered_worker(f"worker-{n}", public) for n in (1, 2)]
-        apis = [processes.start_api_process(f"api-{n}", port, public) for n, port in enumerate(ports, start=1)]
-        client = await Client.connect(processes.temporal_address, data_converter=DATA_CONVERTER)
-        await processes.serving(workers, apis)
+        up = await processes.serve_two_of_each("faults")
         print(f"\n[faults] stack up in {time.monotonic() - started:.1f} s; logs in {log_dir}")
-        yield FaultStack(processes, postgres, client, workers, apis, key, public)
+        yield FaultStack(processes, postgres, up.client, up.workers, up.apis, up.key, up.public_url)
     finally:
         processes.stop()
         postgres.destroy()

@@ -151,7 +151,26 @@ def report(row: Row) -> None:
     TABLE.write_text(table())
 
 
-Fault = Callable[[FaultStack, Load], Awaitable[str]]
+@dataclass
+class Struck:
+    """What a fault did, in words, and what shows it touched the load (work in hand when a
+    worker was killed, attempts that failed while it lasted). No evidence: it touched
+    nothing, and the run would prove nothing; `run_load` counts that a problem."""
+
+    said: str
+    evidence: str
+
+
+async def failing_while(load: Load, fault: Awaitable[str]) -> Struck:
+    """Run `fault` (it returns what it did); the evidence is the attempts that failed
+    meanwhile."""
+    before = load.failed_attempts()
+    said = await fault
+    failed = load.failed_attempts() - before
+    return Struck(said, f"{failed} attempts failed while it lasted" if failed else "")
+
+
+Fault = Callable[[FaultStack, Load], Awaitable[Struck]]
 
 
 async def run_load(
@@ -182,9 +201,10 @@ async def run_load(
         if not doing.done():
             doing.cancel()
         try:
-            what_happened = await doing
+            struck: Struck | None = await doing
+            what_happened = struck.said
         except asyncio.CancelledError:
-            what_happened = "NOT DONE: the load ended before the fault's moment."
+            struck, what_happened = None, "NOT DONE: the load ended before the fault's moment."
         load_seconds = time.monotonic() - began
 
     unfinished = await wait_completed(stack.client, driven, seconds=60)
@@ -195,9 +215,12 @@ async def run_load(
     cut = ", ".join(f"{n} {how}" for how, n in load.cut_off.most_common())
     repeated = load.repeated()
     why = ", ".join(f"{n} after {how}" for how, n in repeated.most_common())
+    refused = sum(len(j.refused) for j in driven)
     if copies or out_of_order:
-        refused = sum(len(j.refused) for j in driven)
         what_happened += f" {refused} events refused out of turn (every copy 409), each applied later in its turn."
+    missed = struck is not None and not struck.evidence and not (out_of_order and refused)
+    if struck is not None and struck.evidence:
+        what_happened += f" It struck: {struck.evidence}."
     what_happened += (
         f" Clients repeated {sum(repeated.values())} attempts"
         + (f" ({why})" if why else "")
@@ -248,6 +271,7 @@ async def run_load(
 
     problems = [
         *([what_happened] if what_happened.startswith("NOT DONE") else []),
+        *([f"the fault touched nothing (no work in hand, no attempt failed): {what_happened}"] if missed else []),
         *(f"journey failed: {failure}"[:2000] for failure in failures),
         *(f"workflow not completed: {u}" for u in unfinished),
         *recorded.problems,

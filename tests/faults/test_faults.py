@@ -26,9 +26,9 @@ import time
 
 import pytest
 
-from tests.faults.stack import FaultStack, run_load
+from tests.faults.stack import FaultStack, Struck, failing_while, run_load
 from tests.load import Load
-from tests.processes import Worker, in_hand
+from tests.processes import busiest
 
 #: A call waits this long for its answer, repeats included, before its journey fails.
 #: Where a process dies mid-request, a repeat of a keyed command can wait for the
@@ -39,25 +39,6 @@ LEASE_PATIENT = 420.0
 
 
 # ---------------------------------------------------------------------------- 1. the worker
-
-
-async def _busiest(stack: FaultStack, seconds: float = 2.0) -> tuple[Worker, dict[str, float]]:
-    """The worker with the most in hand (by its metrics), one with an activity in hand if
-    one has within `seconds`: killed then, its write may be done or not, and either way a
-    retry must not write it twice."""
-    loop = asyncio.get_running_loop()
-    give_up = loop.time() + seconds
-    while True:
-        seen = await asyncio.gather(*(asyncio.to_thread(in_hand, w) for w in stack.workers))
-        ranked = sorted(
-            zip(stack.workers, seen, strict=True),
-            key=lambda ws: (ws[1]["activity_slots"] + ws[1]["local_activity_slots"], ws[1]["workflow_slots"]),
-            reverse=True,
-        )
-        worker, now = ranked[0]
-        if now["activity_slots"] + now["local_activity_slots"] > 0 or loop.time() > give_up:
-            return worker, now
-        await asyncio.sleep(0.02)
 
 
 def _hands(now: dict[str, float]) -> str:
@@ -71,13 +52,16 @@ def _hands(now: dict[str, float]) -> str:
 NO_WORKER = 5.0
 
 
-async def _kill_workers(stack: FaultStack, load: Load) -> str:
+async def _kill_workers(stack: FaultStack, load: Load) -> Struck:
     """SIGKILL the busiest worker at 25% and at 50% of the calls, each replaced at once by
-    a new one (as a supervisor restarts it); at 75% both, and none runs for NO_WORKER s."""
-    said = []
+    a new one (as a supervisor restarts it); at 75% both, and none runs for NO_WORKER s.
+    Evidence: the killed workers that had a task in hand."""
+    said, in_hand = [], []
     for share in (0.25, 0.5):
         await load.at(share).wait()
-        victim, now = await _busiest(stack)
+        victim, now = await busiest(stack.workers, seconds=2.0)
+        if now["workflow_slots"] + now["activity_slots"] + now["local_activity_slots"] > 0:
+            in_hand.append(f"{victim.name} ({_hands(now)})")
         began = time.monotonic()
         await stack.kill_worker(victim)
         fresh = await stack.start_worker()
@@ -96,7 +80,7 @@ async def _kill_workers(stack: FaultStack, load: Load) -> str:
         f"at 75%, SIGKILL both ({', '.join(v.name for v in victims)}), none running for {NO_WORKER:g} s, then "
         f"{' and '.join(f.name for f in fresh)} started, polling {time.monotonic() - began:.1f} s after the kill"
     )
-    return "; ".join(said) + "."
+    return Struck("; ".join(said) + ".", f"killed with work in hand: {', '.join(in_hand)}" if in_hand else "")
 
 
 @pytest.mark.timeout(600)
@@ -110,8 +94,12 @@ async def test_workers_killed_mid_load(fault_stack: FaultStack) -> None:
 OUTAGE = 30.0
 
 
-async def _stop_postgres(stack: FaultStack, load: Load) -> str:
+async def _stop_postgres(stack: FaultStack, load: Load) -> Struck:
     await load.at(0.3).wait()
+    return await failing_while(load, _postgres_outage(stack))
+
+
+async def _postgres_outage(stack: FaultStack) -> str:
     await stack.postgres.stop("immediate")
     await asyncio.sleep(OUTAGE)
     began = time.monotonic()
@@ -130,7 +118,12 @@ async def test_postgres_stopped_for_30_seconds(fault_stack: FaultStack) -> None:
 # ---------------------------------------------------------------------------- 3. the dev server
 
 
-async def _restart_temporal(stack: FaultStack, load: Load) -> str:
+async def _restart_temporal(stack: FaultStack, load: Load) -> Struck:
+    await load.at(0.3).wait()
+    return await failing_while(load, _temporal_restarts(stack, load))
+
+
+async def _temporal_restarts(stack: FaultStack, load: Load) -> str:
     said = []
     for share, how in ((0.3, signal.SIGTERM), (0.65, signal.SIGKILL)):
         await load.at(share).wait()
@@ -151,12 +144,14 @@ async def test_temporal_dev_server_restarted(fault_stack: FaultStack) -> None:
 # ---------------------------------------------------------------------------- 4. events twice, out of order
 
 
-async def _no_process_fault(stack: FaultStack, load: Load) -> str:
-    return (
+async def _no_process_fault(stack: FaultStack, load: Load) -> Struck:
+    """Evidence: the events refused out of turn (run_load counts them)."""
+    return Struck(
         "every event sent twice at once (one copy to each API) and once more at its journey's end; every other "
         "journey sent one event before its turn (approved or declined before submitted, the account opened before "
         "the consent, an application after the owner closed the opportunity), refused 409, then in its turn under "
-        "the same id."
+        "the same id.",
+        "",
     )
 
 
@@ -178,7 +173,7 @@ async def test_every_event_twice_and_some_out_of_order(fault_stack: FaultStack) 
 KILLS = 8
 
 
-async def _kill_apis(stack: FaultStack, load: Load) -> str:
+async def _kill_apis(stack: FaultStack, load: Load) -> Struck:
     """SIGKILL an API process at random moments under load (hundreds of requests in
     flight: some between their database write and their answer), KILLS times, the next a
     few seconds after the last one is back; each restarted on its port at once. The
@@ -188,8 +183,12 @@ async def _kill_apis(stack: FaultStack, load: Load) -> str:
     mid-request waits out its key's lease (300 s), during which the load barely moves; a
     kill timed by the load would then come when the leases run out and cut off the very
     requests that took them over, each starting a new lease."""
-    rng = random.Random(5)
     await load.at(0.05).wait()
+    return await failing_while(load, _api_kills(stack))
+
+
+async def _api_kills(stack: FaultStack) -> str:
+    rng = random.Random(5)
     began = time.monotonic()
     downtimes = []
     for n in range(KILLS):
