@@ -78,8 +78,9 @@ def as_of(opp: OpportunityFacts, t: datetime) -> OpportunityFacts | None:
         return None
     status, closed_at = opp.status, opp.closed_at
     if status != "open":
-        closed = closed_at or (opp.checkpoints[-1].entered_at if opp.checkpoints else opp.opened_at)
-        if closed >= t:
+        if closed_at is None:
+            raise ValueError(f"opportunity {opp.id} is {status} without closed_at")
+        if closed_at >= t:
             status, closed_at = "open", None
     need_known = opp.need_recorded_at is not None and opp.need_recorded_at < t
     return replace(

@@ -21,8 +21,8 @@ or as a time with an offset, `amount` > 0. The rules here check what a shape can
   - `opportunity_id` names a mortgage opportunity of the event's customer, and a **won**
     one: only a won mortgage is a loan that has payments.
   - neither `due_date` nor `paid_date` falls before the day the mortgage was won (the
-    earliest date anywhere on Earth at `closed_at`; `opened_at` for a won record without
-    a `closed_at`): there is no payment on a loan before it was granted.
+    earliest date anywhere on Earth at `closed_at`, which every decided record has):
+    there is no payment on a loan before it was granted.
 
 A date and an instant are compared through the dates the instant falls on around the
 world (UTC−12 to UTC+14, `earliest_date` / `latest_date`), so a sender's time zone
@@ -190,7 +190,9 @@ def payment_mortgage_problems(
                 f"mortgage {ref!r} is {mortgage.status}, not won: only a granted mortgage has payments",
             )
         ]
-    won_on = earliest_date(mortgage.closed_at or mortgage.opened_at)
+    if mortgage.closed_at is None:
+        raise ValueError(f"mortgage {ref!r} is won without closed_at")
+    won_on = earliest_date(mortgage.closed_at)
     problems: list[Problem] = []
     for field in ("due_date", "paid_date"):
         if (day := calendar_date(data[field])) < won_on:

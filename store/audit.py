@@ -15,7 +15,7 @@ The rules
   product was in force when it was won: granted at or before the win and not withdrawn at
   or before it. A consent withdrawn *after* the win still counts (the sale had it); one
   withdrawn before the win, or granted after it, does not. When it was won (`won_at`): its
-  `closed_at`, else its last checkpoint's `entered_at`, else `opened_at`.
+  `closed_at`, which every decided row has (a CHECK, migration 0014).
 - `need_after_opportunity`: its need was recorded after `opened_at`, or it has none.
 - `stage_out_of_order`: its checkpoints (by `seq`) do not follow the stage order of the
   process version it recorded (`process_version`, from the process catalog): the first
@@ -119,10 +119,11 @@ def when(at: datetime) -> str:
 
 
 def won_at(opp: OpportunityFacts) -> datetime:
-    """When a won opportunity was won: closed_at, else its last checkpoint, else opened_at."""
-    if opp.closed_at is not None:
-        return opp.closed_at
-    return opp.checkpoints[-1].entered_at if opp.checkpoints else opp.opened_at
+    """When a won opportunity was won: its `closed_at` (the store keeps one on every
+    decided row: migration 0014's CHECK)."""
+    if opp.closed_at is None:
+        raise ValueError(f"opportunity {opp.id} is {opp.status} without closed_at")
+    return opp.closed_at
 
 
 def consent_in_force(consents: Sequence[ConsentFact], at: datetime | None) -> bool:

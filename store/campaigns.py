@@ -5,8 +5,8 @@ once, as SQL over the store (domain/campaigns.py holds the goals and rules thems
 Terms:
 
 - A customer **holds** a product when they have a won opportunity in it.
-- An opportunity is **won at** its `closed_at` (the checkpoint that won it), or its
-  `opened_at` for a won row without one.
+- An opportunity is **won at** its `closed_at` (the checkpoint that won it; every decided
+  row has one: migration 0014's CHECK).
 - The campaign's **won opportunities**: opportunities whose `campaign_id` is the campaign
   and whose status is `won` — whenever they were won (the campaign's dates do not bound
   them: only a prequalified customer's opportunity carries the campaign at all).
@@ -44,7 +44,7 @@ _PRODUCTS = frozenset(p.value for p in Product)
 
 def won_at(opp: type[Opportunity]) -> ColumnElement:
     """When a won opportunity was won (see the module docstring)."""
-    return func.coalesce(opp.closed_at, opp.opened_at)
+    return opp.closed_at
 
 
 async def customer_facts(session: AsyncSession, customer: Customer) -> CustomerFacts:

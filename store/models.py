@@ -151,6 +151,8 @@ class Opportunity(Imported, Base):
     __tablename__ = "opportunities"
     __table_args__ = (
         _imported("opportunities"),
+        # When it was won or lost is `closed_at`, on every decided row (migration 0014).
+        CheckConstraint("(status = 'open') = (closed_at IS NULL)", name="closed_at_when_decided"),
         Index(
             "ix_opportunities_audit_stale_opened_at",
             "opened_at",

@@ -13,6 +13,7 @@ from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy import Engine, column, inspect, select, table, text
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from store.db import make_sync_engine
@@ -225,3 +226,59 @@ def test_every_write_to_employees_raises_the_team_version(database_url: str, eng
             conn.execute(text(sql))
         seen.append(version())
     assert seen == sorted(set(seen)) and len(seen) == 4, seen  # each write raised it
+
+
+def test_a_decided_opportunity_has_closed_at_and_old_rows_get_one(database_url: str, engine: Engine) -> None:
+    """Migration 0014: "when it was won" is `closed_at` everywhere, so the database keeps
+    one on every decided row and none on an open one; rows recorded before without one get
+    their last checkpoint's time (else `opened_at`), what the audit read for them."""
+    command.upgrade(alembic_config(database_url), "0013")
+    opened = datetime(2026, 1, 5, 9, 0, tzinfo=UTC)
+    with Session(engine) as s, s.begin():
+        s.add(Household(id="h1", name="Doe"))
+        s.flush()
+        s.add(Customer(id="c1", household_id="h1", name="Jane Doe"))
+        s.add(
+            Employee(id="e1", name="Sam", email="sam@bank.test", role="banker", line_of_business="retail", capacity=5)
+        )
+        s.flush()
+        for opp_id, status in (("won-with-checkpoint", "won"), ("lost-bare", "lost"), ("open", "open")):
+            s.add(
+                Opportunity(
+                    id=opp_id,
+                    customer_id="c1",
+                    product="mortgage",
+                    process_version=1,
+                    owner_id="e1",
+                    stage="x",
+                    probability=0,
+                    status=status,
+                    workflow_id=f"wf-{opp_id}",
+                    opened_at=opened,
+                )  # fmt: skip
+            )
+        s.flush()
+        s.add(Checkpoint(opportunity_id="won-with-checkpoint", seq=1, stage="closed_won",
+                         entered_at=opened + timedelta(days=3), trigger="event", actor="e1"))  # fmt: skip
+    upgrade(database_url)
+    with engine.connect() as conn:
+        closed = dict(conn.execute(select(Opportunity.id, Opportunity.closed_at)).all())
+    assert closed == {"won-with-checkpoint": opened + timedelta(days=3), "lost-bare": opened, "open": None}
+
+    for opp_id, status, closed_at in (("won-bare", "won", None), ("open-closed", "open", opened)):
+        with pytest.raises(IntegrityError), Session(engine) as s, s.begin():
+            s.add(
+                Opportunity(
+                    id=opp_id,
+                    customer_id="c1",
+                    product="mortgage",
+                    process_version=1,
+                    owner_id="e1",
+                    stage="x",
+                    probability=0,
+                    status=status,
+                    workflow_id=f"wf-{opp_id}",
+                    opened_at=opened,
+                    closed_at=closed_at,
+                )  # fmt: skip
+            )

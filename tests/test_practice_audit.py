@@ -142,11 +142,15 @@ def test_consent_missing() -> None:
     assert consent_missing(facts(consents=(ConsentFact(won),))) is None
     assert consent_missing(facts(consents=(ConsentFact(at(6), withdrawn_at=at(20)),))) is None
     assert consent_missing(facts(consents=(ConsentFact(at(6), withdrawn_at=at(7)), ConsentFact(at(8))))) is None
-    # Not won: not judged. Without closed_at, the last checkpoint is when it was won.
+    # Not won: not judged. Won is when it closed (`closed_at`), whatever its checkpoints say.
     assert consent_missing(facts(CLEAN_MORTGAGE[:4], consents=())) is None
-    assert consent_missing(facts(closed_at=None, consents=(ConsentFact(at(9, 10)),))) == (
+    assert consent_missing(facts(consents=(ConsentFact(at(9, 10)),))) == (
         "Won on 2026-01-09 09:00 UTC, but the customer's consent to mortgage was only granted on 2026-01-09 10:00 UTC."
     )
+    assert consent_missing(facts(closed_at=at(9, 11), consents=(ConsentFact(at(9, 10)),))) is None
+    # A won row without closed_at cannot be stored (migration 0014); the rule will not guess.
+    with pytest.raises(ValueError, match="without closed_at"):
+        consent_missing(facts(closed_at=None, consents=(ConsentFact(at(9, 10)),)))
 
 
 def test_need_after_opportunity() -> None:
