@@ -56,11 +56,11 @@ import re
 import smtplib
 import ssl
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from email.message import EmailMessage
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal, Protocol, TypeVar
 from urllib.parse import unquote, urlsplit
 
 from sqlalchemy import event
@@ -73,7 +73,7 @@ from domain.validation import printable
 from observability.logs import redact
 from store import outbox
 from store.db import insert_if_missing
-from store.models import Employee, Notification
+from store.models import Notification
 
 log = logging.getLogger("needflow.mail")
 
@@ -130,6 +130,16 @@ class SmtpSettings:
 _WAKE_ON_COMMIT = "needflow.mail.wake"
 
 
+class Addressee(Protocol):
+    """Whom `Mailer.record_for` writes to: an employee row, or just their id and address."""
+
+    @property
+    def id(self) -> str: ...
+
+    @property
+    def email(self) -> str: ...
+
+
 class Mailer:
     """Records e-mail in the outbox, in the caller's transaction; never talks to SMTP.
 
@@ -167,7 +177,7 @@ class Mailer:
         return message_id
 
     async def record_for(
-        self, session: AsyncSession, message_id: str, recipients: list[Employee], subject: str, body: str
+        self, session: AsyncSession, message_id: str, recipients: Sequence[Addressee], subject: str, body: str
     ) -> list[str]:
         """The message for each employee, as `<message_id>:<employee id>`."""
         return [

@@ -14,15 +14,17 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any
 
-from sqlalchemy import Insert, ScalarSelect, Select, Table, Update, bindparam, case, func, select, update
+from sqlalchemy import Insert, ScalarSelect, Select, Table, Update, bindparam, case, func, insert, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from temporalio import activity
 
-from activities.mail import Mailer
+from activities.mail import Addressee, Mailer
 from domain import records
 from domain.ids import referral_customer_id, referral_household_id, referral_need_id
 from domain.opportunity import OpportunityInput
@@ -150,17 +152,32 @@ def _with_load(c: Candidate, open_load: int, last_assigned_at: datetime | None) 
     return mine
 
 
+def _history_values(referral_id: str, entry: HistoryEntry) -> dict[str, Any]:
+    return {
+        "referral_id": referral_id,
+        "seq": entry.seq,
+        "status": entry.status,
+        "at": entry.at,
+        "actor": entry.actor,
+        "via": entry.via,
+        "note": entry.note,
+        "assignee_id": entry.assignee_id,
+    }
+
+
 def _history_row(referral_id: str, entry: HistoryEntry) -> ReferralHistory:
-    return ReferralHistory(
-        referral_id=referral_id,
-        seq=entry.seq,
-        status=entry.status,
-        at=entry.at,
-        actor=entry.actor,
-        via=entry.via,
-        note=entry.note,
-        assignee_id=entry.assignee_id,
-    )
+    return ReferralHistory(**_history_values(referral_id, entry))
+
+
+def _row_values(row: Referral) -> dict[str, Any]:
+    """What a new (transient) referral row was given, as an INSERT's parameters: columns
+    left unset take their defaults."""
+    return {k: v for k, v in vars(row).items() if not k.startswith("_sa_")}
+
+
+#: A new referral and its history entries, written by statements built once (`_route`).
+_INSERT_REFERRAL = insert(Referral.__table__)
+_INSERT_HISTORY = insert(ReferralHistory.__table__)
 
 
 async def _has_entry(session: AsyncSession, referral_id: str, seq: int) -> bool:
@@ -197,10 +214,20 @@ def _opening_facts_statement() -> Select:
 
 _OPENING_FACTS = _opening_facts_statement()
 
-#: The open work of some employees (`ids`), built once.
-_WORKLOAD = select(
-    EmployeeWorkload.employee_id, EmployeeWorkload.open_referrals, EmployeeWorkload.last_assigned_at
-).where(EmployeeWorkload.employee_id.in_(bindparam("ids", expanding=True)))
+#: The e-mail address and open work (None: no workload row yet) of some employees (`ids`), built once.
+_WORKLOAD = (
+    select(Employee.id, Employee.email, EmployeeWorkload.open_referrals, EmployeeWorkload.last_assigned_at)
+    .outerjoin(EmployeeWorkload, EmployeeWorkload.employee_id == Employee.id)
+    .where(Employee.id.in_(bindparam("ids", expanding=True)))
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Contact:
+    """An employee's address, as `Mailer.record_for` needs it."""
+
+    id: str
+    email: str
 
 
 class ReferralActivities:
@@ -258,7 +285,6 @@ class ReferralActivities:
                     last_seq=rec.created.seq,
                     created_at=rec.created.at,
                 )
-                session.add(row)
                 routed = await self._route(session, row, rec.route, created=rec.created, team=facts.team)
             else:  # a retry: what the first attempt recorded stands
                 row = await session.get(Referral, ref.referral_id, with_for_update=True)
@@ -291,7 +317,9 @@ class ReferralActivities:
         created: HistoryEntry | None = None,
         team: int | None = None,
     ) -> Routed:
-        """Route `row` (a new one when `created` is given) and record the decision."""
+        """Route `row` and record the decision. A new referral (`created` given; `row` not in
+        the session) is inserted once, its decision in it, with its first two history
+        entries, by statements built once: the ORM's flush cost more than the INSERTs."""
         if created is None:  # a re-routing: what is recorded already, and the team cache's key, in one query
             recorded, team = await self._routing_facts(session, row.id, req)
             if req.seq in recorded:  # a retry: the decision is recorded
@@ -305,19 +333,18 @@ class ReferralActivities:
                 )
             if req.preceding is not None and req.preceding.seq not in recorded:
                 session.add(_history_row(row.id, req.preceding))
-        with session.no_autoflush:  # a new row is inserted once, with its decision in it
-            candidates = await self._candidates(session, req, team)
-            excluded = frozenset(req.exclude)
-            counted = _counts_toward_load(row.status, row.assignee_id)
-            while True:  # the pick must still have room once its workload row is locked
-                decision = route(req.rules, req.facts, candidates, excluded)
-                chosen = next((c for c in candidates if c.employee_id == decision.assignee_id), None)
-                if chosen is None or chosen.employee_id == counted:  # nobody, or (never: excluded) the same
-                    claimed = False
-                    break
-                if claimed := await _claim(session, chosen, req.at):
-                    break
-                excluded |= {chosen.employee_id}  # filled by a concurrent routing meanwhile
+        candidates, contacts = await self._candidates(session, req, team)
+        excluded = frozenset(req.exclude)
+        counted = _counts_toward_load(row.status, row.assignee_id)
+        while True:  # the pick must still have room once its workload row is locked
+            decision = route(req.rules, req.facts, candidates, excluded)
+            chosen = next((c for c in candidates if c.employee_id == decision.assignee_id), None)
+            if chosen is None or chosen.employee_id == counted:  # nobody, or (never: excluded) the same
+                claimed = False
+                break
+            if claimed := await _claim(session, chosen, req.at):
+                break
+            excluded |= {chosen.employee_id}  # filled by a concurrent routing meanwhile
         assigned = decision.assignee_id is not None
         row.queue = decision.queue
         row.routing_rule = decision.rule
@@ -327,23 +354,20 @@ class ReferralActivities:
         await _assign(
             session, row, "assigned" if assigned else "unassigned", decision.assignee_id, req.at, claimed=claimed
         )
-        if created is not None:
-            await session.flush()  # the referral before its history (no ORM relationship orders them)
-            session.add(_history_row(row.id, created))
-        session.add(
-            _history_row(
-                row.id,
-                HistoryEntry(
-                    seq=req.seq,
-                    status=row.status,
-                    at=req.at,
-                    actor=req.actor,
-                    via=req.via,
-                    note=decision.reason,
-                    assignee_id=decision.assignee_id,
-                ),
-            )
+        entry = HistoryEntry(
+            seq=req.seq,
+            status=row.status,
+            at=req.at,
+            actor=req.actor,
+            via=req.via,
+            note=decision.reason,
+            assignee_id=decision.assignee_id,
         )
+        if created is not None:
+            await session.execute(_INSERT_REFERRAL, _row_values(row))
+            await session.execute(_INSERT_HISTORY, [_history_values(row.id, created), _history_values(row.id, entry)])
+        else:
+            session.add(_history_row(row.id, entry))
         # Who must hear of it, in this same transaction (the workflow's notify finds it recorded).
         if req.preceding is not None and req.preceding.status == "lapsed":
             lapsed = records.ReferralNotice(
@@ -360,7 +384,7 @@ class ReferralActivities:
             employee_id=decision.assignee_id,
             note=None if assigned else decision.reason,
         )
-        await self._tell(session, row, told)
+        await self._tell(session, row, told, contacts)
         return Routed(decision=decision)
 
     async def _routing_facts(
@@ -389,8 +413,9 @@ class ReferralActivities:
 
     async def _candidates(
         self, session: AsyncSession, req: records.RouteReferral, team: int | None = None
-    ) -> list[Candidate]:
-        """The active employees a matching rule could pick, with their open work now.
+    ) -> tuple[list[Candidate], dict[str, Contact]]:
+        """The active employees a matching rule could pick, with their open work now, and
+        their e-mail addresses (read with the work: the one picked is told at once).
 
         The team is re-read only when the employees changed (`_team_statement`; the key
         is read before the team, so a change committed in between costs a re-read, never a
@@ -416,14 +441,16 @@ class ReferralActivities:
             self._team = (key, members)
         near = reachable(req.rules, req.facts, self._team[1])
         if not near:
-            return []
-        workload = {
-            employee_id: (load, last)
-            for employee_id, load, last in await session.execute(_WORKLOAD, {"ids": [c.employee_id for c in near]})
-        }
-        return [
+            return [], {}
+        workload, contacts = {}, {}
+        for employee_id, email, load, last in await session.execute(_WORKLOAD, {"ids": [c.employee_id for c in near]}):
+            contacts[employee_id] = Contact(employee_id, email)
+            if load is not None:
+                workload[employee_id] = (load, last)
+        candidates = [
             copy.copy(c) if c.employee_id not in workload else _with_load(c, *workload[c.employee_id]) for c in near
         ]
+        return candidates, contacts
 
     @activity.defn(name=records.RECORD_REFERRAL_CHANGE)
     async def record_change(self, change: records.ReferralChange) -> None:
@@ -523,10 +550,16 @@ class ReferralActivities:
                 return int(recorded)
             return await self._tell(session, row, notice)
 
-    async def _tell(self, session: AsyncSession, row: Referral, notice: records.ReferralNotice) -> int:
+    async def _tell(
+        self,
+        session: AsyncSession,
+        row: Referral,
+        notice: records.ReferralNotice,
+        contacts: dict[str, Contact] | None = None,
+    ) -> int:
         """Record the notice's e-mail to whoever must read it, in the caller's transaction
         (the sender delivers it); returns how many recipients it has."""
-        recipients = await self._recipients(session, notice, row)
+        recipients = await self._recipients(session, notice, row, contacts or {})
         who = await self._who(session, row)
         subject, body = _render(notice, row, who)
         await self.mailer.record_for(session, _notice_id(notice), recipients, subject, body)
@@ -542,8 +575,13 @@ class ReferralActivities:
             self.notify,
         ]
 
-    async def _recipients(self, session: AsyncSession, notice: records.ReferralNotice, row: Referral) -> list[Employee]:
+    async def _recipients(
+        self, session: AsyncSession, notice: records.ReferralNotice, row: Referral, contacts: dict[str, Contact]
+    ) -> list[Addressee]:
+        """Who reads the notice; `contacts`: addresses read already (a routing's candidates)."""
         if notice.kind in ("assigned", "reminder"):
+            if notice.employee_id in contacts:
+                return [contacts[notice.employee_id]]
             e = await session.get(Employee, notice.employee_id) if notice.employee_id else None
             return [e] if e else []
         if notice.kind in ("lapsed", "escalation") and notice.employee_id:

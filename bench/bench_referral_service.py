@@ -27,6 +27,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from sqlalchemy import text  # noqa: E402
 from sqlalchemy.orm import Session  # noqa: E402
 
 from activities.mail import Mailer  # noqa: E402
@@ -86,6 +87,10 @@ def seed(url: str, rng: random.Random) -> None:
         for feature in FEATURES:
             for value, (won, lost) in model["counts"][feature].items():
                 s.add(LeadFeatureCount(feature=feature, value=value, won=won, lost=lost))
+    if engine.dialect.name == "postgresql":  # statistics, as autovacuum keeps them on a live database
+        with engine.connect() as conn:
+            conn.execute(text("ANALYZE"))
+            conn.commit()
     engine.dispose()
 
 

@@ -247,6 +247,29 @@ async def test_an_employee_changed_outside_the_api_reaches_the_next_routing(api:
     assert (await api.refer(ryan, state))["assignee_id"] == bob["id"]
 
 
+async def test_the_referral_e_mail_goes_to_the_address_the_employee_has_now(api: Api, db: Engine) -> None:
+    """Routing reads the picked employee's address with the candidates' open work, in the
+    routing's own transaction: an address changed a moment before (by an import, say; the
+    API's PATCH does not change addresses) is the one written to."""
+    state = territory()
+    people = await api.staff(state)
+    ryan, bob = people["ryan"], people["bob"]
+    first = await api.refer(ryan, state)
+    moved = f"bob.new.{state}@bank.example"
+    with db.begin() as conn:
+        conn.execute(text("UPDATE employees SET email = :email WHERE id = :id"), {"email": moved, "id": bob["id"]})
+    second = await api.refer(ryan, state)
+    assert first["assignee_id"] == second["assignee_id"] == bob["id"]
+    with db.connect() as conn:
+        to = dict(
+            conn.execute(
+                select(Notification.id, Notification.to_address).where(Notification.to_employee_id == bob["id"])
+            ).all()
+        )
+    assert sorted(to.values()) == sorted([bob["email"], moved]), to
+    assert to[f"referral:{second['id']}:assigned:2:{bob['id']}"] == moved
+
+
 async def test_routing_and_reassignment_never_pick_an_inactive_employee(api: Api, db: Engine) -> None:
     state = territory()
     people = await api.staff(state)
