@@ -51,16 +51,28 @@ from workflows.starts import Starts
 TOTAL = "*"
 
 
+def _learn_statement(insert: Callable[[Table], Insert]) -> Insert:
+    """`learn`'s statement for one database, built once: each (feature, value) row counted
+    up, made if missing."""
+    t = LeadFeatureCount.__table__
+    new = insert(t)
+    return new.on_conflict_do_update(
+        index_elements=[t.c.feature, t.c.value],
+        set_={"won": t.c.won + new.excluded.won, "lost": t.c.lost + new.excluded.lost},
+    )
+
+
+_LEARN = {"postgresql": _learn_statement(pg_insert), "sqlite": _learn_statement(sqlite_insert)}
+
+
 async def learn(session: AsyncSession, features: dict[str, str], won: bool) -> None:
-    for feature, value in [(TOTAL, TOTAL), *features.items()]:
-        row = await session.get(LeadFeatureCount, (feature, value), with_for_update=True)
-        if row is None:
-            row = LeadFeatureCount(feature=feature, value=value, won=0, lost=0)
-            session.add(row)
-        if won:
-            row.won += 1
-        else:
-            row.lost += 1
+    """Count one decided referral into the lead model: the totals' row and each of its
+    feature values', in one statement (it was a locked read and an UPDATE per row). Rows
+    are written in sorted order, so two decisions at once take their row locks in the
+    same order and never deadlock (PostgreSQL)."""
+    rows = sorted([(TOTAL, TOTAL), *features.items()])
+    params = [{"feature": f, "value": v, "won": int(won), "lost": int(not won)} for f, v in rows]
+    await session.execute(_LEARN[session.bind.dialect.name], params)
 
 
 def _counts_toward_load(status: str | None, assignee_id: str | None) -> str | None:
