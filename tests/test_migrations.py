@@ -234,6 +234,13 @@ def test_a_decided_opportunity_has_closed_at_and_old_rows_get_one(database_url: 
     their last checkpoint's time (else `opened_at`), what the audit read for them."""
     command.upgrade(alembic_config(database_url), "0013")
     opened = datetime(2026, 1, 5, 9, 0, tzinfo=UTC)
+
+    def opportunity(opp_id: str, status: str, closed_at: datetime | None = None) -> Opportunity:
+        return Opportunity(
+            id=opp_id, customer_id="c1", product="mortgage", process_version=1, owner_id="e1", stage="x",
+            probability=0, status=status, workflow_id=f"wf-{opp_id}", opened_at=opened, closed_at=closed_at,
+        )  # fmt: skip
+
     with Session(engine) as s, s.begin():
         s.add(Household(id="h1", name="Doe"))
         s.flush()
@@ -242,43 +249,23 @@ def test_a_decided_opportunity_has_closed_at_and_old_rows_get_one(database_url: 
             Employee(id="e1", name="Sam", email="sam@bank.test", role="banker", line_of_business="retail", capacity=5)
         )
         s.flush()
-        for opp_id, status in (("won-with-checkpoint", "won"), ("lost-bare", "lost"), ("open", "open")):
-            s.add(
-                Opportunity(
-                    id=opp_id,
-                    customer_id="c1",
-                    product="mortgage",
-                    process_version=1,
-                    owner_id="e1",
-                    stage="x",
-                    probability=0,
-                    status=status,
-                    workflow_id=f"wf-{opp_id}",
-                    opened_at=opened,
-                )  # fmt: skip
-            )
+        s.add_all(
+            [opportunity("won-with-checkpoint", "won"), opportunity("lost-bare", "lost"), opportunity("open", "open")]
+        )
+        s.add(opportunity("open-stamped", "open", opened + timedelta(days=1)))  # inconsistent: it is not closed
         s.flush()
         s.add(Checkpoint(opportunity_id="won-with-checkpoint", seq=1, stage="closed_won",
                          entered_at=opened + timedelta(days=3), trigger="event", actor="e1"))  # fmt: skip
     upgrade(database_url)
     with engine.connect() as conn:
         closed = dict(conn.execute(select(Opportunity.id, Opportunity.closed_at)).all())
-    assert closed == {"won-with-checkpoint": opened + timedelta(days=3), "lost-bare": opened, "open": None}
+    assert closed == {
+        "won-with-checkpoint": opened + timedelta(days=3),
+        "lost-bare": opened,
+        "open": None,
+        "open-stamped": None,
+    }
 
     for opp_id, status, closed_at in (("won-bare", "won", None), ("open-closed", "open", opened)):
         with pytest.raises(IntegrityError), Session(engine) as s, s.begin():
-            s.add(
-                Opportunity(
-                    id=opp_id,
-                    customer_id="c1",
-                    product="mortgage",
-                    process_version=1,
-                    owner_id="e1",
-                    stage="x",
-                    probability=0,
-                    status=status,
-                    workflow_id=f"wf-{opp_id}",
-                    opened_at=opened,
-                    closed_at=closed_at,
-                )  # fmt: skip
-            )
+            s.add(opportunity(opp_id, status, closed_at))
