@@ -4,8 +4,15 @@ reading every employee (issue 10: routing took ~1.3 ms of each referral's ~10 to
 cache key from the whole table).
 
 Triggers, not application code, keep it: every writer of employees (the API, the import,
-a seed, an operator's SQL) raises it alike, and none can forget. SQLite has row triggers
-only (one per INSERT, UPDATE, DELETE); PostgreSQL gets one statement trigger.
+a seed, an operator's SQL) raises it alike, and none can forget; the raise commits with
+the change it counts, so a routing never sees one without the other. SQLite has one
+writer at a time: a row trigger per INSERT, UPDATE, DELETE. On PostgreSQL the trigger is a
+deferred constraint trigger, run at commit: a transaction locks the one `team_version`
+row only once it has taken every employee row it writes, so two writers of employees
+wait for each other's commit, never in a deadlock (an immediate trigger would lock it at
+the first write: one transaction writing employee `a` then `b`, another locking `b` then
+writing it, deadlocked). Like SQLite's, it fires per row written: a statement that
+changes no row raises nothing.
 
 Revision ID: 0013
 Revises: 0012
@@ -43,8 +50,8 @@ def upgrade() -> None:
             f"$$ BEGIN {_BUMP}; RETURN NULL; END $$"
         )
         op.execute(
-            "CREATE TRIGGER employees_team_version AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE "
-            "ON employees FOR EACH STATEMENT EXECUTE FUNCTION bump_team_version()"
+            "CREATE CONSTRAINT TRIGGER employees_team_version AFTER INSERT OR UPDATE OR DELETE ON employees "
+            "DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION bump_team_version()"
         )
     else:
         for event in _SQLITE_EVENTS:

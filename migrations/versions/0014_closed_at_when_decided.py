@@ -3,9 +3,14 @@
 several fallbacks (the audit, campaigns, customer health and the daily review each had
 their own for a decided row without one).
 
-Every writer already set it (the stage change's activity, the import); rows that lack it
-anyway get their last checkpoint's time, else `opened_at`, the audit's old fallback, so
-nothing a report showed moves.
+Every writer already set it (the stage change's activity, the import). Rows that break
+the rule anyway are mended first, and what reads them may move:
+- a decided row without `closed_at` gets its last checkpoint's time, else `opened_at`
+  (the audit's old fallback, so its verdicts stay). The scorecards, which skipped such a
+  row, now count it at that time; campaigns and customer health, which took `opened_at`
+  for it, now take that time.
+- an open row with a `closed_at` loses it (an open opportunity has not closed); nothing
+  read it.
 
 Revision ID: 0014
 Revises: 0013
