@@ -63,6 +63,7 @@ from domain.daily import (
     NewExceptionsMailed,
     NewExceptionsRequest,
 )
+from domain.opportunity import closed_at_of
 from domain.process import ProcessCatalog
 from domain.scoring import FEATURES, LeadModel
 from store import upkeep
@@ -77,11 +78,8 @@ def as_of(opp: OpportunityFacts, t: datetime) -> OpportunityFacts | None:
     if opp.opened_at >= t:
         return None
     status, closed_at = opp.status, opp.closed_at
-    if status != "open":
-        if closed_at is None:
-            raise ValueError(f"opportunity {opp.id} is {status} without closed_at")
-        if closed_at >= t:
-            status, closed_at = "open", None
+    if status != "open" and closed_at_of(opp.id, status, closed_at) >= t:
+        status, closed_at = "open", None
     need_known = opp.need_recorded_at is not None and opp.need_recorded_at < t
     return replace(
         opp,

@@ -24,6 +24,8 @@ from temporalio import activity
 from temporalio.exceptions import ApplicationError
 from temporalio.worker import ActivityInboundInterceptor, ExecuteActivityInput, Interceptor
 
+from domain.opportunity import ClosedAtMissing
+
 #: The database refusals no retry can change, by the ApplicationError type they become.
 FOR_GOOD: dict[type[Exception], str] = {
     IntegrityError: "IntegrityError",
@@ -35,6 +37,11 @@ FOR_GOOD: dict[type[Exception], str] = {
 class InvariantBroken(Exception):
     """An activity found the record in a state its rules say cannot be (a bug, or a hand
     edit): retrying reads the same state again."""
+
+
+class Overtaken(Exception):
+    """Another attempt of the same activity wrote first: one that timed out and ran on,
+    racing its retry. Retryable on purpose: the next attempt reads what it wrote."""
 
 
 def _code(exc: Exception) -> str | None:
@@ -49,7 +56,7 @@ def _constraint(exc: Exception) -> str | None:
 
 def for_good(exc: Exception) -> ApplicationError | None:
     """The non-retryable error `exc` stands for, or None when a retry may succeed."""
-    if isinstance(exc, InvariantBroken):  # its message stays in the code that raised it: it may quote data
+    if isinstance(exc, InvariantBroken | ClosedAtMissing):  # its message stays where raised: it may quote data
         return ApplicationError("a broken invariant", type="InvariantBroken", non_retryable=True)
     for cls, kind in FOR_GOOD.items():
         if isinstance(exc, cls):

@@ -140,6 +140,15 @@ class Addressee(Protocol):
     def email(self) -> str: ...
 
 
+@dataclass(frozen=True, slots=True)
+class Contact:
+    """An employee's id and address, read without their row (routing reads them with the
+    candidates' work)."""
+
+    id: str
+    email: str
+
+
 class Mailer:
     """Records e-mail in the outbox, in the caller's transaction; never talks to SMTP.
 

@@ -13,18 +13,15 @@ cannot count it twice.
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable
-from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Insert, ScalarSelect, Select, Table, Update, bindparam, case, func, insert, select, update
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy import Insert, ScalarSelect, Select, bindparam, case, func, insert, inspect, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from temporalio import activity
 
-from activities.mail import Addressee, Mailer
+from activities.errors import InvariantBroken, Overtaken
+from activities.mail import Addressee, Contact, Mailer
 from domain import records
 from domain.ids import referral_customer_id, referral_household_id, referral_need_id
 from domain.opportunity import OpportunityInput
@@ -32,6 +29,7 @@ from domain.referral import OPEN_STATUSES, WORKING_STATUSES, HistoryEntry, Route
 from domain.routing import Candidate, RoutingDecision, Team, reachable, route
 from domain.scoring import FEATURES, LeadFeatures, LeadModel
 from domain.types import LineOfBusiness, Product, Role
+from store.db import InsertFor, for_session, per_database
 from store.models import (
     Customer,
     Employee,
@@ -51,7 +49,7 @@ from workflows.starts import Starts
 TOTAL = "*"
 
 
-def _learn_statement(insert: Callable[[Table], Insert]) -> Insert:
+def _learn_statement(insert: InsertFor) -> Insert:
     """`learn`'s statement for one database, built once: each (feature, value) row counted
     up, made if missing."""
     t = LeadFeatureCount.__table__
@@ -62,7 +60,7 @@ def _learn_statement(insert: Callable[[Table], Insert]) -> Insert:
     )
 
 
-_LEARN = {"postgresql": _learn_statement(pg_insert), "sqlite": _learn_statement(sqlite_insert)}
+_LEARN = per_database(_learn_statement)
 
 
 async def learn(session: AsyncSession, features: dict[str, str], won: bool) -> None:
@@ -72,35 +70,40 @@ async def learn(session: AsyncSession, features: dict[str, str], won: bool) -> N
     same order and never deadlock (PostgreSQL)."""
     rows = sorted([(TOTAL, TOTAL), *features.items()])
     params = [{"feature": f, "value": v, "won": int(won), "lost": int(not won)} for f, v in rows]
-    await session.execute(_LEARN[session.bind.dialect.name], params)
+    await session.execute(for_session(_LEARN, session), params)
 
 
 def _counts_toward_load(status: str | None, assignee_id: str | None) -> str | None:
     return assignee_id if status in WORKING_STATUSES else None
 
 
-def _workload_statements() -> tuple[Update, Update]:
-    """`_bump`'s two statements, built once (with and without an assignment's stamp)."""
-    w = EmployeeWorkload.__table__.c
-    base = update(EmployeeWorkload.__table__).where(w.employee_id == bindparam("whose"))
-    counted = base.values(open_referrals=w.open_referrals + bindparam("delta"))
-    return counted, counted.values(last_assigned_at=bindparam("at", type_=UTCDateTime))
+def _bump_statement(insert: InsertFor) -> Insert:
+    """`_bump`'s statement for one database, built once: the row counted up (its
+    assignment stamped when `at` is given), or made with the count if missing."""
+    w = EmployeeWorkload.__table__
+    new = insert(w).values(
+        employee_id=bindparam("whose"),
+        open_referrals=bindparam("start"),
+        last_assigned_at=bindparam("at", type_=UTCDateTime),
+    )
+    return new.on_conflict_do_update(
+        index_elements=[w.c.employee_id],
+        set_={
+            "open_referrals": w.c.open_referrals + bindparam("delta"),
+            "last_assigned_at": func.coalesce(new.excluded.last_assigned_at, w.c.last_assigned_at),
+        },
+    )
 
 
-_BUMP, _BUMP_STAMPED = _workload_statements()
+_BUMP = per_database(_bump_statement)
 
 
 async def _bump(session: AsyncSession, employee_id: str, delta: int, assigned_at: datetime | None) -> None:
-    """Add `delta` to an employee's open referrals (and stamp an assignment), in one statement."""
-    params = {"whose": employee_id, "delta": delta}
-    if assigned_at is None:
-        result = await session.execute(_BUMP, params)
-    else:
-        result = await session.execute(_BUMP_STAMPED, {**params, "at": assigned_at})
-    if result.rowcount == 0:
-        session.add(
-            EmployeeWorkload(employee_id=employee_id, open_referrals=max(delta, 0), last_assigned_at=assigned_at)
-        )
+    """Add `delta` to an employee's open referrals (and stamp an assignment), in one
+    statement that makes their workload row if it is missing (two routings may make it
+    at once: the upsert lets both through)."""
+    params = {"whose": employee_id, "delta": delta, "start": max(delta, 0), "at": assigned_at}
+    await session.execute(for_session(_BUMP, session), params)
 
 
 async def _assign(
@@ -129,7 +132,7 @@ async def _assign(
         await _bump(session, assignee_id, 0, stamp)
 
 
-def _claim_statement(insert: Callable[[Table], Insert]) -> Insert:
+def _claim_statement(insert: InsertFor) -> Insert:
     """`_claim`'s statement for one database (both speak INSERT … ON CONFLICT … DO UPDATE …
     WHERE), built once."""
     w = EmployeeWorkload.__table__
@@ -143,7 +146,7 @@ def _claim_statement(insert: Callable[[Table], Insert]) -> Insert:
     ).execution_options(preserve_rowcount=True)  # an INSERT's count is kept only when asked
 
 
-_CLAIM = {"postgresql": _claim_statement(pg_insert), "sqlite": _claim_statement(sqlite_insert)}
+_CLAIM = per_database(_claim_statement)
 
 
 async def _claim(session: AsyncSession, candidate: Candidate, at: datetime) -> bool:
@@ -152,9 +155,11 @@ async def _claim(session: AsyncSession, candidate: Candidate, at: datetime) -> b
     statement: concurrent routings that picked the same employee from the same load figure
     take turns on the row, and the second sees the first's assignment, so capacity holds
     (PostgreSQL re-checks the WHERE on the row it waited for; SQLite has one writer at a
-    time). False: they are full, and nothing was written."""
+    time). False: they are full, and nothing was written (PostgreSQL still holds their
+    row's lock until commit). A missing row is made with a count of one unchecked: the
+    pick came from `route`, which picks nobody at capacity, so capacity was at least one."""
     params = {"whose": candidate.employee_id, "at": at, "capacity": candidate.capacity}
-    result = await session.execute(_CLAIM[session.bind.dialect.name], params)
+    result = await session.execute(for_session(_CLAIM, session), params)
     return bool(result.rowcount)
 
 
@@ -181,14 +186,21 @@ def _history_row(referral_id: str, entry: HistoryEntry) -> ReferralHistory:
     return ReferralHistory(**_history_values(referral_id, entry))
 
 
+#: (attribute, column) of every column of a referral row.
+_REFERRAL_COLUMNS = [(a.key, a.columns[0].key) for a in inspect(Referral).column_attrs]
+
+
 def _row_values(row: Referral) -> dict[str, Any]:
-    """What a new (transient) referral row was given, as an INSERT's parameters: columns
-    left unset take their defaults."""
-    return {k: v for k, v in vars(row).items() if not k.startswith("_sa_")}
+    """What a new (transient) referral row was given, by column, as an INSERT's
+    parameters: columns left unset take their defaults."""
+    given = vars(row)
+    return {column: given[attr] for attr, column in _REFERRAL_COLUMNS if attr in given}
 
 
 #: A new referral and its history entries, written by statements built once (`_route`).
-_INSERT_REFERRAL = insert(Referral.__table__)
+_INSERT_REFERRAL = per_database(
+    lambda insert: insert(Referral.__table__).on_conflict_do_nothing().execution_options(preserve_rowcount=True)
+)
 _INSERT_HISTORY = insert(ReferralHistory.__table__)
 
 
@@ -208,6 +220,14 @@ def _team_statement() -> ScalarSelect:
 
 
 _TEAM = _team_statement()
+
+
+def _team_key(version: int | None) -> int:
+    """The team cache's key as read; without the row (migration 0013 not applied, or the
+    row deleted by hand) routing cannot know when the team changes, and says so."""
+    if version is None:
+        raise InvariantBroken("team_version has no row: routing cannot tell when the team changes")
+    return int(version)
 
 
 def _opening_facts_statement() -> Select:
@@ -234,14 +254,6 @@ _WORKLOAD = (
 )
 
 
-@dataclass(frozen=True, slots=True)
-class Contact:
-    """An employee's address, as `Mailer.record_for` needs it."""
-
-    id: str
-    email: str
-
-
 class ReferralActivities:
     def __init__(
         self,
@@ -264,7 +276,8 @@ class ReferralActivities:
 
         Speed matters here (bench/bench_referral_service.py): one query reads whether the
         referral exists, the team cache's key, the lead model's totals and the referrer's
-        tallies; the rest is the workload read, the inserts and one workload update.
+        tallies; then the candidates' workload and addresses, the claim of the pick, the
+        referral and its history, the e-mail.
         """
         ref = rec.input
         referrer = (ref.referrer.type, ref.referrer.id)
@@ -297,7 +310,7 @@ class ReferralActivities:
                     last_seq=rec.created.seq,
                     created_at=rec.created.at,
                 )
-                routed = await self._route(session, row, rec.route, created=rec.created, team=facts.team)
+                routed = await self._route(session, row, rec.route, created=rec.created, team=_team_key(facts.team))
             else:  # a retry: what the first attempt recorded stands
                 row = await session.get(Referral, ref.referral_id, with_for_update=True)
                 assert row is not None
@@ -376,7 +389,9 @@ class ReferralActivities:
             assignee_id=decision.assignee_id,
         )
         if created is not None:
-            await session.execute(_INSERT_REFERRAL, _row_values(row))
+            inserted = await session.execute(for_session(_INSERT_REFERRAL, session), _row_values(row))
+            if not inserted.rowcount:  # an earlier attempt, still running, recorded it meanwhile
+                raise Overtaken(f"referral {row.id} was recorded by another attempt")
             await session.execute(_INSERT_HISTORY, [_history_values(row.id, created), _history_values(row.id, entry)])
         else:
             session.add(_history_row(row.id, entry))
@@ -411,7 +426,7 @@ class ReferralActivities:
                 ).where(ReferralHistory.referral_id == referral_id)
             )
         ).one()
-        return {n for n, present in zip(seqs, row[1:], strict=True) if present}, int(row[0])
+        return {n for n, present in zip(seqs, row[1:], strict=True) if present}, _team_key(row[0])
 
     async def _lead_model(self, session: AsyncSession, key: tuple[int, int]) -> LeadModel:
         """The lead model, re-read only when a decision has changed its totals (`key`)."""
@@ -435,7 +450,7 @@ class ReferralActivities:
         never a candidate. The workload is read for the reachable employees alone, into
         copies, so concurrent routings in this worker never share a load figure.
         """
-        key = team if team is not None else int(await session.scalar(_TEAM) or 0)
+        key = team if team is not None else _team_key(await session.scalar(_TEAM))
         if self._team is None or self._team[0] != key:
             active = await session.scalars(select(Employee).where(Employee.active))
             members = Team(

@@ -46,6 +46,8 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
+from domain.opportunity import closed_at_of
+
 Problem = tuple[str, str]
 
 _PERIOD = re.compile(r"^(\d{4})-(\d{2})$")
@@ -190,9 +192,7 @@ def payment_mortgage_problems(
                 f"mortgage {ref!r} is {mortgage.status}, not won: only a granted mortgage has payments",
             )
         ]
-    if mortgage.closed_at is None:
-        raise ValueError(f"mortgage {ref!r} is won without closed_at")
-    won_on = earliest_date(mortgage.closed_at)
+    won_on = earliest_date(closed_at_of(mortgage.id, mortgage.status, mortgage.closed_at))
     problems: list[Problem] = []
     for field in ("due_date", "paid_date"):
         if (day := calendar_date(data[field])) < won_on:

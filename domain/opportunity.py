@@ -187,6 +187,19 @@ class OpportunityAnswer(BaseModel):
     checkpoints: int
 
 
+class ClosedAtMissing(ValueError):
+    """A decided opportunity without `closed_at`: the store refuses one (migration 0014's
+    CHECK), so only a hand edit or a restore with constraints off can show one. Nothing
+    guesses its time; an activity that meets one stops (activities/errors.py)."""
+
+
+def closed_at_of(opportunity_id: str, status: str, closed_at: datetime | None) -> datetime:
+    """When a won or lost opportunity was decided: its `closed_at`, the one definition."""
+    if closed_at is None:
+        raise ClosedAtMissing(f"opportunity {opportunity_id} is {status} without closed_at")
+    return closed_at
+
+
 def event_body_sha256(event_type: str, data: dict[str, Any]) -> str:
     """What makes two deliveries of one event id the same event: its type and data."""
     return hashlib.sha256(

@@ -52,7 +52,7 @@ from typing import Any
 from sqlalchemy import and_, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from domain.opportunity import CLOSED_LOST_STAGE, _missing
+from domain.opportunity import CLOSED_LOST_STAGE, _missing, closed_at_of
 from domain.process import ProcessCatalog, ProcessDefinition
 from domain.types import Product
 from store.models import AuditFinding, Checkpoint, Consent, Need, Opportunity, Prequalification
@@ -121,9 +121,7 @@ def when(at: datetime) -> str:
 def won_at(opp: OpportunityFacts) -> datetime:
     """When a won opportunity was won: its `closed_at` (the store keeps one on every
     decided row: migration 0014's CHECK)."""
-    if opp.closed_at is None:
-        raise ValueError(f"opportunity {opp.id} is {opp.status} without closed_at")
-    return opp.closed_at
+    return closed_at_of(opp.id, opp.status, opp.closed_at)
 
 
 def consent_in_force(consents: Sequence[ConsentFact], at: datetime | None) -> bool:

@@ -1,10 +1,13 @@
-"""Engine and session factories for one DATABASE_URL, sync (migrations) and async (the rest)."""
+"""Engine and session factories for one DATABASE_URL, sync (migrations) and async (the
+rest), and statements built once per database (`per_database`, `insert_if_missing`)."""
 
 from __future__ import annotations
 
-from typing import Any
+import functools
+from collections.abc import Callable
+from typing import Any, TypeVar
 
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Engine, Insert, Table, create_engine, event
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
@@ -69,29 +72,37 @@ def make_session_factory(engine: AsyncEngine) -> async_sessionmaker:
     return async_sessionmaker(engine, expire_on_commit=False)
 
 
+#: An INSERT for a table, on one database (its dialect's, which speaks ON CONFLICT).
+InsertFor = Callable[[Table], Insert]
+S = TypeVar("S")
+
+
+def per_database(build: Callable[[InsertFor], S]) -> dict[str, S]:
+    """A statement built once for each database needflow runs on: `build(insert)` with
+    that database's INSERT (both speak `ON CONFLICT`). Pick it with `for_session`.
+    Statements built once and given their values as parameters: building one afresh
+    costs more than running it (bench/README.md, routing)."""
+    return {"postgresql": build(pg_insert), "sqlite": build(sqlite_insert)}
+
+
+def for_session(statements: dict[str, S], session: AsyncSession) -> S:
+    return statements[session.bind.dialect.name]
+
+
+@functools.cache
+def _insert_if_missing(table: Table) -> dict[str, Insert]:
+    # preserve_rowcount: SQLAlchemy keeps an INSERT's row count only when asked; without
+    # it PostgreSQL answered -1, read as "inserted".
+    return per_database(lambda insert: insert(table).on_conflict_do_nothing().execution_options(preserve_rowcount=True))
+
+
 async def insert_if_missing(session: AsyncSession, model: Any, **values: Any) -> bool:
     """INSERT a row unless its key is there already (ON CONFLICT DO NOTHING), on either
-    database: for a row that must exist before it is locked, made by whichever of two
-    racing transactions comes first, or a row written once however often its write is
-    retried, in one statement. Returns whether this call inserted it (`preserve_rowcount`:
-    SQLAlchemy keeps an INSERT's row count only when asked, and on PostgreSQL answered -1,
-    read as "inserted", before it was).
-
-    The statement is built once per table and database and the values travel as its
-    parameters: building `insert(...).values(**values)` afresh cost more than the INSERT
-    itself on every call (a referral's routing makes two or three)."""
-    dialect = session.bind.dialect.name
-    statement = _INSERT_IF_MISSING.get((dialect, model))
-    if statement is None:
-        insert = pg_insert if dialect == "postgresql" else sqlite_insert
-        statement = _INSERT_IF_MISSING[(dialect, model)] = (
-            insert(model.__table__).on_conflict_do_nothing().execution_options(preserve_rowcount=True)
-        )
-    result = await session.execute(statement, values)
+    database: a row written once however often its write is retried, or made by
+    whichever of two racing transactions comes first, in one statement. Returns whether
+    this call inserted it."""
+    result = await session.execute(for_session(_insert_if_missing(model.__table__), session), values)
     return bool(result.rowcount)
-
-
-_INSERT_IF_MISSING: dict[tuple[str, Any], Any] = {}
 
 
 #: How long a loop of write transactions pauses between them on a database with one

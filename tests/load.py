@@ -136,9 +136,18 @@ class Load:
         )
 
     def failed_attempts(self) -> int:
-        """How many attempts have failed so far (each repeated): to tell whether a fault
-        touched the load while it lasted."""
-        return sum(1 for _, _, _, why in self.retries if not why.startswith("answered"))
+        """How many attempts have failed so far in a way a busy run without a fault does
+        not cause: the connection refused, cut or timed out, or a 5xx other than 503 (the
+        workflow not answering within the update deadline, which load alone can cause;
+        so can 429 and 409): to tell whether a fault touched the load while it lasted."""
+
+        def hurt(why: str) -> bool:
+            head = why.split(" ", 1)[0]
+            if head.isdigit():
+                return int(head) >= 500 and int(head) != 503
+            return not why.startswith("answered")
+
+        return sum(1 for _, _, _, why in self.retries if hurt(why))
 
     def at(self, share: float) -> asyncio.Event:
         """Set once `share` of `total_calls` have been answered: when to do something mid-load."""

@@ -63,7 +63,8 @@ def insert_opportunity(
     at `closed_won` or checking's `opened`, lost at `closed_lost`, else open), closed at
     the last checkpoint. Without stages it has no checkpoint: `status` (default `won`)
     sets the stage (`closed_won`, `closed_lost` or `interested`) and `closed_at` is as
-    given. Either way `status` and `closed_at`, when given, win.
+    given, which a won or lost row must have (migration 0014's CHECK refuses it
+    otherwise). Either way `status` and `closed_at`, when given, win.
 
     Without `customer_id` a customer is made in a household of her own; without `need_id`
     a need of hers is recorded at `need_at`, by default one `step` before it opened (so

@@ -3,16 +3,20 @@ leaves the store as one run would (the second answers what the first recorded)."
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
+from typing import Any
 
+import pytest
 import pytest_asyncio
 from sqlalchemy import Engine
 from temporalio.client import Client
 
+from activities.errors import Overtaken
 from activities.mail import Mailer
 from activities.opportunity import OpportunityActivities
 from activities.referral import ReferralActivities
@@ -151,6 +155,56 @@ async def test_open_route_decide_and_notify_twice_write_once(acts: ReferralActiv
     await acts.notify(notice)
     assert count(db, Notification, Notification.id.like(f"referral:{rid}:assigned:4:%")) == 1
     assert count(db, Notification, Notification.id.like(f"referral:{rid}:assigned:%")) == 2
+
+
+async def test_an_opening_that_failed_half_way_is_done_once_by_its_retry(
+    acts: ReferralActivities, api: Api, db: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The e-mail's write fails after the claim, the referral and its history were written
+    in the same transaction: nothing of it stays, and the retry writes it all once."""
+    state = f"S-{uuid.uuid4().hex[:6]}"
+    bob = await api.employee(name="Bob", email=f"bob.{state}@bank.example", states=[state])
+    rec = _open(bob["id"], state)
+    rid = rec.input.referral_id
+    record_for = acts.mailer.record_for
+
+    async def fails_once(*args: Any, **kwargs: Any) -> list[str]:
+        monkeypatch.setattr(acts.mailer, "record_for", record_for)
+        raise ConnectionError("the database went away mid-transaction")
+
+    monkeypatch.setattr(acts.mailer, "record_for", fails_once)
+    with pytest.raises(ConnectionError):
+        await acts.open_referral(rec)
+    assert (count(db, Referral, Referral.id == rid), _load(db, bob["id"])) == (0, 0)
+
+    opened = await acts.open_referral(rec)
+    assert opened.routed.decision.assignee_id == bob["id"]
+    assert count(db, Referral, Referral.id == rid) == 1
+    assert count(db, ReferralHistory, ReferralHistory.referral_id == rid) == 2
+    assert count(db, Notification, Notification.id.like(f"referral:{rid}:%")) == 1
+    assert _load(db, bob["id"]) == 1
+
+
+async def test_two_attempts_of_an_opening_at_once_record_it_once(
+    acts: ReferralActivities, api: Api, db: Engine
+) -> None:
+    """An attempt that timed out and runs on, racing its retry: whichever writes second
+    finds the referral recorded and either answers it (it read it) or asks to be retried
+    (`Overtaken`: it read it missing, then met it); never a second row, load or e-mail,
+    and never an error that would stop the workflow for good."""
+    state = f"S-{uuid.uuid4().hex[:6]}"
+    bob = await api.employee(name="Bob", email=f"bob.{state}@bank.example", states=[state])
+    rec = _open(bob["id"], state)
+    rid = rec.input.referral_id
+
+    both = await asyncio.gather(acts.open_referral(rec), acts.open_referral(rec), return_exceptions=True)
+    answers = [r for r in both if isinstance(r, records.ReferralOpened)]
+    assert answers and all(isinstance(r, records.ReferralOpened | Overtaken) for r in both), both
+    assert await acts.open_referral(rec) == answers[0]  # the retry of an overtaken one
+    assert count(db, Referral, Referral.id == rid) == 1
+    assert count(db, ReferralHistory, ReferralHistory.referral_id == rid) == 2
+    assert count(db, Notification, Notification.id.like(f"referral:{rid}:%")) == 1
+    assert _load(db, bob["id"]) == 1
 
 
 def _totals(db: Engine) -> tuple[int, int]:

@@ -248,9 +248,10 @@ async def test_an_employee_changed_outside_the_api_reaches_the_next_routing(api:
 
 
 async def test_the_referral_e_mail_goes_to_the_address_the_employee_has_now(api: Api, db: Engine) -> None:
-    """Routing reads the picked employee's address with the candidates' open work, in the
-    routing's own transaction: an address changed a moment before (by an import, say; the
-    API's PATCH does not change addresses) is the one written to."""
+    """The e-mail a routing records goes to the address the picked employee has at that
+    moment, one changed a moment before (by an import, say; the API's PATCH does not change
+    addresses) included: routing reads addresses with the candidates' work, never from
+    the cached team."""
     state = territory()
     people = await api.staff(state)
     ryan, bob = people["ryan"], people["bob"]

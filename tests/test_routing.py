@@ -441,8 +441,10 @@ def test_reachable_is_everyone_a_matching_rule_could_pick() -> None:
 
 def test_the_indexed_team_reaches_exactly_whom_a_scan_of_everyone_admits() -> None:
     """`Team` reads, per pool, only the bucket of the referral's state or the pool's one
-    product; over random banks, rules and referrals it finds exactly whom a scan of every
-    employee finds, in team order, and routing the reachable few decides as routing all."""
+    product: over random banks, pools and referrals it finds exactly whom a scan of every
+    employee with the same filters finds, in team order, and routing the reachable few
+    decides as routing all. (Which rules apply, and the filters themselves, are the other
+    tests'.)"""
     rng = random.Random(10)
     products, states = list(Product), ["ON", "QC", "BC", "NY"]
 

@@ -1,8 +1,9 @@
 """Employees: the referrers, recipients and managers needflow routes work to.
 
-Routing reads the employees from the store at routing time (its team cache compares
-what routing reads of them on every use, activities/referral.py), so a PATCH of capacity,
-products or territory applies to the next routing and changes no referral already routed.
+Routing reads the employees from the store at routing time (its team cache is keyed by
+`team_version`, which the database raises on every write to employees: activities/referral.py,
+migration 0013), so a PATCH of capacity, products or territory applies to the next routing
+and changes no referral already routed.
 Deactivating (`active: false`) is api/deactivation.py's.
 """
 
