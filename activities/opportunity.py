@@ -94,31 +94,33 @@ class OpportunityActivities:
         imported = rec.imported
         checkpoints = imported.checkpoints if imported else [rec.first_checkpoint]
         async with self.sessions.begin() as session:
-            # Locked as `judge_locked` needs it: a retry finds the row; else it is ours.
+            # Inserted unless there, then locked as `judge_locked` needs it: a retry, or an
+            # attempt that timed out and runs on beside its retry, finds the row and goes
+            # on as if it were its own (every write below is keyed), never a duplicate key.
+            await insert_if_missing(
+                session,
+                Opportunity,
+                id=rec.opportunity_id,
+                customer_id=rec.customer_id,
+                product=rec.product.value,
+                process_version=rec.process_version,
+                owner_id=rec.owner_id,
+                need_id=rec.need_id,
+                amount=rec.amount,
+                referral_id=rec.referral_id,
+                campaign_id=rec.campaign_id,
+                stage=checkpoints[-1].stage,
+                probability=rec.probability,
+                status="open",
+                last_seq=checkpoints[-1].seq,
+                workflow_id=rec.workflow_id,
+                opened_at=imported.opened_at if imported else rec.first_checkpoint.entered_at,
+                source=imported.source if imported else None,
+                external_id=imported.external_id if imported else None,
+                audit_stale=False,  # judged below, in this transaction
+            )
             opp = await session.get(Opportunity, rec.opportunity_id, with_for_update=True)
-            if opp is None:
-                opp = Opportunity(
-                    id=rec.opportunity_id,
-                    customer_id=rec.customer_id,
-                    product=rec.product.value,
-                    process_version=rec.process_version,
-                    owner_id=rec.owner_id,
-                    need_id=rec.need_id,
-                    amount=rec.amount,
-                    referral_id=rec.referral_id,
-                    campaign_id=rec.campaign_id,
-                    stage=checkpoints[-1].stage,
-                    probability=rec.probability,
-                    status="open",
-                    last_seq=checkpoints[-1].seq,
-                    workflow_id=rec.workflow_id,
-                    opened_at=imported.opened_at if imported else rec.first_checkpoint.entered_at,
-                    source=imported.source if imported else None,
-                    external_id=imported.external_id if imported else None,
-                    audit_stale=False,  # judged below, in this transaction
-                )
-                session.add(opp)
-                await session.flush()
+            assert opp is not None
             for checkpoint in checkpoints:
                 await _add_checkpoint(session, rec.opportunity_id, checkpoint)
             await judge_locked(session, self.catalog, opp)

@@ -29,7 +29,7 @@ from domain.referral import OPEN_STATUSES, WORKING_STATUSES, HistoryEntry, Route
 from domain.routing import Candidate, RoutingDecision, Team, reachable, route
 from domain.scoring import FEATURES, LeadFeatures, LeadModel
 from domain.types import LineOfBusiness, Product, Role
-from store.db import InsertFor, for_session, per_database
+from store.db import InsertFor, for_session, insert_if_missing, per_database
 from store.models import (
     Customer,
     Employee,
@@ -516,44 +516,43 @@ class ReferralActivities:
 
     @activity.defn(name=records.PREPARE_CONVERSION)
     async def prepare_conversion(self, req: records.PrepareConversion) -> records.Conversion:
-        """The customer (and household) for a prospect, and the need, recorded once."""
+        """The customer (and household) for a prospect, and the need, recorded once: each
+        inserted unless there, so a retry (or an attempt racing it) writes nothing twice."""
         async with self.sessions.begin() as session:
             row = await session.get(Referral, req.referral_id)
             assert row is not None
             customer_id = row.customer_id
             if customer_id is None:
                 customer_id = referral_customer_id(row.id)
-                if await session.get(Customer, customer_id) is None:
-                    p = row.prospect or {}
-                    household_id = referral_household_id(row.id)
-                    session.add(Household(id=household_id, name=f"{p.get('name', 'Prospect')} household"))
-                    await session.flush()
-                    session.add(
-                        Customer(
-                            id=customer_id,
-                            household_id=household_id,
-                            name=p.get("name") or "Prospect",
-                            email=p.get("email"),
-                            phone=p.get("phone"),
-                            employer=p.get("employer"),
-                            city=p.get("city"),
-                            state=p.get("state"),
-                            created_at=req.at,
-                        )
-                    )
-                    await session.flush()
-            need_id = referral_need_id(row.id)
-            if await session.get(Need, need_id) is None:
-                session.add(
-                    Need(
-                        id=need_id,
-                        customer_id=customer_id,
-                        kind=req.need_kind,
-                        description=req.need_description,
-                        recorded_by=req.recorded_by,
-                        recorded_at=req.at,
-                    )
+                p = row.prospect or {}
+                household_id = referral_household_id(row.id)
+                await insert_if_missing(
+                    session, Household, id=household_id, name=f"{p.get('name', 'Prospect')} household"
                 )
+                await insert_if_missing(
+                    session,
+                    Customer,
+                    id=customer_id,
+                    household_id=household_id,
+                    name=p.get("name") or "Prospect",
+                    email=p.get("email"),
+                    phone=p.get("phone"),
+                    employer=p.get("employer"),
+                    city=p.get("city"),
+                    state=p.get("state"),
+                    created_at=req.at,
+                )
+            need_id = referral_need_id(row.id)
+            await insert_if_missing(
+                session,
+                Need,
+                id=need_id,
+                customer_id=customer_id,
+                kind=req.need_kind,
+                description=req.need_description,
+                recorded_by=req.recorded_by,
+                recorded_at=req.at,
+            )
         return records.Conversion(customer_id=customer_id, need_id=need_id)
 
     @activity.defn(name=records.START_OPPORTUNITY)

@@ -235,8 +235,9 @@ async def test_conversion_twice_makes_one_customer_household_need_and_opportunit
     prepare = records.PrepareConversion(
         referral_id=rid, need_kind="buy_home", need_description="A first home", recorded_by=bob["id"], at=_NOW
     )
-    first = await acts.prepare_conversion(prepare)
-    assert await acts.prepare_conversion(prepare) == first
+    # Twice at once (an attempt that timed out and runs on, beside its retry), then again.
+    first, racing = await asyncio.gather(acts.prepare_conversion(prepare), acts.prepare_conversion(prepare))
+    assert racing == first and await acts.prepare_conversion(prepare) == first
     assert (first.customer_id, first.need_id) == (referral_customer_id(rid), referral_need_id(rid))
     assert (count(db, Customer), count(db, Household)) == (customers + 1, households + 1)
     assert count(db, Need, Need.id == first.need_id) == 1
@@ -298,7 +299,8 @@ async def test_every_opportunity_activity_twice_writes_once(
         probability=10,
         first_checkpoint=_checkpoint(1, "interested"),
     )
-    await opp_acts.open_opportunity(opening)
+    # Twice at once (an attempt that timed out and runs on, beside its retry), then again.
+    await asyncio.gather(opp_acts.open_opportunity(opening), opp_acts.open_opportunity(opening))
     await opp_acts.open_opportunity(opening)
     assert count(db, Opportunity, Opportunity.id == oid) == 1
     assert _checkpoints(db, oid) == ["interested"]
