@@ -8,8 +8,13 @@ loop turns — a writer that has waited a while polls least often and loses to e
 one: an import's insert was seen waiting 2 s per transaction, 15 s for a small book.
 
 So, on SQLite, a transaction's first write statement first waits its turn at this
-process's gate (an `asyncio.Lock`, which is FIFO), and the turn passes on when the
-transaction commits or rolls back. Writers of one process queue in order; the busy handler
+process's gate (an `asyncio.Lock`, which is FIFO), and the turn passes on once the
+transaction has committed or rolled back (after SQLite's COMMIT returns, not before: the
+next holder then reads what this one wrote). A read `FOR UPDATE` (a clause SQLite's SQL
+has not) takes the turn too: code that locks a row to decide what to write, such as an
+activity's attempt that timed out and runs on beside its retry, then decides with no
+other writer of this process between its read and its commit, as a PostgreSQL row lock
+would have it. Writers of one process queue in order; the busy handler
 only arbitrates between processes (`make run`'s API and worker), where two queues meet.
 Reads never queue: WAL lets them run beside the writer.
 
@@ -52,6 +57,27 @@ def _is_write(statement: str) -> bool:
     return statement.lstrip()[:7].upper().startswith(_WRITES)
 
 
+def _locks(context: Any) -> bool:
+    """Whether the statement is a SELECT … FOR UPDATE (compiled without the clause here)."""
+    statement = getattr(getattr(context, "compiled", None), "statement", None)
+    return getattr(statement, "_for_update_arg", None) is not None
+
+
+def _info_of(connection: Any) -> dict | None:
+    """The `info` a pooled connection shares with its Connection; None for the pool's own
+    reset, handed a bare connection (the `checkin` event releases that one)."""
+    try:
+        return connection.info
+    except (AttributeError, NotImplementedError):
+        return None
+
+
+def _release(info: dict | None) -> None:
+    gate = info.pop(_HOLDS, None) if info is not None else None
+    if gate is not None:
+        gate.release()
+
+
 async def _take(gate: asyncio.Lock, wait: float) -> None:
     try:
         await asyncio.wait_for(gate.acquire(), wait)
@@ -66,27 +92,38 @@ def install(engine: AsyncEngine, wait: float = WAIT_SECONDS) -> None:
     same database (module docstring)."""
     database = str(engine.url.database)
 
-    def before_cursor_execute(conn: Connection, _c: Any, statement: str, *_: Any) -> None:
-        if _HOLDS in conn.info or not _is_write(statement):
+    def before_cursor_execute(conn: Connection, _c: Any, statement: str, _p: Any, context: Any, _m: bool) -> None:
+        if _HOLDS in conn.info or not (_is_write(statement) or _locks(context)):
             return
         gate = _gate(database)
         await_only(_take(gate, wait))  # runs in SQLAlchemy's greenlet, on the event loop
         conn.info[_HOLDS] = gate
 
-    def end(conn: Connection) -> None:
-        gate = conn.info.pop(_HOLDS, None)
-        if gate is not None:
-            gate.release()
+    # The turn passes on once the DBAPI's commit or rollback has returned: SQLAlchemy's
+    # `commit` event comes before it. The pooled connection they are given shares its
+    # `info` with the Connection's.
+    dialect = engine.sync_engine.dialect
+    commit, rollback = dialect.do_commit, dialect.do_rollback
+
+    def do_commit(dbapi_connection: Any) -> None:
+        try:
+            commit(dbapi_connection)
+        finally:
+            _release(_info_of(dbapi_connection))
+
+    def do_rollback(dbapi_connection: Any) -> None:
+        try:
+            rollback(dbapi_connection)
+        finally:
+            _release(_info_of(dbapi_connection))
+
+    dialect.do_commit = do_commit  # type: ignore[method-assign]
+    dialect.do_rollback = do_rollback  # type: ignore[method-assign]
 
     def checkin(_dbapi: Any, record: Any) -> None:
         # A connection back in the pool has ended its transaction, whichever way (the same
         # `info` as the Connection's): never leave the gate shut behind it.
-        gate = record.info.pop(_HOLDS, None)
-        if gate is not None:
-            gate.release()
+        _release(record.info)
 
-    sync = engine.sync_engine
-    event.listen(sync, "before_cursor_execute", before_cursor_execute)
-    event.listen(sync, "commit", end)
-    event.listen(sync, "rollback", end)
-    event.listen(sync.pool, "checkin", checkin)
+    event.listen(engine.sync_engine, "before_cursor_execute", before_cursor_execute)
+    event.listen(engine.sync_engine.pool, "checkin", checkin)

@@ -13,7 +13,7 @@ import asyncio
 from pathlib import Path
 
 import pytest
-from sqlalchemy import event, text
+from sqlalchemy import Column, Integer, MetaData, Table, event, select, text
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
@@ -91,5 +91,34 @@ async def test_a_second_write_transaction_behind_its_own_first_fails_rather_than
                 async with sessions.begin() as second:
                     await second.execute(text("INSERT INTO t DEFAULT VALUES"))
         assert await _count(engine) == 1
+    finally:
+        await engine.dispose()
+
+
+async def test_a_read_for_update_waits_for_the_writer_ahead_of_it(tmp_path: Path) -> None:
+    """A read `FOR UPDATE` (an attempt deciding what to write) takes this process's turn
+    as a write does: it waits for the transaction writing ahead of it to commit and reads
+    what that one wrote, as a PostgreSQL row lock would have it wait."""
+    engine = make_async_engine(f"sqlite:///{tmp_path / 'locks.db'}")
+    t = Table("t", MetaData(), Column("id", Integer, primary_key=True))
+    try:
+        async with engine.begin() as conn:
+            await conn.execute(text("CREATE TABLE t (id INTEGER PRIMARY KEY)"))
+        sessions = make_session_factory(engine)
+        written = asyncio.Event()
+
+        async def writer() -> None:
+            async with sessions.begin() as session:
+                await session.execute(text("INSERT INTO t DEFAULT VALUES"))
+                written.set()
+                await asyncio.sleep(0.2)  # still uncommitted
+
+        async def decider() -> int:
+            await written.wait()
+            async with sessions.begin() as session:
+                return len((await session.execute(select(t.c.id).with_for_update())).all())
+
+        _, seen = await asyncio.gather(writer(), decider())
+        assert seen == 1  # 0: a decision taken beside an uncommitted write
     finally:
         await engine.dispose()
