@@ -12,7 +12,10 @@ row only once it has taken every employee row it writes, so two writers of emplo
 wait for each other's commit, never in a deadlock (an immediate trigger would lock it at
 the first write: one transaction writing employee `a` then `b`, another locking `b` then
 writing it, deadlocked). Like SQLite's, it fires per row written: a statement that
-changes no row raises nothing.
+changes no row raises nothing. One consequence: on PostgreSQL the raise is not visible
+inside the transaction that changes employees, only from its commit on, so a routing
+must not run in the same transaction as an employee change (none does: deactivation
+commits first, then re-routes through the workflows, api/deactivation.py).
 
 Revision ID: 0013
 Revises: 0012
