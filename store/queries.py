@@ -9,6 +9,7 @@ from typing import Any
 
 from sqlalchemy import Select, case, func, select, tuple_
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import defer
 
 from domain.routing import place_key
 from domain.scoring import priority, referrer_score
@@ -58,7 +59,10 @@ async def opportunity_records(session: AsyncSession, opportunities: list[Opportu
         checkpoints[cp.opportunity_id].append(cp)
     signatures: dict[str, SignatureRequest] = {}
     for sig in await session.scalars(
-        select(SignatureRequest).where(SignatureRequest.opportunity_id.in_(ids)).order_by(SignatureRequest.request_no)
+        select(SignatureRequest)
+        .options(defer(SignatureRequest.document_html, raiseload=True))  # the document: the signing page's alone
+        .where(SignatureRequest.opportunity_id.in_(ids))
+        .order_by(SignatureRequest.request_no)
     ):
         signatures[sig.opportunity_id] = sig  # the latest request wins
     return [OpportunityRecord(o, checkpoints[o.id], signatures.get(o.id)) for o in opportunities]
