@@ -17,6 +17,7 @@ the old ones are the point. To record a new path, add its journey below.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -32,6 +33,7 @@ from tests import journeys
 from tests.helpers import Api, Inbox, serve_app, within
 from worker import WORKFLOWS
 from workflows.client import DATA_CONVERTER
+from workflows.opportunity import LEAN_HISTORY
 
 HISTORIES = Path(__file__).parent / "histories"
 
@@ -51,6 +53,17 @@ PATHS = [
     "mortgage-imported-resumed-won",
     "daily-review",
 ]
+
+
+def _patch_ids(history: WorkflowHistory) -> set[str]:
+    """The patch ids a history's markers record (their details are plain JSON payloads)."""
+    return {
+        json.loads(payload.data)["id"]
+        for event in history.events
+        if event.HasField("marker_recorded_event_attributes")
+        for details in event.marker_recorded_event_attributes.details.values()
+        for payload in details.payloads
+    }
 
 
 def _replayer() -> Replayer:
@@ -83,9 +96,15 @@ RECORDED_BY_OLDER_CODE = [
 RECORDED_BEFORE_LEAN_HISTORY = [f"v1-{path}" for path in PATHS]
 
 
+#: Every path as the code recorded it at commit 181c976 (released at stop 12): the lean
+#: history under its first patch id, `lean-history`, renamed `lean-history-2` since; runs
+#: started then carry the first id and must keep replaying (workflows/opportunity.py).
+RECORDED_UNDER_THE_FIRST_LEAN_ID = [f"v2-{path}" for path in PATHS]
+
+
 def test_every_path_has_a_saved_history() -> None:
     assert sorted(p.stem for p in HISTORIES.glob("*.json")) == sorted(
-        PATHS + RECORDED_BY_OLDER_CODE + RECORDED_BEFORE_LEAN_HISTORY
+        PATHS + RECORDED_BY_OLDER_CODE + RECORDED_BEFORE_LEAN_HISTORY + RECORDED_UNDER_THE_FIRST_LEAN_ID
     )
 
 
@@ -147,6 +166,8 @@ async def test_fresh_journeys_replay(
         await within(handle.result(), f"the {name} workflow to finish")
         history = await within(handle.fetch_history(), f"the {name} history")
         await within(_replayer().replay_workflow(history), f"replaying the fresh {name}", seconds=30)
+        if resource["workflow_id"].startswith("opportunity-"):  # a new run records the lean id alone
+            assert _patch_ids(history) == {LEAN_HISTORY}, (name, _patch_ids(history))
         saved = HISTORIES / f"{name}.json"
         if record and not saved.exists():  # never overwrite: old histories must keep replaying
             saved.write_text(history.to_json())  # noqa: ASYNC240 (a small local file)

@@ -70,10 +70,13 @@ with workflow.unsafe.imports_passed_through():
 #: Since this patch a workflow upserts only the search attributes that change and
 #: requests a stage's signature in the stage change's own activity: a mortgage takes ~10
 #: fewer history events and one activity round trip less when its documents go out.
-#: Not "lean-history": commits 722eb93..eb93f57 used that id for store writes as local
-#: activities (left, never released), and a run started by that code must never be
-#: replayed as this one. A patch id is never reused.
+#: Released first as "lean-history" (181c976, stop 12), then renamed for fear of a clash
+#: with the local-activity design of 722eb93..eb93f57, which used that id but was never
+#: released. The behaviour is the same under both ids, and runs started under either may
+#: still be running: a run is lean if it recorded either marker, and a new run records
+#: LEAN_HISTORY alone (tests/histories/v2-*: the first id's runs).
 LEAN_HISTORY = "lean-history-2"
+LEAN_HISTORY_FIRST_ID = "lean-history"
 
 
 @workflow.defn
@@ -129,7 +132,9 @@ class OpportunityWorkflow(Repairable):
         """Whether this run records the lean way (LEAN_HISTORY), asked once, before the
         first command: a run keeps the answer its first workflow task got."""
         if self._lean is None:
-            self._lean = workflow.patched(LEAN_HISTORY)
+            # A new run records LEAN_HISTORY and never asks the first id; a replay asks
+            # the first id only when its history lacks LEAN_HISTORY.
+            self._lean = workflow.patched(LEAN_HISTORY) or workflow.patched(LEAN_HISTORY_FIRST_ID)
             self._console.changes_only = self._lean
         return self._lean
 
