@@ -303,7 +303,7 @@ class Settings(BaseSettings):
     #: next task. Each costs the worker ~0.12 MB (bench/open_many.py: with 6,000 cached it
     #: peaked at 1,009 MB); 5,000 leave it ~120 MB below 1 GiB. Size it to the worker's
     #: memory: a bank's open opportunities may be many more.
-    workflow_cache: int = Field(default=5000, ge=0)
+    workflow_cache: int = Field(default=5000, ge=0, le=1_000_000)
     #: Run workflow code in temporalio's sandbox, which re-imports the workflow's module
     #: for every run it starts or replays and fails a task that calls what a workflow must
     #: not (the clock, random, I/O). Off, the worker runs them as plain code (worker.py

@@ -24,7 +24,7 @@ from temporalio import activity
 from temporalio.exceptions import ApplicationError
 from temporalio.worker import ActivityInboundInterceptor, ExecuteActivityInput, Interceptor
 
-from domain.opportunity import ClosedAtMissing
+from domain.invariants import InvariantBroken
 
 #: The database refusals no retry can change, by the ApplicationError type they become.
 FOR_GOOD: dict[type[Exception], str] = {
@@ -32,11 +32,6 @@ FOR_GOOD: dict[type[Exception], str] = {
     DataError: "DataError",
     ProgrammingError: "ProgrammingError",
 }
-
-
-class InvariantBroken(Exception):
-    """An activity found the record in a state its rules say cannot be (a bug, or a hand
-    edit): retrying reads the same state again."""
 
 
 class Overtaken(Exception):
@@ -56,7 +51,7 @@ def _constraint(exc: Exception) -> str | None:
 
 def for_good(exc: Exception) -> ApplicationError | None:
     """The non-retryable error `exc` stands for, or None when a retry may succeed."""
-    if isinstance(exc, InvariantBroken | ClosedAtMissing):  # its message stays where raised: it may quote data
+    if isinstance(exc, InvariantBroken):  # its message stays where raised: it may quote data
         return ApplicationError("a broken invariant", type="InvariantBroken", non_retryable=True)
     for cls, kind in FOR_GOOD.items():
         if isinstance(exc, cls):

@@ -11,13 +11,12 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import select, update
-from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from temporalio import activity
 
-from activities.errors import Overtaken
 from activities.mail import Mailer
 from domain import records
+from domain.invariants import InvariantBroken
 from domain.opportunity import CheckpointView, SignatureOutcome
 from domain.process import ProcessCatalog
 from esign.documents import DocumentContext, render_document, sha256_hex
@@ -122,7 +121,8 @@ class OpportunityActivities:
                 audit_stale=False,  # judged below, in this transaction
             )
             opp = await session.get(Opportunity, rec.opportunity_id, with_for_update=True)
-            assert opp is not None
+            if opp is None:  # the insert met another key: (source, external_id) of another row
+                raise InvariantBroken(f"opportunity {rec.opportunity_id} clashes with a recorded one")
             for checkpoint in checkpoints:
                 await _add_checkpoint(session, rec.opportunity_id, checkpoint)
             await judge_locked(session, self.catalog, opp)
@@ -230,95 +230,87 @@ class OpportunityActivities:
         again. (For the local provider such a crash is harmless: the first token was never
         stored or mailed.)
         """
-        try:
-            async with self.sessions.begin() as session:
-                # The opportunity locked first: an attempt that timed out and runs on, beside
-                # its retry, waits here for the other's commit, then finds its request.
-                opp = await session.get(Opportunity, req.opportunity_id, with_for_update=True)
-                if opp is None:
-                    raise RuntimeError(f"opportunity {req.opportunity_id} is not recorded yet")
-                existing = await session.scalar(
-                    select(SignatureRequest).where(
-                        SignatureRequest.opportunity_id == req.opportunity_id,
-                        SignatureRequest.request_no == req.request_no,
-                    )
+        async with self.sessions.begin() as session:
+            # The opportunity locked first: an attempt that timed out and runs on, beside
+            # its retry, waits here for the other's commit, then finds its request
+            # (PostgreSQL's row lock; on SQLite the write gate's turn, store/write_gate.py).
+            opp = await session.get(Opportunity, req.opportunity_id, with_for_update=True)
+            if opp is None:
+                raise RuntimeError(f"opportunity {req.opportunity_id} is not recorded yet")
+            existing = await session.scalar(
+                select(SignatureRequest).where(
+                    SignatureRequest.opportunity_id == req.opportunity_id,
+                    SignatureRequest.request_no == req.request_no,
                 )
-                if existing is not None and existing.status != SENDING:  # a retry after it was recorded
-                    return self._sent(existing)
-                customer = await session.get(Customer, opp.customer_id)
-                owner = await session.get(Employee, opp.owner_id)
-                # An imported opportunity may have no need (its old system recorded none).
-                need = await session.get(Need, opp.need_id) if opp.need_id else None
-                assert customer is not None and owner is not None
-                if existing is not None:  # a remote send was under way when the last try stopped
-                    row = existing
-                else:
-                    now = datetime.now(UTC)
-                    document = render_document(
-                        req.template,
-                        DocumentContext(
-                            opportunity_id=opp.id,
-                            product=opp.product,
-                            customer_name=customer.name,
-                            customer_city=customer.city,
-                            customer_state=customer.state,
-                            amount=opp.amount,
-                            owner_name=owner.name,
-                            need_description=need.description if need else "",
-                            issued_at=now,
-                        ),
-                    )
-                    row = SignatureRequest(
+            )
+            if existing is not None and existing.status != SENDING:  # a retry after it was recorded
+                return self._sent(existing)
+            customer = await session.get(Customer, opp.customer_id)
+            owner = await session.get(Employee, opp.owner_id)
+            # An imported opportunity may have no need (its old system recorded none).
+            need = await session.get(Need, opp.need_id) if opp.need_id else None
+            assert customer is not None and owner is not None
+            if existing is not None:  # a remote send was under way when the last try stopped
+                row = existing
+            else:
+                now = datetime.now(UTC)
+                document = render_document(
+                    req.template,
+                    DocumentContext(
                         opportunity_id=opp.id,
-                        request_no=req.request_no,
-                        provider=self.esign.name,
-                        subject=req.subject,
-                        document_html=document,
-                        document_sha256=sha256_hex(document),
-                        created_at=now,
+                        product=opp.product,
+                        customer_name=customer.name,
+                        customer_city=customer.city,
+                        customer_state=customer.state,
+                        amount=opp.amount,
+                        owner_name=owner.name,
+                        need_description=need.description if need else "",
+                        issued_at=now,
+                    ),
+                )
+                row = SignatureRequest(
+                    opportunity_id=opp.id,
+                    request_no=req.request_no,
+                    provider=self.esign.name,
+                    subject=req.subject,
+                    document_html=document,
+                    document_sha256=sha256_hex(document),
+                    created_at=now,
+                )
+                if not customer.email:
+                    row.envelope_id = f"undeliverable-{opp.id}-{req.request_no}"
+                    row.status = "undeliverable"
+                    session.add(row)
+                    await self.mailer.record(
+                        session,
+                        f"signature-undeliverable-{row.envelope_id}",
+                        owner.email,
+                        f"Signature request undeliverable on opportunity {opp.id}",
+                        f"The documents for opportunity {opp.id} could not be sent for signature: the "
+                        "customer has no e-mail address on record. Add one, then resend the signature request.",
+                        to_employee_id=owner.id,
                     )
-                    if not customer.email:
-                        row.envelope_id = f"undeliverable-{opp.id}-{req.request_no}"
-                        row.status = "undeliverable"
-                        session.add(row)
+                elif self.esign.remote:
+                    row.envelope_id = f"{SENDING}-{opp.id}-{req.request_no}"
+                    row.status = SENDING
+                    session.add(row)  # committed before the provider is called
+                else:
+                    envelope = await self._send(req, row.document_html, customer.name, customer.email)
+                    row.envelope_id = envelope.envelope_id
+                    row.provider = envelope.provider
+                    row.status = "sent"
+                    row.token_sha256 = envelope.token_sha256
+                    if envelope.signing_url is not None:  # ours to deliver: by e-mail, to her only
+                        row.expires_at = now + self.link_ttl
                         await self.mailer.record(
                             session,
-                            f"signature-undeliverable-{row.envelope_id}",
-                            owner.email,
-                            f"Signature request undeliverable on opportunity {opp.id}",
-                            f"The documents for opportunity {opp.id} could not be sent for signature: the "
-                            "customer has no e-mail address on record. Add one, then resend the signature request.",
-                            to_employee_id=owner.id,
+                            f"signature-link-{envelope.envelope_id}",
+                            customer.email,
+                            req.subject,
+                            _link_mail(customer.name, owner.name, opp.id, envelope.signing_url, row.expires_at),
                         )
-                    elif self.esign.remote:
-                        row.envelope_id = f"{SENDING}-{opp.id}-{req.request_no}"
-                        row.status = SENDING
-                        session.add(row)  # committed before the provider is called
-                    else:
-                        envelope = await self._send(req, row.document_html, customer.name, customer.email)
-                        row.envelope_id = envelope.envelope_id
-                        row.provider = envelope.provider
-                        row.status = "sent"
-                        row.token_sha256 = envelope.token_sha256
-                        if envelope.signing_url is not None:  # ours to deliver: by e-mail, to her only
-                            row.expires_at = now + self.link_ttl
-                            await self.mailer.record(
-                                session,
-                                f"signature-link-{envelope.envelope_id}",
-                                customer.email,
-                                req.subject,
-                                _link_mail(customer.name, owner.name, opp.id, envelope.signing_url, row.expires_at),
-                            )
-                        session.add(row)
-                customer_name, customer_email = customer.name, customer.email
-        except IntegrityError:
-            # SQLite has no row lock to wait on: an attempt racing its retry inserts second
-            # and meets the first's request. Retried, it finds that request and returns it.
-            if await self._request_of(req) is None:
-                raise
-            raise Overtaken(
-                f"signature request {req.request_no} of {req.opportunity_id} was recorded by another attempt"
-            ) from None
+                    session.add(row)
+            customer_name, customer_email = customer.name, customer.email
         if row.status != SENDING:
             return self._sent(row)
 
@@ -326,33 +318,41 @@ class OpportunityActivities:
         envelope = await self.esign.find(req.opportunity_id, req.request_no) if existing is not None else None
         if envelope is None:
             envelope = await self._send(req, row.document_html, customer_name, customer_email)
+        duplicate = None
         async with self.sessions.begin() as session:
-            marker = await session.get(SignatureRequest, row.envelope_id)
-            if marker is not None:
-                await session.delete(marker)
-                await session.flush()
-            recorded = SignatureRequest(
-                envelope_id=envelope.envelope_id,
-                opportunity_id=req.opportunity_id,
-                request_no=req.request_no,
-                provider=envelope.provider,
-                status="sent",
-                subject=req.subject,
-                document_html=row.document_html,
-                document_sha256=row.document_sha256,
-                created_at=row.created_at,
-            )
-            session.add(recorded)
-        return self._sent(recorded)
-
-    async def _request_of(self, req: records.SignatureRequestInput) -> SignatureRequest | None:
-        async with self.sessions() as session:
-            return await session.scalar(
+            # One recorder at a time; an attempt that timed out and ran on may have
+            # recorded its own envelope meanwhile: that one stands, ours is voided below.
+            await session.get(Opportunity, req.opportunity_id, with_for_update=True)
+            recorded = await session.scalar(
                 select(SignatureRequest).where(
                     SignatureRequest.opportunity_id == req.opportunity_id,
                     SignatureRequest.request_no == req.request_no,
+                    SignatureRequest.status != SENDING,
                 )
             )
+            if recorded is not None:
+                if recorded.envelope_id != envelope.envelope_id:
+                    duplicate = envelope.envelope_id
+            else:
+                marker = await session.get(SignatureRequest, row.envelope_id)
+                if marker is not None:
+                    await session.delete(marker)
+                    await session.flush()
+                recorded = SignatureRequest(
+                    envelope_id=envelope.envelope_id,
+                    opportunity_id=req.opportunity_id,
+                    request_no=req.request_no,
+                    provider=envelope.provider,
+                    status="sent",
+                    subject=req.subject,
+                    document_html=row.document_html,
+                    document_sha256=row.document_sha256,
+                    created_at=row.created_at,
+                )
+                session.add(recorded)
+        if duplicate is not None:  # the customer must not be able to sign twice
+            await self.esign.void(duplicate, "sent twice: another envelope for this request stands")
+        return self._sent(recorded)
 
     async def _send(
         self, req: records.SignatureRequestInput, document_html: str | None, name: str, email: str | None

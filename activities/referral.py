@@ -20,10 +20,11 @@ from sqlalchemy import Insert, ScalarSelect, Select, bindparam, case, func, inse
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from temporalio import activity
 
-from activities.errors import InvariantBroken, Overtaken
+from activities.errors import Overtaken
 from activities.mail import Addressee, Contact, Mailer
 from domain import records
 from domain.ids import referral_customer_id, referral_household_id, referral_need_id
+from domain.invariants import InvariantBroken
 from domain.opportunity import OpportunityInput
 from domain.referral import OPEN_STATUSES, WORKING_STATUSES, HistoryEntry, Routed
 from domain.routing import Candidate, RoutingDecision, Team, reachable, route

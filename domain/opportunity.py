@@ -15,6 +15,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
+from domain.invariants import InvariantBroken
 from domain.process import ProcessDefinition, Stage
 from domain.types import ConsentChannel, EventType, OpportunityStatus, Product, Role, Trigger
 
@@ -187,10 +188,10 @@ class OpportunityAnswer(BaseModel):
     checkpoints: int
 
 
-class ClosedAtMissing(ValueError):
+class ClosedAtMissing(InvariantBroken):
     """A decided opportunity without `closed_at`: the store refuses one (migration 0014's
     CHECK), so only a hand edit or a restore with constraints off can show one. Nothing
-    guesses its time; an activity that meets one stops (activities/errors.py)."""
+    guesses its time."""
 
 
 def closed_at_of(opportunity_id: str, status: str, closed_at: datetime | None) -> datetime:

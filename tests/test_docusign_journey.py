@@ -573,6 +573,73 @@ async def test_a_retry_after_a_crash_between_send_and_record_makes_one_envelope(
     assert fake.envelope(created.envelope_id).field("opportunity_id") == opp["id"]
 
 
+class SlowSend:
+    """The DocuSign provider, but `send` waits for `go` first: an attempt that timed out
+    and is still running while its retry sends and records."""
+
+    def __init__(self, inner: DocuSignProvider) -> None:
+        self.inner = inner
+        self.name = inner.name
+        self.remote = inner.remote
+        self.sending = asyncio.Event()
+        self.go = asyncio.Event()
+
+    async def send(self, **kw: Any) -> Envelope:
+        self.sending.set()
+        await self.go.wait()
+        return await self.inner.send(**kw)
+
+    async def find(self, opportunity_id: str, request_no: int) -> Envelope | None:
+        return await self.inner.find(opportunity_id, request_no)
+
+    async def void(self, envelope_id: str, reason: str) -> EnvelopeState:
+        return await self.inner.void(envelope_id, reason)
+
+
+async def test_an_attempt_that_ran_on_beside_its_retry_leaves_one_live_envelope(
+    api: Api, fake: DocuSignFake, rsa_key: tuple[Path, bytes], database_url: str, db: Engine
+) -> None:
+    """The first attempt is slow to send; its retry finds no envelope yet, sends and records
+    one. When the first attempt's envelope comes back, the retry's stands: the first one's
+    is voided at DocuSign (the customer cannot sign twice) and both answer the same."""
+    opp = await api.opportunity(owner=await api.employee(email=f"olga-{uuid.uuid4().hex[:8]}@bank.example"))
+    await api.advance(opp, "searching", {"realtor": "Jane Realty"})
+    await api.event("mortgage.application_submitted", opp["id"], {"application_id": "APP-8"})
+    ask = records.SignatureRequestInput(
+        opportunity_id=opp["id"], request_no=1, template="mortgage_closing", subject="Your mortgage closing documents"
+    )
+    provider = DocuSignProvider(fake.settings(rsa_key[0]), webhook_url=WEBHOOK)
+    slow = SlowSend(provider)
+    engine = make_async_engine(database_url)
+    sessions = make_session_factory(engine)
+    try:
+        first = asyncio.create_task(
+            OpportunityActivities(sessions, slow, Mailer(), CATALOG, poll_seconds=NO_POLL).request_signature(ask)
+        )
+        await within(slow.sending.wait(), "the first attempt to start sending")
+        retry = OpportunityActivities(sessions, provider, Mailer(), CATALOG, poll_seconds=NO_POLL)
+        stands = await within(retry.request_signature(ask), "the retry")
+        slow.go.set()
+        assert await within(first, "the first attempt") == stands
+        ours = [e for e, env in list(fake.envelopes.items()) if env.field("opportunity_id") == opp["id"]]
+        assert len(ours) == 2  # the retry's, then the first attempt's
+        others = [e for e in ours if e != stands.envelope_id]
+        assert [fake.envelope(e).voided_reason for e in others] == [
+            "sent twice: another envelope for this request stands"
+        ]
+        assert fake.envelope(stands.envelope_id).voided_reason is None
+    finally:
+        provider.close()
+        await engine.dispose()
+    with db.connect() as conn:
+        rows = conn.execute(
+            select(SignatureRequest.envelope_id, SignatureRequest.status).where(
+                SignatureRequest.opportunity_id == opp["id"]
+            )
+        ).all()
+    assert [tuple(r) for r in rows] == [(stands.envelope_id, "sent")]
+
+
 # ---------------------------------------------------------------- 8. closed lost
 
 

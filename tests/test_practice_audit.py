@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 from sqlalchemy import Engine, inspect
 
+from domain.opportunity import ClosedAtMissing
 from domain.process import ProcessDefinition, load_catalog
 from domain.types import Product
 from store import models
@@ -149,7 +150,7 @@ def test_consent_missing() -> None:
     )
     assert consent_missing(facts(closed_at=at(9, 11), consents=(ConsentFact(at(9, 10)),))) is None
     # A won row without closed_at cannot be stored (migration 0014); the rule will not guess.
-    with pytest.raises(ValueError, match="without closed_at"):
+    with pytest.raises(ClosedAtMissing, match="without closed_at"):
         consent_missing(facts(closed_at=None, consents=(ConsentFact(at(9, 10)),)))
 
 
