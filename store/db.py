@@ -12,7 +12,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 
-from store import write_gate
+from store import sqlite_driver, write_gate
 
 
 def _split(url: str) -> tuple[str, str]:
@@ -61,8 +61,15 @@ def make_sync_engine(url: str) -> Engine:
 def make_async_engine(url: str) -> AsyncEngine:
     # A server connection may have been dropped while pooled: ping it on checkout. An
     # embedded SQLite file cannot drop, so it skips the extra round trip.
-    engine = create_async_engine(async_url(url), pool_pre_ping=not url.startswith("sqlite"), hide_parameters=True)
-    if engine.dialect.name == "sqlite":
+    # SQLite runs each statement in one trip to its connection's thread (store/sqlite_driver.py).
+    sqlite = url.startswith("sqlite")
+    engine = create_async_engine(
+        async_url(url),
+        pool_pre_ping=not sqlite,
+        hide_parameters=True,
+        **({"module": sqlite_driver.dbapi()} if sqlite else {}),
+    )
+    if sqlite:
         event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
         write_gate.install(engine)  # this process's writers take turns, in order
     return engine
