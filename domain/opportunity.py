@@ -64,6 +64,10 @@ class OpportunityInput(BaseModel):
     #: documents (the old system's request did not come with the book). None (every
     #: workflow before imports): it opens at the process's first stage.
     imported: ImportedOpportunity | None = None
+    #: How the run records its history, set by who starts it (workflows/starts.py) to the
+    #: workflow's HISTORY_FORMAT then. 0, what the input of a run started before the field
+    #: existed holds: the run decides by its patch markers, as it did.
+    history_format: int = 0
 
 
 class AdvanceCommand(BaseModel):

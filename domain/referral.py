@@ -70,6 +70,10 @@ class ReferralInput(BaseModel):
     #: Whether the namespace has needflow's search attributes (False only on a server that
     #: cannot register them, Temporal's time-skipping test server): set by who starts it.
     search_attributes: bool = True
+    #: How the run records its history, set by who starts it (workflows/starts.py) to the
+    #: workflow's HISTORY_FORMAT then. 0, what the input of a run started before the field
+    #: existed holds: the run decides by its patch markers, as it did.
+    history_format: int = 0
 
     def facts(self) -> ReferralFacts:
         return ReferralFacts(

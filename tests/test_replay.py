@@ -33,7 +33,6 @@ from tests import journeys
 from tests.helpers import Api, Inbox, serve_app, within
 from worker import WORKFLOWS
 from workflows.client import DATA_CONVERTER
-from workflows.opportunity import LEAN_HISTORY
 
 HISTORIES = Path(__file__).parent / "histories"
 
@@ -101,10 +100,56 @@ RECORDED_BEFORE_LEAN_HISTORY = [f"v1-{path}" for path in PATHS]
 #: started then carry the first id and must keep replaying (workflows/opportunity.py).
 RECORDED_UNDER_THE_FIRST_LEAN_ID = [f"v2-{path}" for path in PATHS]
 
+#: Every path as the code recorded it at commit b53bd2c (released at stop 14): lean runs
+#: that asked `lean-history-2` and referrals that asked `notices-with-their-write`, before
+#: a run's input carried its history format. Runs started then must keep replaying.
+RECORDED_UNDER_LEAN_HISTORY_2 = [f"v3-{path}" for path in PATHS]
+
+#: Every path as recorded by history format 1 (the input says how a run records; no patch
+#: marker), the format runs start with now.
+RECORDED_IN_FORMAT_1 = [f"v4-{path}" for path in PATHS]
+
+
+async def _as_if_started_in_format_1(history: WorkflowHistory) -> WorkflowHistory:
+    """`history` with its start input saying history format 1: what a run started by
+    current code, whose first workflow task a worker older than the format ran (it ignored
+    the field, asked the patch and recorded its marker), looks like."""
+    started = history.events[0].workflow_execution_started_event_attributes
+    codec = DATA_CONVERTER.payload_codec
+    assert codec is not None
+    (plain,) = await codec.decode([started.input.payloads[0]])
+    fields = json.loads(plain.data)
+    assert fields.get("history_format", 0) == 0  # recorded before the format
+    fields["history_format"] = 1
+    plain.data = json.dumps(fields).encode()
+    (sealed,) = await codec.encode([plain])
+    started.input.payloads[0].CopyFrom(sealed)
+    return history
+
+
+@pytest.mark.parametrize("name", ["v3-mortgage-closed-won", "v3-referral-converted"])
+async def test_a_format_1_run_whose_first_task_an_older_worker_ran_replays(name: str) -> None:
+    """A rolling deploy: current code started the run (format 1 in its input) and a worker
+    not yet upgraded ran its first task, recording the patch marker. Current workers must
+    replay it (workflows/common.py `replay_older_workers_marker`); without that, the SDK
+    fails the replay ("Non-deprecated patch marker encountered … no corresponding change
+    command") and the run is stuck for good."""
+    path = HISTORIES / f"{name}.json"
+    history = WorkflowHistory.from_json(name, path.read_text())  # noqa: ASYNC240 (a small local file)
+    assert _patch_ids(history)  # the marker an older worker records
+    await within(
+        _replayer().replay_workflow(await _as_if_started_in_format_1(history)), f"replaying {name}", seconds=30
+    )
+
 
 def test_every_path_has_a_saved_history() -> None:
     assert sorted(p.stem for p in HISTORIES.glob("*.json")) == sorted(
-        PATHS + RECORDED_BY_OLDER_CODE + RECORDED_BEFORE_LEAN_HISTORY + RECORDED_UNDER_THE_FIRST_LEAN_ID
+        PATHS
+        + RECORDED_BY_OLDER_CODE
+        + RECORDED_BEFORE_LEAN_HISTORY
+        + RECORDED_UNDER_THE_FIRST_LEAN_ID
+        + RECORDED_UNDER_LEAN_HISTORY_2
+        + RECORDED_IN_FORMAT_1
     )
 
 
@@ -166,8 +211,9 @@ async def test_fresh_journeys_replay(
         await within(handle.result(), f"the {name} workflow to finish")
         history = await within(handle.fetch_history(), f"the {name} history")
         await within(_replayer().replay_workflow(history), f"replaying the fresh {name}", seconds=30)
-        if resource["workflow_id"].startswith("opportunity-"):  # a new run records the lean id alone
-            assert _patch_ids(history) == {LEAN_HISTORY}, (name, _patch_ids(history))
+        if resource["workflow_id"].startswith(("opportunity-", "referral-")):
+            # A new run is lean by its input (history format 1): it asks no patch marker.
+            assert _patch_ids(history) == set(), (name, _patch_ids(history))
         saved = HISTORIES / f"{name}.json"
         if record and not saved.exists():  # never overwrite: old histories must keep replaying
             saved.write_text(history.to_json())  # noqa: ASYNC240 (a small local file)

@@ -5,7 +5,9 @@
   command writes nothing to history;
 - `record`: run a recording activity with the standard timeout and retry policy (the
   activities are idempotent, so they may retry until they succeed);
-- `Console`: the search attributes and current details the Web UI shows.
+- `Console`: the search attributes and current details the Web UI shows;
+- `replay_older_workers_marker`: a run whose input carries its history format asks no
+  patch, yet replays the marker a worker older than the format may have recorded.
 """
 
 from __future__ import annotations
@@ -41,6 +43,22 @@ def validate(check: Callable[..., object], *args: Any) -> None:
         check(*args)
     except TransitionRefused as exc:
         raise refuse(exc) from None
+
+
+def replay_older_workers_marker(patch_id: str) -> None:
+    """For a run whose input says it takes `patch_id`'s branch (its `history_format`), so
+    that asking would only record a marker: while replaying, ask anyway, so a marker that
+    a worker older than the format recorded is matched.
+
+    During a rolling deploy such a worker can run a new run's first workflow task: it
+    ignores the input field it does not know and asks the patch, which records a marker
+    (and takes the same branch, since a new run gets True). A later worker's replay must
+    then ask for that marker, or the SDK fails the replay for good ("Non-deprecated
+    patch marker encountered"). Asked while replaying, `patched` records nothing: it answers whether the
+    history holds the marker and, if it does, matches it. Asked live, it would record one;
+    so it is not asked then, and a run started and run by current workers has none."""
+    if workflow.unsafe.is_replaying():
+        workflow.patched(patch_id)
 
 
 async def record(activity: str, arg: object, result_type: type | None = None) -> Any:

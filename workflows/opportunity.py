@@ -63,7 +63,7 @@ with workflow.unsafe.imports_passed_through():
     from observability import workflow_metrics
     from workflows import SA_CUSTOMER_ID, SA_OPPORTUNITY_STATUS, SA_OWNER_ID, SA_PRODUCT, SA_STAGE
     from workflows.attention import Attention, Repairable
-    from workflows.common import Console, record, validate
+    from workflows.common import Console, record, replay_older_workers_marker, validate
     from workflows.timers import RearmableTimer
 
 
@@ -77,6 +77,14 @@ with workflow.unsafe.imports_passed_through():
 #: LEAN_HISTORY alone (tests/histories/v2-*: the first id's runs).
 LEAN_HISTORY = "lean-history-2"
 LEAN_HISTORY_FIRST_ID = "lean-history"
+
+#: The history format a run started now records; its input carries it (`history_format`,
+#: set by workflows/starts.py). Since format 1 a run is lean by its input, without asking
+#: LEAN_HISTORY: asking records a marker and Temporal's own `TemporalChangeVersion`
+#: search attribute upsert, two history events and a visibility write per opportunity,
+#: for a question whose answer a new run knows at its start. A run whose input holds 0
+#: (started before) asks the markers, as it did (tests/histories/v3-*: LEAN_HISTORY's runs).
+HISTORY_FORMAT = 1
 
 
 @workflow.defn
@@ -132,9 +140,15 @@ class OpportunityWorkflow(Repairable):
         """Whether this run records the lean way (LEAN_HISTORY), asked once, before the
         first command: a run keeps the answer its first workflow task got."""
         if self._lean is None:
-            # A new run records LEAN_HISTORY and never asks the first id; a replay asks
-            # the first id only when its history lacks LEAN_HISTORY.
-            self._lean = workflow.patched(LEAN_HISTORY) or workflow.patched(LEAN_HISTORY_FIRST_ID)
+            # A run of format 1 asks no marker. An older run asks as it did: started
+            # between the patch and format 1 it recorded LEAN_HISTORY and never asked
+            # the first id; a replay asks the first id only when its history lacks
+            # LEAN_HISTORY.
+            if self.input.history_format >= 1:
+                self._lean = True
+                replay_older_workers_marker(LEAN_HISTORY)
+            else:
+                self._lean = workflow.patched(LEAN_HISTORY) or workflow.patched(LEAN_HISTORY_FIRST_ID)
             self._console.changes_only = self._lean
         return self._lean
 

@@ -55,7 +55,7 @@ with workflow.unsafe.imports_passed_through():
     from observability import workflow_metrics
     from workflows import SA_ASSIGNEE_ID, SA_EXPRESSED_INTEREST, SA_REFERRAL_STATUS
     from workflows.attention import Attention, Repairable
-    from workflows.common import Console, validate
+    from workflows.common import Console, replay_older_workers_marker, validate
     from workflows.timers import RearmableTimer
 
 SYSTEM = "needflow"
@@ -67,6 +67,13 @@ SYSTEM = "needflow"
 #: nothing, on every create and every re-routing. Reminders and escalations, which no
 #: write causes, still go through `referral.notify`.
 NOTICES_WITH_THEIR_WRITE = "notices-with-their-write"
+
+#: The history format a run started now records; its input carries it (`history_format`,
+#: set by workflows/starts.py). Since format 1 a run leaves notices to their write by its
+#: input, without asking NOTICES_WITH_THEIR_WRITE (a marker and Temporal's
+#: `TemporalChangeVersion` upsert: two history events and a visibility write per
+#: referral). A run whose input holds 0 asks, as it did (tests/histories/v3-*).
+HISTORY_FORMAT = 1
 
 
 @workflow.defn
@@ -89,7 +96,11 @@ class ReferralWorkflow(Repairable):
         """Whether this run leaves write-caused notices to their write (NOTICES_WITH_THEIR_WRITE),
         asked once, at the run's first routing: a run keeps the answer it got then."""
         if self._notices_with_write is None:
-            self._notices_with_write = workflow.patched(NOTICES_WITH_THEIR_WRITE)
+            if self.input.history_format >= 1:
+                self._notices_with_write = True
+                replay_older_workers_marker(NOTICES_WITH_THEIR_WRITE)
+            else:
+                self._notices_with_write = workflow.patched(NOTICES_WITH_THEIR_WRITE)
         return self._notices_with_write
 
     @workflow.run

@@ -67,7 +67,9 @@ class Starts:
         The workflow id is the opportunity id, so a repeat — a retried request or activity —
         lands on the same workflow instead of opening a second opportunity.
         """
-        wf_input = wf_input.model_copy(update={"search_attributes": self.search_attributes})
+        wf_input = wf_input.model_copy(
+            update={"search_attributes": self.search_attributes, "history_format": opportunity.HISTORY_FORMAT}
+        )
         process = wf_input.process
         imported = wf_input.imported
         stage = imported.checkpoints[-1].stage if imported else process.stages[0].key
@@ -112,7 +114,9 @@ class Starts:
         scored, routed and the recipient told. The workflow id is the referral id, so a
         repeated create lands on the same referral; None when that referral has already
         closed (its id is never started again: the store holds how it ended)."""
-        ref = wf_input.model_copy(update={"search_attributes": self.search_attributes})
+        ref = wf_input.model_copy(
+            update={"search_attributes": self.search_attributes, "history_format": referral.HISTORY_FORMAT}
+        )
         start = WithStartWorkflowOperation(
             referral.ReferralWorkflow.run,
             ref,
