@@ -33,7 +33,7 @@ from typing import Any
 
 import aiosqlite
 from sqlalchemy.dialects.sqlite.aiosqlite import AsyncAdapt_aiosqlite_connection, AsyncAdapt_aiosqlite_dbapi
-from sqlalchemy.util import await_only
+from sqlalchemy.util.concurrency import await_
 
 Row = tuple[Any, ...]
 _Answer = tuple[Any, int, int | None, Sequence[Row]]
@@ -50,7 +50,10 @@ def _run(conn: sqlite3.Connection, operation: str, parameters: Any, many: bool) 
         else:
             cursor.execute(operation, parameters)
         description = cursor.description
-        return description, cursor.rowcount, cursor.lastrowid, cursor.fetchall() if description else ()
+        # Fetched before the row count is read: sqlite3 counts a RETURNING statement's
+        # rows only as they are fetched.
+        rows = cursor.fetchall() if description else ()
+        return description, cursor.rowcount, cursor.lastrowid, rows
     finally:
         cursor.close()
 
@@ -82,7 +85,7 @@ class OneTripCursor:
     def _trip(self, operation: str, parameters: Any, many: bool) -> None:
         connection: aiosqlite.Connection = self._adapt_connection._connection
         try:
-            answer = await_only(connection._execute(_run, connection._conn, operation, parameters, many))
+            answer = await_(connection._execute(_run, connection._conn, operation, parameters, many))
         except Exception as error:  # noqa: BLE001 - re-raised, as the adapter does (NoReturn)
             self._adapt_connection._handle_exception(error)
         self.description, self.rowcount, self.lastrowid, rows = answer
@@ -112,7 +115,7 @@ class OneTripCursor:
 
     def fetchmany(self, size: int | None = None) -> list[Row]:
         rows = self._rows
-        return [rows.popleft() for _ in range(min(size or self.arraysize, len(rows)))]
+        return [rows.popleft() for _ in range(min(self.arraysize if size is None else size, len(rows)))]
 
     def fetchall(self) -> list[Row]:
         rows = list(self._rows)
@@ -133,7 +136,10 @@ class _Connection(AsyncAdapt_aiosqlite_connection):
 
     def _in_transaction(self) -> bool:
         connection: aiosqlite.Connection = self._connection
-        return connection._connection is not None and connection.in_transaction
+        try:
+            return connection._connection is not None and connection.in_transaction
+        except Exception:  # noqa: BLE001 - closed meanwhile: the trip raises the adapter's own error
+            return True
 
     def commit(self) -> None:
         if self._in_transaction():

@@ -127,7 +127,9 @@ async def _as_if_started_in_format_1(history: WorkflowHistory) -> WorkflowHistor
     return history
 
 
-@pytest.mark.parametrize("name", ["v3-mortgage-closed-won", "v3-referral-converted"])
+@pytest.mark.parametrize(
+    "name", ["v3-mortgage-closed-won", "v2-mortgage-closed-won", "v3-referral-converted", "v2-referral-converted"]
+)
 async def test_a_format_1_run_whose_first_task_an_older_worker_ran_replays(name: str) -> None:
     """A rolling deploy: current code started the run (format 1 in its input) and a worker
     not yet upgraded ran its first task, recording the patch marker. Current workers must

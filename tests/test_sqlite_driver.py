@@ -39,7 +39,11 @@ async def _script(engine: AsyncEngine) -> list[Any]:
         many = await conn.execute(insert(things), [{"name": f"m{i}", "n": i} for i in range(5)])
         seen.append(("executemany rowcount", many.rowcount))
         returned = await conn.execute(insert(things).values(name="r", n=7).returning(things.c.id, things.c.n))
-        seen.append(("returning", returned.all()))
+        seen.append(("returning", returned.all(), returned.rowcount))
+        many_returned = await conn.execute(
+            update(things).where(things.c.n > 2).values(n=things.c.n + 1).returning(things.c.id)
+        )
+        seen.append(("update returning", sorted(many_returned.scalars()), many_returned.rowcount))
         skip = sqlite_insert(things).values(name="a", n=9).on_conflict_do_nothing()
         seen.append(
             ("on conflict, taken", (await conn.execute(skip, execution_options={"preserve_rowcount": True})).rowcount)
@@ -58,6 +62,7 @@ async def _script(engine: AsyncEngine) -> list[Any]:
     sessions = make_session_factory(engine)
     async with sessions() as session:
         seen.append(("after", await session.scalar(select(func.count()).select_from(things))))
+        # A stream takes SQLAlchemy's own server-side cursor: still answered alike.
         stream = await session.stream(select(things.c.name).order_by(things.c.id).limit(3))
         seen.append(("streamed", [r async for r in stream.scalars()]))
     return seen

@@ -45,7 +45,7 @@ def validate(check: Callable[..., object], *args: Any) -> None:
         raise refuse(exc) from None
 
 
-def replay_older_workers_marker(patch_id: str) -> None:
+def replay_older_workers_marker(patch_id: str) -> bool:
     """For a run whose input says it takes `patch_id`'s branch (its `history_format`), so
     that asking would only record a marker: while replaying, ask anyway, so a marker that
     a worker older than the format recorded is matched.
@@ -54,11 +54,16 @@ def replay_older_workers_marker(patch_id: str) -> None:
     ignores the input field it does not know and asks the patch, which records a marker
     (and takes the same branch, since a new run gets True). A later worker's replay must
     then ask for that marker, or the SDK fails the replay for good ("Non-deprecated
-    patch marker encountered"). Asked while replaying, `patched` records nothing: it answers whether the
-    history holds the marker and, if it does, matches it. Asked live, it would record one;
-    so it is not asked then, and a run started and run by current workers has none."""
-    if workflow.unsafe.is_replaying():
-        workflow.patched(patch_id)
+    patch marker encountered"). Asked while replaying, `patched` records nothing: it
+    answers whether the history holds the marker and, if it does, matches it. Asked live,
+    it would record one; so it is not asked then, and a run started and run by current
+    workers has none. Returns whether it matched a marker (never, live).
+
+    Only a worker that already asks `patch_id` records it: the release before a format
+    must ask the ids the format stands for (the opportunity's two lean ids: stop 12 asked
+    the first, stop 14 the second).
+    """
+    return workflow.unsafe.is_replaying() and workflow.patched(patch_id)
 
 
 async def record(activity: str, arg: object, result_type: type | None = None) -> Any:

@@ -146,7 +146,8 @@ class OpportunityWorkflow(Repairable):
             # LEAN_HISTORY.
             if self.input.history_format >= 1:
                 self._lean = True
-                replay_older_workers_marker(LEAN_HISTORY)
+                # Either id: stop 12's workers asked the first, stop 14's the second.
+                replay_older_workers_marker(LEAN_HISTORY) or replay_older_workers_marker(LEAN_HISTORY_FIRST_ID)
             else:
                 self._lean = workflow.patched(LEAN_HISTORY) or workflow.patched(LEAN_HISTORY_FIRST_ID)
             self._console.changes_only = self._lean
