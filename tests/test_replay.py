@@ -200,7 +200,7 @@ async def test_fresh_journeys_replay(
         "referral-converted": journeys.referral_converted(api),
         "referral-rejected-reassigned-closed": journeys.referral_rejected_reassigned_closed(api),
         "referral-lapsed-closed": journeys.referral_lapsed_closed(lapsing_api),
-        "referral-escalated-closed": journeys.referral_escalated_closed(following_up_api, smtp_inbox),
+        "referral-escalated-closed": journeys.referral_escalated_closed(following_up_api),
         "mortgage-imported-resumed-won": journeys.mortgage_imported_resumed_won(api),
         "daily-review": journeys.daily_review_mails_a_manager(api, client, settings, task_queue, smtp_inbox),
     }
