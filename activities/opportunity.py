@@ -8,6 +8,7 @@ by (opportunity, request number), an outbox message by its id, an owner change b
 
 from __future__ import annotations
 
+import logging
 from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import select, update
@@ -35,6 +36,8 @@ from store.models import (
     SignatureRequest,
     SignedDocument,
 )
+
+log = logging.getLogger("needflow.signatures")
 
 
 async def _add_checkpoint(session: AsyncSession, opportunity_id: str, cp: CheckpointView) -> None:
@@ -230,6 +233,14 @@ class OpportunityActivities:
         again. (For the local provider such a crash is harmless: the first token was never
         stored or mailed.)
         """
+        sent, settle = await self._request_signature(req)
+        if settle:  # a retry, or two attempts met: no envelope but the recorded one stays open
+            await self._void_others(req, sent.envelope_id)
+        return sent
+
+    async def _request_signature(self, req: records.SignatureRequestInput) -> tuple[records.SignatureSent, bool]:
+        """`request_signature`'s work, and whether other envelopes may exist at the provider
+        for this request (a remote one, on a retry or when another attempt recorded first)."""
         async with self.sessions.begin() as session:
             # The opportunity locked first: an attempt that timed out and runs on, beside
             # its retry, waits here for the other's commit, then finds its request
@@ -244,7 +255,7 @@ class OpportunityActivities:
                 )
             )
             if existing is not None and existing.status != SENDING:  # a retry after it was recorded
-                return self._sent(existing)
+                return self._sent(existing), self._is_remote(existing)
             customer = await session.get(Customer, opp.customer_id)
             owner = await session.get(Employee, opp.owner_id)
             # An imported opportunity may have no need (its old system recorded none).
@@ -312,16 +323,14 @@ class OpportunityActivities:
                     session.add(row)
             customer_name, customer_email = customer.name, customer.email
         if row.status != SENDING:
-            return self._sent(row)
+            return self._sent(row), False
 
         # A remote provider: find what an earlier try sent, else send, then record it.
-        envelope = await self.esign.find(req.opportunity_id, req.request_no) if existing is not None else None
-        if envelope is None:
-            envelope = await self._send(req, row.document_html, customer_name, customer_email)
-        duplicate = None
+        found = await self.esign.envelopes(req.opportunity_id, req.request_no) if existing is not None else []
+        envelope = found[0] if found else await self._send(req, row.document_html, customer_name, customer_email)
         async with self.sessions.begin() as session:
             # One recorder at a time; an attempt that timed out and ran on may have
-            # recorded its own envelope meanwhile: that one stands, ours is voided below.
+            # recorded its own envelope meanwhile: that one stands, ours is voided after.
             await session.get(Opportunity, req.opportunity_id, with_for_update=True)
             recorded = await session.scalar(
                 select(SignatureRequest).where(
@@ -330,10 +339,7 @@ class OpportunityActivities:
                     SignatureRequest.status != SENDING,
                 )
             )
-            if recorded is not None:
-                if recorded.envelope_id != envelope.envelope_id:
-                    duplicate = envelope.envelope_id
-            else:
+            if recorded is None:
                 marker = await session.get(SignatureRequest, row.envelope_id)
                 if marker is not None:
                     await session.delete(marker)
@@ -350,9 +356,33 @@ class OpportunityActivities:
                     created_at=row.created_at,
                 )
                 session.add(recorded)
-        if duplicate is not None:  # the customer must not be able to sign twice
-            await self.esign.void(duplicate, "sent twice: another envelope for this request stands")
-        return self._sent(recorded)
+        return self._sent(recorded), existing is not None or recorded.envelope_id != envelope.envelope_id
+
+    def _is_remote(self, row: SignatureRequest) -> bool:
+        return self.esign.remote and row.provider == self.esign.name and row.status != "undeliverable"
+
+    async def _void_others(self, req: records.SignatureRequestInput, keep: str) -> None:
+        """Void at the provider every envelope sent for this request but `keep`, the
+        recorded one: the customer must not be able to sign twice, and the workflow listens
+        to the recorded envelope alone. Run after the request is recorded, by any attempt
+        that may have met another (a retry, or one that found another's envelope recorded),
+        so a void that failed, or a worker that died before it, is made good by the retry:
+        a failure here fails the attempt, and the next one runs this again (a void is
+        harmless on an envelope already voided)."""
+        for envelope in await self.esign.envelopes(req.opportunity_id, req.request_no):
+            if envelope.envelope_id == keep:
+                continue
+            state = await self.esign.void(envelope.envelope_id, "sent twice: another envelope for this request stands")
+            if (
+                state.status == EnvelopeStatus.COMPLETED
+            ):  # signed before the void: that signature is not the one recorded
+                log.warning(
+                    "envelope %s of %s #%s was signed, but %s is the one recorded",
+                    envelope.envelope_id,
+                    req.opportunity_id,
+                    req.request_no,
+                    keep,
+                )
 
     async def _send(
         self, req: records.SignatureRequestInput, document_html: str | None, name: str, email: str | None

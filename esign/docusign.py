@@ -593,7 +593,7 @@ class DocuSignProvider:
         log.info("DocuSign envelope %s sent for %s #%s", summary.envelope_id, opportunity_id, request_no)
         return Envelope(provider=self.name, envelope_id=summary.envelope_id)
 
-    async def find(self, opportunity_id: str, request_no: int) -> Envelope | None:
+    async def envelopes(self, opportunity_id: str, request_no: int) -> list[Envelope]:
         since = datetime.fromtimestamp(self._clock(), UTC) - self._lookback
         result = await self._call(
             "search envelopes",
@@ -610,12 +610,8 @@ class DocuSignProvider:
             fields = _text_fields(envelope)
             if fields.get(OPPORTUNITY_FIELD) == opportunity_id and fields.get(REQUEST_FIELD) == str(request_no):
                 matches.append(envelope)
-        if not matches:
-            return None
-        if len(matches) > 1:
-            log.warning("%d DocuSign envelopes for %s #%s; taking the newest", len(matches), opportunity_id, request_no)
-        newest = max(matches, key=lambda e: _when(e.created_date_time) or datetime.min.replace(tzinfo=UTC))
-        return Envelope(provider=self.name, envelope_id=newest.envelope_id)
+        matches.sort(key=lambda e: _when(e.created_date_time) or datetime.min.replace(tzinfo=UTC), reverse=True)
+        return [Envelope(provider=self.name, envelope_id=e.envelope_id) for e in matches]
 
     async def status(self, envelope_id: str) -> EnvelopeState:
         envelope = await self._call(

@@ -49,8 +49,8 @@ class LocalSigningProvider:
             token_sha256=token_sha256(token),
         )
 
-    async def find(self, opportunity_id: str, request_no: int) -> Envelope | None:
-        return None
+    async def envelopes(self, opportunity_id: str, request_no: int) -> list[Envelope]:
+        return []
 
     async def status(self, envelope_id: str) -> EnvelopeState:
         raise NotImplementedError("local signing reports to the workflow; its state is in needflow's store")

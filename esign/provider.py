@@ -112,9 +112,10 @@ class ESignatureProvider(Protocol):
         first (see esign/docusign.py)."""
         ...
 
-    async def find(self, opportunity_id: str, request_no: int) -> Envelope | None:
-        """The envelope an earlier `send` created for this opportunity and request number,
-        or None if there is none: the look-up that makes a retried send create one envelope."""
+    async def envelopes(self, opportunity_id: str, request_no: int) -> list[Envelope]:
+        """Every envelope earlier `send`s created for this opportunity and request number,
+        newest first (none: an empty list). A retried send looks here before sending
+        again; the request's record voids any but the one it keeps."""
         ...
 
     async def status(self, envelope_id: str) -> EnvelopeState:

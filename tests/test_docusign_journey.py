@@ -38,7 +38,7 @@ from config import Settings
 from domain import records
 from domain.opportunity import OpportunityState
 from domain.process import load_catalog
-from esign.docusign import DocuSignProvider
+from esign.docusign import DocuSignError, DocuSignProvider
 from esign.provider import Envelope, EnvelopeState
 from store.db import make_async_engine, make_session_factory
 from store.models import Checkpoint, Consent, SignatureRequest, SignedDocument
@@ -499,13 +499,32 @@ class Crash(Exception):
     """The worker died after DocuSign created the envelope, before it was recorded."""
 
 
-class CrashAfterSend:
-    """The DocuSign provider, but the process dies right after `send` returned."""
+class Around:
+    """The DocuSign provider as an activity attempt sees it; a subclass changes `send`."""
 
     def __init__(self, inner: DocuSignProvider) -> None:
         self.inner = inner
         self.name = inner.name
         self.remote = inner.remote
+
+    async def send(self, **kw: Any) -> Envelope:
+        return await self.inner.send(**kw)
+
+    async def envelopes(self, opportunity_id: str, request_no: int) -> list[Envelope]:
+        return await self.inner.envelopes(opportunity_id, request_no)
+
+    async def status(self, envelope_id: str) -> EnvelopeState:
+        return await self.inner.status(envelope_id)
+
+    async def void(self, envelope_id: str, reason: str) -> EnvelopeState:
+        return await self.inner.void(envelope_id, reason)
+
+
+class CrashAfterSend(Around):
+    """The DocuSign provider, but the process dies right after `send` returned."""
+
+    def __init__(self, inner: DocuSignProvider) -> None:
+        super().__init__(inner)
         self.sent: list[Envelope] = []
 
     async def send(self, **kw: Any) -> Envelope:
@@ -513,22 +532,22 @@ class CrashAfterSend:
         self.sent.append(envelope)
         raise Crash(envelope.envelope_id)
 
-    async def find(self, opportunity_id: str, request_no: int) -> Envelope | None:
-        return await self.inner.find(opportunity_id, request_no)
 
-    async def status(self, envelope_id: str) -> EnvelopeState:
-        return await self.inner.status(envelope_id)
+async def _ready_to_sign(api: Api, application_id: str) -> tuple[dict, records.SignatureRequestInput]:
+    """A mortgage one approval short of its documents, and the activity's request for them."""
+    opp = await api.opportunity(owner=await api.employee(email=f"olga-{uuid.uuid4().hex[:8]}@bank.example"))
+    await api.advance(opp, "searching", {"realtor": "Jane Realty"})
+    await api.event("mortgage.application_submitted", opp["id"], {"application_id": application_id})
+    ask = records.SignatureRequestInput(
+        opportunity_id=opp["id"], request_no=1, template="mortgage_closing", subject="Your mortgage closing documents"
+    )
+    return opp, ask
 
 
 async def test_a_retry_after_a_crash_between_send_and_record_makes_one_envelope(
     api: Api, fake: DocuSignFake, rsa_key: tuple[Path, bytes], database_url: str, db: Engine
 ) -> None:
-    opp = await api.opportunity(owner=await api.employee(email=f"olga-{uuid.uuid4().hex[:8]}@bank.example"))
-    await api.advance(opp, "searching", {"realtor": "Jane Realty"})
-    await api.event("mortgage.application_submitted", opp["id"], {"application_id": "APP-7"})
-    ask = records.SignatureRequestInput(
-        opportunity_id=opp["id"], request_no=1, template="mortgage_closing", subject="Your mortgage closing documents"
-    )
+    opp, ask = await _ready_to_sign(api, "APP-7")
     provider = DocuSignProvider(fake.settings(rsa_key[0]), webhook_url=WEBHOOK)
     crashing = CrashAfterSend(provider)
     engine = make_async_engine(database_url)
@@ -573,14 +592,12 @@ async def test_a_retry_after_a_crash_between_send_and_record_makes_one_envelope(
     assert fake.envelope(created.envelope_id).field("opportunity_id") == opp["id"]
 
 
-class SlowSend:
+class SlowSend(Around):
     """The DocuSign provider, but `send` waits for `go` first: an attempt that timed out
     and is still running while its retry sends and records."""
 
     def __init__(self, inner: DocuSignProvider) -> None:
-        self.inner = inner
-        self.name = inner.name
-        self.remote = inner.remote
+        super().__init__(inner)
         self.sending = asyncio.Event()
         self.go = asyncio.Event()
 
@@ -589,12 +606,6 @@ class SlowSend:
         await self.go.wait()
         return await self.inner.send(**kw)
 
-    async def find(self, opportunity_id: str, request_no: int) -> Envelope | None:
-        return await self.inner.find(opportunity_id, request_no)
-
-    async def void(self, envelope_id: str, reason: str) -> EnvelopeState:
-        return await self.inner.void(envelope_id, reason)
-
 
 async def test_an_attempt_that_ran_on_beside_its_retry_leaves_one_live_envelope(
     api: Api, fake: DocuSignFake, rsa_key: tuple[Path, bytes], database_url: str, db: Engine
@@ -602,12 +613,7 @@ async def test_an_attempt_that_ran_on_beside_its_retry_leaves_one_live_envelope(
     """The first attempt is slow to send; its retry finds no envelope yet, sends and records
     one. When the first attempt's envelope comes back, the retry's stands: the first one's
     is voided at DocuSign (the customer cannot sign twice) and both answer the same."""
-    opp = await api.opportunity(owner=await api.employee(email=f"olga-{uuid.uuid4().hex[:8]}@bank.example"))
-    await api.advance(opp, "searching", {"realtor": "Jane Realty"})
-    await api.event("mortgage.application_submitted", opp["id"], {"application_id": "APP-8"})
-    ask = records.SignatureRequestInput(
-        opportunity_id=opp["id"], request_no=1, template="mortgage_closing", subject="Your mortgage closing documents"
-    )
+    opp, ask = await _ready_to_sign(api, "APP-8")
     provider = DocuSignProvider(fake.settings(rsa_key[0]), webhook_url=WEBHOOK)
     slow = SlowSend(provider)
     engine = make_async_engine(database_url)
@@ -638,6 +644,56 @@ async def test_an_attempt_that_ran_on_beside_its_retry_leaves_one_live_envelope(
             )
         ).all()
     assert [tuple(r) for r in rows] == [(stands.envelope_id, "sent")]
+
+
+class SlowSendThenOutage(SlowSend):
+    """SlowSend, and DocuSign answers the attempt's next call with a 503."""
+
+    def __init__(self, inner: DocuSignProvider, fake: DocuSignFake) -> None:
+        super().__init__(inner)
+        self.fake = fake
+
+    async def send(self, **kw: Any) -> Envelope:
+        envelope = await super().send(**kw)
+        self.fake.fail_next(503)
+        return envelope
+
+
+async def test_a_void_that_failed_is_made_good_by_the_next_attempt(
+    api: Api, fake: DocuSignFake, rsa_key: tuple[Path, bytes], database_url: str
+) -> None:
+    """As above, but DocuSign fails the slow attempt's clean-up (a 503): that attempt fails,
+    with the extra envelope still open. The activity's next attempt finds the request
+    recorded and voids every other envelope before it answers."""
+    opp, ask = await _ready_to_sign(api, "APP-9")
+    provider = DocuSignProvider(fake.settings(rsa_key[0]), webhook_url=WEBHOOK)
+    slow = SlowSendThenOutage(provider, fake)
+    engine = make_async_engine(database_url)
+    sessions = make_session_factory(engine)
+
+    def live() -> list[str]:
+        return [
+            e
+            for e, env in list(fake.envelopes.items())
+            if env.field("opportunity_id") == opp["id"] and env.voided_reason is None
+        ]
+
+    try:
+        first = asyncio.create_task(
+            OpportunityActivities(sessions, slow, Mailer(), CATALOG, poll_seconds=NO_POLL).request_signature(ask)
+        )
+        await within(slow.sending.wait(), "the first attempt to start sending")
+        acts = OpportunityActivities(sessions, provider, Mailer(), CATALOG, poll_seconds=NO_POLL)
+        stands = await within(acts.request_signature(ask), "the retry")
+        slow.go.set()
+        with pytest.raises(DocuSignError):
+            await within(first, "the first attempt")
+        assert len(live()) == 2  # the customer could sign either
+        assert await within(acts.request_signature(ask), "the next attempt") == stands
+        assert live() == [stands.envelope_id]
+    finally:
+        provider.close()
+        await engine.dispose()
 
 
 # ---------------------------------------------------------------- 8. closed lost

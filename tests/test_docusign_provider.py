@@ -131,7 +131,7 @@ async def test_token_obtained_once_and_reused(fake: DocuSignFake, provider: Docu
 
 
 async def test_concurrent_first_calls_share_one_token(fake: DocuSignFake, provider: DocuSignProvider) -> None:
-    await asyncio.gather(*(provider.find(f"opp_{n}", 1) for n in range(6)))
+    await asyncio.gather(*(provider.envelopes(f"opp_{n}", 1) for n in range(6)))
     assert fake.token_requests == 1
 
 
@@ -219,7 +219,7 @@ def test_sdk_defaults_disagree_so_the_provider_sets_both_hosts(fake: DocuSignFak
 
 
 async def test_rest_host_comes_from_user_info(fake: DocuSignFake, provider: DocuSignProvider) -> None:
-    await provider.find("opp_warm", 1)
+    await provider.envelopes("opp_warm", 1)
     assert provider._api.host == f"{fake.base_uri}/restapi"
 
 
@@ -327,18 +327,19 @@ async def test_server_errors_are_retryable(fake: DocuSignFake, provider: DocuSig
     assert (await provider.status(envelope_id)).status is EnvelopeStatus.SENT
 
 
-async def test_find_by_opportunity_and_request_number(fake: DocuSignFake, provider: DocuSignProvider) -> None:
+async def test_envelopes_by_opportunity_and_request_number(fake: DocuSignFake, provider: DocuSignProvider) -> None:
     opp = f"opp_{uuid.uuid4().hex}"
     first = await send(provider, opp, request_no=1)
     second = await send(provider, opp, request_no=2)
+    again = await send(provider, opp, request_no=1)  # request 1 sent twice
     await send(provider)  # another opportunity's
-    assert (await provider.find(opp, 1)).envelope_id == first
-    assert (await provider.find(opp, 2)).envelope_id == second
-    assert await provider.find(opp, 3) is None
+    assert [e.envelope_id for e in await provider.envelopes(opp, 1)] == [again, first]  # newest first
+    assert [e.envelope_id for e in await provider.envelopes(opp, 2)] == [second]
+    assert await provider.envelopes(opp, 3) == []
     method, _, query = fake.requests[-1]
     assert method == "GET" and query["custom_field"] == [f"opportunity_id={opp}"]
     assert "from_date" in query and query["include"] == ["custom_fields"]
-    assert await provider.find(f"opp_{uuid.uuid4().hex}", 1) is None
+    assert await provider.envelopes(f"opp_{uuid.uuid4().hex}", 1) == []
 
 
 async def test_retry_after_a_crash_finds_the_envelope_instead_of_sending_again(
@@ -348,8 +349,8 @@ async def test_retry_after_a_crash_finds_the_envelope_instead_of_sending_again(
     # retry looks the envelope up by its custom fields before sending.
     opp = f"opp_{uuid.uuid4().hex}"
     sent = await send(provider, opp)
-    found = await provider.find(opp, 1)
-    envelope_id = found.envelope_id if found else await send(provider, opp)
+    found = await provider.envelopes(opp, 1)
+    envelope_id = found[0].envelope_id if found else await send(provider, opp)
     assert envelope_id == sent and fake.envelopes_created == 1
 
 
@@ -439,7 +440,7 @@ async def test_download_the_signed_documents(fake: DocuSignFake, provider: DocuS
 
 
 async def test_429_is_retried_after_the_reset(fake: DocuSignFake, provider: DocuSignProvider, sleeps: Sleeps) -> None:
-    await provider.find("opp_warm", 1)  # token and account first
+    await provider.envelopes("opp_warm", 1)  # token and account first
     fake.throttle(2, reset_in=2)
     envelope_id = await send(provider)
     assert fake.envelopes_created == 1 and fake.envelope(envelope_id).status == "sent"
@@ -448,7 +449,7 @@ async def test_429_is_retried_after_the_reset(fake: DocuSignFake, provider: Docu
 
 async def test_rate_limit_retries_are_bounded(fake: DocuSignFake, keys: dict[str, Any], sleeps: Sleeps) -> None:
     p = make_provider(fake, keys["good"], sleeps, max_rate_limit_retries=2)
-    await p.find("opp_warm", 1)
+    await p.envelopes("opp_warm", 1)
     fake.throttle(10, reset_in=1)
     with pytest.raises(DocuSignError) as e:
         await send(p)
@@ -460,7 +461,7 @@ async def test_rate_limit_retries_are_bounded(fake: DocuSignFake, keys: dict[str
 async def test_a_distant_reset_is_left_to_the_caller(
     fake: DocuSignFake, provider: DocuSignProvider, sleeps: Sleeps
 ) -> None:
-    await provider.find("opp_warm", 1)
+    await provider.envelopes("opp_warm", 1)
     fake.throttle(1, reset_in=1800)
     with pytest.raises(DocuSignError) as e:
         await send(provider)
@@ -471,7 +472,7 @@ async def test_a_distant_reset_is_left_to_the_caller(
 async def test_older_accounts_400_rate_limit_is_a_rate_limit(
     fake: DocuSignFake, provider: DocuSignProvider, sleeps: Sleeps
 ) -> None:
-    await provider.find("opp_warm", 1)
+    await provider.envelopes("opp_warm", 1)
     fake.throttle(1, reset_in=1, status=400, code="BURST_APIINVOCATION_LIMIT_EXCEEDED")
     await send(provider)
     assert len(sleeps.waits) == 1 and fake.envelopes_created == 1
@@ -480,7 +481,7 @@ async def test_older_accounts_400_rate_limit_is_a_rate_limit(
 async def test_remaining_zero_waits_before_the_next_call(
     fake: DocuSignFake, provider: DocuSignProvider, sleeps: Sleeps
 ) -> None:
-    await provider.find("opp_warm", 1)
+    await provider.envelopes("opp_warm", 1)
     fake.exhaust(reset_in=2)
     envelope_id = await send(provider)  # answered, with X-RateLimit-Remaining: 0
     assert sleeps.waits == []
