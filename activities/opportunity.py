@@ -17,7 +17,7 @@ from temporalio import activity
 
 from activities.mail import Mailer
 from domain import records
-from domain.invariants import InvariantBroken
+from domain.invariants import InvariantBroken, required
 from domain.opportunity import CheckpointView, SignatureOutcome
 from domain.process import ProcessCatalog
 from esign.documents import DocumentContext, render_document, sha256_hex
@@ -93,41 +93,41 @@ class OpportunityActivities:
 
     @activity.defn(name=records.OPEN_OPPORTUNITY)
     async def open_opportunity(self, rec: records.OpenOpportunity) -> None:
-        """Record the opened opportunity and its first checkpoint (an imported one: its
-        every checkpoint, with its own opening time and source), each row once."""
-        imported = rec.imported
-        checkpoints = imported.checkpoints if imported else [rec.first_checkpoint]
+        """Record the opened opportunity and its first checkpoint, each row once, and judge
+        it. An imported one is recorded already, with its every checkpoint, by the import
+        that resumes it (domain/imports.py plans those rows, store/imports.py writes them
+        before any workflow starts): it is only judged here."""
         async with self.sessions.begin() as session:
             # Inserted unless there, then locked as `judge_locked` needs it: a retry, or an
             # attempt that timed out and runs on beside its retry, finds the row and goes
             # on as if it were its own (every write below is keyed), never a duplicate key.
-            await insert_if_missing(
-                session,
-                Opportunity,
-                id=rec.opportunity_id,
-                customer_id=rec.customer_id,
-                product=rec.product.value,
-                process_version=rec.process_version,
-                owner_id=rec.owner_id,
-                need_id=rec.need_id,
-                amount=rec.amount,
-                referral_id=rec.referral_id,
-                campaign_id=rec.campaign_id,
-                stage=checkpoints[-1].stage,
-                probability=rec.probability,
-                status="open",
-                last_seq=checkpoints[-1].seq,
-                workflow_id=rec.workflow_id,
-                opened_at=imported.opened_at if imported else rec.first_checkpoint.entered_at,
-                source=imported.source if imported else None,
-                external_id=imported.external_id if imported else None,
-                audit_stale=False,  # judged below, in this transaction
-            )
+            first = rec.first_checkpoint
+            if rec.imported is None:
+                await insert_if_missing(
+                    session,
+                    Opportunity,
+                    id=rec.opportunity_id,
+                    customer_id=rec.customer_id,
+                    product=rec.product.value,
+                    process_version=rec.process_version,
+                    owner_id=rec.owner_id,
+                    need_id=rec.need_id,
+                    amount=rec.amount,
+                    referral_id=rec.referral_id,
+                    campaign_id=rec.campaign_id,
+                    stage=first.stage,
+                    probability=rec.probability,
+                    status="open",
+                    last_seq=first.seq,
+                    workflow_id=rec.workflow_id,
+                    opened_at=first.entered_at,
+                    audit_stale=False,  # judged below, in this transaction
+                )
             opp = await session.get(Opportunity, rec.opportunity_id, with_for_update=True)
-            if opp is None:  # the insert met another key: (source, external_id) of another row
-                raise InvariantBroken(f"opportunity {rec.opportunity_id} clashes with a recorded one")
-            for checkpoint in checkpoints:
-                await _add_checkpoint(session, rec.opportunity_id, checkpoint)
+            if opp is None:  # the insert met another key, or an import did not write its row
+                raise InvariantBroken(f"opportunity {rec.opportunity_id} is not recorded as opened")
+            if rec.imported is None:
+                await _add_checkpoint(session, rec.opportunity_id, first)
             await judge_locked(session, self.catalog, opp)
 
     @activity.defn(name=records.RECORD_STAGE_CHANGE)
@@ -146,9 +146,10 @@ class OpportunityActivities:
         if change.void_envelope_id is not None:
             voided_as = await self._void_at_provider(change.void_envelope_id)
         async with self.sessions.begin() as session:
-            opp = await session.get(Opportunity, change.opportunity_id, with_for_update=True)
-            if opp is None:
-                raise RuntimeError(f"opportunity {change.opportunity_id} is not recorded yet")
+            opp = required(
+                await session.get(Opportunity, change.opportunity_id, with_for_update=True),
+                f"opportunity {change.opportunity_id}",
+            )
             cp = change.checkpoint
             await _add_checkpoint(session, opp.id, cp)
             if cp.seq > opp.last_seq:
@@ -245,9 +246,10 @@ class OpportunityActivities:
             # The opportunity locked first: an attempt that timed out and runs on, beside
             # its retry, waits here for the other's commit, then finds its request
             # (PostgreSQL's row lock; on SQLite the write gate's turn, store/write_gate.py).
-            opp = await session.get(Opportunity, req.opportunity_id, with_for_update=True)
-            if opp is None:
-                raise RuntimeError(f"opportunity {req.opportunity_id} is not recorded yet")
+            opp = required(
+                await session.get(Opportunity, req.opportunity_id, with_for_update=True),
+                f"opportunity {req.opportunity_id}",
+            )
             existing = await session.scalar(
                 select(SignatureRequest).where(
                     SignatureRequest.opportunity_id == req.opportunity_id,
@@ -469,9 +471,10 @@ class OpportunityActivities:
         row (by opportunity and seq) and writes nothing; an older change never moves the
         owner back past a newer one."""
         async with self.sessions.begin() as session:
-            opp = await session.get(Opportunity, rec.opportunity_id, with_for_update=True)
-            if opp is None:
-                raise RuntimeError(f"opportunity {rec.opportunity_id} is not recorded yet")
+            opp = required(
+                await session.get(Opportunity, rec.opportunity_id, with_for_update=True),
+                f"opportunity {rec.opportunity_id}",
+            )
             recorded = list(await session.scalars(select(OwnerChange.seq).where(OwnerChange.opportunity_id == opp.id)))
             if rec.seq in recorded:
                 return

@@ -13,6 +13,7 @@ cannot count it twice.
 from __future__ import annotations
 
 import copy
+import functools
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -24,7 +25,7 @@ from activities.errors import Overtaken
 from activities.mail import Addressee, Contact, Mailer
 from domain import records
 from domain.ids import referral_customer_id, referral_household_id, referral_need_id
-from domain.invariants import InvariantBroken
+from domain.invariants import InvariantBroken, required
 from domain.opportunity import OpportunityInput
 from domain.referral import OPEN_STATUSES, WORKING_STATUSES, HistoryEntry, Routed
 from domain.routing import Candidate, RoutingDecision, Team, reachable, route
@@ -78,25 +79,30 @@ def _counts_toward_load(status: str | None, assignee_id: str | None) -> str | No
     return assignee_id if status in WORKING_STATUSES else None
 
 
-def _bump_statement(insert: InsertFor) -> Insert:
+def _bump_statement(insert: InsertFor, room: bool = False) -> Insert:
     """`_bump`'s statement for one database, built once: the row counted up (its
-    assignment stamped when `at` is given), or made with the count if missing."""
+    assignment stamped when `at` is given), or made with the count if missing. With
+    `room` (`_claim`'s): counted only while under `capacity`, and its row count kept (an
+    INSERT's count is kept only when asked)."""
     w = EmployeeWorkload.__table__
     new = insert(w).values(
         employee_id=bindparam("whose"),
         open_referrals=bindparam("start"),
         last_assigned_at=bindparam("at", type_=UTCDateTime),
     )
-    return new.on_conflict_do_update(
+    upsert = new.on_conflict_do_update(
         index_elements=[w.c.employee_id],
         set_={
             "open_referrals": w.c.open_referrals + bindparam("delta"),
             "last_assigned_at": func.coalesce(new.excluded.last_assigned_at, w.c.last_assigned_at),
         },
+        where=w.c.open_referrals < bindparam("capacity") if room else None,
     )
+    return upsert.execution_options(preserve_rowcount=True) if room else upsert
 
 
 _BUMP = per_database(_bump_statement)
+_CLAIM = per_database(functools.partial(_bump_statement, room=True))
 
 
 async def _bump(session: AsyncSession, employee_id: str, delta: int, assigned_at: datetime | None) -> None:
@@ -133,23 +139,6 @@ async def _assign(
         await _bump(session, assignee_id, 0, stamp)
 
 
-def _claim_statement(insert: InsertFor) -> Insert:
-    """`_claim`'s statement for one database (both speak INSERT … ON CONFLICT … DO UPDATE …
-    WHERE), built once."""
-    w = EmployeeWorkload.__table__
-    new = insert(w).values(
-        employee_id=bindparam("whose"), open_referrals=1, last_assigned_at=bindparam("at", type_=UTCDateTime)
-    )
-    return new.on_conflict_do_update(
-        index_elements=[w.c.employee_id],
-        set_={"open_referrals": w.c.open_referrals + 1, "last_assigned_at": new.excluded.last_assigned_at},
-        where=w.c.open_referrals < bindparam("capacity"),
-    ).execution_options(preserve_rowcount=True)  # an INSERT's count is kept only when asked
-
-
-_CLAIM = per_database(_claim_statement)
-
-
 async def _claim(session: AsyncSession, candidate: Candidate, at: datetime) -> bool:
     """Count one more referral against `candidate` and stamp the assignment if they still
     have room, deciding under the lock of their workload row (made if missing), in one
@@ -159,7 +148,7 @@ async def _claim(session: AsyncSession, candidate: Candidate, at: datetime) -> b
     time). False: they are full, and nothing was written (PostgreSQL still holds their
     row's lock until commit). A missing row is made with a count of one unchecked: the
     pick came from `route`, which picks nobody at capacity, so capacity was at least one."""
-    params = {"whose": candidate.employee_id, "at": at, "capacity": candidate.capacity}
+    params = {"whose": candidate.employee_id, "delta": 1, "start": 1, "at": at, "capacity": candidate.capacity}
     result = await session.execute(for_session(_CLAIM, session), params)
     return bool(result.rowcount)
 
@@ -198,10 +187,7 @@ def _row_values(row: Referral) -> dict[str, Any]:
     return {column: given[attr] for attr, column in _REFERRAL_COLUMNS if attr in given}
 
 
-#: A new referral and its history entries, written by statements built once (`_route`).
-_INSERT_REFERRAL = per_database(
-    lambda insert: insert(Referral.__table__).on_conflict_do_nothing().execution_options(preserve_rowcount=True)
-)
+#: A new referral's history entries, written by a statement built once (`_route`).
 _INSERT_HISTORY = insert(ReferralHistory.__table__)
 
 
@@ -313,8 +299,9 @@ class ReferralActivities:
                 )
                 routed = await self._route(session, row, rec.route, created=rec.created, team=_team_key(facts.team))
             else:  # a retry: what the first attempt recorded stands
-                row = await session.get(Referral, ref.referral_id, with_for_update=True)
-                assert row is not None
+                row = required(
+                    await session.get(Referral, ref.referral_id, with_for_update=True), f"referral {ref.referral_id}"
+                )
                 routed = await self._route(session, row, rec.route)
             return records.ReferralOpened(
                 lead_score=row.lead_score,
@@ -331,8 +318,9 @@ class ReferralActivities:
     async def route_referral(self, req: records.RouteReferral) -> Routed:
         """Re-route a referral (after a rejection or a lapse, recorded in the same transaction)."""
         async with self.sessions.begin() as session:
-            row = await session.get(Referral, req.referral_id, with_for_update=True)
-            assert row is not None, f"referral {req.referral_id} is not recorded"
+            row = required(
+                await session.get(Referral, req.referral_id, with_for_update=True), f"referral {req.referral_id}"
+            )
             return await self._route(session, row, req)
 
     async def _route(
@@ -390,8 +378,9 @@ class ReferralActivities:
             assignee_id=decision.assignee_id,
         )
         if created is not None:
-            inserted = await session.execute(for_session(_INSERT_REFERRAL, session), _row_values(row))
-            if not inserted.rowcount:  # an earlier attempt, still running, recorded it meanwhile
+            if not await insert_if_missing(
+                session, Referral, **_row_values(row)
+            ):  # an earlier attempt, still running, recorded it meanwhile
                 raise Overtaken(f"referral {row.id} was recorded by another attempt")
             await session.execute(_INSERT_HISTORY, [_history_values(row.id, created), _history_values(row.id, entry)])
         else:
@@ -483,8 +472,9 @@ class ReferralActivities:
     @activity.defn(name=records.RECORD_REFERRAL_CHANGE)
     async def record_change(self, change: records.ReferralChange) -> None:
         async with self.sessions.begin() as session:
-            row = await session.get(Referral, change.referral_id, with_for_update=True)
-            assert row is not None, f"referral {change.referral_id} is not recorded"
+            row = required(
+                await session.get(Referral, change.referral_id, with_for_update=True), f"referral {change.referral_id}"
+            )
             if await _has_entry(session, row.id, change.entry.seq):
                 return
             session.add(_history_row(row.id, change.entry))
@@ -520,8 +510,7 @@ class ReferralActivities:
         """The customer (and household) for a prospect, and the need, recorded once: each
         inserted unless there, so a retry (or an attempt racing it) writes nothing twice."""
         async with self.sessions.begin() as session:
-            row = await session.get(Referral, req.referral_id)
-            assert row is not None
+            row = required(await session.get(Referral, req.referral_id), f"referral {req.referral_id}")
             customer_id = row.customer_id
             if customer_id is None:
                 customer_id = referral_customer_id(row.id)
@@ -566,8 +555,7 @@ class ReferralActivities:
         already (a routing, a hand-on): a reminder or an escalation, which no write causes,
         or a workflow recorded before that. Returns how many recipients it has."""
         async with self.sessions.begin() as session:
-            row = await session.get(Referral, notice.referral_id)
-            assert row is not None
+            row = required(await session.get(Referral, notice.referral_id), f"referral {notice.referral_id}")
             recorded = await session.scalar(
                 select(func.count())
                 .select_from(Notification)

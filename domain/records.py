@@ -39,8 +39,8 @@ class OpenOpportunity(BaseModel):
     campaign_id: str | None
     probability: int
     first_checkpoint: CheckpointView
-    #: An imported opportunity: recorded with its own opening time, source and every
-    #: checkpoint (each written once, by seq), at its last checkpoint's stage.
+    #: Set for an imported opportunity: the import recorded its row and every checkpoint
+    #: before starting the workflow (store/imports.py), so the activity only judges it.
     imported: ImportedOpportunity | None = None
 
 

@@ -12,10 +12,12 @@ machine).
 Here the cursor runs a whole statement in one trip, in the connection's thread: make a
 sqlite3 cursor, execute, fetch every row, note the description, row count and last row
 id, close. A commit or rollback with no transaction open (the pool's rollback of every
-connection it takes back, even one just committed) makes no trip. Everything else is SQLAlchemy's own aiosqlite dialect and adapter, unchanged:
-the connection, its commit and rollback, the pool, errors (sqlite3's, as aiosqlite
-raises them), the write gate's hooks (store/write_gate.py). Results were buffered whole
-before too (the adapter fetched every row at once), so memory use is the same.
+connection it takes back, even one just committed) makes no trip. Everything else is
+SQLAlchemy's own aiosqlite dialect and adapter, subclassed, not copied: the connection,
+the cursor's rows and fetch methods and execute lock, the pool, errors (sqlite3's, as
+aiosqlite raises them), the write gate's hooks (store/write_gate.py). Results were
+buffered whole before too (the adapter fetched every row at once), so memory use is the
+same.
 
 What it relies on beyond aiosqlite's documented API, as SQLAlchemy's adapter itself does
 (it queues on `Connection._tx`): `Connection._execute(fn, *args)`, which runs `fn` in
@@ -28,12 +30,16 @@ from __future__ import annotations
 
 import collections
 import sqlite3
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import aiosqlite
-from sqlalchemy.dialects.sqlite.aiosqlite import AsyncAdapt_aiosqlite_connection, AsyncAdapt_aiosqlite_dbapi
-from sqlalchemy.util.concurrency import await_
+from sqlalchemy.dialects.sqlite.aiosqlite import (
+    AsyncAdapt_aiosqlite_connection,
+    AsyncAdapt_aiosqlite_cursor,
+    AsyncAdapt_aiosqlite_dbapi,
+)
+from sqlalchemy.util import EMPTY_DICT
 
 Row = tuple[Any, ...]
 _Answer = tuple[Any, int, int | None, Sequence[Row]]
@@ -58,69 +64,49 @@ def _run(conn: sqlite3.Connection, operation: str, parameters: Any, many: bool) 
         cursor.close()
 
 
-class OneTripCursor:
-    """A DBAPI cursor for SQLAlchemy's aiosqlite adapter whose every statement is one trip.
+class _Answered:
+    """What a statement left behind, read through the adapter cursor's properties
+    (`description`, `rowcount`, `lastrowid`, `arraysize`): nothing stays open in SQLite."""
 
-    The rows are held here, as the adapter's own cursor holds them; SQLAlchemy reads them
-    through the DBAPI's fetch methods.
-    """
+    __slots__ = ("arraysize", "description", "lastrowid", "rowcount")
 
-    server_side = False
-    __slots__ = ("_adapt_connection", "_rows", "arraysize", "description", "lastrowid", "rowcount")
-
-    def __init__(self, adapt_connection: AsyncAdapt_aiosqlite_connection) -> None:
-        self._adapt_connection = adapt_connection
-        self._rows: collections.deque[Row] = collections.deque()
-        self.description: Any = None
-        self.rowcount = -1
-        self.lastrowid: int | None = None
-        self.arraysize = 1
-
-    def execute(self, operation: str, parameters: Any = None) -> None:
-        self._trip(operation, parameters, many=False)
-
-    def executemany(self, operation: str, seq_of_parameters: Any) -> None:
-        self._trip(operation, seq_of_parameters, many=True)
-
-    def _trip(self, operation: str, parameters: Any, many: bool) -> None:
-        connection: aiosqlite.Connection = self._adapt_connection._connection
-        try:
-            answer = await_(connection._execute(_run, connection._conn, operation, parameters, many))
-        except Exception as error:  # noqa: BLE001 - re-raised, as the adapter does (NoReturn)
-            self._adapt_connection._handle_exception(error)
-        self.description, self.rowcount, self.lastrowid, rows = answer
-        self._rows = collections.deque(rows)
-
-    async def _async_soft_close(self) -> None:
-        """SQLAlchemy's asyncio layer closes a buffered cursor early; there is nothing open."""
+    def __init__(self, description: Any = None, rowcount: int = -1, lastrowid: int | None = None) -> None:
+        self.description, self.rowcount, self.lastrowid, self.arraysize = description, rowcount, lastrowid, 1
 
     def close(self) -> None:
-        self._rows.clear()
+        """Nothing to close: the statement's cursor was closed in its trip."""
 
-    def setinputsizes(self, *inputsizes: Any) -> None:
-        """A no-op, as in sqlite3."""
 
-    def __enter__(self) -> OneTripCursor:
-        return self
+class OneTripCursor(AsyncAdapt_aiosqlite_cursor):
+    """SQLAlchemy's aiosqlite cursor, each statement in one trip: the trip replaces the
+    adapter's own (cursor, execute, fetch, close); the rows, the fetch methods, the
+    errors and the execute lock are the adapter's."""
 
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+    __slots__ = ()
+    _awaitable_cursor_close = False  # `close` is the no-op above, called in place
 
-    def __iter__(self) -> Iterator[Row]:
-        while self._rows:
-            yield self._rows.popleft()
+    def __init__(self, adapt_connection: AsyncAdapt_aiosqlite_connection) -> None:
+        # Not the adapter's __init__: it makes a sqlite3 cursor up front, in a trip.
+        self._adapt_connection = adapt_connection
+        self._connection = adapt_connection._connection
+        self._cursor = _Answered()  # type: ignore[assignment]
+        self._soft_closed_memoized = EMPTY_DICT
+        self._rows = collections.deque()
 
-    def fetchone(self) -> Row | None:
-        return self._rows.popleft() if self._rows else None
+    async def _execute_async(self, operation: Any, parameters: Any) -> None:
+        await self._trip(operation, parameters, many=False)
 
-    def fetchmany(self, size: int | None = None) -> list[Row]:
-        rows = self._rows
-        return [rows.popleft() for _ in range(min(self.arraysize if size is None else size, len(rows)))]
+    async def _executemany_async(self, operation: Any, seq_of_parameters: Any) -> None:
+        await self._trip(operation, seq_of_parameters, many=True)
 
-    def fetchall(self) -> list[Row]:
-        rows = list(self._rows)
-        self._rows.clear()
-        return rows
+    async def _trip(self, operation: str, parameters: Any, many: bool) -> None:
+        connection: aiosqlite.Connection = self._connection
+        async with self._adapt_connection._execute_mutex:
+            description, rowcount, lastrowid, rows = await connection._execute(
+                _run, connection._conn, operation, parameters, many
+            )
+        self._cursor = _Answered(description, rowcount, lastrowid)  # type: ignore[assignment]
+        self._rows = collections.deque(rows)
 
 
 class _Connection(AsyncAdapt_aiosqlite_connection):

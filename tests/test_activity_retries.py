@@ -28,6 +28,7 @@ from domain.ids import (
     referral_need_id,
     referral_opportunity_id,
 )
+from domain.invariants import InvariantBroken
 from domain.opportunity import CheckpointView, OpportunityInput
 from domain.process import load_catalog
 from domain.referral import HistoryEntry, Prospect, ReferralInput, ReferralSla, Referrer
@@ -205,6 +206,27 @@ async def test_two_attempts_of_an_opening_at_once_record_it_once(
     assert count(db, ReferralHistory, ReferralHistory.referral_id == rid) == 2
     assert count(db, Notification, Notification.id.like(f"referral:{rid}:%")) == 1
     assert _load(db, bob["id"]) == 1
+
+
+async def test_a_referral_missing_from_the_store_stops_its_activities_for_a_repair(
+    acts: ReferralActivities, api: Api
+) -> None:
+    """A referral the store has lost (deleted by hand, a restore) is a broken invariant: the
+    activity stops with it (non-retryable, the workflow waits for ops: activities/errors.py)
+    instead of failing an assert on every retry for ever."""
+    state = f"S-{uuid.uuid4().hex[:6]}"
+    bob = await api.employee(name="Bob", email=f"bob.{state}@bank.example", states=[state])
+    rec = _open(bob["id"], state)  # never recorded
+    with pytest.raises(InvariantBroken, match="is not recorded"):
+        await acts.route_referral(rec.route)
+    change = records.ReferralChange(
+        referral_id=rec.input.referral_id,
+        entry=HistoryEntry(seq=3, status="accepted", at=datetime.now(UTC), actor=bob["id"], assignee_id=bob["id"]),
+        status="accepted",
+        assignee_id=bob["id"],
+    )
+    with pytest.raises(InvariantBroken, match="is not recorded"):
+        await acts.record_change(change)
 
 
 def _totals(db: Engine) -> tuple[int, int]:

@@ -133,7 +133,7 @@ async def _as_if_started_in_format_1(history: WorkflowHistory) -> WorkflowHistor
 async def test_a_format_1_run_whose_first_task_an_older_worker_ran_replays(name: str) -> None:
     """A rolling deploy: current code started the run (format 1 in its input) and a worker
     not yet upgraded ran its first task, recording the patch marker. Current workers must
-    replay it (workflows/common.py `replay_older_workers_marker`); without that, the SDK
+    replay it (workflows/common.py `takes_patch`); without that, the SDK
     fails the replay ("Non-deprecated patch marker encountered … no corresponding change
     command") and the run is stuck for good."""
     path = HISTORIES / f"{name}.json"

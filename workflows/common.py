@@ -6,8 +6,8 @@
 - `record`: run a recording activity with the standard timeout and retry policy (the
   activities are idempotent, so they may retry until they succeed);
 - `Console`: the search attributes and current details the Web UI shows;
-- `replay_older_workers_marker`: a run whose input carries its history format asks no
-  patch, yet replays the marker a worker older than the format may have recorded.
+- `takes_patch`: whether a run takes a patch's branch, by its history format (asking no
+  marker) or, for a run older than the format, by the patch's markers.
 """
 
 from __future__ import annotations
@@ -45,7 +45,19 @@ def validate(check: Callable[..., object], *args: Any) -> None:
         raise refuse(exc) from None
 
 
-def replay_older_workers_marker(patch_id: str) -> bool:
+def takes_patch(history_format: int, *patch_ids: str) -> bool:
+    """Whether this run takes the branch of a patch asked once, early in the run
+    (`patch_ids`: its ids, newest first, if it was renamed). A run whose input holds
+    history format 1 or later (docs/deployment.md, "A run's history format") takes it
+    without recording a marker; an older run (format 0) asks the patch as it always did.
+    Only for a patch that every format-1 run takes."""
+    if history_format >= 1:
+        any(_replay_older_workers_marker(p) for p in patch_ids)
+        return True
+    return any(workflow.patched(p) for p in patch_ids)
+
+
+def _replay_older_workers_marker(patch_id: str) -> bool:
     """For a run whose input says it takes `patch_id`'s branch (its `history_format`), so
     that asking would only record a marker: while replaying, ask anyway, so a marker that
     a worker older than the format recorded is matched.

@@ -63,7 +63,7 @@ with workflow.unsafe.imports_passed_through():
     from observability import workflow_metrics
     from workflows import SA_CUSTOMER_ID, SA_OPPORTUNITY_STATUS, SA_OWNER_ID, SA_PRODUCT, SA_STAGE
     from workflows.attention import Attention, Repairable
-    from workflows.common import Console, record, replay_older_workers_marker, validate
+    from workflows.common import Console, record, takes_patch, validate
     from workflows.timers import RearmableTimer
 
 
@@ -140,16 +140,8 @@ class OpportunityWorkflow(Repairable):
         """Whether this run records the lean way (LEAN_HISTORY), asked once, before the
         first command: a run keeps the answer its first workflow task got."""
         if self._lean is None:
-            # A run of format 1 asks no marker. An older run asks as it did: started
-            # between the patch and format 1 it recorded LEAN_HISTORY and never asked
-            # the first id; a replay asks the first id only when its history lacks
-            # LEAN_HISTORY.
-            if self.input.history_format >= 1:
-                self._lean = True
-                # Either id: stop 12's workers asked the first, stop 14's the second.
-                replay_older_workers_marker(LEAN_HISTORY) or replay_older_workers_marker(LEAN_HISTORY_FIRST_ID)
-            else:
-                self._lean = workflow.patched(LEAN_HISTORY) or workflow.patched(LEAN_HISTORY_FIRST_ID)
+            # Stop 12's workers asked the first id, stop 14's the second; a new run asks none.
+            self._lean = takes_patch(self.input.history_format, LEAN_HISTORY, LEAN_HISTORY_FIRST_ID)
             self._console.changes_only = self._lean
         return self._lean
 

@@ -55,7 +55,7 @@ with workflow.unsafe.imports_passed_through():
     from observability import workflow_metrics
     from workflows import SA_ASSIGNEE_ID, SA_EXPRESSED_INTEREST, SA_REFERRAL_STATUS
     from workflows.attention import Attention, Repairable
-    from workflows.common import Console, replay_older_workers_marker, validate
+    from workflows.common import Console, takes_patch, validate
     from workflows.timers import RearmableTimer
 
 SYSTEM = "needflow"
@@ -96,11 +96,7 @@ class ReferralWorkflow(Repairable):
         """Whether this run leaves write-caused notices to their write (NOTICES_WITH_THEIR_WRITE),
         asked once, at the run's first routing: a run keeps the answer it got then."""
         if self._notices_with_write is None:
-            if self.input.history_format >= 1:
-                self._notices_with_write = True
-                replay_older_workers_marker(NOTICES_WITH_THEIR_WRITE)
-            else:
-                self._notices_with_write = workflow.patched(NOTICES_WITH_THEIR_WRITE)
+            self._notices_with_write = takes_patch(self.input.history_format, NOTICES_WITH_THEIR_WRITE)
         return self._notices_with_write
 
     @workflow.run
