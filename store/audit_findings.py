@@ -45,11 +45,11 @@ import logging
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from sqlalchemy import delete, insert, select, update
+from sqlalchemy import bindparam, delete, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from domain.process import ProcessCatalog
-from store.audit import findings, load_facts
+from store.audit import findings, load_facts_of
 from store.db import writer_pause
 from store.models import AuditFinding, Opportunity
 
@@ -90,7 +90,7 @@ async def judge_locked(session: AsyncSession, catalog: ProcessCatalog, opp: Oppo
     written only when they changed (most stage changes change none), and `audit_stale`
     cleared in the row's own UPDATE."""
     verdicts = await _verdicts(session, catalog, [opp.id])
-    kept = await session.execute(select(*_FINDING_COLUMNS).where(AuditFinding.opportunity_id == opp.id))
+    kept = await session.execute(_KEPT, {"opportunity_id": opp.id})
     if sorted(map(tuple, kept)) != sorted(tuple(v[c.key] for c in _FINDING_COLUMNS) for v in verdicts):
         await _write_findings(session, [opp.id], verdicts)
     if opp.audit_stale:
@@ -107,6 +107,17 @@ _FINDING_COLUMNS = (
     AuditFinding.opened_at,
 )
 
+# The statements of every judging, built once (store/audit.py `_BY_IDS` says why). The
+# ORM cannot evaluate a parameter it has not seen in the objects it holds (it reads the
+# `ids` as None and leaves them unchanged), so the UPDATE and the DELETE have the rows
+# they touched returned and set those objects from them: "fetch".
+_KEPT = select(*_FINDING_COLUMNS).where(AuditFinding.opportunity_id == bindparam("opportunity_id"))
+_IDS = bindparam("ids", expanding=True)
+_FETCH = {"synchronize_session": "fetch"}
+_DELETE_FINDINGS = delete(AuditFinding).where(AuditFinding.opportunity_id.in_(_IDS)).execution_options(**_FETCH)
+_INSERT_FINDINGS = insert(AuditFinding)
+_JUDGED = update(Opportunity).where(Opportunity.id.in_(_IDS)).values(audit_stale=False).execution_options(**_FETCH)
+
 
 async def _verdicts(session: AsyncSession, catalog: ProcessCatalog, ids: Sequence[str]) -> list[dict[str, Any]]:
     """The findings rows of `ids`, as the rules judge them now."""
@@ -119,15 +130,15 @@ async def _verdicts(session: AsyncSession, catalog: ProcessCatalog, ids: Sequenc
             "product": o.product,
             "opened_at": o.opened_at,
         }
-        for o in await load_facts(session, catalog, [Opportunity.id.in_(ids)])
+        for o in await load_facts_of(session, catalog, ids)
         for f in findings(o)
     ]
 
 
 async def _write_findings(session: AsyncSession, ids: Sequence[str], verdicts: list[dict[str, Any]]) -> None:
-    await session.execute(delete(AuditFinding).where(AuditFinding.opportunity_id.in_(ids)))
+    await session.execute(_DELETE_FINDINGS, {"ids": list(ids)})
     if verdicts:
-        await session.execute(insert(AuditFinding), verdicts)
+        await session.execute(_INSERT_FINDINGS, verdicts)
 
 
 async def _judge_ids(session: AsyncSession, catalog: ProcessCatalog, ids: Sequence[str]) -> None:
@@ -135,7 +146,7 @@ async def _judge_ids(session: AsyncSession, catalog: ProcessCatalog, ids: Sequen
     # from its first write to its commit, so the writes come last and close together.
     verdicts = await _verdicts(session, catalog, ids)
     await _write_findings(session, ids, verdicts)
-    await session.execute(update(Opportunity).where(Opportunity.id.in_(ids)).values(audit_stale=False))
+    await session.execute(_JUDGED, {"ids": list(ids)})
 
 
 async def refresh_stale(
