@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import select, update
+from sqlalchemy import bindparam, func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from temporalio import activity
 
@@ -55,6 +55,30 @@ async def _add_checkpoint(session: AsyncSession, opportunity_id: str, cp: Checkp
         evidence=cp.evidence,
     )
 
+
+#: The stage change's read and write of its opportunity's row, built once (store/audit.py
+#: `_BY_IDS` says why): the row locked, with what the change and its judging read of it,
+#: then its stage and status. Plain rows, not the ORM's objects: no identity map to keep
+#: and no flush to plan, on the path of every command. The UPDATE has the row it set
+#: returned ("fetch") so that an `Opportunity` object a caller holds stays true.
+_LOCKED = (
+    select(Opportunity.id, Opportunity.customer_id, Opportunity.last_seq, Opportunity.audit_stale)
+    .where(Opportunity.id == bindparam("opportunity_id"))
+    .with_for_update()
+)
+_ENTERED = (
+    update(Opportunity)
+    .where(Opportunity.id == bindparam("opportunity_id"))
+    .values(
+        last_seq=bindparam("to_seq"),
+        stage=bindparam("to_stage"),
+        probability=bindparam("to_probability"),
+        status=bindparam("to_status"),
+        lost_reason=bindparam("to_lost_reason"),
+        closed_at=func.coalesce(bindparam("to_closed_at"), Opportunity.closed_at),
+    )
+    .execution_options(synchronize_session="fetch")
+)
 
 #: The status of a remote envelope's marker row while the provider is being called.
 SENDING = "sending"
@@ -123,12 +147,12 @@ class OpportunityActivities:
                     opened_at=first.entered_at,
                     audit_stale=False,  # judged below, in this transaction
                 )
-            opp = await session.get(Opportunity, rec.opportunity_id, with_for_update=True)
+            opp = (await session.execute(_LOCKED, {"opportunity_id": rec.opportunity_id})).one_or_none()
             if opp is None:  # the insert met another key, or an import did not write its row
                 raise InvariantBroken(f"opportunity {rec.opportunity_id} is not recorded as opened")
             if rec.imported is None:
                 await _add_checkpoint(session, rec.opportunity_id, first)
-            await judge_locked(session, self.catalog, opp)
+            await judge_locked(session, self.catalog, opp.id, stale=opp.audit_stale)
 
     @activity.defn(name=records.RECORD_STAGE_CHANGE)
     async def record_stage_change(self, change: records.StageChange) -> records.SignatureSent | None:
@@ -147,19 +171,24 @@ class OpportunityActivities:
             voided_as = await self._void_at_provider(change.void_envelope_id)
         async with self.sessions.begin() as session:
             opp = required(
-                await session.get(Opportunity, change.opportunity_id, with_for_update=True),
+                (await session.execute(_LOCKED, {"opportunity_id": change.opportunity_id})).one_or_none(),
                 f"opportunity {change.opportunity_id}",
             )
             cp = change.checkpoint
             await _add_checkpoint(session, opp.id, cp)
             if cp.seq > opp.last_seq:
-                opp.last_seq = cp.seq
-                opp.stage = cp.stage
-                opp.probability = change.probability
-                opp.status = change.status
-                opp.lost_reason = change.lost_reason
-                if change.status != "open":
-                    opp.closed_at = cp.entered_at
+                await session.execute(
+                    _ENTERED,
+                    {
+                        "opportunity_id": opp.id,
+                        "to_seq": cp.seq,
+                        "to_stage": cp.stage,
+                        "to_probability": change.probability,
+                        "to_status": change.status,
+                        "to_lost_reason": change.lost_reason,
+                        "to_closed_at": None if change.status == "open" else cp.entered_at,  # None: kept
+                    },
+                )
             if change.void_envelope_id is not None:
                 # The outstanding request dies with the opportunity: the customer can no
                 # longer consent to what the bank no longer offers.
@@ -202,7 +231,7 @@ class OpportunityActivities:
             if change.consent:
                 await judge(session, self.catalog, *consent_affects(opp.customer_id, change.consent.product.value))
             else:
-                await judge_locked(session, self.catalog, opp)
+                await judge_locked(session, self.catalog, opp.id, stale=opp.audit_stale)
 
     async def _void_at_provider(self, envelope_id: str) -> str:
         """Void a remote envelope at its provider; the status to record for it: `voided`,
@@ -492,7 +521,7 @@ class OpportunityActivities:
             )
             if rec.seq > max(recorded, default=0):
                 opp.owner_id = rec.to_owner_id
-                await judge_locked(session, self.catalog, opp)
+                await judge_locked(session, self.catalog, opp.id, stale=opp.audit_stale)
 
     def all(self) -> list:
         return [

@@ -83,18 +83,18 @@ async def judge(session: AsyncSession, catalog: ProcessCatalog, *where: Any) -> 
     return len(ids)
 
 
-async def judge_locked(session: AsyncSession, catalog: ProcessCatalog, opp: Opportunity) -> None:
-    """`judge` for one opportunity that this transaction has loaded and locked (read `FOR
-    UPDATE`, or inserted): a stage change, an owner change, an opening. The same verdicts
-    in fewer statements, on the path every command takes: no second lock, the findings
-    written only when they changed (most stage changes change none), and `audit_stale`
-    cleared in the row's own UPDATE."""
-    verdicts = await _verdicts(session, catalog, [opp.id])
-    kept = await session.execute(_KEPT, {"opportunity_id": opp.id})
+async def judge_locked(session: AsyncSession, catalog: ProcessCatalog, opportunity_id: str, *, stale: bool) -> None:
+    """`judge` for one opportunity whose row this transaction has locked (read `FOR
+    UPDATE`, or inserted) and written already: a stage change, an owner change, an
+    opening. The same verdicts in fewer statements, on the path every command takes: no
+    second lock, the findings written only when they changed (most stage changes change
+    none), and `audit_stale` cleared only when it is set (`stale`, as the caller read it)."""
+    verdicts = await _verdicts(session, catalog, [opportunity_id])
+    kept = await session.execute(_KEPT, {"opportunity_id": opportunity_id})
     if sorted(map(tuple, kept)) != sorted(tuple(v[c.key] for c in _FINDING_COLUMNS) for v in verdicts):
-        await _write_findings(session, [opp.id], verdicts)
-    if opp.audit_stale:
-        opp.audit_stale = False
+        await _write_findings(session, [opportunity_id], verdicts)
+    if stale:
+        await session.execute(_JUDGED, {"ids": [opportunity_id]})
 
 
 #: What a kept finding holds, in the order `judge_locked` compares them.

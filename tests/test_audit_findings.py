@@ -158,8 +158,9 @@ async def test_a_stage_change_writes_back_a_verdict_the_kept_findings_lost(
 ) -> None:
     """A stage change judges its opportunity again and writes its findings only when they
     differ from those kept (store/audit_findings.py `judge_locked`). Ann's mortgage, open
-    at Applied, was opened before her need: its kept finding is lost here by hand, the
-    lender's approval brings it back."""
+    at Applied, was opened before her need: its kept finding is lost here by hand and the
+    mortgage marked stale (as bulk SQL would leave it); the lender's approval brings the
+    finding back and clears the mark."""
     source = unique("crm")
     body: dict[str, Any] = book(source)
     body["needs"][0]["recorded_at"] = t(3)
@@ -177,9 +178,10 @@ async def test_a_stage_change_writes_back_a_verdict_the_kept_findings_lost(
     assert kept() == [expected]
     with db.begin() as conn:
         conn.execute(AuditFinding.__table__.delete().where(AuditFinding.opportunity_id == mortgage))
-    assert kept() == []
+        conn.execute(update(Opportunity).where(Opportunity.id == mortgage).values(audit_stale=True))
+    assert kept() == [] and stale(db, source) == 1
 
     r = await api.event("mortgage.application_approved", mortgage, {"approval_id": unique("APR")})
     assert r.status_code == 202 and r.json()["opportunity"]["stage"] == "approved", r.text
-    assert kept() == [expected]
+    assert kept() == [expected] and stale(db, source) == 0
     await assert_kept_is_what_judging_now_says(api, db, settings, source, owner_id=dan)
