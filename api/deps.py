@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from typing import Annotated
 
 from fastapi import Depends, Header, Request
-from sqlalchemy import select
+from sqlalchemy import bindparam, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from temporalio.client import Client
 
@@ -48,11 +48,19 @@ def get_services(request: Request) -> Services:
 ServicesDep = Annotated[Services, Depends(get_services)]
 
 
+#: The key lookup of every request, built once and read as a plain row (store/audit.py
+#: `_BY_IDS` says why statements are built once). Never cached across requests: a revoked
+#: key answers 401 from the moment it is revoked (spec/API.md), on every API process.
+_LIVE_KEY = select(ApiKey.id, ApiKey.name, ApiKey.scopes, ApiKey.employee_id).where(
+    ApiKey.key_sha256 == bindparam("key_sha256"), ApiKey.revoked_at.is_(None)
+)
+
+
 async def principal_for(svc: Services, key_sha256: str) -> Principal | None:
     """The live (unrevoked) key with this SHA-256, or None: the one key lookup, used for
     every request — by `require` (Authorization header) and by the dashboard's session."""
     async with svc.sessions() as session:
-        row = await session.scalar(select(ApiKey).where(ApiKey.key_sha256 == key_sha256, ApiKey.revoked_at.is_(None)))
+        row = (await session.execute(_LIVE_KEY, {"key_sha256": key_sha256})).one_or_none()
     if row is None:
         return None
     return Principal(id=row.id, name=row.name, scopes=frozenset(row.scopes), employee_id=row.employee_id)

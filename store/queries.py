@@ -7,9 +7,9 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Select, case, func, select, tuple_
+from sqlalchemy import Select, and_, case, func, select, tuple_
 from sqlalchemy.ext.asyncio import AsyncSession
-from sqlalchemy.orm import defer
+from sqlalchemy.orm import aliased, defer
 
 from domain.routing import place_key
 from domain.scoring import priority, referrer_score
@@ -48,31 +48,50 @@ class OpportunityRecord:
     signature: SignatureRequest | None = None
 
 
-async def opportunity_records(session: AsyncSession, opportunities: list[Opportunity]) -> list[OpportunityRecord]:
-    ids = [o.id for o in opportunities]
-    if not ids:
+#: An opportunity's latest signature request (the highest request number), for the outer
+#: join of `opportunity_records`.
+_LatestSignature = aliased(SignatureRequest)
+_LATEST_REQUEST_NO = (
+    select(func.max(SignatureRequest.request_no))
+    .where(SignatureRequest.opportunity_id == Opportunity.id)
+    .correlate(Opportunity)
+    .scalar_subquery()
+)
+
+
+async def opportunity_records(session: AsyncSession, *where: Any) -> list[OpportunityRecord]:
+    """The opportunities matching `where` (conditions on `Opportunity`), in opened_at
+    order, each with its checkpoints and its latest signature request: two queries."""
+    rows = (
+        await session.execute(
+            select(Opportunity, _LatestSignature)
+            .outerjoin(
+                _LatestSignature,
+                and_(
+                    _LatestSignature.opportunity_id == Opportunity.id,
+                    _LatestSignature.request_no == _LATEST_REQUEST_NO,
+                ),
+            )
+            .options(defer(_LatestSignature.document_html, raiseload=True))  # the document: the signing page's alone
+            .where(*where)
+            .order_by(Opportunity.opened_at, Opportunity.id)
+        )
+    ).all()
+    if not rows:
         return []
     checkpoints: dict[str, list[Checkpoint]] = defaultdict(list)
     for cp in await session.scalars(
-        select(Checkpoint).where(Checkpoint.opportunity_id.in_(ids)).order_by(Checkpoint.opportunity_id, Checkpoint.seq)
+        select(Checkpoint)
+        .where(Checkpoint.opportunity_id.in_([o.id for o, _ in rows]))
+        .order_by(Checkpoint.opportunity_id, Checkpoint.seq)
     ):
         checkpoints[cp.opportunity_id].append(cp)
-    signatures: dict[str, SignatureRequest] = {}
-    for sig in await session.scalars(
-        select(SignatureRequest)
-        .options(defer(SignatureRequest.document_html, raiseload=True))  # the document: the signing page's alone
-        .where(SignatureRequest.opportunity_id.in_(ids))
-        .order_by(SignatureRequest.request_no)
-    ):
-        signatures[sig.opportunity_id] = sig  # the latest request wins
-    return [OpportunityRecord(o, checkpoints[o.id], signatures.get(o.id)) for o in opportunities]
+    return [OpportunityRecord(o, checkpoints[o.id], sig) for o, sig in rows]
 
 
 async def opportunity_record(session: AsyncSession, opportunity_id: str) -> OpportunityRecord | None:
-    opp = await session.get(Opportunity, opportunity_id)
-    if opp is None:
-        return None
-    return (await opportunity_records(session, [opp]))[0]
+    found = await opportunity_records(session, Opportunity.id == opportunity_id)
+    return found[0] if found else None
 
 
 #: A referrer is its type and id together: a partner's id may look like an employee's.
@@ -173,11 +192,6 @@ async def customer_journey(session: AsyncSession, customer_id: str) -> Journey |
             select(Interaction).where(Interaction.customer_id == customer_id).order_by(Interaction.occurred_at)
         )
     )
-    opportunities = list(
-        await session.scalars(
-            select(Opportunity).where(Opportunity.customer_id == customer_id).order_by(Opportunity.opened_at)
-        )
-    )
     consents = list(
         await session.scalars(select(Consent).where(Consent.customer_id == customer_id).order_by(Consent.granted_at))
     )
@@ -185,5 +199,10 @@ async def customer_journey(session: AsyncSession, customer_id: str) -> Journey |
         await session.scalars(select(Referral).where(Referral.customer_id == customer_id).order_by(Referral.created_at))
     )
     return Journey(
-        customer, needs, interactions, await opportunity_records(session, opportunities), consents, referrals
+        customer,
+        needs,
+        interactions,
+        await opportunity_records(session, Opportunity.customer_id == customer_id),
+        consents,
+        referrals,
     )
