@@ -83,6 +83,11 @@ _ENTERED = (
 #: The status of a remote envelope's marker row while the provider is being called.
 SENDING = "sending"
 
+#: How long after a remote request is sent the watcher's looks also void stray envelopes
+#: sent for it (`check_signature`): far longer than an attempt that timed out can run on
+#: (its provider calls each have a timeout), short enough to spare the provider's quota.
+STRAYS_SWEPT_FOR = timedelta(hours=1)
+
 
 def _link_mail(customer_name: str, owner_name: str, opportunity_id: str, link: str, expires_at: datetime) -> str:
     return (
@@ -265,7 +270,7 @@ class OpportunityActivities:
         """
         sent, settle = await self._request_signature(req)
         if settle:  # a retry, or two attempts met: no envelope but the recorded one stays open
-            await self._void_others(req, sent.envelope_id)
+            await self._void_others(req.opportunity_id, req.request_no, sent.envelope_id)
         return sent
 
     async def _request_signature(self, req: records.SignatureRequestInput) -> tuple[records.SignatureSent, bool]:
@@ -392,15 +397,16 @@ class OpportunityActivities:
     def _is_remote(self, row: SignatureRequest) -> bool:
         return self.esign.remote and row.provider == self.esign.name and row.status != "undeliverable"
 
-    async def _void_others(self, req: records.SignatureRequestInput, keep: str) -> None:
+    async def _void_others(self, opportunity_id: str, request_no: int, keep: str) -> None:
         """Void at the provider every envelope sent for this request but `keep`, the
         recorded one: the customer must not be able to sign twice, and the workflow listens
         to the recorded envelope alone. Run after the request is recorded, by any attempt
         that may have met another (a retry, or one that found another's envelope recorded),
         so a void that failed, or a worker that died before it, is made good by the retry:
         a failure here fails the attempt, and the next one runs this again (a void is
-        harmless on an envelope already voided)."""
-        for envelope in await self.esign.envelopes(req.opportunity_id, req.request_no):
+        harmless on an envelope already voided). An attempt that timed out is retried by
+        no one: its envelopes are left to the watcher's looks (`check_signature`)."""
+        for envelope in await self.esign.envelopes(opportunity_id, request_no):
             if envelope.envelope_id == keep:
                 continue
             state = await self.esign.void(envelope.envelope_id, "sent twice: another envelope for this request stands")
@@ -410,8 +416,8 @@ class OpportunityActivities:
                 log.warning(
                     "envelope %s of %s #%s was signed, but %s is the one recorded",
                     envelope.envelope_id,
-                    req.opportunity_id,
-                    req.request_no,
+                    opportunity_id,
+                    request_no,
                     keep,
                 )
 
@@ -443,7 +449,18 @@ class OpportunityActivities:
         and the certificate of completion, keep them in the store (once per envelope and
         kind), and answer the consent's evidence (their SHA-256s and the signer) — the
         signature is confirmed with the provider's envelope API, whatever a webhook said.
-        Declined, voided or expired: the outcome with its reason. Still open: nothing."""
+        Declined, voided or expired: the outcome with its reason. Still open: nothing.
+
+        While the request is young (STRAYS_SWEPT_FOR), first void any other envelope sent
+        for it: an attempt that timed out and ran on can send one after the attempt that
+        stands has cleaned up, and if its own clean-up then fails, Temporal retries it
+        never (it dropped that attempt), so the customer could sign an envelope the bank
+        does not listen to. Only while young: such an attempt ends within its provider
+        calls' timeouts, and each sweep costs a call against the provider's hourly quota."""
+        async with self.sessions() as session:
+            row = await session.get(SignatureRequest, req.envelope_id)
+        if row is not None and datetime.now(UTC) - row.created_at < STRAYS_SWEPT_FOR:
+            await self._void_others(row.opportunity_id, row.request_no, req.envelope_id)
         state = await self.esign.status(req.envelope_id)
         if not state.terminal:
             return records.SignatureLook()

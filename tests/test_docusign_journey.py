@@ -696,6 +696,49 @@ async def test_a_void_that_failed_is_made_good_by_the_next_attempt(
         await engine.dispose()
 
 
+async def test_a_stray_envelope_no_attempt_cleans_up_is_voided_by_the_watchers_look(
+    api: Api, fake: DocuSignFake, rsa_key: tuple[Path, bytes], database_url: str
+) -> None:
+    """As above, but as it happens under Temporal: the slow attempt had timed out, so it is
+    retried by no one, and the attempt that stands has returned. Its extra envelope stays
+    open until the workflow's next look at the recorded envelope voids it."""
+    opp, ask = await _ready_to_sign(api, "APP-10")
+    provider = DocuSignProvider(fake.settings(rsa_key[0]), webhook_url=WEBHOOK)
+    slow = SlowSendThenOutage(provider, fake)
+    engine = make_async_engine(database_url)
+    sessions = make_session_factory(engine)
+
+    def live() -> list[str]:
+        return [
+            e
+            for e, env in list(fake.envelopes.items())
+            if env.field("opportunity_id") == opp["id"] and env.voided_reason is None
+        ]
+
+    try:
+        timed_out = asyncio.create_task(
+            OpportunityActivities(sessions, slow, Mailer(), CATALOG, poll_seconds=NO_POLL).request_signature(ask)
+        )
+        await within(slow.sending.wait(), "the first attempt to start sending")
+        acts = OpportunityActivities(sessions, provider, Mailer(), CATALOG, poll_seconds=NO_POLL)
+        stands = await within(acts.request_signature(ask), "the retry")
+        slow.go.set()
+        with pytest.raises(DocuSignError):
+            await within(timed_out, "the attempt that timed out")
+        [stray] = [e for e in live() if e != stands.envelope_id]
+
+        look = await within(
+            acts.check_signature(records.SignatureCheck(opportunity_id=opp["id"], envelope_id=stands.envelope_id)),
+            "the watcher's look",
+        )
+        assert look.outcome is None  # the recorded envelope is still out for signature
+        assert live() == [stands.envelope_id]
+        assert fake.envelope(stray).voided_reason == "sent twice: another envelope for this request stands"
+    finally:
+        provider.close()
+        await engine.dispose()
+
+
 # ---------------------------------------------------------------- 8. closed lost
 
 
