@@ -153,6 +153,21 @@ async def _claim(session: AsyncSession, candidate: Candidate, at: datetime) -> b
     return bool(result.rowcount)
 
 
+#: The workload rows a re-routing writes, the new assignee's (its claim, counted up) and
+#: the one it leaves (counted down, `_assign`), locked first and in employee-id order.
+#: Claimed first, then left, two re-routings crosswise at once (Bob's referral to Ann while
+#: Ann's goes to Bob) took the two rows in opposite orders, and PostgreSQL failed one of
+#: them as a deadlock. A second pick, after a claim found its pick full, can still lock
+#: out of order: that takes a concurrent routing filling the first pick as well. (SQLite
+#: has one writer at a time and reads this as a plain SELECT.)
+_LOCK_WORKLOADS = (
+    select(EmployeeWorkload.employee_id)
+    .where(EmployeeWorkload.employee_id.in_(bindparam("ids", expanding=True)))
+    .order_by(EmployeeWorkload.employee_id)
+    .with_for_update()
+)
+
+
 def _with_load(c: Candidate, open_load: int, last_assigned_at: datetime | None) -> Candidate:
     mine = copy.copy(c)
     mine.open_load, mine.last_assigned_at = open_load, last_assigned_at
@@ -356,6 +371,8 @@ class ReferralActivities:
             if chosen is None or chosen.employee_id == counted:  # nobody, or (never: excluded) the same
                 claimed = False
                 break
+            if counted is not None:  # a re-routing writes two workload rows: lock them in id order
+                await session.execute(_LOCK_WORKLOADS, {"ids": sorted({counted, chosen.employee_id})})
             if claimed := await _claim(session, chosen, req.at):
                 break
             excluded |= {chosen.employee_id}  # filled by a concurrent routing meanwhile

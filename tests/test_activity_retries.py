@@ -4,6 +4,7 @@ leaves the store as one run would (the second answers what the first recorded)."
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
@@ -13,9 +14,10 @@ from typing import Any
 
 import pytest
 import pytest_asyncio
-from sqlalchemy import Engine
+from sqlalchemy import Engine, make_url
 from temporalio.client import Client
 
+from activities import referral as referral_activities
 from activities.errors import Overtaken
 from activities.mail import Mailer
 from activities.opportunity import OpportunityActivities
@@ -156,6 +158,57 @@ async def test_open_route_decide_and_notify_twice_write_once(acts: ReferralActiv
     await acts.notify(notice)
     assert count(db, Notification, Notification.id.like(f"referral:{rid}:assigned:4:%")) == 1
     assert count(db, Notification, Notification.id.like(f"referral:{rid}:assigned:%")) == 2
+
+
+async def test_two_referrals_rerouted_crosswise_at_once_never_deadlock(
+    acts: ReferralActivities, api: Api, db: Engine, database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Bob rejects his referral while Ann rejects hers, at the same moment: each is re-routed
+    to the other. Each re-routing locks two workload rows, the new assignee's (its claim)
+    and the rejecter's (its count going down); taken in opposite orders, PostgreSQL found a
+    deadlock and failed one of them (the activity's retry then absorbed it, a second
+    late). Both are held here just after their claims, so that they meet."""
+    if make_url(database_url).get_backend_name() != "postgresql":
+        pytest.skip("SQLite has one writer at a time: two transactions never hold row locks at once")
+    state = f"S-{uuid.uuid4().hex[:6]}"
+    bob = await api.employee(name="Bob", email=f"bob.{state}@bank.example", states=[state])
+    bobs = _open(bob["id"], state)
+    assert (await acts.open_referral(bobs)).routed.decision.assignee_id == bob["id"]
+    ann = await api.employee(name="Ann", email=f"ann.{state}@bank.example", states=[state])
+    anns = _open(ann["id"], state)
+    assert (await acts.open_referral(anns)).routed.decision.assignee_id == ann["id"]  # the less loaded
+
+    def rejected(rec: records.OpenReferral, by: str) -> records.RouteReferral:
+        now = datetime.now(UTC)
+        return records.RouteReferral(
+            referral_id=rec.input.referral_id,
+            preceding=HistoryEntry(seq=3, status="rejected", at=now, actor=by, note="busy"),
+            rules=rec.route.rules,
+            facts=rec.route.facts,
+            exclude=[by],
+            seq=4,
+            at=now,
+            actor=by,
+            accept_deadline=now + timedelta(minutes=1),
+        )
+
+    claim = referral_activities._claim
+    both_claimed = asyncio.Barrier(2)
+
+    async def claim_then_wait(*args: Any) -> bool:
+        claimed = await claim(*args)
+        with contextlib.suppress(TimeoutError):  # a routing that waits on a lock never comes
+            async with asyncio.timeout(3):
+                await both_claimed.wait()
+        return claimed
+
+    monkeypatch.setattr(referral_activities, "_claim", claim_then_wait)
+    to_ann, to_bob = await within(
+        asyncio.gather(acts.route_referral(rejected(bobs, bob["id"])), acts.route_referral(rejected(anns, ann["id"]))),
+        "both re-routings",
+    )
+    assert (to_ann.decision.assignee_id, to_bob.decision.assignee_id) == (ann["id"], bob["id"])
+    assert [_load(db, bob["id"]), _load(db, ann["id"])] == [1, 1]
 
 
 async def test_an_opening_that_failed_half_way_is_done_once_by_its_retry(
