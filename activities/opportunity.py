@@ -35,6 +35,7 @@ from store.models import (
     ProcessedEvent,
     SignatureRequest,
     SignedDocument,
+    UTCDateTime,
 )
 
 log = logging.getLogger("needflow.signatures")
@@ -59,8 +60,11 @@ async def _add_checkpoint(session: AsyncSession, opportunity_id: str, cp: Checkp
 #: The stage change's read and write of its opportunity's row, built once (store/audit.py
 #: `_BY_IDS` says why): the row locked, with what the change and its judging read of it,
 #: then its stage and status. Plain rows, not the ORM's objects: no identity map to keep
-#: and no flush to plan, on the path of every command. The UPDATE has the row it set
-#: returned ("fetch") so that an `Opportunity` object a caller holds stays true.
+#: and no flush to plan, on the path of every command. The UPDATE leaves the session's
+#: objects alone (`synchronize_session=False`: the ORM would evaluate its parameters as
+#: None), so its transaction must hold no `Opportunity` object: `_record_stage_change`
+#: holds none. `to_closed_at` carries the column's type: inside COALESCE it would
+#: otherwise reach SQLite without UTCDateTime's conversion to naive UTC.
 _LOCKED = (
     select(Opportunity.id, Opportunity.customer_id, Opportunity.last_seq, Opportunity.audit_stale)
     .where(Opportunity.id == bindparam("opportunity_id"))
@@ -75,17 +79,18 @@ _ENTERED = (
         probability=bindparam("to_probability"),
         status=bindparam("to_status"),
         lost_reason=bindparam("to_lost_reason"),
-        closed_at=func.coalesce(bindparam("to_closed_at"), Opportunity.closed_at),
+        closed_at=func.coalesce(bindparam("to_closed_at", type_=UTCDateTime), Opportunity.closed_at),
     )
-    .execution_options(synchronize_session="fetch")
+    .execution_options(synchronize_session=False)
 )
 
 #: The status of a remote envelope's marker row while the provider is being called.
 SENDING = "sending"
 
-#: How long after a remote request is sent the watcher's looks also void stray envelopes
-#: sent for it (`check_signature`): far longer than an attempt that timed out can run on
-#: (its provider calls each have a timeout), short enough to spare the provider's quota.
+#: How long after the workflow had a remote envelope recorded its watcher's looks also
+#: void stray envelopes sent for the same request (`check_signature`): far longer than an
+#: attempt that timed out can run on past that (its provider calls each have a timeout),
+#: short enough to spare the provider's quota.
 STRAYS_SWEPT_FOR = timedelta(hours=1)
 
 
@@ -451,16 +456,26 @@ class OpportunityActivities:
         signature is confirmed with the provider's envelope API, whatever a webhook said.
         Declined, voided or expired: the outcome with its reason. Still open: nothing.
 
-        While the request is young (STRAYS_SWEPT_FOR), first void any other envelope sent
-        for it: an attempt that timed out and ran on can send one after the attempt that
-        stands has cleaned up, and if its own clean-up then fails, Temporal retries it
-        never (it dropped that attempt), so the customer could sign an envelope the bank
-        does not listen to. Only while young: such an attempt ends within its provider
-        calls' timeouts, and each sweep costs a call against the provider's hourly quota."""
+        While the request is young (STRAYS_SWEPT_FOR since the workflow had the envelope
+        recorded), first void any other envelope sent for it: an attempt that timed out and
+        ran on can send one after the attempt that stands has cleaned up, and if its own
+        clean-up then fails, Temporal retries it never (it dropped that attempt), so the
+        customer could sign an envelope the bank does not listen to. Only while young: such
+        an attempt ends within its provider calls' timeouts, and each sweep costs a call
+        against the provider's hourly quota. The sweep is best effort: when it fails, the
+        look goes on (a signature is not taken late for it) and the next look sweeps."""
         async with self.sessions() as session:
             row = await session.get(SignatureRequest, req.envelope_id)
-        if row is not None and datetime.now(UTC) - row.created_at < STRAYS_SWEPT_FOR:
-            await self._void_others(row.opportunity_id, row.request_no, req.envelope_id)
+        if row is not None and datetime.now(UTC) - (req.sent_at or row.created_at) < STRAYS_SWEPT_FOR:
+            try:
+                await self._void_others(row.opportunity_id, row.request_no, req.envelope_id)
+            except Exception as exc:  # noqa: BLE001 (any provider's failure: the look matters more; the next sweeps again)
+                log.warning(
+                    "stray envelopes of %s #%s not swept this time: %s",
+                    row.opportunity_id,
+                    row.request_no,
+                    type(exc).__name__,
+                )
         state = await self.esign.status(req.envelope_id)
         if not state.terminal:
             return records.SignatureLook()

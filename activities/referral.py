@@ -131,10 +131,13 @@ async def _assign(
         row.assigned_at = at
     stamp = at if newly_assigned else None
     if before != after:
-        if before is not None:
-            await _bump(session, before, -1, None)
+        # In employee-id order, as `_route` locks them (`_LOCK_WORKLOADS`): a reassignment
+        # beside a re-routing between the same two employees must not take them crosswise.
+        bumps = [(before, -1, None)] if before is not None else []
         if after is not None and not claimed:
-            await _bump(session, after, +1, stamp)
+            bumps.append((after, +1, stamp))
+        for whose, delta, stamped in sorted(bumps, key=lambda b: b[0]):
+            await _bump(session, whose, delta, stamped)
     elif stamp is not None and assignee_id is not None:
         await _bump(session, assignee_id, 0, stamp)
 
@@ -154,7 +157,8 @@ async def _claim(session: AsyncSession, candidate: Candidate, at: datetime) -> b
 
 
 #: The workload rows a re-routing writes, the new assignee's (its claim, counted up) and
-#: the one it leaves (counted down, `_assign`), locked first and in employee-id order.
+#: the one it leaves (counted down, `_assign`), locked first and in employee-id order, the
+#: order in which `_assign` writes both for a reassignment.
 #: Claimed first, then left, two re-routings crosswise at once (Bob's referral to Ann while
 #: Ann's goes to Bob) took the two rows in opposite orders, and PostgreSQL failed one of
 #: them as a deadlock. A second pick, after a claim found its pick full, can still lock

@@ -115,6 +115,10 @@ class SignatureCheck(BaseModel):
 
     opportunity_id: str
     envelope_id: str
+    #: When the workflow had the envelope recorded (workflow time): how young the request
+    #: is, for the sweep of stray envelopes. None from a run's look before this field: the
+    #: request's creation is taken instead.
+    sent_at: datetime | None = None
 
 
 class SignatureLook(BaseModel):

@@ -7,14 +7,14 @@ import asyncio
 import contextlib
 import uuid
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
 import pytest
 import pytest_asyncio
-from sqlalchemy import Engine, make_url
+from sqlalchemy import Engine, make_url, select
 from temporalio.client import Client
 
 from activities import referral as referral_activities
@@ -33,7 +33,7 @@ from domain.ids import (
 from domain.invariants import InvariantBroken
 from domain.opportunity import CheckpointView, OpportunityInput
 from domain.process import load_catalog
-from domain.referral import HistoryEntry, Prospect, ReferralInput, ReferralSla, Referrer
+from domain.referral import HistoryEntry, Prospect, ReferralInput, ReferralSla, Referrer, Routed
 from domain.routing import load_routing_rules
 from domain.types import ConsentChannel, Product, Trigger
 from esign.local import LocalSigningProvider
@@ -193,13 +193,19 @@ async def test_two_referrals_rerouted_crosswise_at_once_never_deadlock(
         )
 
     claim = referral_activities._claim
-    both_claimed = asyncio.Barrier(2)
+    claimed_so_far = 0
+    both_claimed = asyncio.Event()
 
     async def claim_then_wait(*args: Any) -> bool:
+        nonlocal claimed_so_far
         claimed = await claim(*args)
+        claimed_so_far += 1
+        if claimed_so_far == 2:
+            both_claimed.set()
         with contextlib.suppress(TimeoutError):  # a routing that waits on a lock never comes
             async with asyncio.timeout(3):
                 await both_claimed.wait()
+        both_claimed.set()  # the one that gave up waiting lets the other through at once
         return claimed
 
     monkeypatch.setattr(referral_activities, "_claim", claim_then_wait)
@@ -209,6 +215,62 @@ async def test_two_referrals_rerouted_crosswise_at_once_never_deadlock(
     )
     assert (to_ann.decision.assignee_id, to_bob.decision.assignee_id) == (ann["id"], bob["id"])
     assert [_load(db, bob["id"]), _load(db, ann["id"])] == [1, 1]
+
+
+async def test_a_reassignment_beside_a_rerouting_between_the_same_two_never_deadlocks(
+    acts: ReferralActivities, api: Api, db: Engine, database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A manager hands one referral from Zoe to Amy while Amy's rejected referral is
+    re-routed to Zoe. The re-routing locks the two workload rows in id order (Amy's
+    first); the reassignment wrote Zoe's count down, then Amy's up: crosswise. It is held
+    a moment after its first write, so that the re-routing meets it."""
+    if make_url(database_url).get_backend_name() != "postgresql":
+        pytest.skip("SQLite has one writer at a time: two transactions never hold row locks at once")
+    state = f"S-{uuid.uuid4().hex[:6]}"
+    one = await api.employee(name="One", email=f"one.{state}@bank.example", states=[state])
+    two = await api.employee(name="Two", email=f"two.{state}@bank.example", states=[state])
+    amy, zoe = sorted([one["id"], two["id"]])  # Amy's id sorts first
+    zoes, amys = _open(zoe, state), _open(amy, state)
+    zoes.route.exclude, amys.route.exclude = [amy], [zoe]
+    assert (await acts.open_referral(zoes)).routed.decision.assignee_id == zoe
+    assert (await acts.open_referral(amys)).routed.decision.assignee_id == amy
+
+    now = datetime.now(UTC)
+    handed = records.ReferralChange(
+        referral_id=zoes.input.referral_id,
+        entry=HistoryEntry(seq=3, status="assigned", at=now, actor="manager", assignee_id=amy),
+        status="assigned",
+        assignee_id=amy,
+    )
+    rerouted = records.RouteReferral(
+        referral_id=amys.input.referral_id,
+        preceding=HistoryEntry(seq=3, status="rejected", at=now, actor=amy, note="busy"),
+        rules=amys.route.rules,
+        facts=amys.route.facts,
+        exclude=[amy],
+        seq=4,
+        at=now,
+        actor=amy,
+        accept_deadline=now + timedelta(minutes=1),
+    )
+    bump = referral_activities._bump
+    first_write = asyncio.Event()
+
+    async def bump_then_hold(session: Any, *args: Any) -> None:
+        await bump(session, *args)
+        if not first_write.is_set():  # the reassignment's first write: let the re-routing start
+            first_write.set()
+            await asyncio.sleep(1)
+
+    monkeypatch.setattr(referral_activities, "_bump", bump_then_hold)
+
+    async def reroute_once_it_wrote() -> Routed:
+        await first_write.wait()
+        return await acts.route_referral(rerouted)
+
+    _, to_zoe = await within(asyncio.gather(acts.record_change(handed), reroute_once_it_wrote()), "both")
+    assert to_zoe.decision.assignee_id == zoe
+    assert [_load(db, amy), _load(db, zoe)] == [1, 1]  # Zoe's handed on, Amy's re-routed to Zoe
 
 
 async def test_an_opening_that_failed_half_way_is_done_once_by_its_retry(
@@ -353,27 +415,36 @@ async def opp_acts(database_url: str) -> AsyncIterator[OpportunityActivities]:
     await engine.dispose()
 
 
-async def test_every_opportunity_activity_twice_writes_once(
-    opp_acts: OpportunityActivities, api: Api, db: Engine
-) -> None:
+async def _opening(api: Api) -> tuple[dict, dict, records.OpenOpportunity]:
+    """An owner, a customer, and the opening of a mortgage of hers (not recorded yet)."""
     owner = await api.employee(name="Olga", email=f"olga-{uuid.uuid4().hex[:6]}@bank.example")
     customer, need = await api.customer_with_need(owner["id"])
     oid = f"opp_retry_{uuid.uuid4().hex}"
-
-    opening = records.OpenOpportunity(
-        opportunity_id=oid,
-        workflow_id=f"opportunity-{oid}",
-        customer_id=customer["id"],
-        owner_id=owner["id"],
-        need_id=need["id"],
-        product=Product.mortgage,
-        process_version=1,
-        amount=Decimal("300000.00"),
-        referral_id=None,
-        campaign_id=None,
-        probability=10,
-        first_checkpoint=_checkpoint(1, "interested"),
+    return (
+        owner,
+        customer,
+        records.OpenOpportunity(
+            opportunity_id=oid,
+            workflow_id=f"opportunity-{oid}",
+            customer_id=customer["id"],
+            owner_id=owner["id"],
+            need_id=need["id"],
+            product=Product.mortgage,
+            process_version=1,
+            amount=Decimal("300000.00"),
+            referral_id=None,
+            campaign_id=None,
+            probability=10,
+            first_checkpoint=_checkpoint(1, "interested"),
+        ),
     )
+
+
+async def test_every_opportunity_activity_twice_writes_once(
+    opp_acts: OpportunityActivities, api: Api, db: Engine
+) -> None:
+    owner, customer, opening = await _opening(api)
+    oid = opening.opportunity_id
     # Twice at once (an attempt that timed out and runs on, beside its retry), then again.
     await asyncio.gather(opp_acts.open_opportunity(opening), opp_acts.open_opportunity(opening))
     await opp_acts.open_opportunity(opening)
@@ -435,6 +506,36 @@ async def test_every_opportunity_activity_twice_writes_once(
     assert _checkpoints(db, oid) == ["interested", "searching", "applied"]
     assert count(db, SignatureRequest, SignatureRequest.opportunity_id == oid) == 2
     assert count(db, Notification, Notification.id.like(f"signature-link-{again.envelope_id}%")) == 1
+
+
+async def test_a_close_keeps_the_instant_it_was_entered_as_closed_at(
+    opp_acts: OpportunityActivities, api: Api, db: Engine
+) -> None:
+    """closed_at is the closing checkpoint's instant, however its offset is written: the
+    reports bucket wins and losses by it (store/scorecards.py, by month)."""
+    _, _, opening = await _opening(api)
+    await opp_acts.open_opportunity(opening)
+    at_noon_in_kyiv = _NOW.astimezone(timezone(timedelta(hours=2)))  # 12:00+02:00, the same instant
+    closing = CheckpointView(
+        seq=2, stage="closed_lost", entered_at=at_noon_in_kyiv, trigger=Trigger.manual, actor="someone"
+    )
+    await opp_acts.record_stage_change(
+        records.StageChange(
+            opportunity_id=opening.opportunity_id,
+            checkpoint=closing,
+            probability=0,
+            status="lost",
+            lost_reason="chose another bank",
+        )
+    )
+    # Found by its instant, as the reports find it (SQLite compares the stored text).
+    in_that_hour = select(Opportunity.status, Opportunity.closed_at).where(
+        Opportunity.id == opening.opportunity_id,
+        Opportunity.closed_at >= _NOW,
+        Opportunity.closed_at < _NOW + timedelta(hours=1),
+    )
+    with db.connect() as c:
+        assert c.execute(in_that_hour).all() == [("lost", _NOW)]
 
 
 _NOW = datetime(2026, 11, 25, 10, 0, tzinfo=UTC)

@@ -19,6 +19,7 @@ import uuid
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +34,7 @@ from temporalio.client import Client, WorkflowHandle
 
 import worker as worker_module
 from activities.mail import Mailer
-from activities.opportunity import SENDING, OpportunityActivities
+from activities.opportunity import SENDING, STRAYS_SWEPT_FOR, OpportunityActivities
 from config import Settings
 from domain import records
 from domain.opportunity import OpportunityState
@@ -727,10 +728,20 @@ async def test_a_stray_envelope_no_attempt_cleans_up_is_voided_by_the_watchers_l
             await within(timed_out, "the attempt that timed out")
         [stray] = [e for e in live() if e != stands.envelope_id]
 
-        look = await within(
-            acts.check_signature(records.SignatureCheck(opportunity_id=opp["id"], envelope_id=stands.envelope_id)),
-            "the watcher's look",
-        )
+        def look_at(sent_at: datetime) -> Any:
+            check = records.SignatureCheck(opportunity_id=opp["id"], envelope_id=stands.envelope_id, sent_at=sent_at)
+            return within(acts.check_signature(check), "the watcher's look")
+
+        # A look more than an hour after the envelope was recorded spends no call on strays.
+        assert (await look_at(datetime.now(UTC) - STRAYS_SWEPT_FOR)).outcome is None
+        assert stray in live()
+        # DocuSign fails the sweep: the look still looks (a signature is never taken late
+        # for a sweep), and leaves the stray to the next.
+        fake.fail_next(503)
+        assert (await look_at(datetime.now(UTC))).outcome is None
+        assert stray in live()
+
+        look = await look_at(datetime.now(UTC))
         assert look.outcome is None  # the recorded envelope is still out for signature
         assert live() == [stands.envelope_id]
         assert fake.envelope(stray).voided_reason == "sent twice: another envelope for this request stands"

@@ -291,7 +291,11 @@ class OpportunityWorkflow(Repairable):
             try:
                 look: records.SignatureLook = await record(
                     records.CHECK_SIGNATURE,
-                    records.SignatureCheck(opportunity_id=self.state.opportunity_id, envelope_id=envelope_id),
+                    records.SignatureCheck(
+                        opportunity_id=self.state.opportunity_id,
+                        envelope_id=envelope_id,
+                        sent_at=self._signature_sent_at,
+                    ),
                     records.SignatureLook,
                 )
             except ActivityError:
