@@ -741,9 +741,19 @@ async def test_a_stray_envelope_no_attempt_cleans_up_is_voided_by_the_watchers_l
         assert (await look_at(datetime.now(UTC))).outcome is None
         assert stray in live()
 
+        # An envelope of another request of the same opportunity (a resend's) is not the
+        # sweep's: only this request's envelopes but the recorded one are voided.
+        resent = await provider.send(
+            opportunity_id=opp["id"],
+            request_no=ask.request_no + 1,
+            subject=ask.subject,
+            document_html="<p>By signing you confirm the documents.</p>",
+            signer_name="Ann Customer",
+            signer_email="ann@example.com",
+        )
         look = await look_at(datetime.now(UTC))
         assert look.outcome is None  # the recorded envelope is still out for signature
-        assert live() == [stands.envelope_id]
+        assert sorted(live()) == sorted([stands.envelope_id, resent.envelope_id])
         assert fake.envelope(stray).voided_reason == "sent twice: another envelope for this request stands"
     finally:
         provider.close()
