@@ -12,7 +12,7 @@ from __future__ import annotations
 import uuid
 from collections import Counter
 from dataclasses import replace
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, time, timedelta
 from typing import Any
 
 from sqlalchemy import Engine, insert, select, update
@@ -235,7 +235,12 @@ async def test_the_review_mails_each_manager_the_new_exceptions_of_their_team_on
     dan = await api.employee(name="Dan", email=f"dan.{tag}@bank.example", manager_id=kevin["id"])
     eve = await api.employee(name="Eve", email=f"eve.{tag}@bank.example", manager_id=kevin["id"])
     finn = await api.employee(name="Finn", email=f"finn.{tag}@bank.example", manager_id=mia["id"])
+    # The review's day is its `until`'s date, and the second run below comes 30 minutes on:
+    # in the last half hour of a UTC day the scenario moves back, so both runs share a day
+    # (run at 23:42 UTC, the second run's mail was the next day's, rightly sent).
     now = datetime.now(UTC)
+    midnight = datetime.combine(now.date() + timedelta(days=1), time.min, UTC)
+    now = min(now, midnight - timedelta(minutes=31))
     today, days_ago = now - timedelta(hours=2), now - timedelta(days=3)
 
     # Kevin's team: three exceptions arose today, one is three days old.
