@@ -8,16 +8,17 @@ by (opportunity, request number), an outbox message by its id, an owner change b
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import bindparam, func, select, update
+from sqlalchemy import Row, bindparam, func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from temporalio import activity
 
 from activities.mail import Mailer
 from domain import records
-from domain.invariants import InvariantBroken, required
+from domain.invariants import required
 from domain.opportunity import CheckpointView, SignatureOutcome
 from domain.process import ProcessCatalog
 from esign.documents import DocumentContext, render_document, sha256_hex
@@ -84,14 +85,28 @@ _ENTERED = (
     .execution_options(synchronize_session=False)
 )
 
+
+async def _lock_opportunity(session: AsyncSession, opportunity_id: str) -> Row:
+    """The opportunity's row, locked for this transaction (`_LOCKED`): the one way the
+    store writes lock it. Missing, it is a broken invariant: an earlier step of the same
+    workflow recorded it."""
+    return required(
+        (await session.execute(_LOCKED, {"opportunity_id": opportunity_id})).one_or_none(),
+        f"opportunity {opportunity_id}",
+    )
+
+
 #: The status of a remote envelope's marker row while the provider is being called.
 SENDING = "sending"
 
 #: How long after the workflow had a remote envelope recorded its watcher's looks also
 #: void stray envelopes sent for the same request (`check_signature`): far longer than an
 #: attempt that timed out can run on past that (its provider calls each have a timeout),
-#: short enough to spare the provider's quota.
+#: short enough to spare the provider's quota. Only requests sent by more than one attempt
+#: are swept (`SignatureSent.strays_possible`).
 STRAYS_SWEPT_FOR = timedelta(hours=1)
+#: The most a best-effort sweep may take of its activity's time (ACTIVITY_TIMEOUT, 30 s).
+SWEEP_BUDGET = timedelta(seconds=10)
 
 
 def _link_mail(customer_name: str, owner_name: str, opportunity_id: str, link: str, expires_at: datetime) -> str:
@@ -157,12 +172,11 @@ class OpportunityActivities:
                     opened_at=first.entered_at,
                     audit_stale=False,  # judged below, in this transaction
                 )
-            opp = (await session.execute(_LOCKED, {"opportunity_id": rec.opportunity_id})).one_or_none()
-            if opp is None:  # the insert met another key, or an import did not write its row
-                raise InvariantBroken(f"opportunity {rec.opportunity_id} is not recorded as opened")
+            # Missing here: the insert met another key, or an import did not write its row.
+            opp = await _lock_opportunity(session, rec.opportunity_id)
             if rec.imported is None:
                 await _add_checkpoint(session, rec.opportunity_id, first)
-            await judge_locked(session, self.catalog, opp.id, stale=opp.audit_stale)
+            await judge_locked(session, self.catalog, opp)
 
     @activity.defn(name=records.RECORD_STAGE_CHANGE)
     async def record_stage_change(self, change: records.StageChange) -> records.SignatureSent | None:
@@ -180,10 +194,7 @@ class OpportunityActivities:
         if change.void_envelope_id is not None:
             voided_as = await self._void_at_provider(change.void_envelope_id)
         async with self.sessions.begin() as session:
-            opp = required(
-                (await session.execute(_LOCKED, {"opportunity_id": change.opportunity_id})).one_or_none(),
-                f"opportunity {change.opportunity_id}",
-            )
+            opp = await _lock_opportunity(session, change.opportunity_id)
             cp = change.checkpoint
             await _add_checkpoint(session, opp.id, cp)
             if cp.seq > opp.last_seq:
@@ -241,16 +252,19 @@ class OpportunityActivities:
             if change.consent:
                 await judge(session, self.catalog, *consent_affects(opp.customer_id, change.consent.product.value))
             else:
-                await judge_locked(session, self.catalog, opp.id, stale=opp.audit_stale)
+                await judge_locked(session, self.catalog, opp)
 
     async def _void_at_provider(self, envelope_id: str) -> str:
-        """Void a remote envelope at its provider; the status to record for it: `voided`,
-        or what the provider says when the customer finished first (`completed`,
-        `declined`: the store keeps the truth, the opportunity stays closed)."""
+        """Void a remote envelope at its provider, and any stray envelope sent for the same
+        request (`_void_others`: nothing of a closed opportunity stays signable); the status
+        to record for it: `voided`, or what the provider says when the customer finished
+        first (`completed`, `declined`: the store keeps the truth, the opportunity stays
+        closed)."""
         async with self.sessions() as session:
             row = await session.get(SignatureRequest, envelope_id)
         if row is not None and row.status == "sent" and self.esign.remote and row.provider == self.esign.name:
             state = await self.esign.void(envelope_id, "the opportunity was closed")
+            await self._void_others(row.opportunity_id, row.request_no, envelope_id)
             return state.status.value
         return "voided"
 
@@ -275,8 +289,8 @@ class OpportunityActivities:
         """
         sent, settle = await self._request_signature(req)
         if settle:  # a retry, or two attempts met: no envelope but the recorded one stays open
-            await self._void_others(req.opportunity_id, req.request_no, sent.envelope_id)
-        return sent
+            await self._sweep(req.opportunity_id, req.request_no, sent.envelope_id)
+        return sent.model_copy(update={"strays_possible": settle})
 
     async def _request_signature(self, req: records.SignatureRequestInput) -> tuple[records.SignatureSent, bool]:
         """`request_signature`'s work, and whether other envelopes may exist at the provider
@@ -372,7 +386,7 @@ class OpportunityActivities:
         async with self.sessions.begin() as session:
             # One recorder at a time; an attempt that timed out and ran on may have
             # recorded its own envelope meanwhile: that one stands, ours is voided after.
-            await session.get(Opportunity, req.opportunity_id, with_for_update=True)
+            await _lock_opportunity(session, req.opportunity_id)
             recorded = await session.scalar(
                 select(SignatureRequest).where(
                     SignatureRequest.opportunity_id == req.opportunity_id,
@@ -402,15 +416,28 @@ class OpportunityActivities:
     def _is_remote(self, row: SignatureRequest) -> bool:
         return self.esign.remote and row.provider == self.esign.name and row.status != "undeliverable"
 
+    async def _sweep(self, opportunity_id: str, request_no: int, keep: str) -> None:
+        """`_void_others`, best effort and within SWEEP_BUDGET: what the activity is for
+        (the envelope recorded and answered, the look at it) must not wait on, or fail for,
+        a stray's clean-up. A sweep that failed or ran out of time is logged (ids only) and
+        left to the watcher's next look (`check_signature`), which sweeps this request
+        while it is young."""
+        try:
+            async with asyncio.timeout(SWEEP_BUDGET.total_seconds()):
+                await self._void_others(opportunity_id, request_no, keep)
+        except Exception as exc:  # noqa: BLE001 (any provider's failure or slowness: the next look sweeps again)
+            log.warning(
+                "stray envelopes of %s #%s not swept this time: %s", opportunity_id, request_no, type(exc).__name__
+            )
+
     async def _void_others(self, opportunity_id: str, request_no: int, keep: str) -> None:
         """Void at the provider every envelope sent for this request but `keep`, the
         recorded one: the customer must not be able to sign twice, and the workflow listens
         to the recorded envelope alone. Run after the request is recorded, by any attempt
         that may have met another (a retry, or one that found another's envelope recorded),
-        so a void that failed, or a worker that died before it, is made good by the retry:
-        a failure here fails the attempt, and the next one runs this again (a void is
-        harmless on an envelope already voided). An attempt that timed out is retried by
-        no one: its envelopes are left to the watcher's looks (`check_signature`)."""
+        by the watcher's looks while the request is young, and when the opportunity closes
+        (a void is harmless on an envelope already voided). The first two are best effort
+        (`_sweep`); a close fails, and is retried, until the provider has voided them."""
         for envelope in await self.esign.envelopes(opportunity_id, request_no):
             if envelope.envelope_id == keep:
                 continue
@@ -456,27 +483,21 @@ class OpportunityActivities:
         signature is confirmed with the provider's envelope API, whatever a webhook said.
         Declined, voided or expired: the outcome with its reason. Still open: nothing.
 
-        While the request is young (STRAYS_SWEPT_FOR since the workflow had the envelope
-        recorded), first void any other envelope sent for it: an attempt that timed out and
-        ran on can send one after the attempt that stands has cleaned up, and if its own
-        clean-up then fails, Temporal retries it never (it dropped that attempt), so the
-        customer could sign an envelope the bank does not listen to. Only while young: such
-        an attempt ends within its provider calls' timeouts, and each sweep costs a call
-        against the provider's hourly quota. The sweep is best effort: when it fails, the
-        look goes on (a signature is not taken late for it) and the next look sweeps."""
-        async with self.sessions() as session:
-            row = await session.get(SignatureRequest, req.envelope_id)
-        if row is not None and datetime.now(UTC) - (req.sent_at or row.created_at) < STRAYS_SWEPT_FOR:
-            try:
-                await self._void_others(row.opportunity_id, row.request_no, req.envelope_id)
-            except Exception as exc:  # noqa: BLE001 (any provider's failure: the look matters more; the next sweeps again)
-                log.warning(
-                    "stray envelopes of %s #%s not swept this time: %s",
-                    row.opportunity_id,
-                    row.request_no,
-                    type(exc).__name__,
-                )
+        Then, for a request sent by more than one attempt (`strays_possible`) and while it
+        is young (STRAYS_SWEPT_FOR since the workflow had the envelope recorded), void any
+        other envelope sent for it: an attempt that timed out and ran on can send one after
+        the attempt that stands has cleaned up, and if its own clean-up then fails, Temporal
+        retries it never (it dropped that attempt), so the customer could sign an envelope
+        the bank does not listen to. Only while young: such an attempt ends within its
+        provider calls' timeouts, and each sweep costs calls against the provider's hourly
+        quota. The sweep comes after the status and is best effort (`_sweep`): a signature
+        is never taken late for it, and the next look sweeps again."""
         state = await self.esign.status(req.envelope_id)
+        if req.strays_possible:
+            async with self.sessions() as session:
+                row = await session.get(SignatureRequest, req.envelope_id)
+            if row is not None and datetime.now(UTC) - (req.sent_at or row.created_at) < STRAYS_SWEPT_FOR:
+                await self._sweep(row.opportunity_id, row.request_no, req.envelope_id)
         if not state.terminal:
             return records.SignatureLook()
         at = state.completed_at or state.status_changed_at or datetime.now(UTC)
@@ -553,7 +574,7 @@ class OpportunityActivities:
             )
             if rec.seq > max(recorded, default=0):
                 opp.owner_id = rec.to_owner_id
-                await judge_locked(session, self.catalog, opp.id, stale=opp.audit_stale)
+                await judge_locked(session, self.catalog, opp)
 
     def all(self) -> list:
         return [

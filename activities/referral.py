@@ -131,13 +131,12 @@ async def _assign(
         row.assigned_at = at
     stamp = at if newly_assigned else None
     if before != after:
-        # In employee-id order, as `_route` locks them (`_LOCK_WORKLOADS`): a reassignment
-        # beside a re-routing between the same two employees must not take them crosswise.
-        bumps = [(before, -1, None)] if before is not None else []
+        if after is not None and not claimed:  # two rows: locked in id order first
+            await _lock_workloads(session, before, after)
+        if before is not None:
+            await _bump(session, before, -1, None)
         if after is not None and not claimed:
-            bumps.append((after, +1, stamp))
-        for whose, delta, stamped in sorted(bumps, key=lambda b: b[0]):
-            await _bump(session, whose, delta, stamped)
+            await _bump(session, after, +1, stamp)
     elif stamp is not None and assignee_id is not None:
         await _bump(session, assignee_id, 0, stamp)
 
@@ -156,20 +155,27 @@ async def _claim(session: AsyncSession, candidate: Candidate, at: datetime) -> b
     return bool(result.rowcount)
 
 
-#: The workload rows a re-routing writes, the new assignee's (its claim, counted up) and
-#: the one it leaves (counted down, `_assign`), locked first and in employee-id order, the
-#: order in which `_assign` writes both for a reassignment.
-#: Claimed first, then left, two re-routings crosswise at once (Bob's referral to Ann while
-#: Ann's goes to Bob) took the two rows in opposite orders, and PostgreSQL failed one of
-#: them as a deadlock. A second pick, after a claim found its pick full, can still lock
-#: out of order: that takes a concurrent routing filling the first pick as well. (SQLite
-#: has one writer at a time and reads this as a plain SELECT.)
+#: Workload rows a transaction writes two of, locked first and in employee-id order
+#: (`_lock_workloads`): a re-routing (the new assignee's claim, the count it leaves) and a
+#: reassignment (`_assign`). Taken claim first, two re-routings crosswise at once (Bob's
+#: referral to Ann while Ann's goes to Bob) took the rows in opposite orders, and
+#: PostgreSQL failed one of them as a deadlock. A second pick, after a claim found its pick
+#: full, can still lock out of order: that takes a concurrent routing filling the first
+#: pick as well. (SQLite has one writer at a time and reads this as a plain SELECT.)
 _LOCK_WORKLOADS = (
     select(EmployeeWorkload.employee_id)
     .where(EmployeeWorkload.employee_id.in_(bindparam("ids", expanding=True)))
     .order_by(EmployeeWorkload.employee_id)
     .with_for_update()
 )
+
+
+async def _lock_workloads(session: AsyncSession, *employee_ids: str | None) -> None:
+    """Lock these employees' workload rows in id order (`_LOCK_WORKLOADS`), before writing
+    two of them; nothing for fewer than two."""
+    ids = sorted({e for e in employee_ids if e is not None})
+    if len(ids) > 1:
+        await session.execute(_LOCK_WORKLOADS, {"ids": ids})
 
 
 def _with_load(c: Candidate, open_load: int, last_assigned_at: datetime | None) -> Candidate:
@@ -375,8 +381,7 @@ class ReferralActivities:
             if chosen is None or chosen.employee_id == counted:  # nobody, or (never: excluded) the same
                 claimed = False
                 break
-            if counted is not None:  # a re-routing writes two workload rows: lock them in id order
-                await session.execute(_LOCK_WORKLOADS, {"ids": sorted({counted, chosen.employee_id})})
+            await _lock_workloads(session, counted, chosen.employee_id)  # a re-routing writes both
             if claimed := await _claim(session, chosen, req.at):
                 break
             excluded |= {chosen.employee_id}  # filled by a concurrent routing meanwhile

@@ -107,6 +107,10 @@ class SignatureSent(BaseModel):
     #: Set for a remote provider (DocuSign): the workflow looks at the envelope this often
     #: until it is finished, and whenever a Connect message says it changed.
     poll_seconds: float | None = None
+    #: Other envelopes may exist for this request (it was sent by more than one attempt):
+    #: the watcher's looks sweep them (`SignatureCheck.strays_possible`). True when unknown
+    #: (an answer recorded before this field).
+    strays_possible: bool = True
 
 
 class SignatureCheck(BaseModel):
@@ -119,6 +123,9 @@ class SignatureCheck(BaseModel):
     #: is, for the sweep of stray envelopes. None from a run's look before this field: the
     #: request's creation is taken instead.
     sent_at: datetime | None = None
+    #: Whether the request may have stray envelopes to sweep (`SignatureSent`); True from a
+    #: run's look before this field.
+    strays_possible: bool = True
 
 
 class SignatureLook(BaseModel):

@@ -83,18 +83,19 @@ async def judge(session: AsyncSession, catalog: ProcessCatalog, *where: Any) -> 
     return len(ids)
 
 
-async def judge_locked(session: AsyncSession, catalog: ProcessCatalog, opportunity_id: str, *, stale: bool) -> None:
+async def judge_locked(session: AsyncSession, catalog: ProcessCatalog, opp: Any) -> None:
     """`judge` for one opportunity whose row this transaction has locked (read `FOR
     UPDATE`, or inserted) and written already: a stage change, an owner change, an
-    opening. The same verdicts in fewer statements, on the path every command takes: no
-    second lock, the findings written only when they changed (most stage changes change
-    none), and `audit_stale` cleared only when it is set (`stale`, as the caller read it)."""
-    verdicts = await _verdicts(session, catalog, [opportunity_id])
-    kept = await session.execute(_KEPT, {"opportunity_id": opportunity_id})
+    opening. `opp` is that row as the caller read it (an `Opportunity`, or a row with its
+    `id` and `audit_stale`). The same verdicts in fewer statements, on the path every
+    command takes: no second lock, the findings written only when they changed (most stage
+    changes change none), and `audit_stale` cleared only when it is set."""
+    verdicts = await _verdicts(session, catalog, [opp.id])
+    kept = await session.execute(_KEPT, {"opportunity_id": opp.id})
     if sorted(map(tuple, kept)) != sorted(tuple(v[c.key] for c in _FINDING_COLUMNS) for v in verdicts):
-        await _write_findings(session, [opportunity_id], verdicts)
-    if stale:
-        await session.execute(_JUDGED, {"ids": [opportunity_id]})
+        await _write_findings(session, [opp.id], verdicts)
+    if opp.audit_stale:
+        await session.execute(_JUDGED, {"ids": [opp.id]})
 
 
 #: What a kept finding holds, in the order `judge_locked` compares them.

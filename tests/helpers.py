@@ -217,8 +217,7 @@ class Inbox:
         test that checks what did NOT come, or exactly what did."""
 
         async def on_their_way() -> bool:
-            items = (await api.get(f"/v1/outbox?to={quote(address)}&limit=1000")).json()["items"]
-            return not [m for m in items if m["status"] in ("pending", "sending")]
+            return not [m for m in await api.outbox(address) if m["status"] in ("pending", "sending")]
 
         await until(on_their_way, f"the e-mails to {address} delivered")
         return self.to(address)
@@ -328,12 +327,15 @@ class Api:
         }
         return await self.post("/v1/events", body, expect=expect)
 
+    async def outbox(self, address: str) -> list[dict]:
+        """The e-mails recorded to `address`, newest first (`GET /v1/outbox`, as an admin)."""
+        return (await self.get(f"/v1/outbox?to={quote(address)}&limit=1000")).json()["items"]
+
     async def signing_link(self, opp: dict) -> str:
         """The link the customer's e-mail brought her for this opportunity's newest
         signature request (read from the outbox, as an admin: no API answer carries it)."""
         customer = (await self.get(f"/v1/customers/{opp['customer_id']}")).json()
-        mails = (await self.get(f"/v1/outbox?to={quote(customer['email'])}&limit=1000")).json()["items"]
-        for mail in mails:  # newest first
+        for mail in await self.outbox(customer["email"]):  # newest first
             if opp["id"] in mail["body"] and (found := SIGNING_LINK.search(mail["body"])):
                 return found.group(0)
         raise AssertionError(f"no signing link for {opp['id']} reached {customer['email']}")

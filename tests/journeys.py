@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 from typing import Any
-from urllib.parse import quote
 
 from temporalio.client import Client, ScheduleActionStartWorkflow
 
@@ -226,8 +225,8 @@ async def referral_escalated_closed(fast_api: Api) -> dict:
     await fast_api.post(f"/v1/referrals/{ref['id']}/accept", {"actor_id": bob["id"]}, expect=200)
 
     async def escalated() -> list:
-        outbox = (await fast_api.get(f"/v1/outbox?to={quote(people['kevin']['email'])}&limit=1000")).json()
-        return [m for m in outbox["items"] if "not followed up" in m["subject"] and ref["id"] in m["subject"]]
+        outbox = await fast_api.outbox(people["kevin"]["email"])
+        return [m for m in outbox if "not followed up" in m["subject"] and ref["id"] in m["subject"]]
 
     await until(escalated, "the escalation to the manager")
     body = {"actor_id": bob["id"], "reason": "the customer chose to wait a year"}

@@ -103,6 +103,23 @@ def _open(referrer_id: str, state: str) -> records.OpenReferral:
     )
 
 
+def _rejected(rec: records.OpenReferral, by: str) -> records.RouteReferral:
+    """The re-routing of `rec`'s referral after `by` rejected it (its entry 3, the new
+    routing entry 4), never back to `by`."""
+    now = datetime.now(UTC)
+    return records.RouteReferral(
+        referral_id=rec.input.referral_id,
+        preceding=HistoryEntry(seq=3, status="rejected", at=now, actor=by, note="busy"),
+        rules=rec.route.rules,
+        facts=rec.route.facts,
+        exclude=[by],
+        seq=4,
+        at=now,
+        actor=by,
+        accept_deadline=now + timedelta(minutes=1),
+    )
+
+
 async def test_open_route_decide_and_notify_twice_write_once(acts: ReferralActivities, api: Api, db: Engine) -> None:
     state = f"S-{uuid.uuid4().hex[:6]}"
     bob = await api.employee(name="Bob", email=f"bob.{state}@bank.example", states=[state])
@@ -118,18 +135,7 @@ async def test_open_route_decide_and_notify_twice_write_once(acts: ReferralActiv
 
     # A rejection and its re-routing, retried: Ann gets it once, Bob's load drops once.
     ann = await api.employee(name="Ann", email=f"ann.{state}@bank.example", states=[state])
-    now = datetime.now(UTC)
-    reroute = records.RouteReferral(
-        referral_id=rid,
-        preceding=HistoryEntry(seq=3, status="rejected", at=now, actor=bob["id"], note="busy"),
-        rules=rec.route.rules,
-        facts=rec.route.facts,
-        exclude=[bob["id"]],
-        seq=4,
-        at=now,
-        actor=bob["id"],
-        accept_deadline=now + timedelta(minutes=1),
-    )
+    reroute = _rejected(rec, bob["id"])
     first_route = await acts.route_referral(reroute)
     assert await acts.route_referral(reroute) == first_route
     assert first_route.decision.assignee_id == ann["id"]
@@ -178,20 +184,6 @@ async def test_two_referrals_rerouted_crosswise_at_once_never_deadlock(
     anns = _open(ann["id"], state)
     assert (await acts.open_referral(anns)).routed.decision.assignee_id == ann["id"]  # the less loaded
 
-    def rejected(rec: records.OpenReferral, by: str) -> records.RouteReferral:
-        now = datetime.now(UTC)
-        return records.RouteReferral(
-            referral_id=rec.input.referral_id,
-            preceding=HistoryEntry(seq=3, status="rejected", at=now, actor=by, note="busy"),
-            rules=rec.route.rules,
-            facts=rec.route.facts,
-            exclude=[by],
-            seq=4,
-            at=now,
-            actor=by,
-            accept_deadline=now + timedelta(minutes=1),
-        )
-
     claim = referral_activities._claim
     claimed_so_far = 0
     both_claimed = asyncio.Event()
@@ -210,7 +202,9 @@ async def test_two_referrals_rerouted_crosswise_at_once_never_deadlock(
 
     monkeypatch.setattr(referral_activities, "_claim", claim_then_wait)
     to_ann, to_bob = await within(
-        asyncio.gather(acts.route_referral(rejected(bobs, bob["id"])), acts.route_referral(rejected(anns, ann["id"]))),
+        asyncio.gather(
+            acts.route_referral(_rejected(bobs, bob["id"])), acts.route_referral(_rejected(anns, ann["id"]))
+        ),
         "both re-routings",
     )
     assert (to_ann.decision.assignee_id, to_bob.decision.assignee_id) == (ann["id"], bob["id"])
@@ -242,17 +236,7 @@ async def test_a_reassignment_beside_a_rerouting_between_the_same_two_never_dead
         status="assigned",
         assignee_id=amy,
     )
-    rerouted = records.RouteReferral(
-        referral_id=amys.input.referral_id,
-        preceding=HistoryEntry(seq=3, status="rejected", at=now, actor=amy, note="busy"),
-        rules=amys.route.rules,
-        facts=amys.route.facts,
-        exclude=[amy],
-        seq=4,
-        at=now,
-        actor=amy,
-        accept_deadline=now + timedelta(minutes=1),
-    )
+    rerouted = _rejected(amys, amy)
     bump = referral_activities._bump
     first_write = asyncio.Event()
 

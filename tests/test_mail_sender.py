@@ -203,7 +203,7 @@ class MailStack:
     settings: Settings
 
     async def outbox(self, address: str) -> list[dict]:
-        return (await self.api.get(f"/v1/outbox?to={quote(address)}&limit=1000")).json()["items"]
+        return await self.api.outbox(address)
 
     async def message(self, address: str, status: str | None = None) -> dict:
         """The one message to `address`, once it has `status` (any, when None)."""

@@ -273,7 +273,7 @@ class OpportunityWorkflow(Repairable):
             self._envelope_prompted = True  # kept if the watcher is busy looking right now
             self._envelope_timer.rearm()
 
-    async def _watch_envelope(self, envelope_id: str, poll_seconds: float) -> None:
+    async def _watch_envelope(self, envelope_id: str, poll_seconds: float, strays_possible: bool = True) -> None:
         """While a remote envelope is out for signature: look at it every `poll_seconds`
         (DocuSign: no more often than every 15 minutes) or when its webhook prompts, and
         take its outcome once it is finished. Stops when the request is no longer current."""
@@ -295,6 +295,7 @@ class OpportunityWorkflow(Repairable):
                         opportunity_id=self.state.opportunity_id,
                         envelope_id=envelope_id,
                         sent_at=self._signature_sent_at,
+                        strays_possible=strays_possible,
                     ),
                     records.SignatureLook,
                 )
@@ -555,7 +556,9 @@ class OpportunityWorkflow(Repairable):
         self._publish()
         if sent.poll_seconds is not None and sent.status == "sent":  # a remote provider's envelope
             self._envelope_timer = RearmableTimer()
-            self._watchers.append(asyncio.create_task(self._watch_envelope(sent.envelope_id, sent.poll_seconds)))
+            self._watchers.append(
+                asyncio.create_task(self._watch_envelope(sent.envelope_id, sent.poll_seconds, sent.strays_possible))
+            )
 
     def _answer(self) -> OpportunityAnswer:
         s = self.state
