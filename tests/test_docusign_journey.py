@@ -615,37 +615,16 @@ async def test_an_attempt_that_ran_on_beside_its_retry_leaves_one_live_envelope(
     """The first attempt is slow to send; its retry finds no envelope yet, sends and records
     one. When the first attempt's envelope comes back, the retry's stands: the first one's
     is voided at DocuSign (the customer cannot sign twice) and both answer the same."""
-    opp, ask = await _ready_to_sign(api, "APP-8")
-    provider = DocuSignProvider(fake.settings(rsa_key[0]), webhook_url=WEBHOOK)
-    slow = SlowSend(provider)
-    engine = make_async_engine(database_url)
-    sessions = make_session_factory(engine)
-    try:
-        first = asyncio.create_task(
-            OpportunityActivities(sessions, slow, Mailer(), CATALOG, poll_seconds=NO_POLL).request_signature(ask)
-        )
-        await within(slow.sending.wait(), "the first attempt to start sending")
-        retry = OpportunityActivities(sessions, provider, Mailer(), CATALOG, poll_seconds=NO_POLL)
-        stands = await within(retry.request_signature(ask), "the retry")
-        slow.go.set()
-        assert await within(first, "the first attempt") == stands
-        ours = [e for e, env in list(fake.envelopes.items()) if env.field("opportunity_id") == opp["id"]]
-        assert len(ours) == 2  # the retry's, then the first attempt's
-        others = [e for e in ours if e != stands.envelope_id]
-        assert [fake.envelope(e).voided_reason for e in others] == [
-            "sent twice: another envelope for this request stands"
-        ]
-        assert fake.envelope(stands.envelope_id).voided_reason is None
-    finally:
-        provider.close()
-        await engine.dispose()
+    async with _race(api, fake, rsa_key, database_url, "APP-8", outage=False) as x:
+        assert fake.envelope(x.other).voided_reason == "sent twice: another envelope for this request stands"
+        assert x.live() == [x.stands.envelope_id]
     with db.connect() as conn:
         rows = conn.execute(
             select(SignatureRequest.envelope_id, SignatureRequest.status).where(
-                SignatureRequest.opportunity_id == opp["id"]
+                SignatureRequest.opportunity_id == x.opp["id"]
             )
         ).all()
-    assert [tuple(r) for r in rows] == [(stands.envelope_id, "sent")]
+    assert [tuple(r) for r in rows] == [(x.stands.envelope_id, "sent")]
 
 
 class SearchDown(Around):
@@ -669,32 +648,40 @@ class SlowSendThenOutage(SlowSend):
 
 
 @dataclass
-class Stray:
-    """A request whose attempt that stands has returned, beside a stray envelope a slower
-    attempt sent and failed to void (`_stray`)."""
+class Race:
+    """An attempt slow to send, beside its retry that sent, recorded and returned (`_race`)."""
 
     opp: dict
     ask: records.SignatureRequestInput
     provider: DocuSignProvider
     acts: OpportunityActivities
+    #: What both attempts answered: the retry's envelope.
     stands: records.SignatureSent
-    envelope_id: str
+    #: The slow attempt's envelope.
+    other: str
+    #: The envelopes of the opportunity the customer could still sign.
     live: Callable[[], list[str]]
 
 
 @asynccontextmanager
-async def _stray(
-    api: Api, fake: DocuSignFake, rsa_key: tuple[Path, bytes], database_url: str, application_id: str
-) -> AsyncIterator[Stray]:
-    """As above, but DocuSign fails the slow attempt's clean-up (a 503): its extra envelope
-    stays open, while the retry has recorded and returned its own."""
+async def _race(
+    api: Api,
+    fake: DocuSignFake,
+    rsa_key: tuple[Path, bytes],
+    database_url: str,
+    application_id: str,
+    *,
+    outage: bool,
+) -> AsyncIterator[Race]:
+    """The race above. With `outage`, DocuSign fails the slow attempt's clean-up (a 503):
+    its envelope stays open, left to the watcher's looks."""
     opp, ask = await _ready_to_sign(api, application_id)
     provider = DocuSignProvider(fake.settings(rsa_key[0]), webhook_url=WEBHOOK)
-    slow = SlowSendThenOutage(provider, fake)
+    slow = SlowSendThenOutage(provider, fake) if outage else SlowSend(provider)
     engine = make_async_engine(database_url)
     sessions = make_session_factory(engine)
 
-    def live() -> list[str]:  # the envelopes the customer could still sign
+    def live() -> list[str]:
         return sorted(
             e
             for e, env in list(fake.envelopes.items())
@@ -709,11 +696,11 @@ async def _stray(
         acts = OpportunityActivities(sessions, provider, Mailer(), CATALOG, poll_seconds=NO_POLL)
         stands = await within(acts.request_signature(ask), "the retry")
         slow.go.set()
-        # Its clean-up failed, and is left to the watcher's looks: it answers what stands.
         assert await within(slower, "the first attempt") == stands
         assert stands.strays_possible
-        [stray] = [e for e in live() if e != stands.envelope_id]  # the customer could sign either
-        yield Stray(opp, ask, provider, acts, stands, stray, live)
+        ours = [e for e, env in list(fake.envelopes.items()) if env.field("opportunity_id") == opp["id"]]
+        [other] = [e for e in ours if e != stands.envelope_id]  # one envelope each
+        yield Race(opp, ask, provider, acts, stands, other, live)
     finally:
         provider.close()
         await engine.dispose()
@@ -724,7 +711,8 @@ async def test_a_void_that_failed_is_made_good_by_the_next_attempt(
 ) -> None:
     """The activity's next attempt finds the request recorded and voids every other
     envelope before it answers."""
-    async with _stray(api, fake, rsa_key, database_url, "APP-9") as x:
+    async with _race(api, fake, rsa_key, database_url, "APP-9", outage=True) as x:
+        assert x.other in x.live()  # the customer could sign either
         assert await within(x.acts.request_signature(x.ask), "the next attempt") == x.stands
         assert x.live() == [x.stands.envelope_id]
 
@@ -735,7 +723,7 @@ async def test_a_stray_envelope_no_attempt_cleans_up_is_voided_by_the_watchers_l
     """As it happens under Temporal: the slow attempt had timed out, so it is retried by no
     one, and the attempt that stands has returned. The stray stays open until the
     workflow's next look at the recorded envelope voids it."""
-    async with _stray(api, fake, rsa_key, database_url, "APP-10") as x:
+    async with _race(api, fake, rsa_key, database_url, "APP-10", outage=True) as x:
 
         def look_at(sent_at: datetime) -> Any:
             check = records.SignatureCheck(
@@ -748,7 +736,7 @@ async def test_a_stray_envelope_no_attempt_cleans_up_is_voided_by_the_watchers_l
 
         # A look more than an hour after the envelope was recorded spends no call on strays.
         assert (await look_at(datetime.now(UTC) - STRAYS_SWEPT_FOR)).outcome is None
-        assert x.envelope_id in x.live()
+        assert x.other in x.live()
         # DocuSign fails the sweep: the look still answers what it saw (a signature is never
         # taken late for a sweep), and leaves the stray to the next.
         searching_down = OpportunityActivities(x.acts.sessions, SearchDown(x.provider), Mailer(), CATALOG)
@@ -756,7 +744,7 @@ async def test_a_stray_envelope_no_attempt_cleans_up_is_voided_by_the_watchers_l
             opportunity_id=x.opp["id"], envelope_id=x.stands.envelope_id, sent_at=datetime.now(UTC)
         )
         assert (await within(searching_down.check_signature(check), "a look, the search down")).outcome is None
-        assert x.envelope_id in x.live()
+        assert x.other in x.live()
 
         # An envelope of another request of the same opportunity (a resend's) is not the
         # sweep's: only this request's envelopes but the recorded one are voided.
@@ -771,7 +759,7 @@ async def test_a_stray_envelope_no_attempt_cleans_up_is_voided_by_the_watchers_l
         look = await look_at(datetime.now(UTC))
         assert look.outcome is None  # the recorded envelope is still out for signature
         assert x.live() == sorted([x.stands.envelope_id, resent.envelope_id])
-        assert fake.envelope(x.envelope_id).voided_reason == "sent twice: another envelope for this request stands"
+        assert fake.envelope(x.other).voided_reason == "sent twice: another envelope for this request stands"
 
 
 async def test_closing_lost_voids_a_stray_envelope_too(
@@ -779,7 +767,8 @@ async def test_closing_lost_voids_a_stray_envelope_too(
 ) -> None:
     """The opportunity is closed lost while the stray is still open (no look swept it):
     nothing of a closed opportunity stays signable."""
-    async with _stray(api, fake, rsa_key, database_url, "APP-11") as x:
+    async with _race(api, fake, rsa_key, database_url, "APP-11", outage=True) as x:
+        assert x.other in x.live()  # the customer could sign either
         closing = CheckpointView(
             seq=4, stage="closed_lost", entered_at=datetime.now(UTC), trigger=Trigger.manual, actor="someone"
         )
